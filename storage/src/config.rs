@@ -1,0 +1,111 @@
+//! Per-log configuration, with Kafka's topic config names and defaults, and the flush policy
+//! that decides what an acknowledged append survives.
+
+use crate::batch::TimestampType;
+use crate::error::{Error, Result};
+use crate::record::MAX_DECOMPRESSED_BATCH_BYTES;
+
+/// When appended data is forced to disk, and therefore what an acknowledged append survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// fsync before an append is acknowledged; concurrent appenders share one fsync (group
+    /// commit). Survives power loss.
+    EveryAppend,
+    /// fsync every `flush.ms` in the background. Survives a process crash; a power loss may
+    /// lose up to the interval.
+    IntervalMs(u64),
+    /// Leave write-back to the OS (Kafka's default). Survives a process crash.
+    #[default]
+    Os,
+}
+
+/// What an acknowledged write is guaranteed to survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    ProcessCrash,
+    PowerLoss,
+}
+
+impl FlushPolicy {
+    pub fn durability(self) -> Durability {
+        match self {
+            FlushPolicy::EveryAppend => Durability::PowerLoss,
+            FlushPolicy::IntervalMs(_) | FlushPolicy::Os => Durability::ProcessCrash,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment before it would grow past this.
+    pub segment_bytes: u32,
+    /// `segment.ms`: roll once the active segment's first batch is this old.
+    pub segment_ms: Option<u64>,
+    /// `segment.index.bytes`: preallocated size of each index; a full index rolls the segment.
+    pub segment_index_bytes: u32,
+    /// `index.interval.bytes`: log bytes between offset index entries.
+    pub index_interval_bytes: u32,
+    /// `retention.ms`: delete closed segments whose newest record is older. None = forever.
+    pub retention_ms: Option<u64>,
+    /// `retention.bytes`: delete the oldest closed segments while the log is larger. None = no limit.
+    pub retention_bytes: Option<u64>,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: u32,
+    /// `message.timestamp.type`.
+    pub message_timestamp_type: TimestampType,
+    pub flush_policy: FlushPolicy,
+    /// Upper bound on a batch's decompressed size during validation.
+    pub max_decompressed_batch_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(7 * 24 * 3600 * 1000),
+            segment_index_bytes: 10 << 20,
+            index_interval_bytes: 4096,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            // Kafka's default: 1 MiB of records plus the 12-byte log overhead.
+            max_message_bytes: 1_048_588,
+            message_timestamp_type: TimestampType::CreateTime,
+            flush_policy: FlushPolicy::Os,
+            max_decompressed_batch_bytes: MAX_DECOMPRESSED_BATCH_BYTES,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Rejects values the log cannot honour, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        // Positions in the offset index are 32-bit, as in Kafka.
+        if self.segment_bytes < 14 || self.segment_bytes > i32::MAX as u32 {
+            return Err(Error::InvalidConfig(format!(
+                "segment.bytes must be between 14 and {}, got {}",
+                i32::MAX,
+                self.segment_bytes
+            )));
+        }
+        if self.segment_index_bytes < 24 {
+            return Err(Error::InvalidConfig(format!(
+                "segment.index.bytes must be at least 24 (two time index entries), got {}",
+                self.segment_index_bytes
+            )));
+        }
+        if self.max_message_bytes > i32::MAX as u32 {
+            return Err(Error::InvalidConfig(format!(
+                "max.message.bytes must be at most {}, got {}",
+                i32::MAX,
+                self.max_message_bytes
+            )));
+        }
+        if self.segment_ms == Some(0) {
+            return Err(Error::InvalidConfig("segment.ms must be at least 1".into()));
+        }
+        if let FlushPolicy::IntervalMs(0) = self.flush_policy {
+            return Err(Error::InvalidConfig("flush.ms must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The storage crate's one error type. Errors about a batch say what is wrong with it in
+//! terms a producer's author can act on; the broker maps each variant to a Kafka error code.
+
+use std::path::PathBuf;
+
+use crate::Offset;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes do not form a well-framed magic-2 batch, or its CRC-32C does not match:
+    /// Kafka's CORRUPT_MESSAGE.
+    #[error("corrupt record batch: {0}")]
+    CorruptBatch(String),
+
+    /// The batch is well framed but its records break the format's rules (counts, offset
+    /// deltas, a truncated record): Kafka's INVALID_RECORD.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+
+    /// The batch uses a magic other than 2 (Kafka's UNSUPPORTED_FOR_MESSAGE_FORMAT).
+    #[error("record batch magic {0} is not supported; only magic 2 (Kafka 0.11+) is")]
+    UnsupportedMagic(i8),
+
+    /// The batch is larger than `max.message.bytes` (Kafka's MESSAGE_TOO_LARGE).
+    #[error("record batch of {size} bytes exceeds max.message.bytes ({max})")]
+    BatchTooLarge { size: usize, max: usize },
+
+    /// The compressed payload could not be decoded, or decoded to more than the limit.
+    #[error("cannot decompress {codec} record batch: {reason}")]
+    Decompression { codec: &'static str, reason: String },
+
+    #[error("offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})")]
+    OffsetOutOfRange { offset: Offset, log_start_offset: Offset, log_end_offset: Offset },
+
+    /// Stored data failed its checks somewhere we cannot repair by truncating a torn tail.
+    #[error("corrupt log segment {path} at byte {position}: {reason}")]
+    CorruptSegment { path: PathBuf, position: u64, reason: String },
+
+    /// An fsync failed: the kernel may have dropped dirty pages, so the log refuses all further
+    /// writes until it is reopened and recovered.
+    #[error("log {path} refuses writes after an fsync failure: {reason}")]
+    LogFailed { path: PathBuf, reason: String },
+
+    #[error("invalid log config: {0}")]
+    InvalidConfig(String),
+
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, source }
+    }
+}

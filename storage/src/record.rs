@@ -1,0 +1,485 @@
+//! Records inside a batch: a zero-copy iterator that hands out keys, values and headers as
+//! `Bytes` slices of the batch (or of its one decompressed buffer), and the record walker
+//! that validation uses. Every length comes from untrusted bytes and is bounds-checked.
+//!
+//! Record layout: length varint, attributes i8, timestamp delta varlong, offset delta varint,
+//! key length varint (-1 = null), key, value length varint (-1 = null), value, header count
+//! varint, then per header: key length varint, key, value length varint (-1 = null), value.
+//! Varints are zigzag-encoded, as in protobuf.
+
+use bytes::Bytes;
+
+use crate::batch::{self, Compression, TimestampType, HEADER_SIZE};
+use crate::compression;
+use crate::error::{Error, Result};
+
+/// Decompressed batches larger than this are refused, so a small "zip bomb" batch cannot
+/// make a reader allocate without bound. 256 MiB is 256 times Kafka's default
+/// `max.message.bytes`, far above any sane compression ratio for real records.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 << 20;
+
+fn invalid(what: &str) -> Error {
+    Error::InvalidRecord(what.to_string())
+}
+
+/// Reads a zigzag varint of at most `max_bytes` bytes at `*pos`.
+fn read_varlong(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Result<i64> {
+    let mut raw: u64 = 0;
+    for i in 0..max_bytes {
+        let byte = *buf.get(*pos).ok_or_else(|| invalid("record truncated inside a varint"))?;
+        *pos += 1;
+        raw |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        }
+    }
+    Err(invalid("varint longer than its type allows"))
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<i32> {
+    let value = read_varlong(buf, pos, 5)?;
+    i32::try_from(value).map_err(|_| invalid("varint out of the 32-bit range"))
+}
+
+/// A length-prefixed byte field: `Ok(None)` for length -1 (null) when `nullable`.
+fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize, nullable: bool) -> Result<Option<&'a [u8]>> {
+    let len = read_varint(buf, pos)?;
+    if len < 0 {
+        return if len == -1 && nullable { Ok(None) } else { Err(invalid("negative field length")) };
+    }
+    let end = pos
+        .checked_add(len as usize)
+        .filter(|end| *end <= buf.len())
+        .ok_or_else(|| invalid("field runs past the end of its record"))?;
+    let bytes = &buf[*pos..end];
+    *pos = end;
+    Ok(Some(bytes))
+}
+
+/// One record as slices of the buffer it was decoded from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawRecord<'a> {
+    pub timestamp_delta: i64,
+    pub offset_delta: i32,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub header_count: i32,
+    pub headers: &'a [u8],
+}
+
+/// Decodes the record at `*pos`, checking that it fills exactly its declared length.
+fn next_raw_record<'a>(buf: &'a [u8], pos: &mut usize) -> Result<RawRecord<'a>> {
+    let length = read_varint(buf, pos)?;
+    if length < 0 {
+        return Err(invalid("negative record length"));
+    }
+    let end = pos
+        .checked_add(length as usize)
+        .filter(|end| *end <= buf.len())
+        .ok_or_else(|| invalid("record runs past the end of its batch"))?;
+    let body = &buf[..end];
+    let mut at = *pos + 1; // attributes: unused in magic 2
+    if at > end {
+        return Err(invalid("record too short for its attributes"));
+    }
+    let timestamp_delta = read_varlong(body, &mut at, 10)?;
+    let offset_delta = read_varint(body, &mut at)?;
+    let key = read_bytes(body, &mut at, true)?;
+    let value = read_bytes(body, &mut at, true)?;
+    let header_count = read_varint(body, &mut at)?;
+    if header_count < 0 {
+        return Err(invalid("negative header count"));
+    }
+    let headers_start = at;
+    for _ in 0..header_count {
+        read_bytes(body, &mut at, false)?;
+        read_bytes(body, &mut at, true)?;
+    }
+    if at != end {
+        return Err(Error::InvalidRecord(format!(
+            "record declares {length} bytes but its fields take {}",
+            at - (end - length as usize)
+        )));
+    }
+    *pos = end;
+    Ok(RawRecord { timestamp_delta, offset_delta, key, value, header_count, headers: &buf[headers_start..end] })
+}
+
+/// Walks every record of one batch (decompressing when needed), calling `visit` for each.
+/// Fails if any record is malformed or bytes are left over after the last one.
+pub(crate) fn decode_records(
+    batch: &[u8],
+    max_decompressed_bytes: usize,
+    mut visit: impl FnMut(RawRecord<'_>) -> Result<()>,
+) -> Result<()> {
+    let compression = Compression::from_attributes(batch::read_i16(batch, batch::ATTRIBUTES_AT))?;
+    let count = batch::read_i32(batch, batch::RECORD_COUNT_AT).max(0);
+    let payload = &batch[HEADER_SIZE..];
+    let decompressed;
+    let records = if compression == Compression::None {
+        payload
+    } else {
+        decompressed = compression::decompress(compression, payload, max_decompressed_bytes)?;
+        &decompressed[..]
+    };
+    let mut pos = 0;
+    // Bounded by the declared count and by the bytes: each record takes at least one byte.
+    for _ in 0..count {
+        if pos >= records.len() {
+            break;
+        }
+        visit(next_raw_record(records, &mut pos)?)?;
+    }
+    if pos != records.len() {
+        return Err(Error::InvalidRecord(format!(
+            "{} bytes left over after the declared records",
+            records.len() - pos
+        )));
+    }
+    Ok(())
+}
+
+/// One stored batch, as a `Bytes` slice of a segment (or of a fetch response).
+#[derive(Clone, Debug)]
+pub struct RecordBatch {
+    bytes: Bytes,
+}
+
+impl RecordBatch {
+    /// Wraps one batch, checking its framing (not its CRC: see [`RecordBatch::verify_crc`]).
+    pub fn new(bytes: Bytes) -> Result<RecordBatch> {
+        let size = batch::check_framing(&bytes)?;
+        if size != bytes.len() {
+            return Err(Error::CorruptBatch(format!("batch of {size} bytes in a {}-byte buffer", bytes.len())));
+        }
+        Ok(RecordBatch { bytes })
+    }
+
+    /// Splits a buffer of concatenated batches (a read result) into batches. A partial batch
+    /// at the end, as a size-limited fetch may return, ends the iteration.
+    pub fn iter_batches(bytes: Bytes) -> BatchIter {
+        BatchIter { bytes }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn verify_crc(&self) -> Result<()> {
+        batch::check_crc(&self.bytes).map(|_| ())
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        batch::read_i64(&self.bytes, batch::BASE_OFFSET_AT)
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(batch::read_i32(&self.bytes, batch::LAST_OFFSET_DELTA_AT))
+    }
+
+    pub fn partition_leader_epoch(&self) -> i32 {
+        batch::read_i32(&self.bytes, batch::LEADER_EPOCH_AT)
+    }
+
+    fn attributes(&self) -> i16 {
+        batch::read_i16(&self.bytes, batch::ATTRIBUTES_AT)
+    }
+
+    pub fn compression(&self) -> Result<Compression> {
+        Compression::from_attributes(self.attributes())
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        if self.attributes() & 0x08 != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        }
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes() & 0x20 != 0
+    }
+
+    pub fn base_timestamp_ms(&self) -> i64 {
+        batch::read_i64(&self.bytes, batch::BASE_TIMESTAMP_AT)
+    }
+
+    pub fn max_timestamp_ms(&self) -> i64 {
+        batch::read_i64(&self.bytes, batch::MAX_TIMESTAMP_AT)
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        batch::read_i64(&self.bytes, batch::PRODUCER_ID_AT)
+    }
+
+    pub fn producer_epoch(&self) -> i16 {
+        batch::read_i16(&self.bytes, batch::PRODUCER_EPOCH_AT)
+    }
+
+    pub fn base_sequence(&self) -> i32 {
+        batch::read_i32(&self.bytes, batch::BASE_SEQUENCE_AT)
+    }
+
+    pub fn record_count(&self) -> i32 {
+        batch::read_i32(&self.bytes, batch::RECORD_COUNT_AT)
+    }
+
+    /// The records, decompressed if needed into one buffer per batch; keys, values and headers
+    /// are slices of the batch (or of that buffer), never copies.
+    pub fn records(&self) -> Result<Records> {
+        self.records_with_limit(MAX_DECOMPRESSED_BATCH_BYTES)
+    }
+
+    pub fn records_with_limit(&self, max_decompressed_bytes: usize) -> Result<Records> {
+        let payload = self.bytes.slice(HEADER_SIZE..);
+        let data = match self.compression()? {
+            Compression::None => payload,
+            codec => Bytes::from(compression::decompress(codec, &payload, max_decompressed_bytes)?),
+        };
+        let log_append_time = match self.timestamp_type() {
+            TimestampType::LogAppendTime => Some(self.max_timestamp_ms()),
+            TimestampType::CreateTime => None,
+        };
+        Ok(Records {
+            data,
+            pos: 0,
+            remaining: self.record_count().max(0),
+            base_offset: self.base_offset(),
+            base_timestamp_ms: self.base_timestamp_ms(),
+            log_append_time,
+        })
+    }
+}
+
+/// Iterator over the batches in a buffer of concatenated batches.
+pub struct BatchIter {
+    bytes: Bytes,
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.len() < HEADER_SIZE {
+            return None;
+        }
+        match batch::check_framing(&self.bytes) {
+            Ok(size) => Some(Ok(RecordBatch { bytes: self.bytes.split_to(size) })),
+            // A size-limited read may end in a partial batch; that is not an error.
+            Err(Error::CorruptBatch(_))
+                if batch::read_i32(&self.bytes, batch::LENGTH_AT) as usize + batch::LOG_OVERHEAD > self.bytes.len() =>
+            {
+                None
+            }
+            Err(err) => {
+                self.bytes.clear();
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// A record header: the key is a string in Kafka's model, handed out as raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+}
+
+/// The headers of one record, decoded lazily.
+#[derive(Clone, Debug)]
+pub struct Headers {
+    data: Bytes,
+    pos: usize,
+    remaining: i32,
+}
+
+impl Headers {
+    pub fn len(&self) -> usize {
+        self.remaining.max(0) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining <= 0
+    }
+}
+
+impl Iterator for Headers {
+    type Item = Result<Header>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let data = &self.data;
+        let parsed = (|| {
+            let key = read_bytes(data, &mut self.pos, false)?.unwrap_or_default();
+            let value = read_bytes(data, &mut self.pos, true)?;
+            Ok(Header { key: data.slice_ref(key), value: value.map(|v| data.slice_ref(v)) })
+        })();
+        if parsed.is_err() {
+            self.remaining = 0;
+        }
+        Some(parsed)
+    }
+}
+
+/// One record, its fields sharing the batch's memory.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Headers,
+}
+
+/// Iterator over the records of one batch.
+pub struct Records {
+    data: Bytes,
+    pos: usize,
+    remaining: i32,
+    base_offset: i64,
+    base_timestamp_ms: i64,
+    log_append_time: Option<i64>,
+}
+
+impl Iterator for Records {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let data = &self.data;
+        match next_raw_record(data, &mut self.pos) {
+            Ok(raw) => Some(Ok(Record {
+                offset: self.base_offset + i64::from(raw.offset_delta),
+                timestamp_ms: self.log_append_time.unwrap_or(self.base_timestamp_ms.wrapping_add(raw.timestamp_delta)),
+                key: raw.key.map(|k| data.slice_ref(k)),
+                value: raw.value.map(|v| data.slice_ref(v)),
+                headers: Headers { data: data.slice_ref(raw.headers), pos: 0, remaining: raw.header_count },
+            })),
+            Err(err) => {
+                self.remaining = 0;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::validate;
+    use crate::batch_builder::RecordBatchBuilder;
+    use proptest::prelude::*;
+
+    type TestRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+    fn build(records: &[TestRecord], compression: Compression) -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new(records[0].0).compression(compression);
+        for (ts, key, value, headers) in records {
+            let headers: Vec<(&[u8], Option<&[u8]>)> = headers.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
+            builder.push(*ts, key.as_deref(), value.as_deref(), &headers);
+        }
+        builder.build().unwrap()
+    }
+
+    fn read_back(batch: Vec<u8>) -> Vec<TestRecord> {
+        let batch = RecordBatch::new(Bytes::from(batch)).unwrap();
+        batch
+            .records()
+            .unwrap()
+            .map(|r| {
+                let r = r.unwrap();
+                let headers =
+                    r.headers.map(|h| h.unwrap()).map(|h| (h.key.to_vec(), h.value.map(|v| v.to_vec()))).collect();
+                (r.timestamp_ms, r.key.map(|k| k.to_vec()), r.value.map(|v| v.to_vec()), headers)
+            })
+            .collect()
+    }
+
+    fn records_strategy() -> impl Strategy<Value = Vec<TestRecord>> {
+        let bytes = || proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64));
+        let header = (proptest::collection::vec(any::<u8>(), 0..16), bytes());
+        proptest::collection::vec((0i64..1 << 40, bytes(), bytes(), proptest::collection::vec(header, 0..3)), 1..20)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn records_round_trip_through_every_codec(records in records_strategy()) {
+            for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+                let batch = build(&records, codec);
+                let info = validate(&batch, 1 << 20).unwrap();
+                prop_assert_eq!(info.record_count as usize, records.len());
+                prop_assert_eq!(info.compression, codec);
+                prop_assert_eq!(info.max_timestamp_ms, records.iter().map(|r| r.0).max().unwrap());
+                prop_assert_eq!(read_back(batch), records.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn keys_and_values_are_slices_of_the_batch() {
+        let batch =
+            Bytes::from(build(&[(5, Some(b"key".to_vec()), Some(b"value".to_vec()), vec![])], Compression::None));
+        let range = batch.as_ptr() as usize..batch.as_ptr() as usize + batch.len();
+        let record = RecordBatch::new(batch.clone()).unwrap().records().unwrap().next().unwrap().unwrap();
+        assert!(range.contains(&(record.key.unwrap().as_ptr() as usize)));
+        assert!(range.contains(&(record.value.unwrap().as_ptr() as usize)));
+    }
+
+    #[test]
+    fn xerial_framed_snappy_is_read() {
+        let plain = build(&[(1, None, Some(b"hello snappy".to_vec()), vec![])], Compression::None);
+        let records = &plain[HEADER_SIZE..];
+        let block = snap::raw::Encoder::new().compress_vec(records).unwrap();
+        let mut framed = b"\x82SNAPPY\x00".to_vec();
+        framed.extend_from_slice(&1i32.to_be_bytes());
+        framed.extend_from_slice(&1i32.to_be_bytes());
+        framed.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&block);
+        assert_eq!(compression::decompress(Compression::Snappy, &framed, 1 << 20).unwrap(), records);
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let big = vec![(0, None, Some(vec![b'a'; 1 << 20]), vec![])];
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let batch = build(&big, codec);
+            assert!(batch.len() < 100_000, "{codec:?} should compress a run of one byte");
+            let err = validate(&batch, 64 << 10).unwrap_err();
+            assert!(matches!(err, Error::Decompression { .. }), "{codec:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_in_a_compressed_batch_is_a_typed_error() {
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let err = compression::decompress(codec, b"definitely not compressed data", 1 << 20).unwrap_err();
+            assert!(matches!(err, Error::Decompression { .. }), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn batch_iter_splits_concatenated_batches_and_stops_at_a_partial_one() {
+        let a = build(&[(1, None, Some(b"a".to_vec()), vec![])], Compression::None);
+        let b = build(&[(2, None, Some(b"b".to_vec()), vec![])], Compression::None);
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        all.extend_from_slice(&a[..a.len() - 3]);
+        let batches: Vec<_> = RecordBatch::iter_batches(Bytes::from(all)).collect::<Result<_>>().unwrap();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1].as_bytes().as_ref(), &b[..]);
+    }
+}

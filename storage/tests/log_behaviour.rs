@@ -1,0 +1,337 @@
+//! Behaviour of a partition log that users rely on: bad batches change nothing, torn tails
+//! are cut, corruption is reported with file and position, retention deletes whole closed
+//! segments, open files stay bounded, and the flush policies do what they promise.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sluice_storage::{
+    Error, FlushPolicy, HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatch, RecordBatchBuilder,
+    TimestampType,
+};
+
+fn batch(timestamp_ms: i64, records: usize, value_size: usize) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new(timestamp_ms);
+    for i in 0..records {
+        builder.push(timestamp_ms + i as i64, Some(b"key"), Some(&vec![b'v'; value_size]), &[]);
+    }
+    builder.build().unwrap()
+}
+
+fn open(dir: &Path, config: LogConfig) -> PartitionLog {
+    PartitionLog::open(dir, config, HandleCache::new(64)).unwrap()
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig { segment_bytes: 4096, index_interval_bytes: 512, retention_ms: None, ..LogConfig::default() }
+}
+
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn read_all(log: &PartitionLog) -> Vec<RecordBatch> {
+    let end = log.log_end_offset();
+    let mut next = log.log_start_offset();
+    let mut out = Vec::new();
+    while next < end {
+        let records = log.read(next, 1 << 20, end).unwrap().records;
+        for batch in RecordBatch::iter_batches(records) {
+            let batch = batch.unwrap();
+            next = Offset(batch.last_offset() + 1);
+            out.push(batch);
+        }
+    }
+    out
+}
+
+#[test]
+fn invalid_batches_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { max_message_bytes: 10_000, ..LogConfig::default() });
+    let good = batch(1, 2, 10);
+    log.append(&good, LeaderEpoch(0), 0).unwrap();
+    let size_before = log.size_bytes();
+
+    let mut bad_crc = good.clone();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    assert!(matches!(log.append(&bad_crc, LeaderEpoch(0), 0), Err(Error::CorruptBatch(_))));
+
+    let mut old_magic = good.clone();
+    old_magic[16] = 1;
+    assert!(matches!(log.append(&old_magic, LeaderEpoch(0), 0), Err(Error::UnsupportedMagic(1))));
+
+    assert!(matches!(log.append(&good[..good.len() - 5], LeaderEpoch(0), 0), Err(Error::CorruptBatch(_))));
+    assert!(matches!(log.append(&good[..30], LeaderEpoch(0), 0), Err(Error::CorruptBatch(_))));
+    assert!(matches!(log.append(&[], LeaderEpoch(0), 0), Err(Error::CorruptBatch(_))));
+
+    let mut absurd_length = good.clone();
+    absurd_length[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
+    assert!(matches!(log.append(&absurd_length, LeaderEpoch(0), 0), Err(Error::CorruptBatch(_))));
+
+    let too_big = batch(1, 1, 20_000);
+    assert!(matches!(log.append(&too_big, LeaderEpoch(0), 0), Err(Error::BatchTooLarge { max: 10_000, .. })));
+
+    assert_eq!(log.log_end_offset(), Offset(2));
+    assert_eq!(log.size_bytes(), size_before);
+    let batches = read_all(&log);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(&batches[0].as_bytes()[16..], &good[16..]);
+}
+
+#[test]
+fn torn_tail_is_truncated_on_unclean_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    for i in 0..10 {
+        log.append(&batch(i, 3, 50), LeaderEpoch(0), 0).unwrap();
+    }
+    let end = log.log_end_offset();
+    drop(log); // no clean shutdown
+
+    // A torn write: the first half of another batch at the end of the active segment.
+    let active = log_files(dir.path()).pop().unwrap();
+    let torn = batch(99, 3, 50);
+    OpenOptions::new().append(true).open(&active).unwrap().write_all(&torn[..torn.len() / 2]).unwrap();
+
+    let log = open(dir.path(), LogConfig::default());
+    assert_eq!(log.log_end_offset(), end);
+    log.verify().unwrap();
+    assert_eq!(read_all(&log).len(), 10);
+    let outcome = log.append(&batch(100, 1, 5), LeaderEpoch(0), 0).unwrap();
+    assert_eq!(outcome.base_offset, end);
+}
+
+#[test]
+fn corruption_below_the_recovery_point_is_an_error_naming_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    let mut positions = Vec::new();
+    for i in 0..10 {
+        positions.push(log.size_bytes());
+        log.append(&batch(i, 2, 100), LeaderEpoch(0), 0).unwrap();
+    }
+    log.flush().unwrap();
+    log.maintain(0).unwrap(); // writes the checkpoint with the recovery point
+    drop(log);
+
+    let active = log_files(dir.path()).pop().unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(&active).unwrap();
+    let position = positions[3] + 70; // inside the fourth batch's records
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], position).unwrap();
+
+    match PartitionLog::open(dir.path(), LogConfig::default(), HandleCache::new(4)) {
+        Err(Error::CorruptSegment { path, position: at, reason }) => {
+            assert_eq!(path, active);
+            assert_eq!(at, positions[3]);
+            assert!(reason.contains("CRC"), "{reason}");
+        }
+        Err(other) => panic!("expected CorruptSegment, got {other}"),
+        Ok(_) => panic!("a log corrupted below its recovery point opened"),
+    }
+}
+
+#[test]
+fn flipped_byte_in_a_closed_segment_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments());
+    for i in 0..40 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    log.close().unwrap();
+
+    let first = log_files(dir.path()).remove(0);
+    let file = OpenOptions::new().read(true).write(true).open(&first).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 300).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], 300).unwrap();
+
+    let log = open(dir.path(), small_segments());
+    match log.verify() {
+        Err(Error::CorruptSegment { path, .. }) => assert_eq!(path, first),
+        other => panic!("expected CorruptSegment, got {other:?}"),
+    }
+}
+
+#[test]
+fn retention_deletes_whole_closed_segments_by_time_and_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { retention_ms: Some(1_000), ..small_segments() };
+    let log = open(dir.path(), config.clone());
+    // Old records, then new ones.
+    for i in 0..30 {
+        log.append(&batch(10_000 + i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    for i in 0..30 {
+        log.append(&batch(100_000 + i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    let segments = log.segment_count();
+    let deleted = log.apply_retention(100_500).unwrap();
+    assert!(deleted > 0 && deleted < segments);
+    // Old batches remain only in the one segment that also holds new ones; every new one stays.
+    let remaining = read_all(&log);
+    let old = remaining.iter().filter(|b| b.max_timestamp_ms() < 100_000).count();
+    assert!(old <= 4096 / 250, "{old} old batches survived");
+    assert_eq!(remaining.len() - old, 30);
+    assert_eq!(log.log_start_offset().0, log.segment_base_offsets()[0].0);
+    assert_eq!(log_files(dir.path()).len(), log.segment_count());
+
+    // By size: keep at most ~3 segments' worth.
+    log.set_config(LogConfig { retention_ms: None, retention_bytes: Some(3 * 4096), ..config }).unwrap();
+    log.apply_retention(100_500).unwrap();
+    assert!(log.size_bytes() <= 4 * 4096, "size {}", log.size_bytes());
+    assert!(log.segment_count() >= 1);
+    // The active segment is never deleted, and the log still reads and appends.
+    read_all(&log);
+    log.append(&batch(200_000, 1, 10), LeaderEpoch(0), 0).unwrap();
+}
+
+#[test]
+fn retention_never_deletes_above_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { retention_bytes: Some(1), ..small_segments() });
+    for i in 0..30 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    log.set_high_watermark(Offset(0));
+    assert_eq!(log.apply_retention(0).unwrap(), 0);
+    log.set_high_watermark(log.log_end_offset());
+    assert!(log.apply_retention(0).unwrap() > 0);
+    assert_eq!(log.segment_count(), 1);
+}
+
+#[test]
+fn open_segments_stay_bounded_across_many_partitions() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = HandleCache::new(8);
+    let logs: Vec<PartitionLog> = (0..60)
+        .map(|p| PartitionLog::open(root.path().join(format!("topic-{p}")), small_segments(), cache.clone()).unwrap())
+        .collect();
+    for round in 0..5 {
+        for (p, log) in logs.iter().enumerate() {
+            log.append(&batch(round * 100 + p as i64, 2, 300), LeaderEpoch(0), 0).unwrap();
+            assert!(cache.open_count() <= 8, "{} handles open", cache.open_count());
+        }
+    }
+    for log in &logs {
+        let batches = read_all(log);
+        assert_eq!(batches.len(), 5);
+        assert!(cache.open_count() <= 8);
+    }
+    for log in logs {
+        log.close().unwrap();
+    }
+}
+
+#[test]
+fn a_batch_larger_than_segment_bytes_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { segment_bytes: 1024, ..LogConfig::default() });
+    log.append(&batch(0, 1, 10), LeaderEpoch(0), 0).unwrap();
+    let big = batch(1, 4, 50_000);
+    log.append(&big, LeaderEpoch(0), 0).unwrap();
+    log.append(&batch(2, 1, 10), LeaderEpoch(0), 0).unwrap();
+    assert_eq!(log.segment_count(), 3);
+    let batches = read_all(&log);
+    assert_eq!(&batches[1].as_bytes()[16..], &big[16..]);
+    log.close().unwrap();
+    let log = open(dir.path(), LogConfig { segment_bytes: 1024, ..LogConfig::default() });
+    assert_eq!(read_all(&log).len(), 3);
+}
+
+#[test]
+fn log_append_time_is_stamped_and_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        open(dir.path(), LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..LogConfig::default() });
+    let outcome = log.append(&batch(5, 3, 10), LeaderEpoch(0), 777_000).unwrap();
+    assert_eq!(outcome.log_append_time_ms, Some(777_000));
+    let stored = read_all(&log).remove(0);
+    stored.verify_crc().unwrap();
+    assert_eq!(stored.timestamp_type(), TimestampType::LogAppendTime);
+    assert!(stored.records().unwrap().all(|r| r.unwrap().timestamp_ms == 777_000));
+    assert_eq!(log.offset_for_timestamp(777_000, log.log_end_offset()).unwrap(), Some((Offset(0), 777_000)));
+}
+
+#[test]
+fn segment_ms_rolls_by_age_of_the_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { segment_ms: Some(1_000), ..LogConfig::default() });
+    log.append(&batch(10_000, 1, 10), LeaderEpoch(0), 10_000).unwrap();
+    log.append(&batch(10_500, 1, 10), LeaderEpoch(0), 10_500).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append(&batch(11_200, 1, 10), LeaderEpoch(0), 11_200).unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
+fn interval_flush_policy_fsyncs_from_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { flush_policy: FlushPolicy::IntervalMs(50), ..LogConfig::default() });
+    let outcome = log.append(&batch(0, 1, 10), LeaderEpoch(0), 0).unwrap();
+    outcome.wait_durable().unwrap(); // no fsync under this policy
+    assert_eq!(log.fsync_count(), 0);
+    log.maintain(i64::MAX / 2).unwrap();
+    assert_eq!(log.fsync_count(), 1);
+}
+
+#[test]
+fn concurrent_durable_appends_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { flush_policy: FlushPolicy::EveryAppend, ..LogConfig::default() });
+    let per_thread = 50;
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    log.append(&batch(t * 1000 + i, 1, 100), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let appends = 16 * per_thread as u64;
+    assert_eq!(log.log_end_offset(), Offset(appends as i64));
+    assert!(log.fsync_count() < appends, "{} fsyncs for {appends} appends: no group commit", log.fsync_count());
+}
+
+#[test]
+fn reads_outside_the_log_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    log.append(&batch(0, 5, 10), LeaderEpoch(0), 0).unwrap();
+    assert!(matches!(log.read(Offset(6), 100, Offset(5)), Err(Error::OffsetOutOfRange { .. })));
+    assert!(matches!(log.read(Offset(-1), 100, Offset(5)), Err(Error::OffsetOutOfRange { .. })));
+    // At the end, or at/after the high watermark bound: empty, not an error.
+    assert!(log.read(Offset(5), 100, Offset(5)).unwrap().records.is_empty());
+    assert!(log.read(Offset(2), 100, Offset(0)).unwrap().records.is_empty());
+    // Inside a batch: the whole batch comes back.
+    let batch = RecordBatch::iter_batches(log.read(Offset(3), 1, Offset(5)).unwrap().records).next().unwrap().unwrap();
+    assert_eq!(batch.base_offset(), 0);
+}
+
+#[test]
+fn invalid_config_is_refused_with_the_key_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        PartitionLog::open(dir.path(), LogConfig { segment_bytes: 5, ..LogConfig::default() }, HandleCache::new(1))
+            .err()
+            .unwrap();
+    assert!(matches!(err, Error::InvalidConfig(_)));
+    assert!(err.to_string().contains("segment.bytes"), "{err}");
+}
