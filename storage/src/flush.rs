@@ -16,8 +16,13 @@ use crate::segment::OpenSegment;
 struct FlushState {
     /// Every offset below this is on stable storage.
     durable_offset: i64,
-    /// A leader is fsyncing right now.
+    /// A leader is fsyncing right now, for round `round`.
     syncing: bool,
+    round: u64,
+    /// A lower bound of what the round in flight will make durable.
+    round_end: i64,
+    /// Waiters per round parity: those sleeping on `rounds[r % 2]` wait for round `r`.
+    waiting: [usize; 2],
     failed: Option<String>,
     /// Segments rolled since the last fsync: their tails may still be dirty.
     rolled: Vec<Arc<OpenSegment>>,
@@ -30,10 +35,15 @@ pub(crate) struct SyncTarget {
     pub active: Arc<OpenSegment>,
 }
 
+/// Waiters sleep on the condition variable of the round that will cover them: the round in
+/// flight if it covers their offset, else the next one. When a round ends, everyone waiting
+/// for it is acknowledged at once, and one waiter of the next round is woken to lead it; the
+/// rest of the next round sleep on. Each waiter is woken about once, instead of every waiter
+/// at every fsync, which on a small machine costs more than the fsync itself.
 #[derive(Default)]
 pub(crate) struct Flusher {
     state: Mutex<FlushState>,
-    synced: Condvar,
+    rounds: [Condvar; 2],
 }
 
 pub(crate) enum SyncError {
@@ -45,7 +55,10 @@ pub(crate) enum SyncError {
 
 impl Flusher {
     pub fn new(durable_offset: i64) -> Flusher {
-        Flusher { state: Mutex::new(FlushState { durable_offset, ..FlushState::default() }), synced: Condvar::new() }
+        Flusher {
+            state: Mutex::new(FlushState { durable_offset, ..FlushState::default() }),
+            rounds: Default::default(),
+        }
     }
 
     pub fn durable_offset(&self) -> i64 {
@@ -83,17 +96,31 @@ impl Flusher {
                 return Err(SyncError::Failed(reason.clone()));
             }
             if state.durable_offset >= offset {
+                // A waiter woken to lead the next round may find itself covered already: it
+                // passes the wake-up on, or the rest of that round would sleep with no leader.
+                let next = ((state.round + 1) % 2) as usize;
+                if !state.syncing && state.waiting[next] > 0 {
+                    self.rounds[next].notify_one();
+                }
                 return Ok(());
             }
             if state.syncing {
-                self.synced.wait(&mut state);
+                let round = if offset <= state.round_end { state.round } else { state.round + 1 };
+                let parity = (round % 2) as usize;
+                state.waiting[parity] += 1;
+                self.rounds[parity].wait(&mut state);
+                state.waiting[parity] -= 1;
                 continue;
             }
             state.syncing = true;
+            state.round += 1;
+            state.round_end = offset;
+            let round = state.round;
             let rolled = std::mem::take(&mut state.rolled);
             drop(state);
 
             let result = target().map_err(SyncError::Target).and_then(|target| {
+                self.state.lock().round_end = target.end_offset;
                 for segment in rolled.iter().chain(std::iter::once(&target.active)) {
                     segment.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
                 }
@@ -106,15 +133,70 @@ impl Flusher {
                 Ok(end_offset) => {
                     state.fsyncs += 1;
                     state.durable_offset = state.durable_offset.max(*end_offset);
+                    self.rounds[(round % 2) as usize].notify_all();
+                    if state.waiting[((round + 1) % 2) as usize] > 0 {
+                        self.rounds[((round + 1) % 2) as usize].notify_one();
+                    }
                 }
                 Err(SyncError::Failed(reason)) => {
                     tracing::error!(%reason, "fsync failed; the log refuses further writes until it is reopened and recovered");
                     state.failed = Some(reason.clone());
+                    self.rounds.iter().for_each(|round| {
+                        round.notify_all();
+                    });
                 }
-                Err(SyncError::Target(_)) => state.rolled.extend(rolled),
+                Err(SyncError::Target(_)) => {
+                    state.rolled.extend(rolled);
+                    self.rounds.iter().for_each(|round| {
+                        round.notify_all();
+                    });
+                }
             }
-            self.synced.notify_all();
             result?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// Many threads "append" (bump an end offset) and wait for durability against a slow
+    /// fake fsync, so that waiters queue for the next round while the snapshot of the round in
+    /// flight still covers them; every one must be released, within a deadline.
+    #[test]
+    fn every_waiter_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000000000000000000.log"), b"").unwrap();
+        let paths = crate::segment::SegmentPaths::new(dir.path(), 0);
+        let handle = Arc::new(crate::segment::OpenSegment::open_for_test(&paths));
+        let flusher = Arc::new(Flusher::new(0));
+        let end = Arc::new(AtomicI64::new(0));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // In lockstep: a released waiter does not append again until everyone is released, so
+        // no fresh appender can rescue waiters that were left without a leader.
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        for _ in 0..16 {
+            let (flusher, end, handle, done) = (flusher.clone(), end.clone(), handle.clone(), done_tx.clone());
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    barrier.wait();
+                    let offset = end.fetch_add(1, Ordering::SeqCst) + 1;
+                    let target = || {
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                        Ok(SyncTarget { end_offset: end.load(Ordering::SeqCst), active: handle.clone() })
+                    };
+                    assert!(flusher.sync_to(offset, target).is_ok());
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..16 {
+            done_rx.recv_timeout(std::time::Duration::from_secs(30)).expect("a durability waiter was never released");
+        }
+        assert_eq!(flusher.durable_offset(), 16 * 100);
+        assert!(flusher.fsync_count() < 16 * 100, "waiters should share fsyncs");
     }
 }

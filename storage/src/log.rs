@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{self, BatchInfo, TimestampType};
 use crate::checkpoint::{self, Checkpoint};
@@ -82,8 +82,6 @@ struct LogState {
     segments: Vec<Segment>,
     log_start_offset: i64,
     high_watermark: i64,
-    /// What the checkpoint file last said, to skip rewriting an unchanged one.
-    last_checkpoint: Option<Checkpoint>,
     last_flush_ms: i64,
     /// Set by a clean shutdown; later appends are refused so the clean marker stays true.
     closed: bool,
@@ -114,6 +112,9 @@ struct LogInner {
     state: RwLock<LogState>,
     flusher: Flusher,
     cache: Arc<HandleCache>,
+    /// Serialises checkpoint writers (outside the state lock, so appends never wait on the
+    /// checkpoint's fsyncs) and remembers what was last written, to skip unchanged ones.
+    checkpoint: Mutex<Option<Checkpoint>>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -150,12 +151,12 @@ impl PartitionLog {
                     segments,
                     log_start_offset,
                     high_watermark,
-                    last_checkpoint: None,
                     last_flush_ms: now_ms(),
                     closed: false,
                 }),
                 flusher: Flusher::new(recovery_point),
                 cache,
+                checkpoint: Mutex::new(None),
             }),
         };
         // From here on the log is open for writes: the clean marker must be gone from disk
@@ -487,16 +488,19 @@ impl PartitionLog {
     }
 
     fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
-        let mut state = self.inner.state.write();
-        let checkpoint = Checkpoint {
-            clean_shutdown,
-            recovery_point: self.inner.flusher.durable_offset(),
-            log_start_offset: state.log_start_offset,
-            high_watermark: state.high_watermark,
+        let mut last = self.inner.checkpoint.lock();
+        let checkpoint = {
+            let state = self.inner.state.read();
+            Checkpoint {
+                clean_shutdown,
+                recovery_point: self.inner.flusher.durable_offset(),
+                log_start_offset: state.log_start_offset,
+                high_watermark: state.high_watermark,
+            }
         };
-        if state.last_checkpoint != Some(checkpoint) {
+        if *last != Some(checkpoint) {
             checkpoint::write(&self.inner.dir, &checkpoint)?;
-            state.last_checkpoint = Some(checkpoint);
+            *last = Some(checkpoint);
         }
         Ok(())
     }

@@ -72,6 +72,11 @@ impl OpenSegment {
         })
     }
 
+    #[cfg(test)]
+    pub fn open_for_test(paths: &SegmentPaths) -> OpenSegment {
+        OpenSegment::open(paths, 0, true, 4096, 4096).unwrap()
+    }
+
     /// `len` committed bytes starting at `position`, without copying.
     pub fn slice(&self, position: u64, len: usize) -> Bytes {
         let start = position as usize;
