@@ -1,5 +1,8 @@
-//! The `sluice` command: today, tools to inspect partition logs on disk; the broker and the
-//! stream processor arrive with their issues and are wired together here.
+//! The `sluice` command: with no arguments a single-node Kafka broker on 127.0.0.1:9092 with
+//! its data in ./sluice-data; subcommands inspect partition logs on disk.
+
+mod allocator;
+mod run_broker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_storage::{HandleCache, LogConfig, Offset, PartitionLog, RecordBatch};
+
+#[global_allocator]
+static ALLOCATOR: allocator::LazyHugeAllocator = allocator::LazyHugeAllocator;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A Kafka-compatible broker with an in-broker stream processor")]
@@ -17,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a single-node broker (the default when no command is given).
+    Broker(run_broker::BrokerArgs),
     /// Inspect a partition log directory (`<topic>-<partition>/`).
     Log {
         #[command(subcommand)]
@@ -113,9 +121,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => Err(anyhow::anyhow!(
-            "the Kafka broker is not built yet (it is the next issue); for now `sluice log verify|dump <dir>` inspects partition logs"
-        )),
+        None => run_broker::run(run_broker::BrokerArgs::default()),
+        Some(Command::Broker(args)) => run_broker::run(args),
         Some(Command::Log { command: LogCommand::Verify { dir } }) => verify(&dir),
         Some(Command::Log { command: LogCommand::Dump { dir, records } }) => dump(&dir, records),
     };

@@ -1,1 +1,18 @@
-//! The Kafka broker. Built in the single-node broker issue; empty until then.
+//! Sluice's Kafka broker: the network, the protocol handlers, cluster metadata and the
+//! partitions a node holds. Protocol types come from the `kafka-protocol` crate; storage is
+//! `sluice-storage`. The broker knows nothing of stream-processing jobs.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod metadata;
+pub mod network;
+pub mod replica_manager;
+pub mod response;
+pub mod topic_config;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;
+pub use error::{Error, Result};

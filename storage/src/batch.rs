@@ -273,6 +273,13 @@ pub fn stamp_header(
     header
 }
 
+/// The producer id and transactional flag of the batch at the start of `buf`, if it is at
+/// least a header long.
+pub fn peek_producer(buf: &[u8]) -> Option<(i64, bool)> {
+    (buf.len() >= HEADER_SIZE)
+        .then(|| (read_i64(buf, PRODUCER_ID_AT), read_i16(buf, ATTRIBUTES_AT) & TRANSACTIONAL_BIT != 0))
+}
+
 /// The fields of a stored batch header that reads and recovery need, read without a CRC check.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StoredHeader {

@@ -25,7 +25,7 @@ pub use batch_builder::RecordBatchBuilder;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use handle_cache::HandleCache;
-pub use log::{AppendOutcome, PartitionLog, ReadResult};
+pub use log::{AppendOutcome, DurableHandle, PartitionLog, ReadResult};
 pub use record::{Header, Record, RecordBatch, Records};
 
 /// A position in a partition's log. Offsets are dense: every record gets the next one.

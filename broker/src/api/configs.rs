@@ -1,0 +1,244 @@
+//! DescribeConfigs and IncrementalAlterConfigs for topics, and DescribeConfigs for the broker
+//! (whose configs are static: they come from flags and the config file).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_configs_request::{DescribeConfigsRequest, DescribeConfigsResource};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, IncrementalAlterConfigsRequest,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::{
+    AlterConfigsResourceResponse, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::messages::RequestHeader;
+
+use super::str_bytes;
+use crate::broker::{AdminError, Broker};
+use crate::topic_config;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+const TYPE_BOOLEAN: i8 = 1;
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+fn config_type(key: &str) -> i8 {
+    match key {
+        "cleanup.policy" => TYPE_LIST,
+        "message.timestamp.type" | "log.dirs" | "listeners" | "advertised.listeners" => TYPE_STRING,
+        "segment.bytes"
+        | "segment.index.bytes"
+        | "index.interval.bytes"
+        | "max.message.bytes"
+        | "num.partitions"
+        | "node.id"
+        | "socket.request.max.bytes" => TYPE_INT,
+        "auto.create.topics.enable" => TYPE_BOOLEAN,
+        _ => TYPE_LONG,
+    }
+}
+
+fn entry(key: &str, value: String, source: i8, read_only: bool, synonyms: bool) -> DescribeConfigsResourceResult {
+    let synonym_list = if synonyms {
+        vec![DescribeConfigsSynonym::default()
+            .with_name(str_bytes(key))
+            .with_value(Some(str_bytes(value.clone())))
+            .with_source(source)]
+    } else {
+        Vec::new()
+    };
+    DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(key))
+        .with_value(Some(str_bytes(value)))
+        .with_read_only(read_only)
+        .with_config_source(source)
+        .with_config_type(config_type(key))
+        .with_synonyms(synonym_list)
+}
+
+fn describe_topic(
+    broker: &Broker,
+    name: &str,
+    synonyms: bool,
+) -> Result<Vec<DescribeConfigsResourceResult>, AdminError> {
+    let metadata = broker.metadata();
+    let topic = metadata.topic(name).ok_or_else(|| {
+        AdminError::new(ResponseError::UnknownTopicOrPartition, format!("topic \"{name}\" does not exist"))
+    })?;
+    let config = broker.topic_log_config(&topic.configs)?;
+    Ok(topic_config::describe(&config)
+        .into_iter()
+        .map(|(key, value)| {
+            let source = if topic.configs.contains_key(key) { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT };
+            entry(key, value, source, false, synonyms)
+        })
+        .collect())
+}
+
+fn describe_broker(
+    broker: &Broker,
+    name: &str,
+    synonyms: bool,
+) -> Result<Vec<DescribeConfigsResourceResult>, AdminError> {
+    let config = &broker.config;
+    if !name.is_empty() && name != config.node_id.to_string() {
+        return Err(AdminError::new(
+            ResponseError::InvalidRequest,
+            format!("this is broker {}, not {name}", config.node_id),
+        ));
+    }
+    let mut values: Vec<(String, String)> = vec![
+        ("node.id".into(), config.node_id.to_string()),
+        ("log.dirs".into(), config.data_dir.display().to_string()),
+        ("listeners".into(), format!("PLAINTEXT://{}", config.listener)),
+        ("advertised.listeners".into(), format!("PLAINTEXT://{}:{}", config.advertised_host, config.advertised_port)),
+        ("num.partitions".into(), config.num_partitions.to_string()),
+        ("auto.create.topics.enable".into(), config.auto_create_topics_enable.to_string()),
+        ("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()),
+    ];
+    // Topic defaults, under the broker-level names Kafka gives them.
+    for (key, value) in topic_config::describe(&config.log_defaults) {
+        let broker_key = match key {
+            "max.message.bytes" => "message.max.bytes".to_string(),
+            "segment.ms" => "log.roll.ms".to_string(),
+            "segment.index.bytes" => "log.index.size.max.bytes".to_string(),
+            "flush.messages" => "log.flush.interval.messages".to_string(),
+            "flush.ms" => "log.flush.interval.ms".to_string(),
+            other => format!("log.{other}"),
+        };
+        values.push((broker_key, value));
+    }
+    Ok(values.into_iter().map(|(key, value)| entry(&key, value, SOURCE_STATIC_BROKER, true, synonyms)).collect())
+}
+
+fn describe_resource(broker: &Broker, resource: &DescribeConfigsResource, synonyms: bool) -> DescribeConfigsResult {
+    let name = resource.resource_name.as_str();
+    let described = match resource.resource_type {
+        RESOURCE_TOPIC => describe_topic(broker, name, synonyms),
+        RESOURCE_BROKER => describe_broker(broker, name, synonyms),
+        other => Err(AdminError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+    };
+    let result = DescribeConfigsResult::default()
+        .with_resource_type(resource.resource_type)
+        .with_resource_name(resource.resource_name.clone());
+    match described {
+        Ok(mut configs) => {
+            if let Some(keys) = &resource.configuration_keys {
+                configs.retain(|c| keys.iter().any(|k| k.as_str() == c.name.as_str()));
+            }
+            result.with_configs(configs)
+        }
+        Err(err) => result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message))),
+    }
+}
+
+pub fn describe_configs(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let results = request.resources.iter().map(|r| describe_resource(broker, r, request.include_synonyms)).collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The topic's overrides after applying `resource`'s operations.
+fn altered_overrides(broker: &Broker, resource: &AlterConfigsResource) -> Result<BTreeMap<String, String>, AdminError> {
+    let name = resource.resource_name.as_str();
+    let metadata = broker.metadata();
+    let topic = metadata.topic(name).ok_or_else(|| {
+        AdminError::new(ResponseError::UnknownTopicOrPartition, format!("topic \"{name}\" does not exist"))
+    })?;
+    let mut overrides = topic.configs.clone();
+    for change in &resource.configs {
+        let key = change.name.as_str().to_string();
+        let value = change.value.as_ref().map(|v| v.as_str().to_string());
+        let invalid = |message: String| AdminError::new(ResponseError::InvalidConfig, message);
+        match change.config_operation {
+            OP_SET => {
+                let value = value.ok_or_else(|| invalid(format!("SET of {key} needs a value")))?;
+                overrides.insert(key, value);
+            }
+            OP_DELETE => {
+                overrides.remove(&key);
+            }
+            OP_APPEND | OP_SUBTRACT if config_type(&key) == TYPE_LIST => {
+                let value = value.ok_or_else(|| invalid(format!("APPEND or SUBTRACT of {key} needs a value")))?;
+                let mut items: Vec<String> =
+                    overrides.get(&key).map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();
+                for item in value.split(',') {
+                    items.retain(|existing| existing != item);
+                    if change.config_operation == OP_APPEND {
+                        items.push(item.to_string());
+                    }
+                }
+                overrides.insert(key, items.join(","));
+            }
+            OP_APPEND | OP_SUBTRACT => {
+                return Err(invalid(format!("{key} is not a list config; APPEND and SUBTRACT apply to lists only")))
+            }
+            other => {
+                return Err(AdminError::new(ResponseError::InvalidRequest, format!("unknown config operation {other}")))
+            }
+        }
+    }
+    Ok(overrides)
+}
+
+pub async fn incremental_alter_configs(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let validate_only = request.validate_only;
+    let resources = request.resources;
+    let broker = broker.clone();
+    let responses = tokio::task::spawn_blocking(move || {
+        resources
+            .iter()
+            .map(|resource| {
+                let result = match resource.resource_type {
+                    RESOURCE_TOPIC => altered_overrides(&broker, resource).and_then(|overrides| {
+                        broker.set_topic_configs(resource.resource_name.as_str(), overrides, validate_only)
+                    }),
+                    RESOURCE_BROKER => Err(AdminError::new(
+                        ResponseError::InvalidRequest,
+                        "broker configs are static in this version: set them with flags or the config file",
+                    )),
+                    other => Err(AdminError::new(
+                        ResponseError::InvalidRequest,
+                        format!("resource type {other} is not supported"),
+                    )),
+                };
+                let response = AlterConfigsResourceResponse::default()
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name.clone());
+                match result {
+                    Ok(()) => response,
+                    Err(err) => {
+                        response.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}

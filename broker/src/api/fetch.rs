@@ -1,0 +1,134 @@
+//! Fetch: whole stored batches from each partition, as `Bytes` slices of the mapped segments
+//! (spliced into the response without a copy), bounded by the high watermark. Long polling:
+//! when less than `min_bytes` is available the request waits, woken by appends, until
+//! `max_wait_ms`. Sessionless: every response carries session id 0 (KIP-227 allows it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::RequestHeader;
+use sluice_storage::Offset;
+use tokio::time::Instant;
+
+use super::check_leader_epoch;
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+
+/// Fetch waits are bounded even if a client asks for longer.
+const MAX_WAIT_MS: i32 = 300_000;
+const READ_COMMITTED: i8 = 1;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    request: FetchRequest,
+) -> (FetchResponse, Vec<Bytes>) {
+    if request.session_id != 0 {
+        // We never hand out sessions, so a client naming one has lost track of it.
+        let response = FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return (response, Vec::new());
+    }
+    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS) as u64);
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        // Register for wake-ups before reading, so an append in between is not missed.
+        let appended = broker.appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let (response, records, bytes, errors) = read_once(broker, header.request_api_version, &request);
+        if bytes >= min_bytes || errors || Instant::now() >= deadline {
+            return (response, records);
+        }
+        if tokio::time::timeout_at(deadline, appended).await.is_err() {
+            let (response, records, ..) = read_once(broker, header.request_api_version, &request);
+            return (response, records);
+        }
+    }
+}
+
+/// One pass over the requested partitions: the response, the record sets in it, their total
+/// size, and whether any partition reported an error (which ends a long poll at once).
+fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchResponse, Vec<Bytes>, usize, bool) {
+    let mut budget = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    let read_committed = request.isolation_level == READ_COMMITTED;
+    let metadata = broker.metadata();
+    let mut all_records = Vec::new();
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        // From v13 topics are named by id.
+        let name = if version >= 13 {
+            metadata.topic_by_id(&topic.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(topic.topic.0.as_str().to_string())
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(wanted.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+                .with_records(Some(Bytes::new()));
+            let partition = name.as_deref().and_then(|name| broker.replicas.partition(name, wanted.partition));
+            let Some(partition) = partition else {
+                let code = if version >= 13 && name.is_none() {
+                    ResponseError::UnknownTopicId
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                };
+                partitions.push(data.with_error_code(code.code()));
+                any_error = true;
+                continue;
+            };
+            if let Err(code) = check_leader_epoch(wanted.current_leader_epoch) {
+                partitions.push(data.with_error_code(code.code()));
+                any_error = true;
+                continue;
+            }
+            let high_watermark = partition.log.high_watermark();
+            // Until transactions exist, everything below the high watermark is stable.
+            let last_stable_offset = high_watermark;
+            let limit = if read_committed { last_stable_offset } else { high_watermark };
+            data = data
+                .with_high_watermark(high_watermark.0)
+                .with_last_stable_offset(last_stable_offset.0)
+                .with_log_start_offset(partition.log.log_start_offset().0)
+                .with_aborted_transactions(read_committed.then(Vec::new));
+            if budget == 0 {
+                // KIP-74: once the response is full, later partitions come back empty.
+                partitions.push(data);
+                continue;
+            }
+            let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(budget);
+            match partition.log.read(Offset(wanted.fetch_offset), max_bytes, limit) {
+                Ok(read) => {
+                    budget = budget.saturating_sub(read.records.len());
+                    total += read.records.len();
+                    if !read.records.is_empty() {
+                        all_records.push(read.records.clone());
+                    }
+                    data = data.with_log_start_offset(read.log_start_offset.0).with_records(Some(read.records));
+                }
+                Err(err) => {
+                    data = data.with_error_code(storage_error_code(&err).code());
+                    any_error = true;
+                }
+            }
+            partitions.push(data);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (FetchResponse::default().with_responses(topics), all_records, total, any_error)
+}

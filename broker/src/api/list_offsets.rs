@@ -1,0 +1,74 @@
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, KIP-734), earliest local
+//! (-4), or the first offset whose record timestamp is at least a given time.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::RequestHeader;
+
+use super::check_leader_epoch;
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+use crate::replica_manager::Partition;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+fn lookup(partition: &Partition, timestamp: i64) -> Result<(i64, i64), ResponseError> {
+    let log = &partition.log;
+    // Until transactions exist the last stable offset is the high watermark, so both
+    // isolation levels see the same bound.
+    let high_watermark = log.high_watermark();
+    match timestamp {
+        LATEST => Ok((high_watermark.0, -1)),
+        EARLIEST | EARLIEST_LOCAL => Ok((log.log_start_offset().0, -1)),
+        MAX_TIMESTAMP => {
+            Ok(log.max_timestamp().filter(|(offset, _)| *offset < high_watermark).map_or((-1, -1), |(o, t)| (o.0, t)))
+        }
+        t if t >= 0 => match log.offset_for_timestamp(t, high_watermark) {
+            Ok(found) => Ok(found.map_or((-1, -1), |(o, t)| (o.0, t))),
+            Err(err) => Err(storage_error_code(&err)),
+        },
+        _ => Err(ResponseError::InvalidRequest),
+    }
+}
+
+pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    // The leader epoch field exists from v4.
+    let leader_epoch = if header.request_api_version >= 4 { Partition::LEADER_EPOCH } else { -1 };
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let response = ListOffsetsPartitionResponse::default().with_partition_index(wanted.partition_index);
+                    let result = broker
+                        .replicas
+                        .partition(topic.name.0.as_str(), wanted.partition_index)
+                        .ok_or(ResponseError::UnknownTopicOrPartition)
+                        .and_then(|partition| {
+                            check_leader_epoch(wanted.current_leader_epoch)?;
+                            lookup(&partition, wanted.timestamp)
+                        });
+                    match result {
+                        Ok((offset, timestamp)) => {
+                            response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)
+                        }
+                        Err(code) => response.with_error_code(code.code()).with_offset(-1).with_timestamp(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

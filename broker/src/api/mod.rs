@@ -1,0 +1,36 @@
+//! Request handlers, one module per Kafka API family. Each handler is a plain function from a
+//! request to its response over the broker's state; errors are per topic or partition, as
+//! the protocol carries them.
+
+pub mod api_versions;
+pub mod cluster;
+pub mod configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod records;
+pub mod topics;
+
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
+
+pub(crate) fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// The leader epoch check every partition request carries: -1 means "do not check".
+pub(crate) fn check_leader_epoch(requested: i32) -> Result<(), kafka_protocol::error::ResponseError> {
+    use kafka_protocol::error::ResponseError;
+    let current = crate::replica_manager::Partition::LEADER_EPOCH;
+    match requested {
+        -1 => Ok(()),
+        e if e == current => Ok(()),
+        e if e > current => Err(ResponseError::UnknownLeaderEpoch),
+        _ => Err(ResponseError::FencedLeaderEpoch),
+    }
+}

@@ -1,0 +1,106 @@
+//! DeleteRecords (moves a partition's log start offset) and OffsetForLeaderEpoch (where a
+//! leader epoch ends, which consumers use to detect truncation).
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_records_request::DeleteRecordsRequest;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::RequestHeader;
+use sluice_storage::Offset;
+
+use super::check_leader_epoch;
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+use crate::replica_manager::Partition;
+
+/// DeleteRecords' "up to the high watermark".
+const HIGH_WATERMARK: i64 = -1;
+
+pub async fn delete_records(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let broker = broker.clone();
+    let topics = tokio::task::spawn_blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|wanted| {
+                        let result = DeleteRecordsPartitionResult::default()
+                            .with_partition_index(wanted.partition_index)
+                            .with_low_watermark(-1);
+                        let Some(partition) = broker.replicas.partition(topic.name.0.as_str(), wanted.partition_index)
+                        else {
+                            return result.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                        };
+                        let offset = if wanted.offset == HIGH_WATERMARK {
+                            partition.log.high_watermark().0
+                        } else {
+                            wanted.offset
+                        };
+                        match partition.log.delete_records_before(Offset(offset)) {
+                            Ok(low_watermark) => result.with_low_watermark(low_watermark.0),
+                            Err(err) => result.with_error_code(storage_error_code(&err).code()),
+                        }
+                    })
+                    .collect();
+                DeleteRecordsTopicResult::default().with_name(topic.name).with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteRecordsResponse::default().with_topics(topics)
+}
+
+pub fn offset_for_leader_epoch(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|wanted| {
+                    let result = EpochEndOffset::default()
+                        .with_partition(wanted.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let Some(partition) = broker.replicas.partition(topic.topic.0.as_str(), wanted.partition) else {
+                        return result.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    if let Err(code) = check_leader_epoch(wanted.current_leader_epoch) {
+                        return result.with_error_code(code.code());
+                    }
+                    // Every batch on a single node carries epoch 0, which is still current, so it
+                    // ends at the log end; later epochs are unknown, earlier ones never existed.
+                    if wanted.leader_epoch == Partition::LEADER_EPOCH {
+                        result
+                            .with_leader_epoch(Partition::LEADER_EPOCH)
+                            .with_end_offset(partition.log.log_end_offset().0)
+                    } else {
+                        result
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default().with_topic(topic.topic).with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

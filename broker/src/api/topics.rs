@@ -1,0 +1,191 @@
+//! CreateTopics, DeleteTopics and CreatePartitions. Each change is written to the metadata log
+//! (and fsynced) on a blocking thread before the response says it happened.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
+use kafka_protocol::messages::create_partitions_response::{CreatePartitionsResponse, CreatePartitionsTopicResult};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::RequestHeader;
+
+use super::{str_bytes, topic_name};
+use crate::broker::{AdminError, Broker};
+use crate::topic_config;
+
+/// `config_source` for a topic config set on the topic, and for a broker default.
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+
+/// Runs an admin operation that writes the metadata log off the async threads.
+async fn blocking<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    op: impl FnOnce(&Broker) -> T + Send + 'static,
+) -> Result<T, AdminError> {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || op(&broker))
+        .await
+        .map_err(|err| AdminError::new(ResponseError::UnknownServerError, err.to_string()))
+}
+
+fn create_one(
+    broker: &Broker,
+    version: i16,
+    topic: &CreatableTopic,
+    validate_only: bool,
+) -> Result<CreatableTopicResult, AdminError> {
+    let name = topic.name.0.as_str();
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err(AdminError::new(
+            ResponseError::InvalidReplicationFactor,
+            format!("replication factor {} is larger than the 1 broker available", topic.replication_factor),
+        ));
+    }
+    let mut partitions = topic.num_partitions;
+    if !topic.assignments.is_empty() {
+        if partitions != -1 {
+            return Err(AdminError::new(
+                ResponseError::InvalidRequest,
+                "give either a partition count or assignments, not both",
+            ));
+        }
+        let node = broker.config.node_id;
+        if let Some(bad) =
+            topic.assignments.iter().find(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
+        {
+            return Err(AdminError::new(
+                ResponseError::InvalidReplicaAssignment,
+                format!("partition {} must be assigned to broker {node} alone", bad.partition_index),
+            ));
+        }
+        partitions = topic.assignments.len() as i32;
+    }
+    let mut configs = BTreeMap::new();
+    for config in &topic.configs {
+        let Some(value) = &config.value else { continue };
+        configs.insert(config.name.as_str().to_string(), value.as_str().to_string());
+    }
+    let created = broker.create_topic(name, partitions, configs, validate_only)?;
+    let log_config = broker.topic_log_config(&created.configs)?;
+    let described = topic_config::describe(&log_config)
+        .into_iter()
+        .map(|(key, value)| {
+            let source = if created.configs.contains_key(key) { DYNAMIC_TOPIC_CONFIG } else { DEFAULT_CONFIG };
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(key))
+                .with_value(Some(str_bytes(value)))
+                .with_config_source(source)
+        })
+        .collect();
+    Ok(CreatableTopicResult::default()
+        .with_name(topic.name.clone())
+        .with_topic_id(created.id)
+        .with_num_partitions(created.partitions)
+        .with_replication_factor(1)
+        // Configs are in the response from v5.
+        .with_configs((version >= 5).then_some(described)))
+}
+
+pub async fn create_topics(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let validate_only = request.validate_only;
+    let version = header.request_api_version;
+    let topics = request.topics;
+    let results = blocking(broker, move |broker| {
+        topics
+            .iter()
+            .map(|topic| match create_one(broker, version, topic, validate_only) {
+                Ok(result) => result,
+                Err(err) => CreatableTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_error_code(err.code.code())
+                    .with_error_message(Some(str_bytes(err.message)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1),
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub async fn delete_topics(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let metadata = broker.metadata();
+    // Before v6 topics are named in a list of names; from v6 by name or id.
+    let wanted: Vec<(Option<String>, uuid::Uuid)> = if header.request_api_version >= 6 {
+        request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.as_str().to_string()), t.topic_id)).collect()
+    } else {
+        request.topic_names.iter().map(|n| (Some(n.0.as_str().to_string()), uuid::Uuid::nil())).collect()
+    };
+    let resolved: Vec<(Option<String>, uuid::Uuid, Option<String>)> = wanted
+        .into_iter()
+        .map(|(name, id)| {
+            let target = match &name {
+                Some(name) => Some(name.clone()),
+                None => metadata.topic_by_id(&id).map(|t| t.name.clone()),
+            };
+            (name, id, target)
+        })
+        .collect();
+    let results = blocking(broker, move |broker| {
+        resolved
+            .into_iter()
+            .map(|(name, id, target)| {
+                let result =
+                    DeletableTopicResult::default().with_name(name.as_deref().map(topic_name)).with_topic_id(id);
+                let Some(target) = target else {
+                    return result.with_error_code(ResponseError::UnknownTopicId.code());
+                };
+                match broker.delete_topic(&target) {
+                    Ok(id) => result.with_topic_id(id),
+                    Err(err) => {
+                        result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteTopicsResponse::default().with_responses(results)
+}
+
+pub async fn create_partitions(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let validate_only = request.validate_only;
+    let topics = request.topics;
+    let results = blocking(broker, move |broker| {
+        topics
+            .iter()
+            .map(|topic| {
+                let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+                match broker.create_partitions(topic.name.0.as_str(), topic.count, validate_only) {
+                    Ok(()) => result,
+                    Err(err) => {
+                        result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    CreatePartitionsResponse::default().with_results(results)
+}

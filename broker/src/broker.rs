@@ -1,0 +1,249 @@
+//! The broker's shared state: configuration, cluster metadata and the partitions it holds.
+//! Admin changes (topics, partitions, configs) go through here so that each is recorded in
+//! the metadata log before it takes effect.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use parking_lot::{Mutex, RwLock};
+use sluice_storage::{HandleCache, LogConfig};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::error::Result;
+use crate::metadata::{ClusterMetadata, MetadataLog, MetadataRecord, TopicMetadata};
+use crate::replica_manager::ReplicaManager;
+use crate::topic_config;
+
+/// A refused admin operation: the Kafka error code and a message for the client.
+#[derive(Debug)]
+pub struct AdminError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl AdminError {
+    pub fn new(code: ResponseError, message: impl Into<String>) -> AdminError {
+        AdminError { code, message: message.into() }
+    }
+}
+
+impl From<crate::error::Error> for AdminError {
+    fn from(err: crate::error::Error) -> AdminError {
+        let code = match &err {
+            crate::error::Error::Storage(storage) => crate::error::storage_error_code(storage),
+            _ => ResponseError::UnknownServerError,
+        };
+        AdminError::new(code, err.to_string())
+    }
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    metadata_log: Mutex<MetadataLog>,
+    /// The latest metadata, cheap to snapshot for every request.
+    metadata: RwLock<Arc<ClusterMetadata>>,
+    pub replicas: ReplicaManager,
+    /// Woken after every append, so long-polling fetches can look again.
+    pub appended: Notify,
+}
+
+/// Kafka's rule for topic names.
+pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
+    let invalid =
+        |why: &str| Err(AdminError::new(ResponseError::InvalidTopicException, format!("topic name \"{name}\" {why}")));
+    if name.is_empty() {
+        return invalid("is empty");
+    }
+    if name == "." || name == ".." {
+        return invalid("cannot be \".\" or \"..\"");
+    }
+    if name.len() > 249 {
+        return invalid("is longer than 249 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return invalid("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+impl Broker {
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let cache = HandleCache::new(config.max_open_segments);
+        let metadata_log = MetadataLog::open(&config.data_dir, cache.clone())?;
+        let metadata = Arc::new(metadata_log.state().clone());
+        let defaults = config.log_defaults.clone();
+        let replicas = ReplicaManager::open(&config.data_dir, cache, &metadata, |topic| {
+            topic_config::resolve(&defaults, &topic.configs).unwrap_or_else(|err| {
+                tracing::error!(topic = %topic.name, %err, "stored topic config is invalid; using broker defaults");
+                defaults.clone()
+            })
+        })?;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            cluster_id = %metadata.cluster_id,
+            topics = metadata.topics().count(),
+            "broker state loaded"
+        );
+        Ok(Arc::new(Broker {
+            config,
+            metadata_log: Mutex::new(metadata_log),
+            metadata: RwLock::new(metadata),
+            replicas,
+            appended: Notify::new(),
+        }))
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.read().clone()
+    }
+
+    /// The log config of a topic with these overrides.
+    pub fn topic_log_config(&self, overrides: &BTreeMap<String, String>) -> Result<LogConfig, AdminError> {
+        topic_config::resolve(&self.config.log_defaults, overrides)
+            .map_err(|msg| AdminError::new(ResponseError::InvalidConfig, msg))
+    }
+
+    fn commit(&self, log: &mut MetadataLog, records: Vec<MetadataRecord>) -> Result<(), AdminError> {
+        log.append(records)?;
+        *self.metadata.write() = Arc::new(log.state().clone());
+        Ok(())
+    }
+
+    /// Creates a topic (or, with `validate_only`, only checks that it could be created).
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMetadata>, AdminError> {
+        validate_topic_name(name)?;
+        let partitions = if partitions == -1 { self.config.num_partitions } else { partitions };
+        if partitions < 1 {
+            return Err(AdminError::new(
+                ResponseError::InvalidPartitions,
+                format!("a topic needs at least one partition, got {partitions}"),
+            ));
+        }
+        if partitions > 100_000 {
+            return Err(AdminError::new(
+                ResponseError::InvalidPartitions,
+                format!("{partitions} partitions is more than the 100000 allowed"),
+            ));
+        }
+        let log_config = self.topic_log_config(&configs)?;
+        let mut log = self.metadata_log.lock();
+        if log.state().topic(name).is_some() {
+            return Err(AdminError::new(ResponseError::TopicAlreadyExists, format!("topic \"{name}\" already exists")));
+        }
+        let topic = TopicMetadata { name: name.to_string(), id: Uuid::new_v4(), partitions, configs };
+        if validate_only {
+            return Ok(Arc::new(topic));
+        }
+        self.commit(
+            &mut log,
+            vec![MetadataRecord::Topic {
+                name: topic.name.clone(),
+                id: topic.id,
+                partitions,
+                configs: topic.configs.clone(),
+            }],
+        )?;
+        self.replicas.add_partitions(&topic, &log_config)?;
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(Arc::new(topic))
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<Uuid, AdminError> {
+        let mut log = self.metadata_log.lock();
+        let Some(topic) = log.state().topic(name).cloned() else {
+            return Err(AdminError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            ));
+        };
+        self.commit(&mut log, vec![MetadataRecord::RemoveTopic { id: topic.id }])?;
+        self.replicas.remove_topic(name)?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(topic.id)
+    }
+
+    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), AdminError> {
+        let mut log = self.metadata_log.lock();
+        let Some(topic) = log.state().topic(name).cloned() else {
+            return Err(AdminError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            ));
+        };
+        if count <= topic.partitions {
+            return Err(AdminError::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic \"{name}\" has {} partitions; the new count must be larger, got {count}",
+                    topic.partitions
+                ),
+            ));
+        }
+        if count > 100_000 {
+            return Err(AdminError::new(
+                ResponseError::InvalidPartitions,
+                format!("{count} partitions is more than the 100000 allowed"),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let log_config = self.topic_log_config(&topic.configs)?;
+        self.commit(&mut log, vec![MetadataRecord::Partitions { id: topic.id, partitions: count }])?;
+        let updated = log.state().topic(name).cloned().expect("topic just updated");
+        self.replicas.add_partitions(&updated, &log_config)?;
+        Ok(())
+    }
+
+    /// Replaces a topic's config overrides.
+    pub fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let log_config = self.topic_log_config(&configs)?;
+        let mut log = self.metadata_log.lock();
+        let Some(topic) = log.state().topic(name).cloned() else {
+            return Err(AdminError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic \"{name}\" does not exist"),
+            ));
+        };
+        if validate_only {
+            return Ok(());
+        }
+        self.commit(&mut log, vec![MetadataRecord::TopicConfigs { id: topic.id, configs }])?;
+        self.replicas.set_config(name, &log_config)?;
+        Ok(())
+    }
+
+    /// Periodic upkeep of every log: flushes due under `flush.ms`, retention, checkpoints.
+    pub fn maintain_logs(&self) {
+        let now = sluice_storage::log::now_ms();
+        for partition in self.replicas.all_partitions() {
+            if let Err(err) = partition.log.maintain(now) {
+                tracing::error!(topic = %partition.topic, partition = partition.index, %err, "log maintenance failed");
+            }
+        }
+    }
+
+    /// Clean shutdown: every log flushed and marked clean.
+    pub fn shutdown(&self) {
+        self.replicas.close_all();
+        if let Err(err) = self.metadata_log.lock().close() {
+            tracing::error!(%err, "closing the metadata log failed");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Broker configuration: where to listen, what to advertise, where data lives, and the
+//! defaults new topics get. Every value is checked at start with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sluice_storage::LogConfig;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `listeners`: the address the broker binds.
+    pub listener: SocketAddr,
+    /// `advertised.listeners`: host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `log.dirs`: one data directory.
+    pub data_dir: PathBuf,
+    /// `node.id`.
+    pub node_id: i32,
+    /// `num.partitions`: partitions of a topic created without a count (or auto-created).
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics_enable: bool,
+    /// `socket.request.max.bytes`: the largest request frame accepted; checked before any
+    /// buffer is allocated.
+    pub socket_request_max_bytes: usize,
+    /// Defaults for every topic's log (`log.segment.bytes`, `log.retention.ms`, flush policy...).
+    pub log_defaults: LogConfig,
+    /// Open segment handles (files and mappings) shared by all partitions.
+    pub max_open_segments: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            data_dir: PathBuf::from("./sluice-data"),
+            node_id: 0,
+            num_partitions: 1,
+            auto_create_topics_enable: true,
+            socket_request_max_bytes: 100 << 20,
+            log_defaults: LogConfig::default(),
+            max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id < 0 {
+            return Err(Error::Config(format!("node.id must be 0 or more, got {}", self.node_id)));
+        }
+        if self.num_partitions < 1 {
+            return Err(Error::Config(format!("num.partitions must be at least 1, got {}", self.num_partitions)));
+        }
+        if self.socket_request_max_bytes < 1024 || self.socket_request_max_bytes > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "socket.request.max.bytes must be between 1024 and {}, got {}",
+                i32::MAX,
+                self.socket_request_max_bytes
+            )));
+        }
+        if self.max_open_segments < 16 {
+            return Err(Error::Config(format!(
+                "max.open.segments must be at least 16, got {}",
+                self.max_open_segments
+            )));
+        }
+        if self.advertised_host.is_empty() {
+            return Err(Error::Config("advertised.listeners needs a host name".into()));
+        }
+        self.log_defaults.validate().map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+/// Broker config keys, as in Kafka, for the config file and `--set key=value`.
+pub const KEYS: &[&str] = &[
+    "advertised.listeners",
+    "auto.create.topics.enable",
+    "listeners",
+    "log.dirs",
+    "log.flush.interval.messages",
+    "log.flush.interval.ms",
+    "log.index.interval.bytes",
+    "log.index.size.max.bytes",
+    "log.message.timestamp.type",
+    "log.retention.bytes",
+    "log.retention.hours",
+    "log.retention.ms",
+    "log.roll.ms",
+    "log.segment.bytes",
+    "max.open.segments",
+    "message.max.bytes",
+    "node.id",
+    "num.partitions",
+    "socket.request.max.bytes",
+];
+
+/// `host:port`, optionally behind Kafka's `PLAINTEXT://` prefix.
+fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16), String> {
+    let address = value.trim().trim_start_matches("PLAINTEXT://");
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{key} must look like host:port (e.g. 127.0.0.1:9092), got \"{value}\""))?;
+    let port = port.parse::<u16>().map_err(|_| format!("{key} has an invalid port in \"{value}\""))?;
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port))
+}
+
+impl BrokerConfig {
+    /// Applies one `key = value` (a Kafka broker config name); the error names the key and
+    /// what is allowed.
+    pub fn apply(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        let int = |min: i64, max: i64| -> std::result::Result<i64, String> {
+            let parsed: i64 = value.trim().parse().map_err(|_| format!("{key} must be an integer, got \"{value}\""))?;
+            if parsed < min || parsed > max {
+                return Err(format!("{key} must be between {min} and {max}, got {parsed}"));
+            }
+            Ok(parsed)
+        };
+        // Topic defaults share their parsing (and their messages) with topic configs.
+        let topic_key = |topic_key: &str, config: &mut LogConfig| {
+            crate::topic_config::apply(config, topic_key, value).map_err(|msg| msg.replacen(topic_key, key, 1))
+        };
+        match key {
+            "listeners" => {
+                let (host, port) = parse_host_port(key, value)?;
+                let ip = if host.is_empty() { "0.0.0.0".to_string() } else { host };
+                self.listener = format!("{ip}:{port}")
+                    .parse()
+                    .or_else(|_| format!("[{ip}]:{port}").parse())
+                    .map_err(|_| format!("listeners must be an IP address and port, got \"{value}\""))?;
+            }
+            "advertised.listeners" => {
+                let (host, port) = parse_host_port(key, value)?;
+                self.advertised_host = host;
+                self.advertised_port = port;
+            }
+            "log.dirs" => {
+                if value.contains(',') {
+                    return Err("log.dirs takes one directory; several data directories are not supported yet".into());
+                }
+                self.data_dir = PathBuf::from(value.trim());
+            }
+            "node.id" => self.node_id = int(0, i64::from(i32::MAX))? as i32,
+            "num.partitions" => self.num_partitions = int(1, 100_000)? as i32,
+            "auto.create.topics.enable" => {
+                self.auto_create_topics_enable = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("auto.create.topics.enable must be true or false, got \"{value}\"")),
+                }
+            }
+            "socket.request.max.bytes" => self.socket_request_max_bytes = int(1024, i64::from(i32::MAX))? as usize,
+            "max.open.segments" => self.max_open_segments = int(16, 1 << 20)? as usize,
+            "log.segment.bytes" => topic_key("segment.bytes", &mut self.log_defaults)?,
+            "log.roll.ms" => topic_key("segment.ms", &mut self.log_defaults)?,
+            "log.index.size.max.bytes" => topic_key("segment.index.bytes", &mut self.log_defaults)?,
+            "log.index.interval.bytes" => topic_key("index.interval.bytes", &mut self.log_defaults)?,
+            "log.retention.ms" => topic_key("retention.ms", &mut self.log_defaults)?,
+            "log.retention.hours" => {
+                let hours = int(-1, i64::MAX / 3_600_000)?;
+                let ms = if hours < 0 { -1 } else { hours * 3_600_000 };
+                crate::topic_config::apply(&mut self.log_defaults, "retention.ms", &ms.to_string())?;
+            }
+            "log.retention.bytes" => topic_key("retention.bytes", &mut self.log_defaults)?,
+            "message.max.bytes" => topic_key("max.message.bytes", &mut self.log_defaults)?,
+            "log.message.timestamp.type" => topic_key("message.timestamp.type", &mut self.log_defaults)?,
+            "log.flush.interval.messages" => topic_key("flush.messages", &mut self.log_defaults)?,
+            "log.flush.interval.ms" => topic_key("flush.ms", &mut self.log_defaults)?,
+            other => return Err(format!("unknown broker config \"{other}\"; supported keys are {}", KEYS.join(", "))),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_apply_and_bad_values_name_the_key() {
+        let mut config = BrokerConfig::default();
+        config.apply("listeners", "PLAINTEXT://127.0.0.1:19092").unwrap();
+        config.apply("log.flush.interval.messages", "1").unwrap();
+        config.apply("log.retention.hours", "2").unwrap();
+        assert_eq!(config.listener.port(), 19092);
+        assert_eq!(config.log_defaults.flush_policy, sluice_storage::FlushPolicy::EveryAppend);
+        assert_eq!(config.log_defaults.retention_ms, Some(7_200_000));
+        let err = config.apply("num.partitions", "zero").unwrap_err();
+        assert!(err.contains("num.partitions"), "{err}");
+        let err = config.apply("log.segment.bytes", "3").unwrap_err();
+        assert!(err.starts_with("log.segment.bytes"), "{err}");
+        let err = config.apply("no.such", "1").unwrap_err();
+        assert!(err.contains("no.such") && err.contains("log.dirs"), "{err}");
+    }
+}

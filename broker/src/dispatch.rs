@@ -1,0 +1,148 @@
+//! Request dispatch: the table of APIs this broker implements (which is also exactly what
+//! ApiVersions advertises), and the step from a request frame to a response frame. Each API
+//! family's handlers live in their own module under `api/`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::api;
+use crate::broker::Broker;
+use crate::network::{peek_header, ConnectionState};
+use crate::response;
+
+/// An implemented API and the versions of it that work.
+pub struct ApiSpec {
+    pub key: ApiKey,
+    pub min_version: i16,
+    pub max_version: i16,
+}
+
+const fn spec(key: ApiKey, min_version: i16, max_version: i16) -> ApiSpec {
+    ApiSpec { key, min_version, max_version }
+}
+
+/// What ApiVersions advertises. Minimum versions are the oldest the protocol crate decodes
+/// (Kafka 4.0 dropped the same ones, KIP-896).
+pub const APIS: &[ApiSpec] = &[
+    spec(ApiKey::Produce, 3, 11),
+    spec(ApiKey::Fetch, 4, 16),
+    spec(ApiKey::ListOffsets, 1, 8),
+    spec(ApiKey::Metadata, 0, 12),
+    spec(ApiKey::ApiVersions, 0, 4),
+    spec(ApiKey::CreateTopics, 2, 7),
+    spec(ApiKey::DeleteTopics, 1, 6),
+    spec(ApiKey::CreatePartitions, 0, 3),
+    spec(ApiKey::DescribeConfigs, 1, 4),
+    spec(ApiKey::IncrementalAlterConfigs, 0, 1),
+    spec(ApiKey::DescribeCluster, 0, 1),
+    spec(ApiKey::DeleteRecords, 0, 2),
+    spec(ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+pub fn advertised_versions() -> Vec<ApiVersion> {
+    APIS.iter()
+        .map(|api| {
+            ApiVersion::default()
+                .with_api_key(api.key as i16)
+                .with_min_version(api.min_version)
+                .with_max_version(api.max_version)
+        })
+        .collect()
+}
+
+pub enum Outcome {
+    Respond(Vec<Bytes>),
+    /// Produce with acks=0 gets no response.
+    NoResponse,
+    Close(String),
+}
+
+fn respond<T: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &T, splice: &[Bytes]) -> Outcome {
+    match response::encode(api_key, version, correlation_id, body, splice) {
+        Ok(chunks) => Outcome::Respond(chunks),
+        Err(err) => Outcome::Close(format!("cannot encode {api_key:?} v{version} response: {err}")),
+    }
+}
+
+pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Bytes) -> Outcome {
+    let Some((key, version, correlation_id)) = peek_header(&frame) else {
+        return Outcome::Close("request shorter than its header".into());
+    };
+    let Ok(api_key) = ApiKey::try_from(key) else {
+        return Outcome::Close(format!("unknown api key {key}"));
+    };
+    let Some(spec) = APIS.iter().find(|api| api.key == api_key) else {
+        return Outcome::Close(format!("api {api_key:?} (key {key}) is not supported"));
+    };
+    if version < spec.min_version || version > spec.max_version {
+        tracing::warn!(
+            api = ?api_key,
+            version,
+            client = conn.client_software.as_deref().unwrap_or("unknown"),
+            supported = %format!("{}..={}", spec.min_version, spec.max_version),
+            "UNSUPPORTED_VERSION"
+        );
+        if api_key == ApiKey::ApiVersions {
+            // Answer in v0, which every client can read, listing what we support; the client
+            // retries with a version it finds there.
+            let body = ApiVersionsResponse::default()
+                .with_error_code(ResponseError::UnsupportedVersion.code())
+                .with_api_keys(advertised_versions());
+            return respond(api_key, 0, correlation_id, &body, &[]);
+        }
+        return Outcome::Close(format!("{api_key:?} v{version} is not supported"));
+    }
+    let mut body = frame;
+    let header = match RequestHeader::decode(&mut body, api_key.request_header_version(version)) {
+        Ok(header) => header,
+        Err(err) => return Outcome::Close(format!("malformed {api_key:?} v{version} request header: {err}")),
+    };
+    let request = match RequestKind::decode(api_key, &mut body, version) {
+        Ok(request) => request,
+        Err(err) => return Outcome::Close(format!("malformed {api_key:?} v{version} request: {err}")),
+    };
+    let reply = |body: &dyn ErasedEncodable, splice: &[Bytes]| body.respond(api_key, version, correlation_id, splice);
+    match request {
+        RequestKind::ApiVersions(req) => reply(&api::api_versions::handle(conn, &header, req), &[]),
+        RequestKind::Metadata(req) => reply(&api::metadata::handle(broker, &header, req).await, &[]),
+        RequestKind::Produce(req) => match api::produce::handle(broker, &header, req).await {
+            Some(response) => reply(&response, &[]),
+            None => Outcome::NoResponse,
+        },
+        RequestKind::Fetch(req) => {
+            let (response, records) = api::fetch::handle(broker, &header, req).await;
+            reply(&response, &records)
+        }
+        RequestKind::ListOffsets(req) => reply(&api::list_offsets::handle(broker, &header, req), &[]),
+        RequestKind::CreateTopics(req) => reply(&api::topics::create_topics(broker, &header, req).await, &[]),
+        RequestKind::DeleteTopics(req) => reply(&api::topics::delete_topics(broker, &header, req).await, &[]),
+        RequestKind::CreatePartitions(req) => reply(&api::topics::create_partitions(broker, &header, req).await, &[]),
+        RequestKind::DescribeConfigs(req) => reply(&api::configs::describe_configs(broker, &header, req), &[]),
+        RequestKind::IncrementalAlterConfigs(req) => {
+            reply(&api::configs::incremental_alter_configs(broker, &header, req).await, &[])
+        }
+        RequestKind::DescribeCluster(req) => reply(&api::cluster::describe_cluster(broker, &header, req), &[]),
+        RequestKind::DeleteRecords(req) => reply(&api::records::delete_records(broker, &header, req).await, &[]),
+        RequestKind::OffsetForLeaderEpoch(req) => {
+            reply(&api::records::offset_for_leader_epoch(broker, &header, req), &[])
+        }
+        // Only APIs in the table get here, and each has an arm above.
+        _ => Outcome::Close(format!("no handler for {api_key:?}")),
+    }
+}
+
+/// Lets the dispatch table treat every response type alike.
+trait ErasedEncodable {
+    fn respond(&self, api_key: ApiKey, version: i16, correlation_id: i32, splice: &[Bytes]) -> Outcome;
+}
+
+impl<T: Encodable> ErasedEncodable for T {
+    fn respond(&self, api_key: ApiKey, version: i16, correlation_id: i32, splice: &[Bytes]) -> Outcome {
+        respond(api_key, version, correlation_id, self, splice)
+    }
+}

@@ -1,0 +1,38 @@
+//! The broker's error type, and the one place where errors become Kafka error codes.
+
+use kafka_protocol::error::ResponseError;
+use sluice_storage::Error as StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("invalid broker config: {0}")]
+    Config(String),
+    #[error("metadata log: {0}")]
+    Metadata(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The Kafka error code a client should see for a storage error.
+pub fn storage_error_code(err: &StorageError) -> ResponseError {
+    match err {
+        StorageError::CorruptBatch(_) => ResponseError::CorruptMessage,
+        StorageError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        StorageError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
+        StorageError::Decompression { .. } => ResponseError::CorruptMessage,
+        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        StorageError::CorruptSegment { .. } | StorageError::LogFailed { .. } | StorageError::Io { .. } => {
+            ResponseError::KafkaStorageError
+        }
+    }
+}
+
+pub fn code(err: ResponseError) -> i16 {
+    err.code()
+}

@@ -1,0 +1,95 @@
+//! Connections: Kafka framing (a 4-byte size, then the request), checked against
+//! `socket.request.max.bytes` before any buffer is allocated. Each connection is one task
+//! that handles its requests one at a time, so responses go back in request order, as the
+//! protocol requires (Kafka itself mutes a connection while a request is in flight).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::dispatch::{self, Outcome};
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = broker.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = handle_connection(broker, stream, peer, shutdown).await {
+                            tracing::debug!(%peer, %err, "connection closed with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// What one connection remembers between requests.
+#[derive(Default)]
+pub struct ConnectionState {
+    pub peer: Option<SocketAddr>,
+    /// From ApiVersions v3+, for logs about what a client asked for.
+    pub client_software: Option<String>,
+}
+
+async fn handle_connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    let mut state = ConnectionState { peer: Some(peer), ..ConnectionState::default() };
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let size = tokio::select! {
+            size = reader.read_i32() => match size {
+                Ok(size) => size,
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(err) => return Err(err),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        if size < 0 || size as usize > max {
+            tracing::warn!(%peer, size, max, "closing connection: request size outside [0, socket.request.max.bytes]");
+            return Ok(());
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        reader.read_exact(&mut frame).await?;
+        match dispatch::handle(&broker, &mut state, frame.freeze()).await {
+            Outcome::Respond(response) => {
+                for chunk in response {
+                    writer.write_all(&chunk).await?;
+                }
+            }
+            Outcome::NoResponse => {}
+            Outcome::Close(reason) => {
+                tracing::warn!(%peer, client = state.client_software.as_deref().unwrap_or("unknown"), reason, "closing connection");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads the fixed start of a request header: api key, api version, correlation id.
+pub fn peek_header(frame: &[u8]) -> Option<(i16, i16, i32)> {
+    let mut buf = frame.get(..8)?;
+    Some((buf.get_i16(), buf.get_i16(), buf.get_i32()))
+}

@@ -1,0 +1,139 @@
+//! `sluice broker`: builds the broker config from defaults, an optional TOML file and flags
+//! (in that order), binds the listener, and runs until SIGINT or SIGTERM, then shuts down
+//! cleanly (every log flushed and marked clean).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use sluice_broker::{Broker, BrokerConfig};
+use tokio::net::TcpListener;
+
+#[derive(Args, Debug, Default)]
+pub struct BrokerArgs {
+    /// A TOML file of Kafka broker config keys, e.g. `"log.dirs" = "/var/lib/sluice"`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (Kafka's `listeners`). Port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// host:port clients are told to connect to (`advertised.listeners`); defaults to the
+    /// address actually bound.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (`log.dirs`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Any broker config key, repeatable: `--set num.partitions=4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> anyhow::Result<()> {
+    for (key, value) in table {
+        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => flatten(&key, inner, out)?,
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Integer(i) => out.push((key, i.to_string())),
+            toml::Value::Boolean(b) => out.push((key, b.to_string())),
+            other => {
+                return Err(anyhow!(
+                    "config key {key} has a {} value; use a string, integer or boolean",
+                    other.type_str()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, bool)> {
+    let mut config = BrokerConfig::default();
+    let mut settings = Vec::new();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let table: toml::Table =
+            text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+        flatten("", &table, &mut settings)?;
+    }
+    for pair in &args.set {
+        let (key, value) = pair.split_once('=').ok_or_else(|| anyhow!("--set takes KEY=VALUE, got \"{pair}\""))?;
+        settings.push((key.trim().to_string(), value.to_string()));
+    }
+    if let Some(listen) = &args.listen {
+        settings.push(("listeners".into(), listen.clone()));
+    }
+    if let Some(advertise) = &args.advertise {
+        settings.push(("advertised.listeners".into(), advertise.clone()));
+    }
+    if let Some(dir) = &args.data_dir {
+        settings.push(("log.dirs".into(), dir.display().to_string()));
+    }
+    let mut advertised_set = false;
+    for (key, value) in settings {
+        config.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
+        advertised_set |= key == "advertised.listeners";
+    }
+    Ok((config, advertised_set))
+}
+
+pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    let (mut config, advertised_set) = build_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.listener)
+            .await
+            .with_context(|| format!("cannot listen on {} (is another broker running there?)", config.listener))?;
+        let bound = listener.local_addr()?;
+        if !advertised_set {
+            config.advertised_host = bound.ip().to_string();
+            config.advertised_port = bound.port();
+        }
+        let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
+        // A line scripts and tests can wait for.
+        println!("sluice broker listening on {bound}");
+        tracing::info!(%bound, "broker ready");
+
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(sluice_broker::network::serve(broker.clone(), listener, shutdown_rx.clone()));
+        let maintenance = tokio::spawn(maintain(broker.clone(), shutdown_rx));
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        shutdown_tx.send(true).ok();
+        server.await.ok();
+        maintenance.await.ok();
+        tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    })
+}
+
+/// Log upkeep once a second: `flush.ms` flushes, retention, checkpoints.
+async fn maintain(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let broker = broker.clone();
+                if tokio::task::spawn_blocking(move || broker.maintain_logs()).await.is_err() {
+                    tracing::error!("log maintenance panicked");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
