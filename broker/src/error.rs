@@ -26,6 +26,7 @@ pub fn storage_error_code(err: &StorageError) -> ResponseError {
         StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         StorageError::Decompression { .. } => ResponseError::CorruptMessage,
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StorageError::AppendTruncated { .. } => ResponseError::NotLeaderOrFollower,
         StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
         StorageError::CorruptSegment { .. } | StorageError::LogFailed { .. } | StorageError::Io { .. } => {
             ResponseError::KafkaStorageError

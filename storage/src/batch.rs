@@ -306,12 +306,12 @@ pub(crate) fn read_stored_header(buf: &[u8]) -> Result<StoredHeader> {
     if last_offset_delta < 0 {
         return Err(Error::CorruptBatch(format!("negative last offset delta {last_offset_delta}")));
     }
-    Ok(StoredHeader {
-        base_offset: read_i64(buf, BASE_OFFSET_AT),
-        size,
-        last_offset_delta,
-        max_timestamp_ms: read_i64(buf, MAX_TIMESTAMP_AT),
-    })
+    // The base offset lies outside the CRC: bound it so offset arithmetic cannot overflow.
+    let base_offset = read_i64(buf, BASE_OFFSET_AT);
+    if !(0..=i64::MAX / 2).contains(&base_offset) {
+        return Err(Error::CorruptBatch(format!("base offset {base_offset} is out of range")));
+    }
+    Ok(StoredHeader { base_offset, size, last_offset_delta, max_timestamp_ms: read_i64(buf, MAX_TIMESTAMP_AT) })
 }
 
 #[cfg(test)]

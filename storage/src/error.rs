@@ -43,6 +43,11 @@ pub enum Error {
     #[error("log {path} refuses writes after an fsync failure: {reason}")]
     LogFailed { path: PathBuf, reason: String },
 
+    /// The log was truncated (a new leader) before the append became durable; the append
+    /// is not acknowledged.
+    #[error("the log was truncated below offset {offset} before the append was durable")]
+    AppendTruncated { offset: Offset },
+
     #[error("invalid log config: {0}")]
     InvalidConfig(String),
 

@@ -27,11 +27,17 @@ struct FlushState {
     /// Segments rolled since the last fsync: their tails may still be dirty.
     rolled: Vec<Arc<OpenSegment>>,
     fsyncs: u64,
+    /// Bumped by every truncation, so a round that snapshotted the log before one does not
+    /// mark offsets durable that the truncation removed (and later appends reuse).
+    truncations: u64,
 }
 
-/// What the leader must make durable: everything below `end_offset`, in `active`.
+/// What the leader must make durable: everything below `end_offset`, in the rolled segments
+/// and `active`. Taken as one snapshot under the log's state lock, so that a segment rolled
+/// while the leader waited for that lock is either in `rolled` or past `end_offset`.
 pub(crate) struct SyncTarget {
     pub end_offset: i64,
+    pub rolled: Vec<Arc<OpenSegment>>,
     pub active: Arc<OpenSegment>,
 }
 
@@ -49,6 +55,9 @@ pub(crate) struct Flusher {
 pub(crate) enum SyncError {
     /// The log refuses writes since an earlier fsync failure.
     Failed(String),
+    /// The log was truncated while the caller waited, and its offsets were not yet durable:
+    /// its append may be gone, and the offsets may hold someone else's records.
+    Truncated,
     /// Finding what to sync failed (opening the active segment).
     Target(crate::Error),
 }
@@ -81,19 +90,38 @@ impl Flusher {
         self.state.lock().rolled.push(segment);
     }
 
+    /// The rolled segments a sync round must fsync; called while snapshotting its target.
+    pub fn take_rolled(&self) -> Vec<Arc<OpenSegment>> {
+        std::mem::take(&mut self.state.lock().rolled)
+    }
+
     /// After a truncation, offsets past the new end are no longer durable data.
     pub fn truncate(&self, end_offset: i64) {
         let mut state = self.state.lock();
         state.durable_offset = state.durable_offset.min(end_offset);
+        state.truncations += 1;
+    }
+
+    /// Refuses all further writes (a write that could not be cleaned up after failing).
+    pub fn fail(&self, reason: String) {
+        let mut state = self.state.lock();
+        state.failed.get_or_insert(reason);
+        self.rounds.iter().for_each(|round| {
+            round.notify_all();
+        });
     }
 
     /// Blocks until every offset below `offset` is durable, fsyncing as the leader when no
     /// one else is. `target` snapshots the log end and active segment for a leader.
     pub fn sync_to(&self, offset: i64, target: impl Fn() -> crate::Result<SyncTarget>) -> Result<(), SyncError> {
         let mut state = self.state.lock();
+        let truncations_at_start = state.truncations;
         loop {
             if let Some(reason) = &state.failed {
                 return Err(SyncError::Failed(reason.clone()));
+            }
+            if state.truncations != truncations_at_start && state.durable_offset < offset {
+                return Err(SyncError::Truncated);
             }
             if state.durable_offset >= offset {
                 // A waiter woken to lead the next round may find itself covered already: it
@@ -116,12 +144,12 @@ impl Flusher {
             state.round += 1;
             state.round_end = offset;
             let round = state.round;
-            let rolled = std::mem::take(&mut state.rolled);
+            let truncations = state.truncations;
             drop(state);
 
             let result = target().map_err(SyncError::Target).and_then(|target| {
                 self.state.lock().round_end = target.end_offset;
-                for segment in rolled.iter().chain(std::iter::once(&target.active)) {
+                for segment in target.rolled.iter().chain(std::iter::once(&target.active)) {
                     segment.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
                 }
                 Ok(target.end_offset)
@@ -132,7 +160,9 @@ impl Flusher {
             match &result {
                 Ok(end_offset) => {
                     state.fsyncs += 1;
-                    state.durable_offset = state.durable_offset.max(*end_offset);
+                    if state.truncations == truncations {
+                        state.durable_offset = state.durable_offset.max(*end_offset);
+                    }
                     self.rounds[(round % 2) as usize].notify_all();
                     if state.waiting[((round + 1) % 2) as usize] > 0 {
                         self.rounds[((round + 1) % 2) as usize].notify_one();
@@ -145,8 +175,7 @@ impl Flusher {
                         round.notify_all();
                     });
                 }
-                Err(SyncError::Target(_)) => {
-                    state.rolled.extend(rolled);
+                Err(SyncError::Target(_) | SyncError::Truncated) => {
                     self.rounds.iter().for_each(|round| {
                         round.notify_all();
                     });
@@ -186,7 +215,11 @@ mod tests {
                     let offset = end.fetch_add(1, Ordering::SeqCst) + 1;
                     let target = || {
                         std::thread::sleep(std::time::Duration::from_micros(300));
-                        Ok(SyncTarget { end_offset: end.load(Ordering::SeqCst), active: handle.clone() })
+                        Ok(SyncTarget {
+                            end_offset: end.load(Ordering::SeqCst),
+                            rolled: Vec::new(),
+                            active: handle.clone(),
+                        })
                     };
                     assert!(flusher.sync_to(offset, target).is_ok());
                 }

@@ -4,7 +4,7 @@
 //! other one. Readers keep a handle alive through its `Arc` while they use it, so eviction
 //! never pulls a mapping out from under a read: it only stops new users from finding it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -17,6 +17,9 @@ use crate::segment::OpenSegment;
 pub(crate) struct HandleSlot {
     handle: Mutex<Option<Arc<OpenSegment>>>,
     last_used: AtomicU64,
+    /// An active segment is appended to: reopening it costs every append, so closed
+    /// segments are evicted first.
+    active: AtomicBool,
 }
 
 pub struct HandleCache {
@@ -43,9 +46,11 @@ impl HandleCache {
     pub(crate) fn get_or_open(
         &self,
         slot: &Arc<HandleSlot>,
+        active: bool,
         open: impl FnOnce() -> Result<OpenSegment>,
     ) -> Result<Arc<OpenSegment>> {
         slot.last_used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        slot.active.store(active, Ordering::Relaxed);
         let mut guard = slot.handle.lock();
         if let Some(handle) = guard.as_ref() {
             return Ok(handle.clone());
@@ -78,13 +83,14 @@ impl HandleCache {
         });
         open.push(Arc::downgrade(slot));
         while open.len() > self.max_open {
-            // Least recently used among the others; a slot busy being opened is skipped.
+            // Least recently used among the others, closed segments first; a slot busy being
+            // opened is skipped.
             let victim = open
                 .iter()
                 .enumerate()
                 .filter_map(|(i, weak)| weak.upgrade().map(|s| (i, s)))
                 .filter(|(_, s)| !Arc::ptr_eq(s, slot))
-                .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed));
+                .min_by_key(|(_, s)| (s.active.load(Ordering::Relaxed), s.last_used.load(Ordering::Relaxed)));
             let Some((index, victim)) = victim else { break };
             if let Some(mut handle) = victim.handle.try_lock() {
                 handle.take();

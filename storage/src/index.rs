@@ -9,6 +9,7 @@
 //! Entries are strictly increasing in both fields.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -42,7 +43,13 @@ impl IndexFile {
         let len = file.metadata().map_err(Error::io("stat index", path))?.len() as usize;
         let wanted = if active { max_bytes / entry_size * entry_size } else { len };
         if wanted > len {
-            file.set_len(wanted as u64).map_err(Error::io("preallocate index", path))?;
+            // Allocate the blocks now: a sparse file written through the mapping would turn a
+            // full disk into SIGBUS at the first new page instead of an error here.
+            // SAFETY: plain syscall on an open descriptor.
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, wanted as libc::off_t) };
+            if rc != 0 {
+                return Err(Error::io("preallocate index", path)(std::io::Error::from_raw_os_error(rc)));
+            }
         }
         let size = len.max(wanted);
         let map = if size == 0 {
@@ -145,6 +152,10 @@ impl OffsetIndex {
         &self.file
     }
 
+    pub fn capacity(&self) -> usize {
+        self.file.capacity
+    }
+
     pub fn append(&self, slot: usize, offset: i64, position: u32) {
         let relative = (offset - self.base_offset) as u32;
         let mut entry = [0u8; OFFSET_ENTRY_SIZE];
@@ -201,6 +212,10 @@ impl TimeIndex {
 
     pub fn file(&self) -> &IndexFile {
         &self.file
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.file.capacity
     }
 
     pub fn append(&self, slot: usize, timestamp_ms: i64, offset: i64) {

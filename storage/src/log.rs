@@ -138,6 +138,16 @@ impl PartitionLog {
         let log_start_offset = found.map_or(first_base, |c| c.log_start_offset).clamp(first_base, log_end_offset);
         let high_watermark =
             found.map_or(log_start_offset, |c| c.high_watermark).clamp(log_start_offset, log_end_offset);
+        // Offsets below the recovery point were acknowledged as durable: if the files end
+        // before it, acknowledged data is gone, which must not pass for a torn tail.
+        if let Some(expected) = found.map(|c| c.recovery_point).filter(|point| *point > log_end_offset) {
+            let last = segments.last().expect("a log always has an active segment");
+            return Err(Error::CorruptSegment {
+                path: last.paths.log.clone(),
+                position: last.size,
+                reason: format!("the log ends at offset {log_end_offset}, but offsets up to {expected} were durable"),
+            });
+        }
         // Everything loaded was either trusted as flushed or scanned and fsynced by recovery.
         let recovery_point = log_end_offset;
         if loaded.recovered {
@@ -202,7 +212,8 @@ impl PartitionLog {
             return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
         }
         let base_offset = state.log_end_offset();
-        if state.active().should_roll(&info, base_offset, &config, now_ms) {
+        let active = state.active().handle(&self.inner.cache, &config)?;
+        if state.active().should_roll(&active, &info, base_offset, &config, now_ms) {
             self.roll(&mut state, &config)?;
         }
         let header = batch::stamp_header(
@@ -212,7 +223,8 @@ impl PartitionLog {
             stored_max_timestamp_ms,
             config.message_timestamp_type,
         );
-        state.active_mut().append(
+        drop(active);
+        let appended = state.active_mut().append(
             &self.inner.cache,
             &config,
             &header,
@@ -221,7 +233,11 @@ impl PartitionLog {
             base_offset,
             stored_max_timestamp_ms,
             now_ms,
-        )?;
+        );
+        if let Err(Error::LogFailed { reason, .. }) = &appended {
+            self.inner.flusher.fail(reason.clone());
+        }
+        appended?;
         let end_offset = state.log_end_offset();
         drop(state);
 
@@ -257,13 +273,13 @@ impl PartitionLog {
         let result = self.inner.flusher.sync_to(offset, || {
             let state = self.inner.state.read();
             let config = self.inner.config.read();
-            Ok(SyncTarget {
-                end_offset: state.log_end_offset(),
-                active: state.active().handle(&self.inner.cache, &config)?,
-            })
+            let active = state.active().handle(&self.inner.cache, &config)?;
+            let rolled = self.inner.flusher.take_rolled();
+            Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active })
         });
         result.map_err(|err| match err {
             SyncError::Failed(reason) => Error::LogFailed { path: self.inner.dir.clone(), reason },
+            SyncError::Truncated => Error::AppendTruncated { offset: Offset(offset - 1) },
             SyncError::Target(err) => err,
         })
     }
@@ -386,6 +402,26 @@ impl PartitionLog {
     /// leader). The log end offset becomes the base offset of that batch.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
         let config = self.inner.config.read().clone();
+        // The recovery point on disk must not be above the new end before any file changes, or
+        // a crash mid-truncation would look like acknowledged data gone missing.
+        let new_end = {
+            let state = self.inner.state.read();
+            if offset.0 >= state.log_end_offset() {
+                return Ok(Offset(state.log_end_offset()));
+            }
+            if offset.0 <= state.log_start_offset {
+                offset.0.max(0)
+            } else {
+                let segment = &state.segments[state.segment_for(offset.0)];
+                let handle = segment.handle(&self.inner.cache, &config)?;
+                let cut =
+                    segment.locate(&handle, offset.0)?.map_or(segment.next_offset, |(_, header)| header.base_offset);
+                // A cut below the log start empties the log, which restarts at the log start.
+                cut.max(state.log_start_offset)
+            }
+        };
+        self.inner.flusher.truncate(new_end);
+        self.write_checkpoint(false)?;
         let mut state = self.inner.state.write();
         if offset.0 >= state.log_end_offset() {
             return Ok(Offset(state.log_end_offset()));
@@ -508,10 +544,12 @@ impl PartitionLog {
     /// Clean shutdown: flushes the log and its indexes and marks the shutdown clean, so the
     /// next open trusts the files without scanning them.
     pub fn close(self) -> Result<()> {
+        // Stop appends first: anything appended after the flush would be covered by the clean
+        // marker without having been fsynced.
+        self.inner.state.write().closed = true;
         self.flush()?;
         let config = self.inner.config.read().clone();
         let mut state = self.inner.state.write();
-        state.closed = true;
         let active = state.active_mut();
         // Final time index entry, indexes trimmed and flushed, as at a roll; the segment stays
         // the active one for whoever opens the log next.
@@ -533,15 +571,85 @@ impl PartitionLog {
                 let (position, header) = item?;
                 batch::check_crc(&handle.slice(position, header.size))
                     .map_err(|err| segment.corrupt(position, err.to_string()))?;
-                if header.base_offset < expected {
-                    return Err(segment.corrupt(
-                        position,
-                        format!("batch base offset {} is below the expected {expected}", header.base_offset),
-                    ));
+                if header.base_offset != expected {
+                    let reason =
+                        format!("batch base offset {} where offset {expected} was expected", header.base_offset);
+                    return Err(segment.corrupt(position, reason));
                 }
                 expected = header.next_offset();
             }
+            if expected != segment.next_offset {
+                let reason = format!("segment ends at offset {expected}, not {}", segment.next_offset);
+                return Err(segment.corrupt(segment.size, reason));
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch_builder::RecordBatchBuilder;
+
+    fn batch(size: usize) -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(0, None, Some(&vec![1u8; size]), &[]);
+        builder.build().unwrap()
+    }
+
+    /// What `sync_to` snapshots, taken after `interleave` runs (what another thread does while
+    /// the round's leader waits for the state lock).
+    fn snapshot_after(log: &PartitionLog, interleave: impl FnOnce()) -> Result<SyncTarget> {
+        interleave();
+        let state = log.inner.state.read();
+        let config = log.inner.config.read();
+        let active = state.active().handle(&log.inner.cache, &config)?;
+        let rolled = log.inner.flusher.take_rolled();
+        Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active })
+    }
+
+    #[test]
+    fn a_segment_rolled_during_a_round_is_fsynced_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { segment_bytes: 1024, flush_policy: FlushPolicy::EveryAppend, ..LogConfig::default() };
+        let log = PartitionLog::open(dir.path(), config, HandleCache::new(16)).unwrap();
+        let first = log.append(&batch(900), LeaderEpoch(0), 0).unwrap();
+        let covered = log.inner.flusher.sync_to(first.last_offset.0 + 1, || {
+            snapshot_after(&log, || {
+                log.append(&batch(900), LeaderEpoch(0), 0).unwrap(); // rolls the segment
+            })
+        });
+        assert!(covered.is_ok());
+        assert_eq!(log.segment_count(), 2);
+        assert!(!log.inner.flusher.has_rolled(), "the rolled segment was left unsynced");
+    }
+
+    #[test]
+    fn a_truncation_during_a_round_keeps_later_appends_unacknowledged_until_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { flush_policy: FlushPolicy::EveryAppend, ..LogConfig::default() };
+        let log = PartitionLog::open(dir.path(), config, HandleCache::new(16)).unwrap();
+        for _ in 0..10 {
+            log.append(&batch(100), LeaderEpoch(0), 0).unwrap();
+        }
+        // On its own thread with a deadline: the bug this guards against is a waiter that
+        // never returns.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let waiter = log.clone();
+        std::thread::spawn(move || {
+            let synced = waiter.inner.flusher.sync_to(10, || {
+                let target = snapshot_after(&waiter, || {});
+                waiter.truncate_to(Offset(5)).unwrap();
+                target
+            });
+            done_tx.send(matches!(synced, Err(SyncError::Truncated))).unwrap();
+        });
+        let failed = done_rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the waiter never returned");
+        assert!(failed, "a waiter whose offsets were truncated away must fail");
+        assert!(log.inner.flusher.durable_offset() <= 5);
+        let fsyncs = log.fsync_count();
+        log.append(&batch(100), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
+        assert!(log.fsync_count() > fsyncs, "an append at a reused offset was acknowledged without an fsync");
     }
 }

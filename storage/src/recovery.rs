@@ -273,9 +273,11 @@ fn rebuild_from_scan(
         let rest = handle.slice(position, (scanned_size - position) as usize);
         let checked = if recovery_point.is_some() { batch::check_crc(&rest) } else { batch::check_framing(&rest) };
         let problem = match checked.and_then(|_| batch::read_stored_header(&rest)) {
-            Ok(header) if header.base_offset < segment.next_offset => {
-                Some(format!("batch base offset {} is below the expected {}", header.base_offset, segment.next_offset))
-            }
+            // Offsets are dense (no compaction yet): each batch starts where the last ended.
+            Ok(header) if header.base_offset != segment.next_offset => Some(format!(
+                "batch base offset {} where offset {} was expected",
+                header.base_offset, segment.next_offset
+            )),
             Ok(header) => {
                 segment.index_batch(
                     &handle,

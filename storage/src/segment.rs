@@ -17,7 +17,7 @@ use crate::batch::{self, BatchInfo, StoredHeader, HEADER_SIZE};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::handle_cache::{HandleCache, HandleSlot};
-use crate::index::{OffsetIndex, TimeIndex, OFFSET_ENTRY_SIZE, TIME_ENTRY_SIZE};
+use crate::index::{OffsetIndex, TimeIndex};
 use crate::record::RecordBatch;
 
 pub const LOG_SUFFIX: &str = "log";
@@ -212,18 +212,10 @@ impl Segment {
         }
     }
 
-    pub fn offset_index_capacity(config: &LogConfig) -> usize {
-        config.segment_index_bytes as usize / OFFSET_ENTRY_SIZE
-    }
-
-    pub fn time_index_capacity(config: &LogConfig) -> usize {
-        config.segment_index_bytes as usize / TIME_ENTRY_SIZE
-    }
-
     /// The open handle, opening the files if they were closed. An active segment is mapped
     /// to at least `segment.bytes` so appends rarely remap.
     pub fn handle(&self, cache: &HandleCache, config: &LogConfig) -> Result<Arc<OpenSegment>> {
-        cache.get_or_open(&self.slot, || self.open_handle(config, 0))
+        cache.get_or_open(&self.slot, self.active, || self.open_handle(config, 0))
     }
 
     /// The open handle, remapped if its mapping does not reach `len` bytes. Only a batch
@@ -253,7 +245,16 @@ impl Segment {
     }
 
     /// Whether appending a batch of `info` at `base_offset` needs a new segment first.
-    pub fn should_roll(&self, info: &BatchInfo, base_offset: i64, config: &LogConfig, now_ms: i64) -> bool {
+    /// `handle` is this segment's: index capacity is what its files were sized with, which a
+    /// later change of `segment.index.bytes` does not alter.
+    pub fn should_roll(
+        &self,
+        handle: &OpenSegment,
+        info: &BatchInfo,
+        base_offset: i64,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> bool {
         if self.size == 0 {
             return false;
         }
@@ -262,8 +263,8 @@ impl Segment {
             (Some(segment_ms), Some(first)) => now_ms.saturating_sub(first) >= segment_ms as i64,
             _ => false,
         };
-        let index_full = self.offset_index_entries >= Self::offset_index_capacity(config)
-            || self.time_index_entries >= Self::time_index_capacity(config);
+        let index_full = self.offset_index_entries >= handle.offset_index.capacity()
+            || self.time_index_entries >= handle.time_index.capacity();
         // Relative offsets in the indexes are 32-bit.
         let offsets_overflow = base_offset + i64::from(info.last_offset_delta) - self.base_offset > i64::from(u32::MAX);
         too_big || too_old || index_full || offsets_overflow
@@ -287,7 +288,17 @@ impl Segment {
         debug_assert_eq!(base_offset, self.next_offset, "offsets must stay dense");
         let end = self.size as usize + info.size;
         let handle = self.handle_covering(cache, config, end)?;
-        handle.write_at([header, records], self.size)?;
+        if let Err(err) = handle.write_at([header, records], self.size) {
+            // A partial write (a full disk) leaves bytes past the committed size; cut them, or
+            // a later clean shutdown would keep a torn batch in a trusted segment.
+            if let Err(trim) = handle.log.set_len(self.size) {
+                return Err(Error::LogFailed {
+                    path: self.paths.log.clone(),
+                    reason: format!("append failed ({err}) and its partial write could not be cut ({trim})"),
+                });
+            }
+            return Err(err);
+        }
 
         let offset_of_max = if stored_max_timestamp_ms == info.max_timestamp_ms {
             base_offset + i64::from(info.offset_delta_of_max_timestamp)
@@ -325,18 +336,18 @@ impl Segment {
         }
         let first = self.offset_index_entries == 0 && position == 0;
         if (first || self.bytes_since_index_entry >= u64::from(config.index_interval_bytes))
-            && self.offset_index_entries < Self::offset_index_capacity(config)
+            && self.offset_index_entries < handle.offset_index.capacity()
         {
             handle.offset_index.append(self.offset_index_entries, base_offset, position as u32);
             self.offset_index_entries += 1;
-            self.maybe_append_time_entry(handle, config);
+            self.maybe_append_time_entry(handle);
             self.bytes_since_index_entry = 0;
         }
         self.bytes_since_index_entry += size as u64;
     }
 
-    fn maybe_append_time_entry(&mut self, handle: &OpenSegment, config: &LogConfig) {
-        if self.max_timestamp_ms == NO_TIMESTAMP || self.time_index_entries >= Self::time_index_capacity(config) {
+    fn maybe_append_time_entry(&mut self, handle: &OpenSegment) {
+        if self.max_timestamp_ms == NO_TIMESTAMP || self.time_index_entries >= handle.time_index.capacity() {
             return;
         }
         let last = self.time_index_entries.checked_sub(1).and_then(|slot| handle.time_index.entry(slot));
@@ -361,7 +372,10 @@ impl Segment {
             return Ok(());
         }
         let handle = self.handle(cache, config)?;
-        self.maybe_append_time_entry(&handle, config);
+        // Nothing past the committed size belongs to the segment. Cutting the file here is
+        // safe with mappings alive: no reader was ever handed a byte past `size`.
+        handle.log.set_len(self.size).map_err(Error::io("trim segment", &self.paths.log))?;
+        self.maybe_append_time_entry(&handle);
         handle.offset_index.file().flush()?;
         handle.time_index.file().flush()?;
         handle.offset_index.file().trim(self.offset_index_entries)?;

@@ -335,3 +335,128 @@ fn invalid_config_is_refused_with_the_key_name() {
     assert!(matches!(err, Error::InvalidConfig(_)));
     assert!(err.to_string().contains("segment.bytes"), "{err}");
 }
+
+fn flip(path: &Path, position: u64, bytes: &[u8]) {
+    OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, position).unwrap();
+}
+
+#[test]
+fn a_corrupt_base_offset_is_cut_not_turned_into_a_gap() {
+    // The base offset lies outside the CRC; recovery must still refuse a batch whose base
+    // offset does not follow the previous batch.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    let mut positions = vec![];
+    for i in 0..3 {
+        positions.push(log.size_bytes());
+        log.append(&batch(i, 2, 20), LeaderEpoch(0), 0).unwrap();
+    }
+    drop(log);
+    flip(&log_files(dir.path()).pop().unwrap(), positions[2] + 3, &[0x01]); // offset 4 -> 4 + 2^32
+    let log = open(dir.path(), LogConfig::default());
+    assert_eq!(log.log_end_offset(), Offset(4), "the bad batch is a torn tail");
+    log.verify().unwrap();
+
+    // A huge base offset is an error, not an arithmetic overflow.
+    let at = log.size_bytes();
+    log.append(&batch(9, 1, 20), LeaderEpoch(0), 0).unwrap();
+    drop(log);
+    flip(&log_files(dir.path()).pop().unwrap(), at, &i64::MAX.to_be_bytes());
+    let log = open(dir.path(), LogConfig::default());
+    assert_eq!(log.log_end_offset(), Offset(4));
+}
+
+#[test]
+fn acknowledged_data_missing_below_the_recovery_point_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { flush_policy: FlushPolicy::EveryAppend, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone());
+    let mut positions = vec![];
+    for i in 0..10 {
+        positions.push(log.size_bytes());
+        log.append(&batch(i, 1, 50), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
+    }
+    log.maintain(0).unwrap(); // checkpoint: recovery point 10
+    drop(log);
+    // Lose batches 5..10 at a batch boundary, as a lost write-back would.
+    OpenOptions::new().write(true).open(log_files(dir.path()).pop().unwrap()).unwrap().set_len(positions[5]).unwrap();
+    match PartitionLog::open(dir.path(), config, HandleCache::new(8)) {
+        Err(Error::CorruptSegment { reason, .. }) => assert!(reason.contains("10"), "{reason}"),
+        Err(other) => panic!("expected CorruptSegment, got {other}"),
+        Ok(log) => panic!("opened with log end {} although offsets up to 10 were durable", log.log_end_offset()),
+    }
+}
+
+#[test]
+fn truncation_lowers_the_recovery_point_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { flush_policy: FlushPolicy::EveryAppend, ..small_segments() };
+    let log = open(dir.path(), config.clone());
+    for i in 0..40 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
+    }
+    log.maintain(0).unwrap();
+    assert_eq!(log.truncate_to(Offset(31)).unwrap(), Offset(30));
+    drop(log);
+    let log = open(dir.path(), config);
+    assert_eq!(log.log_end_offset(), Offset(30));
+    log.verify().unwrap();
+}
+
+#[test]
+fn negative_batch_lengths_from_the_network_are_errors() {
+    let mut bytes = batch(0, 1, 10);
+    bytes[8..12].copy_from_slice(&(-1i32).to_be_bytes());
+    let first = RecordBatch::iter_batches(bytes::Bytes::from(bytes)).next();
+    assert!(matches!(first, Some(Err(Error::CorruptBatch(_)))));
+}
+
+#[test]
+fn a_small_batch_that_decompresses_to_a_huge_one_is_refused() {
+    let mut builder = RecordBatchBuilder::new(0).compression(sluice_storage::Compression::Zstd);
+    builder.push(0, None, Some(&vec![0u8; 100 << 20]), &[]);
+    let bomb = builder.build().unwrap();
+    assert!(bomb.len() < 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    assert!(matches!(log.append(&bomb, LeaderEpoch(0), 0), Err(Error::Decompression { .. })));
+    assert_eq!(log.log_end_offset(), Offset(0));
+}
+
+#[test]
+fn clean_close_stops_appends_before_flushing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    log.append(&batch(0, 1, 100), LeaderEpoch(0), 0).unwrap();
+    let appender = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = 1;
+            while log.append(&batch(1, 1, 100), LeaderEpoch(0), 0).is_ok() {
+                acknowledged += 1;
+            }
+            acknowledged
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    log.close().unwrap();
+    let acknowledged = appender.join().unwrap();
+    let checkpoint = sluice_storage::checkpoint::read(dir.path()).unwrap().unwrap();
+    assert!(checkpoint.clean_shutdown);
+    assert_eq!(checkpoint.recovery_point, acknowledged, "the clean marker must cover exactly what was flushed");
+    assert_eq!(open(dir.path(), LogConfig::default()).log_end_offset(), Offset(acknowledged));
+}
+
+#[test]
+fn raising_segment_index_bytes_on_a_live_log_applies_to_new_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_index_bytes: 96, index_interval_bytes: 1, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone());
+    log.append(&batch(0, 1, 100), LeaderEpoch(0), 0).unwrap();
+    log.set_config(LogConfig { segment_index_bytes: 10 << 20, ..config }).unwrap();
+    for i in 0..20 {
+        log.append(&batch(i, 1, 100), LeaderEpoch(0), 0).unwrap();
+    }
+    assert!(log.segment_count() >= 2, "the small index filled and rolled the segment");
+    assert_eq!(read_all(&log).len(), 21);
+}
