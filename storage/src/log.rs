@@ -22,6 +22,10 @@ use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
 use crate::{LeaderEpoch, Offset};
 
+/// How often `maintain` rewrites the checkpoint (Kafka's
+/// `log.flush.offset.checkpoint.interval.ms`).
+const CHECKPOINT_INTERVAL_MS: i64 = 60_000;
+
 /// Milliseconds since the Unix epoch, the unit of every Kafka timestamp.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -113,8 +117,8 @@ struct LogInner {
     flusher: Flusher,
     cache: Arc<HandleCache>,
     /// Serialises checkpoint writers (outside the state lock, so appends never wait on the
-    /// checkpoint's fsyncs) and remembers what was last written, to skip unchanged ones.
-    checkpoint: Mutex<Option<Checkpoint>>,
+    /// checkpoint's fsyncs) and remembers what was last written and when.
+    checkpoint: Mutex<Option<(Checkpoint, i64)>>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -520,11 +524,26 @@ impl PartitionLog {
             self.flush()?;
         }
         self.apply_retention(now_ms)?;
+        // Two fsyncs per write: with thousands of partitions a checkpoint every tick would be
+        // a storm of them. A stale recovery point only means more rescanning after a crash.
+        let due = {
+            let last = self.inner.checkpoint.lock();
+            last.is_none_or(|(_, written_ms)| now_ms - written_ms >= CHECKPOINT_INTERVAL_MS || now_ms < written_ms)
+        };
+        if due {
+            self.write_checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint now (recovery point, log start offset, high watermark).
+    pub fn checkpoint(&self) -> Result<()> {
         self.write_checkpoint(false)
     }
 
     fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
         let mut last = self.inner.checkpoint.lock();
+        let now = now_ms();
         let checkpoint = {
             let state = self.inner.state.read();
             Checkpoint {
@@ -534,10 +553,10 @@ impl PartitionLog {
                 high_watermark: state.high_watermark,
             }
         };
-        if *last != Some(checkpoint) {
+        if last.is_none_or(|(written, _)| written != checkpoint) {
             checkpoint::write(&self.inner.dir, &checkpoint)?;
-            *last = Some(checkpoint);
         }
+        *last = Some((checkpoint, now));
         Ok(())
     }
 

@@ -120,7 +120,7 @@ fn corruption_below_the_recovery_point_is_an_error_naming_file_and_position() {
         log.append(&batch(i, 2, 100), LeaderEpoch(0), 0).unwrap();
     }
     log.flush().unwrap();
-    log.maintain(0).unwrap(); // writes the checkpoint with the recovery point
+    log.checkpoint().unwrap(); // records the recovery point
     drop(log);
 
     let active = log_files(dir.path()).pop().unwrap();
@@ -376,7 +376,7 @@ fn acknowledged_data_missing_below_the_recovery_point_is_an_error() {
         positions.push(log.size_bytes());
         log.append(&batch(i, 1, 50), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
     }
-    log.maintain(0).unwrap(); // checkpoint: recovery point 10
+    log.checkpoint().unwrap(); // recovery point 10
     drop(log);
     // Lose batches 5..10 at a batch boundary, as a lost write-back would.
     OpenOptions::new().write(true).open(log_files(dir.path()).pop().unwrap()).unwrap().set_len(positions[5]).unwrap();
@@ -395,7 +395,7 @@ fn truncation_lowers_the_recovery_point_first() {
     for i in 0..40 {
         log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap().wait_durable().unwrap();
     }
-    log.maintain(0).unwrap();
+    log.checkpoint().unwrap();
     assert_eq!(log.truncate_to(Offset(31)).unwrap(), Offset(30));
     drop(log);
     let log = open(dir.path(), config);
