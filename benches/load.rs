@@ -1,0 +1,384 @@
+//! End-to-end load harness on librdkafka, for Sluice or any Kafka-compatible broker.
+//!
+//!   cargo bench --bench load -- produce --record-size 1024 --acks 1 --batch-size 1048576
+//!   cargo bench --bench load -- consume --records 2000000
+//!   cargo bench --bench load -- latency --rate-mb 50 --seconds 20
+//!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
+//!
+//! Without `--bootstrap` it starts a release-built `sluice` broker of its own in a temporary
+//! directory. Each run prints one summary line; nothing is asserted.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Cli {
+    /// Broker to load; omitted, the harness starts its own sluice broker.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Ignored: cargo passes it to every bench target.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Producer throughput.
+    Produce(ProduceArgs),
+    /// Fills a topic, then measures consumer throughput reading it back.
+    Consume(ProduceArgs),
+    /// Produce-to-consume latency percentiles at a fixed offered rate.
+    Latency(LatencyArgs),
+}
+
+#[derive(Args, Clone)]
+struct ProduceArgs {
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// 0, 1 or -1 (all).
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    acks: i32,
+    /// librdkafka `batch.size` in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+}
+
+#[derive(Args, Clone)]
+struct LatencyArgs {
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Offered load in MB/s.
+    #[arg(long, default_value_t = 50.0)]
+    rate_mb: f64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+    acks: i32,
+}
+
+/// The harness's own broker, killed on drop.
+struct OwnBroker {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn start_own_broker() -> (OwnBroker, String) {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sluice");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let address = loop {
+        let line = lines.next().expect("sluice exited before listening").expect("read stdout");
+        if let Some(address) = line.strip_prefix("sluice broker listening on ") {
+            break address.to_string();
+        }
+    };
+    (OwnBroker { child, _dir: dir }, address)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let results = runtime
+        .block_on(
+            admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()),
+        )
+        .expect("create topic");
+    for result in results {
+        if let Err((name, code)) = result {
+            assert_eq!(code, RDKafkaErrorCode::TopicAlreadyExists, "creating {name} failed: {code}");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counting {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn producer_config(bootstrap: &str, acks: i32, batch_size: usize, linger_ms: u64, compression: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks.to_string())
+        .set("batch.size", batch_size.to_string())
+        .set("linger.ms", linger_ms.to_string())
+        .set("compression.type", compression)
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false");
+    config
+}
+
+/// Produces `args.records` records from `args.producers` producers; returns the seconds taken.
+fn produce(bootstrap: &str, topic: &str, args: &ProduceArgs) -> f64 {
+    let value = vec![b'x'; args.record_size];
+    let per_producer = args.records / args.producers as u64;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.producers)
+        .map(|p| {
+            let config = producer_config(bootstrap, args.acks, args.batch_size, args.linger_ms, &args.compression);
+            let (topic, value, partitions) = (topic.to_string(), value.clone(), args.partitions);
+            std::thread::spawn(move || {
+                let producer: ThreadedProducer<Counting> =
+                    config.create_with_context(Counting::default()).expect("producer");
+                for i in 0..per_producer {
+                    let key = (i % 1024).to_be_bytes();
+                    let mut record = BaseRecord::to(&topic)
+                        .key(&key[..])
+                        .payload(&value[..])
+                        .partition(((i + p as u64) % partitions as u64) as i32);
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                                record = back;
+                                std::thread::sleep(Duration::from_micros(200));
+                            }
+                            Err((err, _)) => panic!("send failed: {err}"),
+                        }
+                    }
+                }
+                producer.flush(Duration::from_secs(120)).expect("flush");
+                let failed = producer.context().failed.load(Ordering::Relaxed);
+                assert_eq!(failed, 0, "{failed} records failed");
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("producer thread");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn assign_all(consumer: &BaseConsumer, topic: &str, partitions: i32) {
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+}
+
+fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-load")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("queued.max.messages.kbytes", "1048576");
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+    config.create().expect("consumer")
+}
+
+/// Reads `records` records back from the start; returns (seconds, bytes).
+fn consume(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> (f64, u64) {
+    let consumer = consumer(bootstrap, &[]);
+    assign_all(&consumer, topic, partitions);
+    let (mut seen, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(600);
+    while seen < records && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("consume");
+            bytes += message.payload_len() as u64;
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, records, "consumer timed out");
+    (start.elapsed().as_secs_f64(), bytes)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * p / 100.0).ceil() as usize).saturating_sub(1).min(sorted.len() - 1);
+    sorted[index] as f64 / 1e6
+}
+
+fn latency(bootstrap: &str, topic: &str, args: &LatencyArgs) {
+    let rate = args.rate_mb * 1e6 / args.record_size as f64;
+    let total = (rate * args.seconds as f64) as u64;
+    let consumer_thread = {
+        let (bootstrap, topic, partitions) = (bootstrap.to_string(), topic.to_string(), args.partitions);
+        std::thread::spawn(move || {
+            let consumer = consumer(&bootstrap, &[("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "1")]);
+            let mut assignment = TopicPartitionList::new();
+            for partition in 0..partitions {
+                assignment.add_partition_offset(&topic, partition, Offset::End).expect("assignment");
+            }
+            consumer.assign(&assignment).expect("assign");
+            // Wait until the consumer has its positions before the producer starts.
+            for _ in 0..20 {
+                consumer.poll(Duration::from_millis(100));
+            }
+            consumer
+        })
+    };
+    let consumer = consumer_thread.join().expect("consumer setup");
+    let receiver = std::thread::spawn(move || {
+        let mut latencies = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while (latencies.len() as u64) < total && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("consume");
+                let payload = message.payload().unwrap_or_default();
+                if payload.len() >= 8 {
+                    let sent = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                    latencies.push(now_ns().saturating_sub(sent));
+                }
+            }
+        }
+        latencies
+    });
+    let producer: ThreadedProducer<Counting> = producer_config(bootstrap, args.acks, 1_000_000, 0, "none")
+        .create_with_context(Counting::default())
+        .expect("producer");
+    let mut value = vec![b'x'; args.record_size.max(8)];
+    let start = Instant::now();
+    for i in 0..total {
+        // Paced: record i goes out at start + i / rate.
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        value[..8].copy_from_slice(&now_ns().to_be_bytes());
+        let record: BaseRecord<'_, (), [u8]> =
+            BaseRecord::to(topic).payload(&value[..]).partition((i % args.partitions as u64) as i32);
+        if let Err((err, _)) = producer.send(record) {
+            panic!("send failed: {err}");
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let mut latencies = receiver.join().expect("receiver");
+    latencies.sort_unstable();
+    println!(
+        "latency record_size={} rate={:.0}MB/s offered={:.0}rec/s acks={} partitions={} received={}/{} -> p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        args.record_size,
+        args.rate_mb,
+        rate,
+        args.acks,
+        args.partitions,
+        latencies.len(),
+        total,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 99.9),
+        percentile(&latencies, 100.0),
+    );
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let (_own, bootstrap) = match &cli.bootstrap {
+        Some(bootstrap) => (None, bootstrap.clone()),
+        None => {
+            let (broker, address) = start_own_broker();
+            (Some(broker), address)
+        }
+    };
+    let topic = format!("load-{}", now_ns());
+    let _ = cli.bench;
+    match &cli.mode {
+        Mode::Produce(args) => {
+            create_topic(&bootstrap, &topic, args.partitions);
+            let seconds = produce(&bootstrap, &topic, args);
+            let bytes = args.records as f64 * args.record_size as f64;
+            println!(
+                "produce record_size={} records={} acks={} batch_size={} linger_ms={} compression={} partitions={} producers={} -> {:.1} MB/s {:.0} rec/s",
+                args.record_size,
+                args.records,
+                args.acks,
+                args.batch_size,
+                args.linger_ms,
+                args.compression,
+                args.partitions,
+                args.producers,
+                bytes / seconds / 1e6,
+                args.records as f64 / seconds
+            );
+        }
+        Mode::Consume(args) => {
+            create_topic(&bootstrap, &topic, args.partitions);
+            produce(&bootstrap, &topic, args);
+            let (seconds, bytes) = consume(&bootstrap, &topic, args.partitions, args.records);
+            println!(
+                "consume record_size={} records={} compression={} partitions={} -> {:.1} MB/s {:.0} rec/s",
+                args.record_size,
+                args.records,
+                args.compression,
+                args.partitions,
+                bytes as f64 / seconds / 1e6,
+                args.records as f64 / seconds
+            );
+        }
+        Mode::Latency(args) => {
+            create_topic(&bootstrap, &topic, args.partitions);
+            latency(&bootstrap, &topic, args);
+        }
+    }
+}
