@@ -81,6 +81,10 @@ struct LatencyArgs {
     partitions: i32,
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     acks: i32,
+    /// Producer `linger.ms`: 0 sends each record at once (many tiny requests), 1 lets a
+    /// millisecond's records share a request.
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u64,
 }
 
 /// The harness's own broker, killed on drop.
@@ -294,7 +298,7 @@ fn latency(bootstrap: &str, topic: &str, args: &LatencyArgs) {
         }
         latencies
     });
-    let producer: ThreadedProducer<Counting> = producer_config(bootstrap, args.acks, 1_000_000, 0, "none")
+    let producer: ThreadedProducer<Counting> = producer_config(bootstrap, args.acks, 1_000_000, args.linger_ms, "none")
         .create_with_context(Counting::default())
         .expect("producer");
     let mut value = vec![b'x'; args.record_size.max(8)];
@@ -317,11 +321,12 @@ fn latency(bootstrap: &str, topic: &str, args: &LatencyArgs) {
     let mut latencies = receiver.join().expect("receiver");
     latencies.sort_unstable();
     println!(
-        "latency record_size={} rate={:.0}MB/s offered={:.0}rec/s acks={} partitions={} received={}/{} -> p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        "latency record_size={} rate={:.0}MB/s offered={:.0}rec/s acks={} linger_ms={} partitions={} received={}/{} -> p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
         args.record_size,
         args.rate_mb,
         rate,
         args.acks,
+        args.linger_ms,
         args.partitions,
         latencies.len(),
         total,
