@@ -4,11 +4,12 @@
 mod allocator;
 mod run_broker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_broker::data_dir::DataDirLock;
 use sluice_storage::{HandleCache, LogConfig, Offset, PartitionLog, RecordBatch};
 
 #[global_allocator]
@@ -48,18 +49,23 @@ enum LogCommand {
     },
 }
 
-fn open_log(dir: &PathBuf) -> anyhow::Result<PartitionLog> {
+/// Opens a partition log of a stopped broker: the data directory's lock (held by a running
+/// broker) is taken for as long as the log is open, since opening may recover and write.
+fn open_log(dir: &PathBuf) -> anyhow::Result<(PartitionLog, DataDirLock)> {
     anyhow::ensure!(
         dir.is_dir(),
         "{} is not a directory; pass a partition directory such as ./sluice-data/clicks-0",
         dir.display()
     );
-    PartitionLog::open(dir, LogConfig::default(), HandleCache::new(HandleCache::DEFAULT_MAX_OPEN))
-        .with_context(|| format!("cannot open the log in {}", dir.display()))
+    let data_dir = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let lock = DataDirLock::acquire(data_dir)?;
+    let log = PartitionLog::open(dir, LogConfig::default(), HandleCache::new(HandleCache::DEFAULT_MAX_OPEN))
+        .with_context(|| format!("cannot open the log in {}", dir.display()))?;
+    Ok((log, lock))
 }
 
 fn verify(dir: &PathBuf) -> anyhow::Result<()> {
-    let log = open_log(dir)?;
+    let (log, _lock) = open_log(dir)?;
     log.verify()?;
     println!(
         "{}: ok, offsets [{}, {}), {} segment(s), {} bytes",
@@ -74,7 +80,7 @@ fn verify(dir: &PathBuf) -> anyhow::Result<()> {
 }
 
 fn dump(dir: &PathBuf, records: bool) -> anyhow::Result<()> {
-    let log = open_log(dir)?;
+    let (log, _lock) = open_log(dir)?;
     let end = log.log_end_offset();
     let mut next = log.log_start_offset();
     while next < end {

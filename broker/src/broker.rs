@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::data_dir::DataDirLock;
 use crate::error::Result;
 use crate::metadata::{ClusterMetadata, MetadataLog, MetadataRecord, TopicMetadata};
 use crate::replica_manager::ReplicaManager;
@@ -42,6 +43,7 @@ impl From<crate::error::Error> for AdminError {
 
 pub struct Broker {
     pub config: BrokerConfig,
+    _data_dir_lock: DataDirLock,
     metadata_log: Mutex<MetadataLog>,
     /// The latest metadata, cheap to snapshot for every request.
     metadata: RwLock<Arc<ClusterMetadata>>,
@@ -72,7 +74,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
 impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         let cache = HandleCache::new(config.max_open_segments);
         let metadata_log = MetadataLog::open(&config.data_dir, cache.clone())?;
         let metadata = Arc::new(metadata_log.state().clone());
@@ -91,6 +93,7 @@ impl Broker {
         );
         Ok(Arc::new(Broker {
             config,
+            _data_dir_lock: data_dir_lock,
             metadata_log: Mutex::new(metadata_log),
             metadata: RwLock::new(metadata),
             replicas,

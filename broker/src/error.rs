@@ -9,6 +9,8 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("invalid broker config: {0}")]
     Config(String),
+    #[error("{0}")]
+    DataDirInUse(String),
     #[error("metadata log: {0}")]
     Metadata(String),
     #[error("I/O error: {0}")]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod data_dir;
 pub mod dispatch;
 pub mod error;
 pub mod metadata;
