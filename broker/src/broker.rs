@@ -47,6 +47,8 @@ pub struct Broker {
     metadata_log: Mutex<MetadataLog>,
     /// The latest metadata, cheap to snapshot for every request.
     metadata: RwLock<Arc<ClusterMetadata>>,
+    /// Topic defaults: the static config with the dynamic broker configs applied.
+    log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
     /// Woken after every append, so long-polling fetches can look again.
     pub appended: Notify,
@@ -78,7 +80,13 @@ impl Broker {
         let cache = HandleCache::new(config.max_open_segments);
         let metadata_log = MetadataLog::open(&config.data_dir, cache.clone())?;
         let metadata = Arc::new(metadata_log.state().clone());
-        let defaults = config.log_defaults.clone();
+        let defaults = match config.with_dynamic(&metadata.broker_configs) {
+            Ok(effective) => effective.log_defaults,
+            Err(err) => {
+                tracing::error!(%err, "stored dynamic broker configs are invalid; using the static ones");
+                config.log_defaults.clone()
+            }
+        };
         let replicas = ReplicaManager::open(&config.data_dir, cache, &metadata, |topic| {
             topic_config::resolve(&defaults, &topic.configs).unwrap_or_else(|err| {
                 tracing::error!(topic = %topic.name, %err, "stored topic config is invalid; using broker defaults");
@@ -96,6 +104,7 @@ impl Broker {
             _data_dir_lock: data_dir_lock,
             metadata_log: Mutex::new(metadata_log),
             metadata: RwLock::new(metadata),
+            log_defaults: RwLock::new(defaults),
             replicas,
             appended: Notify::new(),
         }))
@@ -107,8 +116,38 @@ impl Broker {
 
     /// The log config of a topic with these overrides.
     pub fn topic_log_config(&self, overrides: &BTreeMap<String, String>) -> Result<LogConfig, AdminError> {
-        topic_config::resolve(&self.config.log_defaults, overrides)
+        topic_config::resolve(&self.log_defaults.read(), overrides)
             .map_err(|msg| AdminError::new(ResponseError::InvalidConfig, msg))
+    }
+
+    /// The broker config in force: the static one with the dynamic configs applied.
+    pub fn effective_config(&self) -> BrokerConfig {
+        let mut config = self.config.clone();
+        config.log_defaults = self.log_defaults.read().clone();
+        config
+    }
+
+    /// Replaces the dynamic broker configs, and re-applies every topic's config on top of the
+    /// new defaults. Every topic must still resolve under them, or nothing changes.
+    pub fn set_broker_configs(&self, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), AdminError> {
+        let invalid = |msg: String| AdminError::new(ResponseError::InvalidConfig, msg);
+        let effective = self.config.with_dynamic(&configs).map_err(invalid)?;
+        let mut log = self.metadata_log.lock();
+        let mut resolved = Vec::new();
+        for topic in log.state().topics() {
+            let config = topic_config::resolve(&effective.log_defaults, &topic.configs)
+                .map_err(|msg| invalid(format!("topic {}: {msg}", topic.name)))?;
+            resolved.push((topic.name.clone(), config));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        self.commit(&mut log, vec![MetadataRecord::BrokerConfigs { configs }])?;
+        *self.log_defaults.write() = effective.log_defaults;
+        for (name, config) in resolved {
+            self.replicas.set_config(&name, &config)?;
+        }
+        Ok(())
     }
 
     fn commit(&self, log: &mut MetadataLog, records: Vec<MetadataRecord>) -> Result<(), AdminError> {
@@ -248,5 +287,44 @@ impl Broker {
         if let Err(err) = self.metadata_log.lock().close() {
             tracing::error!(%err, "closing the metadata log failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> BrokerConfig {
+        BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() }
+    }
+
+    #[test]
+    fn dynamic_broker_configs_apply_to_live_topics_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        broker.create_topic("clicks", 2, BTreeMap::new(), false).unwrap();
+        let pinned = BTreeMap::from([("retention.ms".to_string(), "5000".to_string())]);
+        broker.create_topic("pinned", 1, pinned, false).unwrap();
+
+        let dynamic = BTreeMap::from([("log.retention.ms".to_string(), "1000".to_string())]);
+        broker.set_broker_configs(dynamic, false).unwrap();
+        let retention = |topic: &str| broker.replicas.partition(topic, 0).unwrap().log.config().retention_ms;
+        assert_eq!(retention("clicks"), Some(1000));
+        assert_eq!(retention("pinned"), Some(5000), "a topic override still wins");
+
+        let err =
+            broker.set_broker_configs(BTreeMap::from([("listeners".into(), "127.0.0.1:1".into())]), false).unwrap_err();
+        assert!(err.message.contains("listeners"), "{}", err.message);
+        let err = broker
+            .set_broker_configs(BTreeMap::from([("log.segment.bytes".into(), "tiny".into())]), false)
+            .unwrap_err();
+        assert!(err.message.contains("log.segment.bytes"), "{}", err.message);
+        assert_eq!(retention("clicks"), Some(1000), "a refused change changes nothing");
+
+        broker.shutdown();
+        drop(broker);
+        let broker = Broker::open(config(dir.path())).unwrap();
+        assert_eq!(broker.replicas.partition("clicks", 1).unwrap().log.config().retention_ms, Some(1000));
+        assert_eq!(broker.effective_config().log_defaults.retention_ms, Some(1000));
     }
 }

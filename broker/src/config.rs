@@ -100,6 +100,22 @@ pub const KEYS: &[&str] = &[
     "socket.request.max.bytes",
 ];
 
+/// Broker configs that can change while the broker runs (IncrementalAlterConfigs): the
+/// defaults of topic configs. The rest (listeners, directories, ids) need a restart.
+pub const DYNAMIC_KEYS: &[&str] = &[
+    "log.flush.interval.messages",
+    "log.flush.interval.ms",
+    "log.index.interval.bytes",
+    "log.index.size.max.bytes",
+    "log.message.timestamp.type",
+    "log.retention.bytes",
+    "log.retention.hours",
+    "log.retention.ms",
+    "log.roll.ms",
+    "log.segment.bytes",
+    "message.max.bytes",
+];
+
 /// `host:port`, optionally behind Kafka's `PLAINTEXT://` prefix.
 fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16), String> {
     let address = value.trim().trim_start_matches("PLAINTEXT://");
@@ -111,6 +127,24 @@ fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16),
 }
 
 impl BrokerConfig {
+    /// This config with dynamic broker configs applied on top.
+    pub fn with_dynamic(
+        &self,
+        dynamic: &std::collections::BTreeMap<String, String>,
+    ) -> std::result::Result<BrokerConfig, String> {
+        let mut config = self.clone();
+        for (key, value) in dynamic {
+            if !DYNAMIC_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "{key} cannot change while the broker runs; set it in the config file or with --set"
+                ));
+            }
+            config.apply(key, value)?;
+        }
+        config.log_defaults.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
     /// Applies one `key = value` (a Kafka broker config name); the error names the key and
     /// what is allowed.
     pub fn apply(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {

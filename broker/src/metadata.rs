@@ -45,6 +45,10 @@ pub enum MetadataRecord {
     RemoveTopic {
         id: Uuid,
     },
+    /// Replaces the dynamic broker configs (IncrementalAlterConfigs on the broker) as a whole.
+    BrokerConfigs {
+        configs: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +63,8 @@ pub struct TopicMetadata {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterMetadata {
     pub cluster_id: String,
+    /// Broker configs set at run time; they override the config file and flags.
+    pub broker_configs: BTreeMap<String, String>,
     topics: BTreeMap<String, Arc<TopicMetadata>>,
     names_by_id: HashMap<Uuid, String>,
 }
@@ -100,6 +106,7 @@ impl ClusterMetadata {
                 let name = self.names_by_id.remove(&id).ok_or_else(|| unknown(&id))?;
                 self.topics.remove(&name);
             }
+            MetadataRecord::BrokerConfigs { configs } => self.broker_configs = configs,
         }
         Ok(())
     }

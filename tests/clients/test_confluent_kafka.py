@@ -197,6 +197,43 @@ def test_describe_and_alter_configs(broker, admin):
     broker_resource = ConfigResource(ResourceType.BROKER, str(broker.node_id))
     broker_configs = admin.describe_configs([broker_resource])[broker_resource].result(timeout=TIMEOUT_S)
     assert broker_configs["num.partitions"].value == str(broker.default_partitions)
+    assert broker_configs["listeners"].is_read_only
+
+
+def test_alter_broker_configs(broker, admin):
+    topic = broker.topic("ck-broker-configs")
+    create_topic(admin, topic, 1, {})
+    node = str(broker.node_id)
+
+    change = ConfigResource(
+        ResourceType.BROKER,
+        node,
+        incremental_configs=[ConfigEntry("log.retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin.incremental_alter_configs([change])[change].result(timeout=TIMEOUT_S)
+    described = ConfigResource(ResourceType.BROKER, node)
+    broker_configs = admin.describe_configs([described])[described].result(timeout=TIMEOUT_S)
+    assert broker_configs["log.retention.ms"].value == "7200000"
+    assert broker_configs["log.retention.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    # The new default reaches topics without an override of their own.
+    assert describe_topic_configs(admin, topic)["retention.ms"].value == "7200000"
+
+    # A key that needs a restart is refused, with a message naming it.
+    static = ConfigResource(
+        ResourceType.BROKER,
+        node,
+        incremental_configs=[ConfigEntry("listeners", "PLAINTEXT://127.0.0.1:1", incremental_operation=AlterConfigOpType.SET)],
+    )
+    with pytest.raises(KafkaException, match="listeners"):
+        admin.incremental_alter_configs([static])[static].result(timeout=TIMEOUT_S)
+
+    undo = ConfigResource(
+        ResourceType.BROKER,
+        node,
+        incremental_configs=[ConfigEntry("log.retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)],
+    )
+    admin.incremental_alter_configs([undo])[undo].result(timeout=TIMEOUT_S)
+    assert describe_topic_configs(admin, topic)["retention.ms"].value != "7200000"
 
 
 # librdkafka enables LZ4 only if the broker advertises FindCoordinator v0 (its 0.8.2-era

@@ -19,12 +19,14 @@ use kafka_protocol::messages::RequestHeader;
 
 use super::str_bytes;
 use crate::broker::{AdminError, Broker};
+use crate::config::DYNAMIC_KEYS;
 use crate::topic_config;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_BROKER: i8 = 2;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -97,7 +99,8 @@ fn describe_broker(
     name: &str,
     synonyms: bool,
 ) -> Result<Vec<DescribeConfigsResourceResult>, AdminError> {
-    let config = &broker.config;
+    let config = broker.effective_config();
+    let dynamic = broker.metadata().broker_configs.clone();
     if !name.is_empty() && name != config.node_id.to_string() {
         return Err(AdminError::new(
             ResponseError::InvalidRequest,
@@ -125,7 +128,13 @@ fn describe_broker(
         };
         values.push((broker_key, value));
     }
-    Ok(values.into_iter().map(|(key, value)| entry(&key, value, SOURCE_STATIC_BROKER, true, synonyms)).collect())
+    Ok(values
+        .into_iter()
+        .map(|(key, value)| {
+            let source = if dynamic.contains_key(&key) { SOURCE_DYNAMIC_BROKER } else { SOURCE_STATIC_BROKER };
+            entry(&key, value, source, !DYNAMIC_KEYS.contains(&key.as_str()), synonyms)
+        })
+        .collect())
 }
 
 fn describe_resource(broker: &Broker, resource: &DescribeConfigsResource, synonyms: bool) -> DescribeConfigsResult {
@@ -158,14 +167,12 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-/// The topic's overrides after applying `resource`'s operations.
-fn altered_overrides(broker: &Broker, resource: &AlterConfigsResource) -> Result<BTreeMap<String, String>, AdminError> {
-    let name = resource.resource_name.as_str();
-    let metadata = broker.metadata();
-    let topic = metadata.topic(name).ok_or_else(|| {
-        AdminError::new(ResponseError::UnknownTopicOrPartition, format!("topic \"{name}\" does not exist"))
-    })?;
-    let mut overrides = topic.configs.clone();
+/// The overrides `current` becomes after applying `resource`'s operations.
+fn altered_overrides(
+    current: &BTreeMap<String, String>,
+    resource: &AlterConfigsResource,
+) -> Result<BTreeMap<String, String>, AdminError> {
+    let mut overrides = current.clone();
     for change in &resource.configs {
         let key = change.name.as_str().to_string();
         let value = change.value.as_ref().map(|v| v.as_str().to_string());
@@ -213,14 +220,24 @@ pub async fn incremental_alter_configs(
         resources
             .iter()
             .map(|resource| {
+                let name = resource.resource_name.as_str();
                 let result = match resource.resource_type {
-                    RESOURCE_TOPIC => altered_overrides(&broker, resource).and_then(|overrides| {
-                        broker.set_topic_configs(resource.resource_name.as_str(), overrides, validate_only)
-                    }),
-                    RESOURCE_BROKER => Err(AdminError::new(
-                        ResponseError::InvalidRequest,
-                        "broker configs are static in this version: set them with flags or the config file",
-                    )),
+                    RESOURCE_TOPIC => match broker.metadata().topic(name) {
+                        Some(topic) => altered_overrides(&topic.configs, resource)
+                            .and_then(|overrides| broker.set_topic_configs(name, overrides, validate_only)),
+                        None => Err(AdminError::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            format!("topic \"{name}\" does not exist"),
+                        )),
+                    },
+                    RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => {
+                        Err(AdminError::new(
+                            ResponseError::InvalidRequest,
+                            format!("this is broker {}, not {name}", broker.config.node_id),
+                        ))
+                    }
+                    RESOURCE_BROKER => altered_overrides(&broker.metadata().broker_configs, resource)
+                        .and_then(|configs| broker.set_broker_configs(configs, validate_only)),
                     other => Err(AdminError::new(
                         ResponseError::InvalidRequest,
                         format!("resource type {other} is not supported"),
