@@ -1,13 +1,8 @@
-//! The process's global allocator: the system allocator, except that single allocations of
-//! 4 GiB or more are reserved lazily (`MAP_NORESERVE`) instead of committed.
-//!
-//! Why: the Kafka protocol decoder sizes vectors from element counts read off the wire
-//! before decoding any element (`Vec::with_capacity(n)`, n up to 2^32). A 20-byte request
-//! claiming two billion topics would ask for hundreds of GiB; the system allocator refuses,
-//! and an allocation failure aborts the process. Reserved lazily, the allocation costs only
-//! address space: decoding fails at the first missing element and the reservation is
-//! returned. Nothing Sluice does legitimately allocates 4 GiB in one piece (requests are at
-//! most `socket.request.max.bytes`, decompressed batches at most 256 MiB).
+//! The global allocator: the system's, except that single allocations of 4 GiB or more are
+//! reserved lazily (`MAP_NORESERVE`). The protocol decoder sizes vectors from element counts
+//! read off the wire before decoding an element, so a 20-byte request claiming two billion
+//! topics would otherwise abort the process; lazily reserved, it costs only address space and
+//! decoding fails at the first missing element. Nothing legitimate allocates 4 GiB at once.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 

@@ -27,6 +27,7 @@ pub fn storage_error_code(err: &StorageError) -> ResponseError {
         StorageError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
         StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         StorageError::Decompression { .. } => ResponseError::CorruptMessage,
+        StorageError::Compression { .. } => ResponseError::UnknownServerError,
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::AppendTruncated { .. } => ResponseError::NotLeaderOrFollower,
         StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,

@@ -1,10 +1,8 @@
-//! Cluster metadata: topics with their ids, partition counts and config overrides. Every
-//! change is a record appended (and fsynced) to the metadata log, `__cluster_metadata-0` in
-//! the data directory, before it takes effect; at start the log is replayed. This is the log
-//! the replication issue will put under a Raft quorum; a single node is a quorum of one.
-//!
-//! Invariants: topic names and ids are unique; partition counts only grow; a change is
-//! visible to requests only after its record is durable.
+//! Cluster metadata: topics (ids, partition counts, config overrides) and dynamic broker
+//! configs. Every change is a record appended and fsynced to the metadata log
+//! (`__cluster_metadata-0`) before it takes effect, and the log is replayed at start; the
+//! replication issue puts this log under a Raft quorum (a single node is a quorum of one).
+//! Invariants: names and ids are unique; partition counts only grow.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,12 +1,9 @@
 //! The Kafka record batch (magic 2) header: its layout, validation of a batch as a producer
 //! sent it, and the in-place header rewrite that assigns offsets.
 //!
-//! Layout (big-endian): base offset i64 @0, batch length i32 @8 (bytes after this field),
-//! partition leader epoch i32 @12, magic i8 @16, CRC-32C u32 @17 (over bytes 21..end),
-//! attributes i16 @21, last offset delta i32 @23, base timestamp i64 @27, max timestamp i64 @35,
-//! producer id i64 @43, producer epoch i16 @51, base sequence i32 @53, record count i32 @57,
-//! records @61. The base offset and leader epoch lie outside the CRC, so stamping them costs no
-//! checksum work.
+//! Layout (big-endian): base offset i64 @0, length i32 @8, leader epoch i32 @12, magic i8 @16,
+//! CRC-32C u32 @17 (over bytes 21..end), attributes, offsets, timestamps and producer fields,
+//! record count i32 @57, records @61. Offset and epoch lie outside the CRC: stamping is free.
 
 use crate::error::{Error, Result};
 use crate::record::decode_records;
@@ -31,9 +28,9 @@ pub(crate) const BASE_SEQUENCE_AT: usize = 53;
 pub(crate) const RECORD_COUNT_AT: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
-const TIMESTAMP_TYPE_BIT: i16 = 0x08;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-const CONTROL_BIT: i16 = 0x20;
+pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+pub(crate) const TRANSACTIONAL_BIT: i16 = 0x10;
+pub(crate) const CONTROL_BIT: i16 = 0x20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {

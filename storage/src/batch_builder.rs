@@ -129,8 +129,8 @@ impl RecordBatchBuilder {
         out.push(batch::MAGIC as u8);
         out.extend_from_slice(&[0; 4]); // CRC, filled in below
         let attributes = self.compression.attribute_bits()
-            | if self.transactional { 0x10 } else { 0 }
-            | if self.control { 0x20 } else { 0 };
+            | if self.transactional { batch::TRANSACTIONAL_BIT } else { 0 }
+            | if self.control { batch::CONTROL_BIT } else { 0 };
         out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&(self.count - 1).to_be_bytes());
         out.extend_from_slice(&self.base_timestamp_ms.to_be_bytes());
@@ -147,10 +147,7 @@ impl RecordBatchBuilder {
 }
 
 fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>> {
-    let fail = |err: std::io::Error| Error::Decompression {
-        codec: codec.name(),
-        reason: format!("compression failed: {err}"),
-    };
+    let fail = |err: std::io::Error| Error::Compression { codec: codec.name(), reason: err.to_string() };
     match codec {
         Compression::None => Ok(input.to_vec()),
         Compression::Gzip => {
@@ -160,13 +157,11 @@ fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>> {
         }
         Compression::Snappy => snap::raw::Encoder::new()
             .compress_vec(input)
-            .map_err(|err| Error::Decompression { codec: "snappy", reason: format!("compression failed: {err}") }),
+            .map_err(|err| Error::Compression { codec: "snappy", reason: err.to_string() }),
         Compression::Lz4 => {
             let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
             encoder.write_all(input).map_err(fail)?;
-            encoder
-                .finish()
-                .map_err(|err| Error::Decompression { codec: "lz4", reason: format!("compression failed: {err}") })
+            encoder.finish().map_err(|err| Error::Compression { codec: "lz4", reason: err.to_string() })
         }
         Compression::Zstd => zstd::bulk::compress(input, 1).map_err(fail),
     }

@@ -31,6 +31,10 @@ pub enum Error {
     #[error("cannot decompress {codec} record batch: {reason}")]
     Decompression { codec: &'static str, reason: String },
 
+    /// Building a compressed batch failed (an encoder error; never caused by input bytes).
+    #[error("cannot compress a {codec} record batch: {reason}")]
+    Compression { codec: &'static str, reason: String },
+
     #[error("offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})")]
     OffsetOutOfRange { offset: Offset, log_start_offset: Offset, log_end_offset: Offset },
 

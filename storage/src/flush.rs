@@ -1,10 +1,9 @@
 //! Group commit: appenders that need their data durable wait here, and one of them at a time
-//! (the leader) fsyncs on behalf of everyone who appended before it started. With 64 waiting
-//! appenders, one fsync acknowledges all of them.
+//! (the leader) fsyncs on behalf of everyone who appended before it started.
 //!
-//! Invariants: `durable_offset` never passes the log end offset and only moves forward
-//! (except by truncation); after an fsync fails, the log accepts no more writes, because the
-//! kernel may have dropped the dirty pages it could not write.
+//! Invariants: `durable_offset` never passes the log end offset and only moves forward except
+//! by truncation; after an fsync fails the log accepts no more writes, because the kernel may
+//! have dropped the dirty pages it could not write.
 
 use std::sync::Arc;
 

@@ -1,12 +1,9 @@
 //! Sparse offset and time indexes: fixed-width entries in preallocated, memory-mapped files,
-//! searched by binary search. The owning segment keeps the authoritative entry count; bytes
-//! past it are ignored (they are zero, or stale after a truncation), and a closed segment's
-//! index files are trimmed to exactly their entries.
+//! searched by binary search. Offset entry (8 bytes): relative offset u32, position u32.
+//! Time entry (12 bytes): max timestamp so far i64, relative offset u32 where it appeared.
 //!
-//! Offset index entry (8 bytes): relative offset u32, log position u32 (the offset of the
-//! first batch at or after that position). Time index entry (12 bytes): timestamp i64,
-//! relative offset u32 (the segment's max timestamp so far, and where it first appeared).
-//! Entries are strictly increasing in both fields.
+//! Invariants: entries strictly increase in both fields; the segment owns the entry count and
+//! bytes past it are ignored; a closed segment's index files are trimmed to their entries.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;

@@ -1,11 +1,8 @@
 //! Records inside a batch: a zero-copy iterator that hands out keys, values and headers as
 //! `Bytes` slices of the batch (or of its one decompressed buffer), and the record walker
 //! that validation uses. Every length comes from untrusted bytes and is bounds-checked.
-//!
-//! Record layout: length varint, attributes i8, timestamp delta varlong, offset delta varint,
-//! key length varint (-1 = null), key, value length varint (-1 = null), value, header count
-//! varint, then per header: key length varint, key, value length varint (-1 = null), value.
-//! Varints are zigzag-encoded, as in protobuf.
+//! Layout: length, attributes, timestamp delta, offset delta, key, value, headers, with
+//! zigzag varints and -1 lengths for nulls.
 
 use bytes::Bytes;
 
@@ -191,7 +188,7 @@ impl RecordBatch {
     }
 
     pub fn timestamp_type(&self) -> TimestampType {
-        if self.attributes() & 0x08 != 0 {
+        if self.attributes() & batch::TIMESTAMP_TYPE_BIT != 0 {
             TimestampType::LogAppendTime
         } else {
             TimestampType::CreateTime
@@ -199,11 +196,11 @@ impl RecordBatch {
     }
 
     pub fn is_transactional(&self) -> bool {
-        self.attributes() & 0x10 != 0
+        self.attributes() & batch::TRANSACTIONAL_BIT != 0
     }
 
     pub fn is_control(&self) -> bool {
-        self.attributes() & 0x20 != 0
+        self.attributes() & batch::CONTROL_BIT != 0
     }
 
     pub fn base_timestamp_ms(&self) -> i64 {

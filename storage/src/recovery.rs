@@ -1,11 +1,8 @@
-//! Loading a log directory at open, and recovery after an unclean stop.
-//!
-//! After a clean shutdown every segment and index is trusted (indexes are still sanity-checked
-//! and rebuilt if they look wrong). After an unclean one, every segment from the one holding
-//! the recovery point on is scanned: each batch's framing and CRC-32C are checked and its
-//! offsets must follow the previous batch's; the first bad batch past the recovery point ends
-//! the log (the torn tail is truncated and later segments are deleted); a bad batch below the
-//! recovery point is data we promised was durable, so it is an error naming file and position.
+//! Loading a log directory at open, and recovery after an unclean stop. After a clean shutdown
+//! segments are trusted (indexes are sanity-checked). Otherwise every segment from the one
+//! holding the recovery point on is scanned: framing, CRC-32C and dense offsets are checked;
+//! the first bad batch past the recovery point ends the log (the torn tail is cut and later
+//! segments deleted); a bad batch below it was acknowledged durable, so it is an error.
 
 use std::fs;
 use std::path::Path;
