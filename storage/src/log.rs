@@ -64,6 +64,16 @@ pub struct DurableHandle {
 }
 
 impl DurableHandle {
+    /// Whether `wait` has an fsync to wait for (the log's policy is `EveryAppend`).
+    pub fn needs_fsync(&self) -> bool {
+        self.needs_fsync
+    }
+
+    /// The offset after the append this handle is for.
+    pub fn end_offset(&self) -> Offset {
+        Offset(self.end_offset)
+    }
+
     pub fn wait(&self) -> Result<()> {
         if !self.needs_fsync {
             return Ok(());
@@ -386,6 +396,15 @@ impl PartitionLog {
         let clamped = offset.0.clamp(state.log_start_offset, state.log_end_offset());
         state.high_watermark = clamped;
         Offset(clamped)
+    }
+
+    /// Moves the high watermark up to `offset` (never down, never past the log end offset);
+    /// returns it. Concurrent committers can each advance it to their own append's end.
+    pub fn advance_high_watermark(&self, offset: Offset) -> Offset {
+        let mut state = self.inner.state.write();
+        let advanced = offset.0.min(state.log_end_offset()).max(state.high_watermark);
+        state.high_watermark = advanced;
+        Offset(advanced)
     }
 
     /// Total bytes in all segments.

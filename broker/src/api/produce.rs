@@ -9,7 +9,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::RequestHeader;
-use sluice_storage::{batch, DurableHandle, LeaderEpoch};
+use sluice_storage::{batch, DurableHandle, LeaderEpoch, PartitionLog};
 
 use super::str_bytes;
 use crate::broker::Broker;
@@ -63,11 +63,19 @@ fn append(
     }
 }
 
+/// An append still waiting for its fsync, and where its response sits.
+struct PendingDurability {
+    topic: usize,
+    partition: usize,
+    log: PartitionLog,
+    durable: DurableHandle,
+}
+
 pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
     let now_ms = sluice_storage::log::now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
-    let mut waits: Vec<(usize, usize, DurableHandle)> = Vec::new();
+    let mut pending = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
@@ -90,12 +98,21 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
                     Some(partition) => {
                         let (response, durable) = append(&partition, index, data.records.as_deref(), now_ms);
-                        if durable.is_some() {
-                            // One node is its own ISR: the append is committed at once.
-                            partition.log.set_high_watermark(partition.log.log_end_offset());
-                        }
-                        if let Some(durable) = durable {
-                            waits.push((responses.len(), partitions.len(), durable));
+                        match durable {
+                            // One node is its own ISR: without an fsync to wait for, the
+                            // append is committed at once.
+                            Some(durable) if !durable.needs_fsync() => {
+                                partition.log.advance_high_watermark(durable.end_offset());
+                            }
+                            // With fsync on every append, consumers see it only once it is
+                            // durable, as Kafka flushes before it moves the high watermark.
+                            Some(durable) => pending.push(PendingDurability {
+                                topic: responses.len(),
+                                partition: partitions.len(),
+                                log: partition.log.clone(),
+                                durable,
+                            }),
+                            None => {}
                         }
                         response
                     }
@@ -108,25 +125,58 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         );
     }
     broker.appended.notify_waiters();
+    if pending.is_empty() {
+        return (acks != 0).then(|| ProduceResponse::default().with_responses(responses));
+    }
+    let durability = tokio::spawn(wait_durable(broker.clone(), pending));
     if acks == 0 {
+        // No response, but the high watermark still moves once the data is durable.
         return None;
     }
-    if !waits.is_empty() {
-        // fsyncs block; group commit lets concurrent producers share them.
-        let positions: Vec<(usize, usize)> = waits.iter().map(|(t, p, _)| (*t, *p)).collect();
-        let results = tokio::task::spawn_blocking(move || {
-            waits.into_iter().map(|(_, _, d)| d.wait().map_err(|e| e.to_string())).collect()
-        })
-        .await
-        .unwrap_or_else(|join| vec![Err(format!("durability wait failed: {join}")); positions.len()]);
-        for ((t, p), result) in positions.into_iter().zip(results) {
-            if let Err(err) = result {
-                tracing::error!(%err, "append not durable");
-                let response = &mut responses[t].partition_responses[p];
-                response.error_code = ResponseError::KafkaStorageError.code();
-                response.error_message = Some(str_bytes(err));
-            }
+    let failures = match durability.await {
+        Ok(failures) => failures,
+        Err(join) => {
+            // The waiting task itself died: nothing pending can be acknowledged.
+            let reason = format!("durability wait failed: {join}");
+            let all =
+                responses.iter().enumerate().flat_map(|(t, r)| (0..r.partition_responses.len()).map(move |p| (t, p)));
+            all.filter(|(t, p)| responses[*t].partition_responses[*p].error_code == 0)
+                .map(|(t, p)| (t, p, reason.clone()))
+                .collect()
+        }
+    };
+    for (t, p, err) in failures {
+        if let Some(response) = responses.get_mut(t).and_then(|r| r.partition_responses.get_mut(p)) {
+            response.error_code = ResponseError::KafkaStorageError.code();
+            response.error_message = Some(str_bytes(err));
         }
     }
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Waits (on a blocking thread: fsyncs block; group commit lets concurrent producers share
+/// them) until each append is durable, then commits it: the high watermark moves to its end
+/// and long-polling fetches wake. Returns the appends that failed, with the reason.
+async fn wait_durable(broker: Arc<Broker>, pending: Vec<PendingDurability>) -> Vec<(usize, usize, String)> {
+    let positions: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
+    let waited = tokio::task::spawn_blocking(move || {
+        pending
+            .into_iter()
+            .filter_map(|p| match p.durable.wait() {
+                Ok(()) => {
+                    p.log.advance_high_watermark(p.durable.end_offset());
+                    None
+                }
+                Err(err) => {
+                    tracing::error!(%err, "append not durable");
+                    Some((p.topic, p.partition, err.to_string()))
+                }
+            })
+            .collect()
+    })
+    .await;
+    broker.appended.notify_waiters();
+    waited.unwrap_or_else(|join| {
+        positions.into_iter().map(|(t, p)| (t, p, format!("durability wait failed: {join}"))).collect()
+    })
 }
