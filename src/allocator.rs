@@ -1,12 +1,14 @@
-//! The global allocator: the system's, except that single allocations of 4 GiB or more are
+//! The global allocator: the system's, except that single allocations of 256 MiB or more are
 //! reserved lazily (`MAP_NORESERVE`). The protocol decoder sizes vectors from element counts
 //! read off the wire before decoding an element, so a 20-byte request claiming two billion
 //! topics would otherwise abort the process; lazily reserved, it costs only address space and
-//! decoding fails at the first missing element. Nothing legitimate allocates 4 GiB at once.
+//! decoding fails at the first missing element.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-const LAZY_THRESHOLD: usize = 4 << 30;
+/// Above every legitimate single allocation's size but for a maximal request frame, which
+/// behaves the same when lazily reserved: its pages are committed as they are written.
+const LAZY_THRESHOLD: usize = 256 << 20;
 const PAGE: usize = 4096;
 
 pub struct LazyHugeAllocator;

@@ -90,6 +90,11 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} (is another broker running there?)", config.listener))?;
         let bound = listener.local_addr()?;
         if !advertised_set {
+            // Clients cannot connect to a wildcard address, as Kafka's own check says.
+            anyhow::ensure!(
+                !bound.ip().is_unspecified(),
+                "listening on {bound} needs --advertise host:port (the address clients should connect to)"
+            );
             config.advertised_host = bound.ip().to_string();
             config.advertised_port = bound.port();
         }

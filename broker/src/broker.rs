@@ -64,6 +64,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
     if name == "." || name == ".." {
         return invalid("cannot be \".\" or \"..\"");
     }
+    // The metadata log lives in `__cluster_metadata-0`, where this topic's partition 0 would.
+    if name == "__cluster_metadata" {
+        return Err(AdminError::new(
+            ResponseError::InvalidRequest,
+            "creation of internal topic __cluster_metadata is prohibited",
+        ));
+    }
     if name.len() > 249 {
         return invalid("is longer than 249 characters");
     }
@@ -187,16 +194,18 @@ impl Broker {
         if validate_only {
             return Ok(Arc::new(topic));
         }
-        self.commit(
-            &mut log,
-            vec![MetadataRecord::Topic {
-                name: topic.name.clone(),
-                id: topic.id,
-                partitions,
-                configs: topic.configs.clone(),
-            }],
-        )?;
+        // Logs first, record second: once the topic is published its partitions are there.
         self.replicas.add_partitions(&topic, &log_config)?;
+        let record = MetadataRecord::Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            partitions,
+            configs: topic.configs.clone(),
+        };
+        if let Err(err) = self.commit(&mut log, vec![record]) {
+            self.replicas.remove_topic(name)?;
+            return Err(err);
+        }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(Arc::new(topic))
     }
@@ -242,9 +251,11 @@ impl Broker {
             return Ok(());
         }
         let log_config = self.topic_log_config(&topic.configs)?;
+        // The new partitions' logs are opened before the record publishes them. Should the
+        // record fail, they stay unpublished, and the next start removes their directories.
+        let grown = TopicMetadata { partitions: count, ..(*topic).clone() };
+        self.replicas.add_partitions(&grown, &log_config)?;
         self.commit(&mut log, vec![MetadataRecord::Partitions { id: topic.id, partitions: count }])?;
-        let updated = log.state().topic(name).cloned().expect("topic just updated");
-        self.replicas.add_partitions(&updated, &log_config)?;
         Ok(())
     }
 
@@ -326,5 +337,60 @@ mod tests {
         let broker = Broker::open(config(dir.path())).unwrap();
         assert_eq!(broker.replicas.partition("clicks", 1).unwrap().log.config().retention_ms, Some(1000));
         assert_eq!(broker.effective_config().log_defaults.retention_ms, Some(1000));
+    }
+
+    #[test]
+    fn the_metadata_log_cannot_be_reached_as_a_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        let err = broker.create_topic("__cluster_metadata", 1, BTreeMap::new(), false).unwrap_err();
+        assert_eq!(err.code, ResponseError::InvalidRequest);
+    }
+
+    #[test]
+    fn startup_removes_only_directories_it_can_prove_are_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("backup-2024");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("keep-me"), b"x").unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        broker.create_topic("gone", 1, BTreeMap::new(), false).unwrap();
+        // A deletion whose directory removal never happened (a crash after the record).
+        let gone = dir.path().join("gone-0");
+        let kept = dir.path().join("gone-0-kept-by-crash");
+        broker.shutdown();
+        drop(broker);
+        std::fs::rename(&gone, &kept).unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        broker.delete_topic("gone").unwrap();
+        broker.shutdown();
+        drop(broker);
+        Broker::open(config(dir.path())).unwrap();
+        assert!(foreign.join("keep-me").exists(), "a directory that is not Sluice's was deleted");
+        assert!(!kept.exists(), "a partition directory of a deleted topic survived");
+    }
+
+    #[test]
+    fn a_deleted_topic_cannot_write_into_its_recreated_namesake() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        broker.create_topic("t", 1, BTreeMap::new(), false).unwrap();
+        let old = broker.replicas.partition("t", 0).unwrap();
+        broker.delete_topic("t").unwrap();
+        broker.create_topic("t", 1, BTreeMap::new(), false).unwrap();
+        let mut builder = sluice_storage::RecordBatchBuilder::new(0);
+        builder.push(0, None, Some(b"late"), &[]);
+        let batch = builder.build().unwrap();
+        assert!(
+            old.log.append(&batch, sluice_storage::LeaderEpoch(0), 0).is_err(),
+            "an append to a deleted topic landed"
+        );
+        old.log.maintain(i64::MAX / 2).unwrap();
+        let new = broker.replicas.partition("t", 0).unwrap();
+        assert_eq!(new.log.log_end_offset().0, 0);
+        broker.shutdown();
+        drop(broker);
+        let broker = Broker::open(config(dir.path())).unwrap();
+        assert_eq!(broker.replicas.partition("t", 0).unwrap().log.log_end_offset().0, 0);
     }
 }

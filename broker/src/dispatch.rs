@@ -111,8 +111,9 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::ApiVersions(req) => reply(&api::api_versions::handle(conn, &header, req), &[]),
         RequestKind::Metadata(req) => reply(&api::metadata::handle(broker, &header, req).await, &[]),
         RequestKind::Produce(req) => match api::produce::handle(broker, &header, req).await {
-            Some(response) => reply(&response, &[]),
-            None => Outcome::NoResponse,
+            api::produce::ProduceReply::Respond(response) => reply(&response, &[]),
+            api::produce::ProduceReply::NoResponse => Outcome::NoResponse,
+            api::produce::ProduceReply::Close(reason) => Outcome::Close(reason),
         },
         RequestKind::Fetch(req) => {
             let (response, records) = api::fetch::handle(broker, &header, req).await;

@@ -43,9 +43,30 @@ fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
+/// Names the topic a partition directory belongs to, as Kafka's file of the same name does,
+/// so that startup only ever deletes directories it can prove are its own.
+const PARTITION_METADATA: &str = "partition.metadata";
+/// Suffix of a deleted partition's directory between its rename and its removal.
+const DELETED_SUFFIX: &str = "-delete";
+
+fn read_topic_id(dir: &Path) -> Option<Uuid> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("topic_id: ")).and_then(|id| id.trim().parse().ok())
+}
+
+fn write_topic_id(dir: &Path, id: Uuid) -> Result<()> {
+    let tmp = dir.join(format!("{PARTITION_METADATA}.tmp"));
+    std::fs::write(&tmp, format!("version: 0\ntopic_id: {id}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(PARTITION_METADATA))?;
+    Ok(())
+}
+
 impl ReplicaManager {
-    /// Opens the log of every partition the metadata names, and deletes partition directories
-    /// it does not name (left by a deletion interrupted by a crash).
+    /// Opens the log of every partition the metadata names, and removes what deletions
+    /// interrupted by a crash left behind: `-delete` directories, and partition directories
+    /// whose `partition.metadata` names a topic id (or partition) the metadata does not have. A directory
+    /// without that file is not Sluice's and is left alone.
     pub fn open(
         data_dir: &Path,
         cache: Arc<HandleCache>,
@@ -53,22 +74,27 @@ impl ReplicaManager {
         config_for: impl Fn(&TopicMetadata) -> LogConfig,
     ) -> Result<ReplicaManager> {
         let manager = ReplicaManager { data_dir: data_dir.to_path_buf(), cache, topics: RwLock::new(HashMap::new()) };
-        let mut expected = std::collections::HashSet::new();
-        for topic in metadata.topics() {
-            manager.add_partitions(topic, &config_for(topic))?;
-            for index in 0..topic.partitions {
-                expected.insert(format!("{}-{index}", topic.name));
-            }
-        }
         for entry in std::fs::read_dir(data_dir)? {
             let entry = entry?;
+            let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_partition_dir =
-                name.rsplit_once('-').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-            if entry.path().is_dir() && is_partition_dir && name != METADATA_LOG_DIR && !expected.contains(&name) {
-                tracing::info!(dir = %entry.path().display(), "removing the directory of a deleted partition");
-                std::fs::remove_dir_all(entry.path())?;
+            if !path.is_dir() || name == METADATA_LOG_DIR {
+                continue;
             }
+            // A partition index the topic does not have was opened but never published.
+            let index = name.rsplit_once('-').and_then(|(_, index)| index.parse::<i32>().ok());
+            let stale = name.ends_with(DELETED_SUFFIX)
+                || read_topic_id(&path).is_some_and(|id| match metadata.topic_by_id(&id) {
+                    None => true,
+                    Some(topic) => index.is_none_or(|index| index >= topic.partitions),
+                });
+            if stale {
+                tracing::info!(dir = %path.display(), "removing the directory of a deleted partition");
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        for topic in metadata.topics() {
+            manager.add_partitions(topic, &config_for(topic))?;
         }
         Ok(manager)
     }
@@ -92,11 +118,12 @@ impl ReplicaManager {
         let mut partitions = existing.clone();
         let name: Arc<str> = Arc::from(topic.name.as_str());
         for index in existing.len() as i32..topic.partitions {
-            let log = PartitionLog::open(
-                partition_dir(&self.data_dir, &topic.name, index),
-                config.clone(),
-                self.cache.clone(),
-            )?;
+            let dir = partition_dir(&self.data_dir, &topic.name, index);
+            assert_ne!(dir, self.data_dir.join(METADATA_LOG_DIR), "a topic partition must never open the metadata log");
+            let log = PartitionLog::open(&dir, config.clone(), self.cache.clone())?;
+            if read_topic_id(&dir) != Some(topic.id) {
+                write_topic_id(&dir, topic.id)?;
+            }
             // A single node is its own ISR: everything in the log is committed.
             log.set_high_watermark(log.log_end_offset());
             partitions.push(Arc::new(Partition { topic: name.clone(), topic_id: topic.id, index, log }));
@@ -114,11 +141,20 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// Closes the topic's logs and deletes their directories.
+    /// Stops the topic's logs (requests still holding them fail from now on) and deletes
+    /// their directories: renamed first, so a topic recreated under the same name never
+    /// shares a directory with the old one, then removed (or swept at the next start).
     pub fn remove_topic(&self, name: &str) -> Result<()> {
         let Some(topic) = self.topics.write().remove(name) else { return Ok(()) };
         for partition in &topic.partitions {
-            std::fs::remove_dir_all(partition.log.dir())?;
+            partition.log.mark_deleted();
+            let dir = partition.log.dir().to_path_buf();
+            let mut doomed = dir.clone().into_os_string();
+            doomed.push(format!(".{}{DELETED_SUFFIX}", topic.id.simple()));
+            std::fs::rename(&dir, &doomed)?;
+            if let Err(err) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(dir = ?doomed, %err, "could not remove a deleted partition; it is removed at the next start");
+            }
         }
         Ok(())
     }

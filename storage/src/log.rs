@@ -126,6 +126,9 @@ struct LogInner {
     state: RwLock<LogState>,
     flusher: Flusher,
     cache: Arc<HandleCache>,
+    /// Set when the log's directory is being deleted: nothing may touch its files again,
+    /// since a new log (a topic recreated under the same name) may take the directory.
+    deleted: std::sync::atomic::AtomicBool,
     /// Serialises checkpoint writers (outside the state lock, so appends never wait on the
     /// checkpoint's fsyncs) and remembers what was last written and when.
     checkpoint: Mutex<Option<(Checkpoint, i64)>>,
@@ -181,6 +184,7 @@ impl PartitionLog {
                 flusher: Flusher::new(recovery_point),
                 cache,
                 checkpoint: Mutex::new(None),
+                deleted: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // From here on the log is open for writes: the clean marker must be gone from disk
@@ -424,6 +428,7 @@ impl PartitionLog {
     /// Removes every batch at or after the one containing `offset` (a replica following a new
     /// leader). The log end offset becomes the base offset of that batch.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
+        self.refuse_if_deleted()?;
         let config = self.inner.config.read().clone();
         // The recovery point on disk must not be above the new end before any file changes, or
         // a crash mid-truncation would look like acknowledged data gone missing.
@@ -446,6 +451,9 @@ impl PartitionLog {
         self.inner.flusher.truncate(new_end);
         self.write_checkpoint(false)?;
         let mut state = self.inner.state.write();
+        if state.closed {
+            return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
+        }
         if offset.0 >= state.log_end_offset() {
             return Ok(Offset(state.log_end_offset()));
         }
@@ -482,6 +490,9 @@ impl PartitionLog {
     pub fn delete_records_before(&self, offset: Offset) -> Result<Offset> {
         let config = self.inner.config.read().clone();
         let mut state = self.inner.state.write();
+        if state.closed {
+            return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
+        }
         if offset.0 < 0 || offset.0 > state.high_watermark {
             return Err(Error::OffsetOutOfRange {
                 offset,
@@ -520,8 +531,14 @@ impl PartitionLog {
 
     /// Applies `retention.ms` and `retention.bytes`; returns how many segments were deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        if self.is_deleted() {
+            return Ok(0);
+        }
         let config = self.inner.config.read().clone();
         let mut state = self.inner.state.write();
+        if state.closed {
+            return Ok(0);
+        }
         let count = retention::deletable_prefix(&state.segments, &config, state.high_watermark, now_ms);
         self.delete_front(&mut state, count)?;
         drop(state);
@@ -531,9 +548,32 @@ impl PartitionLog {
         Ok(count)
     }
 
+    /// Stops the log for good before its directory is deleted: appends, truncations, record
+    /// deletions, retention and checkpoints are refused or skipped from now on.
+    pub fn mark_deleted(&self) {
+        let _checkpoint_writers = self.inner.checkpoint.lock();
+        let mut state = self.inner.state.write();
+        state.closed = true;
+        self.inner.deleted.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.inner.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn refuse_if_deleted(&self) -> Result<()> {
+        if self.is_deleted() {
+            return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was deleted".into() });
+        }
+        Ok(())
+    }
+
     /// Periodic upkeep, for the owner to call every second or so: the `flush.ms` flush, the
     /// fsync of rolled segments, retention, and the checkpoint.
     pub fn maintain(&self, now_ms: i64) -> Result<()> {
+        if self.is_deleted() {
+            return Ok(());
+        }
         let config = self.inner.config.read().clone();
         let flush_due = match config.flush_policy {
             FlushPolicy::IntervalMs(interval) => now_ms - self.inner.state.read().last_flush_ms >= interval as i64,
@@ -562,6 +602,9 @@ impl PartitionLog {
 
     fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
         let mut last = self.inner.checkpoint.lock();
+        if self.is_deleted() {
+            return Ok(());
+        }
         let now = now_ms();
         let checkpoint = {
             let state = self.inner.state.read();

@@ -43,12 +43,18 @@ const OP_SUBTRACT: i8 = 3;
 
 fn config_type(key: &str) -> i8 {
     match key {
-        "cleanup.policy" => TYPE_LIST,
-        "message.timestamp.type" | "log.dirs" | "listeners" | "advertised.listeners" => TYPE_STRING,
+        "cleanup.policy" | "log.cleanup.policy" => TYPE_LIST,
+        "message.timestamp.type" | "log.message.timestamp.type" | "log.dirs" | "listeners" | "advertised.listeners" => {
+            TYPE_STRING
+        }
         "segment.bytes"
+        | "log.segment.bytes"
         | "segment.index.bytes"
+        | "log.index.size.max.bytes"
         | "index.interval.bytes"
+        | "log.index.interval.bytes"
         | "max.message.bytes"
+        | "message.max.bytes"
         | "num.partitions"
         | "node.id"
         | "socket.request.max.bytes" => TYPE_INT,

@@ -76,7 +76,12 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
                 .with_records(Some(Bytes::new()));
-            let partition = name.as_deref().and_then(|name| broker.replicas.partition(name, wanted.partition));
+            // By id (v13+), the partition must still belong to that topic: a topic deleted and
+            // recreated under the same name has a new id.
+            let partition = name
+                .as_deref()
+                .and_then(|name| broker.replicas.partition(name, wanted.partition))
+                .filter(|p| version < 13 || p.topic_id == topic.topic_id);
             let Some(partition) = partition else {
                 let code = if version >= 13 && name.is_none() {
                     ResponseError::UnknownTopicId
@@ -108,6 +113,12 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
             }
             let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(budget);
             match partition.log.read(Offset(wanted.fetch_offset), max_bytes, limit) {
+                // KIP-74: only the first partition with data may exceed the response budget (so
+                // a large batch can always make progress); later ones wait for the next fetch.
+                Ok(read) if !all_records.is_empty() && read.records.len() > budget => {
+                    budget = 0;
+                    data = data.with_log_start_offset(read.log_start_offset.0);
+                }
                 Ok(read) => {
                     budget = budget.saturating_sub(read.records.len());
                     total += read.records.len();

@@ -71,7 +71,16 @@ struct PendingDurability {
     durable: DurableHandle,
 }
 
-pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> Option<ProduceResponse> {
+/// What a produce request gets back.
+pub enum ProduceReply {
+    Respond(ProduceResponse),
+    /// acks=0: no response at all.
+    NoResponse,
+    /// acks=0 with a refused batch.
+    Close(String),
+}
+
+pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> ProduceReply {
     let acks = request.acks;
     let now_ms = sluice_storage::log::now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
@@ -125,14 +134,16 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         );
     }
     broker.appended.notify_waiters();
-    if pending.is_empty() {
-        return (acks != 0).then(|| ProduceResponse::default().with_responses(responses));
-    }
-    let durability = tokio::spawn(wait_durable(broker.clone(), pending));
+    let refused = responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0);
+    let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(broker.clone(), pending)));
     if acks == 0 {
-        // No response, but the high watermark still moves once the data is durable.
-        return None;
+        // No response, but the high watermark still moves once the data is durable. A refused
+        // batch closes the connection, as in Kafka: the client's only hint to refresh metadata.
+        return if refused { ProduceReply::Close("acks=0 produce refused".into()) } else { ProduceReply::NoResponse };
     }
+    let Some(durability) = durability else {
+        return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
+    };
     let failures = match durability.await {
         Ok(failures) => failures,
         Err(join) => {
@@ -151,7 +162,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             response.error_message = Some(str_bytes(err));
         }
     }
-    Some(ProduceResponse::default().with_responses(responses))
+    ProduceReply::Respond(ProduceResponse::default().with_responses(responses))
 }
 
 /// Waits (on a blocking thread: fsyncs block; group commit lets concurrent producers share

@@ -1,7 +1,8 @@
-//! Bad input over a raw socket: garbage, absurd frame sizes, truncated requests, unknown
-//! APIs and versions, corrupt batches, missing partitions and absurd element counts. Each
-//! gets the protocol's error or a closed connection; the broker keeps serving everyone else
-//! and its stored data is unchanged.
+//! The protocol over a raw socket, where client libraries would hide it. Bad input (garbage,
+//! absurd frame sizes, truncated requests, unknown APIs and versions, corrupt batches, missing
+//! partitions, absurd element counts) gets the protocol's error or a closed connection while
+//! the broker keeps serving everyone else and stores nothing; and the protocol rules clients
+//! rely on without saying so (fetch byte budgets, acks=0 errors, ordering) hold.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -147,6 +148,15 @@ fn produce(stream: &mut TcpStream, topic: &'static str, partition: i32, records:
         .with_name(TopicName(StrBytes::from_static_str(topic)))
         .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(records))])]);
     call(stream, ApiKey::Produce, 9, 11, &request)
+}
+
+fn produce_with_acks(stream: &mut TcpStream, acks: i16, topic: &'static str, partition: i32, records: Bytes) {
+    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str(topic))).with_partition_data(vec![
+            PartitionProduceData::default().with_index(partition).with_records(Some(records)),
+        ]),
+    ]);
+    stream.write_all(&frame(ApiKey::Produce, 9, 21, &request)).unwrap();
 }
 
 fn fetch_all(stream: &mut TcpStream, topic: &'static str) -> (i64, Bytes) {
@@ -325,4 +335,71 @@ fn pipelined_requests_are_answered_in_order_and_many_connections_are_served() {
         let (got, response): (i32, ApiVersionsResponse) = decode(ApiKey::ApiVersions, 3, read_frame(stream).unwrap());
         assert_eq!((got, response.error_code), (id as i32, 0));
     }
+}
+
+fn batch_of(value_size: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(1_000);
+    builder.push(1_000, None, Some(&vec![7u8; value_size]), &[]);
+    Bytes::from(builder.build().unwrap())
+}
+
+#[test]
+fn only_the_first_partition_with_data_may_exceed_the_fetch_byte_budget() {
+    // KIP-74: max_bytes bounds the response, except that the first batch always comes back.
+    let broker = Broker::start();
+    let mut stream = broker.connect();
+    let topics = vec![MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str("budget"))))];
+    let _: MetadataResponse =
+        call(&mut stream, ApiKey::Metadata, 9, 1, &MetadataRequest::default().with_topics(Some(topics)));
+    let create =
+        kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("budget")))
+                .with_count(2),
+        ]);
+    let _: kafka_protocol::messages::create_partitions_response::CreatePartitionsResponse =
+        call(&mut stream, ApiKey::CreatePartitions, 3, 2, &create);
+    for partition in 0..2 {
+        let response = produce(&mut stream, "budget", partition, batch_of(600_000));
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    let partitions =
+        (0..2).map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(1 << 20)).collect();
+    let request =
+        FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1_000_000).with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("budget")))
+            .with_partitions(partitions)]);
+    let response: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 3, &request);
+    let sizes: Vec<usize> =
+        response.responses[0].partitions.iter().map(|p| p.records.as_ref().map_or(0, |r| r.len())).collect();
+    assert!(sizes[0] > 600_000, "the first batch always comes back: {sizes:?}");
+    assert_eq!(sizes[1], 0, "a second 600 kB batch would break the 1 MB budget: {sizes:?}");
+}
+
+#[test]
+fn an_acks_0_produce_that_fails_closes_the_connection() {
+    // With acks=0 there is no response to carry the error: Kafka closes the connection, the
+    // client's cue to refresh its metadata.
+    let mut broker = Broker::start();
+    let mut stream = broker.connect();
+    create_topic(&mut stream, "fire-and-forget");
+    produce_with_acks(&mut stream, 0, "fire-and-forget", 0, one_record_batch());
+    let (high_watermark, _) = fetch_all(&mut stream, "fire-and-forget");
+    assert_eq!(high_watermark, 1, "the good acks=0 batch was stored and the connection stayed open");
+    produce_with_acks(&mut stream, 0, "fire-and-forget", 7, one_record_batch());
+    assert_closed(&mut stream, "acks=0 produce to a missing partition");
+    broker.assert_alive();
+}
+
+#[test]
+fn a_wildcard_listener_needs_an_advertised_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["broker", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--advertise"), "{stderr}");
 }
