@@ -8,7 +8,6 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use parking_lot::{Mutex, RwLock};
 use sluice_storage::{HandleCache, LogConfig};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
@@ -50,8 +49,6 @@ pub struct Broker {
     /// Topic defaults: the static config with the dynamic broker configs applied.
     log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
-    /// Woken after every append, so long-polling fetches can look again.
-    pub appended: Notify,
 }
 
 /// Kafka's rule for topic names.
@@ -113,7 +110,6 @@ impl Broker {
             metadata: RwLock::new(metadata),
             log_defaults: RwLock::new(defaults),
             replicas,
-            appended: Notify::new(),
         }))
     }
 

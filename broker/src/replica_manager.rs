@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use sluice_storage::Offset;
 use sluice_storage::{HandleCache, LogConfig, PartitionLog};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -21,11 +23,38 @@ pub struct Partition {
     pub topic_id: Uuid,
     pub index: i32,
     pub log: PartitionLog,
+    /// Long-polling fetches waiting for this partition's high watermark to move; each entry
+    /// is one fetch request's wake-up, held weakly so a finished fetch leaves nothing behind.
+    fetch_waiters: Mutex<Vec<Weak<Notify>>>,
 }
 
 impl Partition {
     /// A single node never changes leaders, so every partition stays at epoch 0.
     pub const LEADER_EPOCH: i32 = 0;
+
+    fn new(topic: Arc<str>, topic_id: Uuid, index: i32, log: PartitionLog) -> Partition {
+        Partition { topic, topic_id, index, log, fetch_waiters: Mutex::new(Vec::new()) }
+    }
+
+    /// Commits records up to `end`: the high watermark moves there and fetches waiting on
+    /// this partition wake (only those: a busy partition does not wake every idle poll).
+    pub fn commit(&self, end: Offset) {
+        self.log.advance_high_watermark(end);
+        for waiter in std::mem::take(&mut *self.fetch_waiters.lock()) {
+            if let Some(waiter) = waiter.upgrade() {
+                waiter.notify_one();
+            }
+        }
+    }
+
+    /// Asks for `waiter` to be notified at the next commit. Registering twice is harmless.
+    pub fn register_fetch_waiter(&self, waiter: &Arc<Notify>) {
+        let mut waiters = self.fetch_waiters.lock();
+        waiters.retain(|w| w.strong_count() > 0);
+        if !waiters.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(waiter))) {
+            waiters.push(Arc::downgrade(waiter));
+        }
+    }
 }
 
 pub struct TopicPartitions {
@@ -126,7 +155,7 @@ impl ReplicaManager {
             }
             // A single node is its own ISR: everything in the log is committed.
             log.set_high_watermark(log.log_end_offset());
-            partitions.push(Arc::new(Partition { topic: name.clone(), topic_id: topic.id, index, log }));
+            partitions.push(Arc::new(Partition::new(name.clone(), topic.id, index, log)));
         }
         self.topics.write().insert(topic.name.clone(), Arc::new(TopicPartitions { id: topic.id, partitions }));
         Ok(())
@@ -168,5 +197,35 @@ impl ReplicaManager {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(dir: &Path, index: i32) -> Partition {
+        let log =
+            PartitionLog::open(dir.join(format!("t-{index}")), LogConfig::default(), HandleCache::new(8)).unwrap();
+        Partition::new(Arc::from("t"), Uuid::nil(), index, log)
+    }
+
+    #[tokio::test]
+    async fn a_commit_wakes_only_the_fetches_waiting_on_its_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let (busy, idle) = (partition(dir.path(), 0), partition(dir.path(), 1));
+        let (on_busy, on_idle) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        busy.register_fetch_waiter(&on_busy);
+        busy.register_fetch_waiter(&on_busy);
+        idle.register_fetch_waiter(&on_idle);
+        busy.commit(Offset(0));
+        // The commit came before the wait: its permit is kept, so the wake-up is not lost.
+        tokio::time::timeout(std::time::Duration::from_secs(5), on_busy.notified()).await.expect("woken");
+        let idle_woken = tokio::time::timeout(std::time::Duration::from_millis(50), on_idle.notified()).await;
+        assert!(idle_woken.is_err(), "a commit on one partition woke a fetch waiting on another");
+        assert!(busy.fetch_waiters.lock().is_empty(), "a commit hands each waiter one wake-up, then forgets it");
+        drop(on_idle);
+        idle.register_fetch_waiter(&Arc::new(Notify::new()));
+        assert_eq!(idle.fetch_waiters.lock().len(), 1, "finished fetches leave nothing behind");
     }
 }

@@ -12,6 +12,7 @@ use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::RequestHeader;
 use sluice_storage::Offset;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::check_leader_epoch;
@@ -34,17 +35,17 @@ pub async fn handle(
     }
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
+    // One wake-up for this request, registered with each partition it reads before every
+    // read, so a commit in between leaves a permit and is not missed.
+    let committed = Arc::new(Notify::new());
     loop {
-        // Register for wake-ups before reading, so an append in between is not missed.
-        let appended = broker.appended.notified();
-        tokio::pin!(appended);
-        appended.as_mut().enable();
-        let (response, records, bytes, errors) = read_once(broker, header.request_api_version, &request);
+        let (response, records, bytes, errors) =
+            read_once(broker, header.request_api_version, &request, (min_bytes > 0).then_some(&committed));
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
             return (response, records);
         }
-        if tokio::time::timeout_at(deadline, appended).await.is_err() {
-            let (response, records, ..) = read_once(broker, header.request_api_version, &request);
+        if tokio::time::timeout_at(deadline, committed.notified()).await.is_err() {
+            let (response, records, ..) = read_once(broker, header.request_api_version, &request, None);
             return (response, records);
         }
     }
@@ -52,7 +53,12 @@ pub async fn handle(
 
 /// One pass over the requested partitions: the response, the record sets in it, their total
 /// size, and whether any partition reported an error (which ends a long poll at once).
-fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchResponse, Vec<Bytes>, usize, bool) {
+fn read_once(
+    broker: &Broker,
+    version: i16,
+    request: &FetchRequest,
+    wake: Option<&Arc<Notify>>,
+) -> (FetchResponse, Vec<Bytes>, usize, bool) {
     let mut budget = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
     let read_committed = request.isolation_level == READ_COMMITTED;
     let metadata = broker.metadata();
@@ -96,6 +102,9 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                 partitions.push(data.with_error_code(code.code()));
                 any_error = true;
                 continue;
+            }
+            if let Some(wake) = wake {
+                partition.register_fetch_waiter(wake);
             }
             let high_watermark = partition.log.high_watermark();
             // Until transactions exist, everything below the high watermark is stable.

@@ -9,7 +9,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::RequestHeader;
-use sluice_storage::{batch, DurableHandle, LeaderEpoch, PartitionLog};
+use sluice_storage::{batch, DurableHandle, LeaderEpoch};
 
 use super::str_bytes;
 use crate::broker::Broker;
@@ -65,9 +65,9 @@ fn append(
 
 /// An append still waiting for its fsync, and where its response sits.
 struct PendingDurability {
-    topic: usize,
-    partition: usize,
-    log: PartitionLog,
+    topic_index: usize,
+    partition_index: usize,
+    partition: Arc<Partition>,
     durable: DurableHandle,
 }
 
@@ -110,15 +110,13 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                         match durable {
                             // One node is its own ISR: without an fsync to wait for, the
                             // append is committed at once.
-                            Some(durable) if !durable.needs_fsync() => {
-                                partition.log.advance_high_watermark(durable.end_offset());
-                            }
+                            Some(durable) if !durable.needs_fsync() => partition.commit(durable.end_offset()),
                             // With fsync on every append, consumers see it only once it is
                             // durable, as Kafka flushes before it moves the high watermark.
                             Some(durable) => pending.push(PendingDurability {
-                                topic: responses.len(),
-                                partition: partitions.len(),
-                                log: partition.log.clone(),
+                                topic_index: responses.len(),
+                                partition_index: partitions.len(),
+                                partition: partition.clone(),
                                 durable,
                             }),
                             None => {}
@@ -133,9 +131,8 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             TopicProduceResponse::default().with_name(super::topic_name(&name)).with_partition_responses(partitions),
         );
     }
-    broker.appended.notify_waiters();
     let refused = responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0);
-    let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(broker.clone(), pending)));
+    let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(pending)));
     if acks == 0 {
         // No response, but the high watermark still moves once the data is durable. A refused
         // batch closes the connection, as in Kafka: the client's only hint to refresh metadata.
@@ -168,25 +165,24 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
 /// Waits (on a blocking thread: fsyncs block; group commit lets concurrent producers share
 /// them) until each append is durable, then commits it: the high watermark moves to its end
 /// and long-polling fetches wake. Returns the appends that failed, with the reason.
-async fn wait_durable(broker: Arc<Broker>, pending: Vec<PendingDurability>) -> Vec<(usize, usize, String)> {
-    let positions: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
+async fn wait_durable(pending: Vec<PendingDurability>) -> Vec<(usize, usize, String)> {
+    let positions: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic_index, p.partition_index)).collect();
     let waited = tokio::task::spawn_blocking(move || {
         pending
             .into_iter()
             .filter_map(|p| match p.durable.wait() {
                 Ok(()) => {
-                    p.log.advance_high_watermark(p.durable.end_offset());
+                    p.partition.commit(p.durable.end_offset());
                     None
                 }
                 Err(err) => {
                     tracing::error!(%err, "append not durable");
-                    Some((p.topic, p.partition, err.to_string()))
+                    Some((p.topic_index, p.partition_index, err.to_string()))
                 }
             })
             .collect()
     })
     .await;
-    broker.appended.notify_waiters();
     waited.unwrap_or_else(|join| {
         positions.into_iter().map(|(t, p)| (t, p, format!("durability wait failed: {join}"))).collect()
     })
