@@ -403,3 +403,29 @@ fn a_wildcard_listener_needs_an_advertised_address() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--advertise"), "{stderr}");
 }
+
+#[test]
+fn a_topic_named_twice_in_one_create_request_is_refused_for_both() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+    use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
+    let broker = Broker::start();
+    let mut stream = broker.connect();
+    let topic = |name: &'static str| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+    };
+    let request = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        topic("twice"),
+        topic("once"),
+        topic("twice"),
+    ]);
+    let response: CreateTopicsResponse = call(&mut stream, ApiKey::CreateTopics, 7, 1, &request);
+    let codes: Vec<(String, i16)> = response.topics.iter().map(|t| (t.name.0.to_string(), t.error_code)).collect();
+    assert_eq!(codes, vec![("twice".into(), 42), ("once".into(), 0), ("twice".into(), 42)], "INVALID_REQUEST for both");
+    let metadata: MetadataResponse =
+        call(&mut stream, ApiKey::Metadata, 9, 2, &MetadataRequest::default().with_topics(None));
+    let names: Vec<String> = metadata.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
+    assert_eq!(names, vec!["once".to_string()]);
+}

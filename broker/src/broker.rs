@@ -133,9 +133,20 @@ impl Broker {
     /// Replaces the dynamic broker configs, and re-applies every topic's config on top of the
     /// new defaults. Every topic must still resolve under them, or nothing changes.
     pub fn set_broker_configs(&self, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), AdminError> {
+        self.alter_broker_configs(|_| Ok(configs), validate_only)
+    }
+
+    /// Changes the dynamic broker configs to what `alter` makes of the current ones, under
+    /// the metadata lock (see `alter_topic_configs`).
+    pub fn alter_broker_configs(
+        &self,
+        alter: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, AdminError>,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
         let invalid = |msg: String| AdminError::new(ResponseError::InvalidConfig, msg);
-        let effective = self.config.with_dynamic(&configs).map_err(invalid)?;
         let mut log = self.metadata_log.lock();
+        let configs = alter(&log.state().broker_configs)?;
+        let effective = self.config.with_dynamic(&configs).map_err(invalid)?;
         let mut resolved = Vec::new();
         for topic in log.state().topics() {
             let config = topic_config::resolve(&effective.log_defaults, &topic.configs)
@@ -255,14 +266,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Replaces a topic's config overrides.
-    pub fn set_topic_configs(
+    /// Changes a topic's config overrides to what `alter` makes of the current ones. The
+    /// read, the change and the write happen under the metadata lock, so two concurrent
+    /// alters cannot lose one another's changes.
+    pub fn alter_topic_configs(
         &self,
         name: &str,
-        configs: BTreeMap<String, String>,
+        alter: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, AdminError>,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        let log_config = self.topic_log_config(&configs)?;
         let mut log = self.metadata_log.lock();
         let Some(topic) = log.state().topic(name).cloned() else {
             return Err(AdminError::new(
@@ -270,6 +282,8 @@ impl Broker {
                 format!("topic \"{name}\" does not exist"),
             ));
         };
+        let configs = alter(&topic.configs)?;
+        let log_config = self.topic_log_config(&configs)?;
         if validate_only {
             return Ok(());
         }

@@ -228,22 +228,18 @@ pub async fn incremental_alter_configs(
             .map(|resource| {
                 let name = resource.resource_name.as_str();
                 let result = match resource.resource_type {
-                    RESOURCE_TOPIC => match broker.metadata().topic(name) {
-                        Some(topic) => altered_overrides(&topic.configs, resource)
-                            .and_then(|overrides| broker.set_topic_configs(name, overrides, validate_only)),
-                        None => Err(AdminError::new(
-                            ResponseError::UnknownTopicOrPartition,
-                            format!("topic \"{name}\" does not exist"),
-                        )),
-                    },
+                    RESOURCE_TOPIC => {
+                        broker.alter_topic_configs(name, |current| altered_overrides(current, resource), validate_only)
+                    }
                     RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => {
                         Err(AdminError::new(
                             ResponseError::InvalidRequest,
                             format!("this is broker {}, not {name}", broker.config.node_id),
                         ))
                     }
-                    RESOURCE_BROKER => altered_overrides(&broker.metadata().broker_configs, resource)
-                        .and_then(|configs| broker.set_broker_configs(configs, validate_only)),
+                    RESOURCE_BROKER => {
+                        broker.alter_broker_configs(|current| altered_overrides(current, resource), validate_only)
+                    }
                     other => Err(AdminError::new(
                         ResponseError::InvalidRequest,
                         format!("resource type {other} is not supported"),

@@ -23,6 +23,17 @@ use crate::topic_config;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 const DEFAULT_CONFIG: i8 = 5;
 
+/// Names that appear more than once in one request: Kafka refuses every entry of such a name
+/// (INVALID_REQUEST) rather than guess which one the client meant.
+fn repeated<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    names.filter(|name| !seen.insert(*name)).map(str::to_string).collect()
+}
+
+fn repeated_error(name: &str) -> AdminError {
+    AdminError::new(ResponseError::InvalidRequest, format!("topic \"{name}\" appears more than once in the request"))
+}
+
 /// Runs an admin operation that writes the metadata log off the async threads.
 async fn blocking<T: Send + 'static>(
     broker: &Arc<Broker>,
@@ -100,17 +111,24 @@ pub async fn create_topics(
     let validate_only = request.validate_only;
     let version = header.request_api_version;
     let topics = request.topics;
+    let repeated = repeated(topics.iter().map(|t| t.name.0.as_str()));
     let results = blocking(broker, move |broker| {
         topics
             .iter()
-            .map(|topic| match create_one(broker, version, topic, validate_only) {
-                Ok(result) => result,
-                Err(err) => CreatableTopicResult::default()
-                    .with_name(topic.name.clone())
-                    .with_error_code(err.code.code())
-                    .with_error_message(Some(str_bytes(err.message)))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1),
+            .map(|topic| {
+                let created = if repeated.contains(topic.name.0.as_str()) {
+                    Err(repeated_error(topic.name.0.as_str()))
+                } else {
+                    create_one(broker, version, topic, validate_only)
+                };
+                created.unwrap_or_else(|err| {
+                    CreatableTopicResult::default()
+                        .with_name(topic.name.clone())
+                        .with_error_code(err.code.code())
+                        .with_error_message(Some(str_bytes(err.message)))
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1)
+                })
             })
             .collect()
     })
@@ -141,6 +159,7 @@ pub async fn delete_topics(
             (name, id, target)
         })
         .collect();
+    let repeated = repeated(resolved.iter().filter_map(|(_, _, target)| target.as_deref()));
     let results = blocking(broker, move |broker| {
         resolved
             .into_iter()
@@ -150,6 +169,10 @@ pub async fn delete_topics(
                 let Some(target) = target else {
                     return result.with_error_code(ResponseError::UnknownTopicId.code());
                 };
+                if repeated.contains(&target) {
+                    let err = repeated_error(&target);
+                    return result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)));
+                }
                 match broker.delete_topic(&target) {
                     Ok(id) => result.with_topic_id(id),
                     Err(err) => {
@@ -171,12 +194,18 @@ pub async fn create_partitions(
 ) -> CreatePartitionsResponse {
     let validate_only = request.validate_only;
     let topics = request.topics;
+    let repeated = repeated(topics.iter().map(|t| t.name.0.as_str()));
     let results = blocking(broker, move |broker| {
         topics
             .iter()
             .map(|topic| {
                 let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
-                match broker.create_partitions(topic.name.0.as_str(), topic.count, validate_only) {
+                let grown = if repeated.contains(topic.name.0.as_str()) {
+                    Err(repeated_error(topic.name.0.as_str()))
+                } else {
+                    broker.create_partitions(topic.name.0.as_str(), topic.count, validate_only)
+                };
+                match grown {
                     Ok(()) => result,
                     Err(err) => {
                         result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
