@@ -10,7 +10,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::RequestHeader;
 
-use super::check_leader_epoch;
+use super::leader_partition;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
 use crate::replica_manager::Partition;
@@ -51,14 +51,13 @@ pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsets
                 .iter()
                 .map(|wanted| {
                     let response = ListOffsetsPartitionResponse::default().with_partition_index(wanted.partition_index);
-                    let result = broker
-                        .replicas
-                        .partition(topic.name.0.as_str(), wanted.partition_index)
-                        .ok_or(ResponseError::UnknownTopicOrPartition)
-                        .and_then(|partition| {
-                            check_leader_epoch(wanted.current_leader_epoch)?;
-                            lookup(&partition, wanted.timestamp)
-                        });
+                    let result = leader_partition(
+                        broker,
+                        topic.name.0.as_str(),
+                        wanted.partition_index,
+                        wanted.current_leader_epoch,
+                    )
+                    .and_then(|partition| lookup(&partition, wanted.timestamp));
                     match result {
                         Ok((offset, timestamp)) => {
                             response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)

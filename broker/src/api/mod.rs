@@ -23,6 +23,20 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// The partition a request names, if this broker leads it at the epoch the client expects
+/// (-1: any epoch).
+pub(crate) fn leader_partition(
+    broker: &crate::broker::Broker,
+    topic: &str,
+    index: i32,
+    current_leader_epoch: i32,
+) -> Result<std::sync::Arc<crate::replica_manager::Partition>, kafka_protocol::error::ResponseError> {
+    let partition =
+        broker.replicas.partition(topic, index).ok_or(kafka_protocol::error::ResponseError::UnknownTopicOrPartition)?;
+    check_leader_epoch(current_leader_epoch)?;
+    Ok(partition)
+}
+
 /// The leader epoch check every partition request carries: -1 means "do not check".
 pub(crate) fn check_leader_epoch(requested: i32) -> Result<(), kafka_protocol::error::ResponseError> {
     use kafka_protocol::error::ResponseError;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_request::DeleteRecordsRequest;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
@@ -15,7 +14,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::RequestHeader;
 use sluice_storage::Offset;
 
-use super::check_leader_epoch;
+use super::leader_partition;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
 use crate::replica_manager::Partition;
@@ -41,10 +40,11 @@ pub async fn delete_records(
                         let result = DeleteRecordsPartitionResult::default()
                             .with_partition_index(wanted.partition_index)
                             .with_low_watermark(-1);
-                        let Some(partition) = broker.replicas.partition(topic.name.0.as_str(), wanted.partition_index)
-                        else {
-                            return result.with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                        };
+                        let partition =
+                            match leader_partition(&broker, topic.name.0.as_str(), wanted.partition_index, -1) {
+                                Ok(partition) => partition,
+                                Err(code) => return result.with_error_code(code.code()),
+                            };
                         let offset = if wanted.offset == HIGH_WATERMARK {
                             partition.log.high_watermark().0
                         } else {
@@ -82,12 +82,15 @@ pub fn offset_for_leader_epoch(
                         .with_partition(wanted.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let Some(partition) = broker.replicas.partition(topic.topic.0.as_str(), wanted.partition) else {
-                        return result.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let partition = match leader_partition(
+                        broker,
+                        topic.topic.0.as_str(),
+                        wanted.partition,
+                        wanted.current_leader_epoch,
+                    ) {
+                        Ok(partition) => partition,
+                        Err(code) => return result.with_error_code(code.code()),
                     };
-                    if let Err(code) = check_leader_epoch(wanted.current_leader_epoch) {
-                        return result.with_error_code(code.code());
-                    }
                     // Every batch on a single node carries epoch 0, which is still current, so it
                     // ends at the log end; later epochs are unknown, earlier ones never existed.
                     if wanted.leader_epoch == Partition::LEADER_EPOCH {
