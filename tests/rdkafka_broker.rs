@@ -680,3 +680,27 @@ fn acknowledged_records_survive_sigkill_with_fsync_on_every_append() {
         messages.len()
     );
 }
+
+#[test]
+fn the_rdkafka_admin_alter_configs_replaces_a_topics_configs() {
+    // rdkafka's AdminClient::alter_configs speaks the legacy AlterConfigs, which replaces the
+    // resource's configs as a whole: keys not listed go back to their defaults.
+    use rdkafka::admin::{AlterConfig, OwnedResourceSpecifier};
+    let broker = TestBroker::start(&[]);
+    let admin = admin(&broker);
+    create_topic(&admin, "legacy", 1, &[("retention.ms", "3600000")]);
+    let change = AlterConfig::new(ResourceSpecifier::Topic("legacy")).set("segment.bytes", "1048576");
+    let results = block_on(admin.alter_configs([&change], &admin_options())).expect("AlterConfigs");
+    assert_eq!(results, vec![Ok(OwnedResourceSpecifier::Topic("legacy".into()))]);
+    let described = describe_topic_configs(&admin, "legacy");
+    assert_eq!(described.get("segment.bytes").and_then(|e| e.value.as_deref()), Some("1048576"));
+    let retention = described.get("retention.ms").expect("retention.ms is described");
+    assert!(retention.is_default, "a key not listed reverts to its default: {retention:?}");
+
+    // A bad value is refused. rdkafka 0.39 drops AlterConfigs' per-resource error (it always
+    // answers Ok), so what a client can see is that nothing changed.
+    let bad = AlterConfig::new(ResourceSpecifier::Topic("legacy")).set("segment.bytes", "tiny");
+    block_on(admin.alter_configs([&bad], &admin_options())).expect("AlterConfigs");
+    let described = describe_topic_configs(&admin, "legacy");
+    assert_eq!(described.get("segment.bytes").and_then(|e| e.value.as_deref()), Some("1048576"), "and changes nothing");
+}

@@ -39,6 +39,7 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::CreatePartitions, 0, 3),
     spec(ApiKey::DescribeConfigs, 1, 4),
     spec(ApiKey::IncrementalAlterConfigs, 0, 1),
+    spec(ApiKey::AlterConfigs, 0, 2),
     spec(ApiKey::DescribeCluster, 0, 1),
     spec(ApiKey::DeleteRecords, 0, 2),
     spec(ApiKey::OffsetForLeaderEpoch, 2, 4),
@@ -127,6 +128,7 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::IncrementalAlterConfigs(req) => {
             reply(&api::configs::incremental_alter_configs(broker, &header, req).await, &[])
         }
+        RequestKind::AlterConfigs(req) => reply(&api::configs::alter_configs(broker, &header, req).await, &[]),
         RequestKind::DescribeCluster(req) => reply(&api::cluster::describe_cluster(broker, &header, req), &[]),
         RequestKind::DeleteRecords(req) => reply(&api::records::delete_records(broker, &header, req).await, &[]),
         RequestKind::OffsetForLeaderEpoch(req) => {
@@ -169,6 +171,7 @@ mod tests {
                 RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default())
             }
             ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+            ApiKey::AlterConfigs => RequestKind::AlterConfigs(AlterConfigsRequest::default()),
             ApiKey::DeleteRecords => RequestKind::DeleteRecords(DeleteRecordsRequest::default()),
             ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),

@@ -337,3 +337,21 @@ def test_list_offsets(broker, admin):
         (i, f"v{i}".encode(), times_0[i]) for i in range(4, 10)
     ]
     consumer.close()
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_legacy_alter_configs_replaces_and_refuses_bad_values(broker, admin):
+    # AlterConfigs (the API before IncrementalAlterConfigs) replaces a resource's configs as a
+    # whole: keys not listed go back to their defaults.
+    topic = broker.topic("ck-legacy-alter")
+    create_topic(admin, topic, 1, {"retention.ms": "3600000"})
+    replace = ConfigResource(ResourceType.TOPIC, topic, set_config={"segment.bytes": "1048576"})
+    admin.alter_configs([replace])[replace].result(timeout=TIMEOUT_S)
+    configs = describe_topic_configs(admin, topic)
+    assert configs["segment.bytes"].value == "1048576"
+    assert configs["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+
+    bad = ConfigResource(ResourceType.TOPIC, topic, set_config={"segment.bytes": "tiny"})
+    with pytest.raises(KafkaException, match="segment.bytes"):
+        admin.alter_configs([bad])[bad].result(timeout=TIMEOUT_S)
+    assert describe_topic_configs(admin, topic)["segment.bytes"].value == "1048576"

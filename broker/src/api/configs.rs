@@ -1,10 +1,15 @@
-//! DescribeConfigs and IncrementalAlterConfigs for topics, and DescribeConfigs for the broker
-//! (whose configs are static: they come from flags and the config file).
+//! DescribeConfigs, IncrementalAlterConfigs and the legacy AlterConfigs (which replaces a
+//! resource's configs as a whole; the rdkafka crate's admin client still uses it), for topics
+//! and for the broker's dynamic configs (the topic defaults).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsRequest;
+use kafka_protocol::messages::alter_configs_response::{
+    AlterConfigsResourceResponse as LegacyAlterResponse, AlterConfigsResponse,
+};
 use kafka_protocol::messages::describe_configs_request::{DescribeConfigsRequest, DescribeConfigsResource};
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -260,4 +265,55 @@ pub async fn incremental_alter_configs(
     .await
     .unwrap_or_default();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The legacy AlterConfigs: the listed configs replace the resource's dynamic configs as a
+/// whole (keys not listed go back to their defaults).
+pub async fn alter_configs(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let validate_only = request.validate_only;
+    let broker = broker.clone();
+    let responses = tokio::task::spawn_blocking(move || {
+        request
+            .resources
+            .iter()
+            .map(|resource| {
+                let name = resource.resource_name.as_str();
+                let replacement: BTreeMap<String, String> = resource
+                    .configs
+                    .iter()
+                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_string(), v.as_str().to_string())))
+                    .collect();
+                let result = match resource.resource_type {
+                    RESOURCE_TOPIC => broker.alter_topic_configs(name, |_| Ok(replacement), validate_only),
+                    RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => {
+                        Err(AdminError::new(
+                            ResponseError::InvalidRequest,
+                            format!("this is broker {}, not {name}", broker.config.node_id),
+                        ))
+                    }
+                    RESOURCE_BROKER => broker.alter_broker_configs(|_| Ok(replacement), validate_only),
+                    other => Err(AdminError::new(
+                        ResponseError::InvalidRequest,
+                        format!("resource type {other} is not supported"),
+                    )),
+                };
+                let response = LegacyAlterResponse::default()
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name.clone());
+                match result {
+                    Ok(()) => response,
+                    Err(err) => {
+                        response.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    AlterConfigsResponse::default().with_responses(responses)
 }
