@@ -56,4 +56,4 @@ cargo test --workspace --locked
 
 # --- Cross-client suite against the broker binary (cargo test built it; this makes sure).
 cargo build --locked --bin sluice
-SLUICE_BIN="$PWD/target/debug/sluice" "$VENV/bin/python" -m pytest tests/clients -q
+SLUICE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sluice" "$VENV/bin/python" -m pytest tests/clients -q
