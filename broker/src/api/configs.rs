@@ -219,46 +219,62 @@ fn altered_overrides(
     Ok(overrides)
 }
 
+type ConfigChange<'a> = Box<dyn FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, AdminError> + 'a>;
+
+/// Applies `change` to the dynamic configs of one resource: a topic, or this broker (by its
+/// id, or by the empty name Kafka uses for the cluster-wide default).
+fn alter_resource(
+    broker: &Broker,
+    resource_type: i8,
+    name: &str,
+    change: ConfigChange<'_>,
+    validate_only: bool,
+) -> Result<(), AdminError> {
+    match resource_type {
+        RESOURCE_TOPIC => broker.alter_topic_configs(name, change, validate_only),
+        RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => Err(AdminError::new(
+            ResponseError::InvalidRequest,
+            format!("this is broker {}, not {name}", broker.config.node_id),
+        )),
+        RESOURCE_BROKER => broker.alter_broker_configs(change, validate_only),
+        other => Err(AdminError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+    }
+}
+
+/// The (error code, message) a resource's alter result puts in its response.
+fn outcome(result: Result<(), AdminError>) -> (i16, Option<kafka_protocol::protocol::StrBytes>) {
+    match result {
+        Ok(()) => (0, None),
+        Err(err) => (err.code.code(), Some(str_bytes(err.message))),
+    }
+}
+
 pub async fn incremental_alter_configs(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let validate_only = request.validate_only;
-    let resources = request.resources;
     let broker = broker.clone();
     let responses = tokio::task::spawn_blocking(move || {
-        resources
+        request
+            .resources
             .iter()
             .map(|resource| {
-                let name = resource.resource_name.as_str();
-                let result = match resource.resource_type {
-                    RESOURCE_TOPIC => {
-                        broker.alter_topic_configs(name, |current| altered_overrides(current, resource), validate_only)
-                    }
-                    RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => {
-                        Err(AdminError::new(
-                            ResponseError::InvalidRequest,
-                            format!("this is broker {}, not {name}", broker.config.node_id),
-                        ))
-                    }
-                    RESOURCE_BROKER => {
-                        broker.alter_broker_configs(|current| altered_overrides(current, resource), validate_only)
-                    }
-                    other => Err(AdminError::new(
-                        ResponseError::InvalidRequest,
-                        format!("resource type {other} is not supported"),
-                    )),
-                };
-                let response = AlterConfigsResourceResponse::default()
+                let change: ConfigChange<'_> = Box::new(|current| altered_overrides(current, resource));
+                let result = alter_resource(
+                    &broker,
+                    resource.resource_type,
+                    resource.resource_name.as_str(),
+                    change,
+                    validate_only,
+                );
+                let (error_code, error_message) = outcome(result);
+                AlterConfigsResourceResponse::default()
                     .with_resource_type(resource.resource_type)
-                    .with_resource_name(resource.resource_name.clone());
-                match result {
-                    Ok(()) => response,
-                    Err(err) => {
-                        response.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
-                    }
-                }
+                    .with_resource_name(resource.resource_name.clone())
+                    .with_error_code(error_code)
+                    .with_error_message(error_message)
             })
             .collect()
     })
@@ -281,35 +297,25 @@ pub async fn alter_configs(
             .resources
             .iter()
             .map(|resource| {
-                let name = resource.resource_name.as_str();
                 let replacement: BTreeMap<String, String> = resource
                     .configs
                     .iter()
                     .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_string(), v.as_str().to_string())))
                     .collect();
-                let result = match resource.resource_type {
-                    RESOURCE_TOPIC => broker.alter_topic_configs(name, |_| Ok(replacement), validate_only),
-                    RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => {
-                        Err(AdminError::new(
-                            ResponseError::InvalidRequest,
-                            format!("this is broker {}, not {name}", broker.config.node_id),
-                        ))
-                    }
-                    RESOURCE_BROKER => broker.alter_broker_configs(|_| Ok(replacement), validate_only),
-                    other => Err(AdminError::new(
-                        ResponseError::InvalidRequest,
-                        format!("resource type {other} is not supported"),
-                    )),
-                };
-                let response = LegacyAlterResponse::default()
+                let change: ConfigChange<'_> = Box::new(|_| Ok(replacement));
+                let result = alter_resource(
+                    &broker,
+                    resource.resource_type,
+                    resource.resource_name.as_str(),
+                    change,
+                    validate_only,
+                );
+                let (error_code, error_message) = outcome(result);
+                LegacyAlterResponse::default()
                     .with_resource_type(resource.resource_type)
-                    .with_resource_name(resource.resource_name.clone());
-                match result {
-                    Ok(()) => response,
-                    Err(err) => {
-                        response.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
-                    }
-                }
+                    .with_resource_name(resource.resource_name.clone())
+                    .with_error_code(error_code)
+                    .with_error_message(error_message)
             })
             .collect()
     })
