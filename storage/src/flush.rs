@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::segment::OpenSegment;
+use crate::segment::{OpenSegment, RolledSegment};
 
 #[derive(Default)]
 struct FlushState {
@@ -23,8 +23,8 @@ struct FlushState {
     /// Waiters per round parity: those sleeping on `rounds[r % 2]` wait for round `r`.
     waiting: [usize; 2],
     failed: Option<String>,
-    /// Segments rolled since the last fsync: their tails may still be dirty.
-    rolled: Vec<Arc<OpenSegment>>,
+    /// Segments rolled since the last round: their files are not durable yet.
+    rolled: Vec<RolledSegment>,
     fsyncs: u64,
     /// Bumped by every truncation, so a round that snapshotted the log before one does not
     /// mark offsets durable that the truncation removed (and later appends reuse).
@@ -36,8 +36,10 @@ struct FlushState {
 /// while the leader waited for that lock is either in `rolled` or past `end_offset`.
 pub(crate) struct SyncTarget {
     pub end_offset: i64,
-    pub rolled: Vec<Arc<OpenSegment>>,
+    pub rolled: Vec<RolledSegment>,
     pub active: Arc<OpenSegment>,
+    /// The log's directory, fsynced when segments were rolled (their successors' entries).
+    pub dir: std::path::PathBuf,
 }
 
 /// Waiters sleep on the condition variable of the round that will cover them: the round in
@@ -85,12 +87,12 @@ impl Flusher {
         !self.state.lock().rolled.is_empty()
     }
 
-    pub fn push_rolled(&self, segment: Arc<OpenSegment>) {
+    pub fn push_rolled(&self, segment: RolledSegment) {
         self.state.lock().rolled.push(segment);
     }
 
     /// The rolled segments a sync round must fsync; called while snapshotting its target.
-    pub fn take_rolled(&self) -> Vec<Arc<OpenSegment>> {
+    pub fn take_rolled(&self) -> Vec<RolledSegment> {
         std::mem::take(&mut self.state.lock().rolled)
     }
 
@@ -148,9 +150,13 @@ impl Flusher {
 
             let result = target().map_err(SyncError::Target).and_then(|target| {
                 self.state.lock().round_end = target.end_offset;
-                for segment in target.rolled.iter().chain(std::iter::once(&target.active)) {
-                    segment.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
+                for rolled in &target.rolled {
+                    rolled.make_durable().map_err(|err| SyncError::Failed(err.to_string()))?;
                 }
+                if !target.rolled.is_empty() {
+                    crate::checkpoint::sync_dir(&target.dir).map_err(|err| SyncError::Failed(err.to_string()))?;
+                }
+                target.active.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
                 Ok(target.end_offset)
             });
 
@@ -218,6 +224,7 @@ mod tests {
                             end_offset: end.load(Ordering::SeqCst),
                             rolled: Vec::new(),
                             active: handle.clone(),
+                            dir: std::path::PathBuf::new(),
                         })
                     };
                     assert!(flusher.sync_to(offset, target).is_ok());

@@ -273,14 +273,14 @@ impl PartitionLog {
     }
 
     /// Closes the active segment and starts a new one at the log end offset.
+    /// No fsync or msync happens here, on the append path: the sealed segment and the new
+    /// one's directory entry are made durable by the flusher's next round, before any offset
+    /// in them counts as durable.
     fn roll(&self, state: &mut LogState, config: &LogConfig) -> Result<()> {
         let new_base = state.log_end_offset();
-        let old = state.active_mut();
-        let old_handle = old.handle(&self.inner.cache, config)?;
-        old.close(&self.inner.cache, config)?;
-        self.inner.flusher.push_rolled(old_handle);
+        let rolled = state.active_mut().seal(&self.inner.cache, config)?;
+        self.inner.flusher.push_rolled(rolled);
         let segment = Segment::create(&self.inner.dir, new_base)?;
-        checkpoint::sync_dir(&self.inner.dir)?;
         tracing::debug!(dir = %self.inner.dir.display(), base_offset = new_base, "rolled a new segment");
         state.segments.push(segment);
         Ok(())
@@ -293,7 +293,7 @@ impl PartitionLog {
             let config = self.inner.config.read();
             let active = state.active().handle(&self.inner.cache, &config)?;
             let rolled = self.inner.flusher.take_rolled();
-            Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active })
+            Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active, dir: self.inner.dir.clone() })
         });
         result.map_err(|err| match err {
             SyncError::Failed(reason) => Error::LogFailed { path: self.inner.dir.clone(), reason },
@@ -429,6 +429,11 @@ impl PartitionLog {
     /// leader). The log end offset becomes the base offset of that batch.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset> {
         self.refuse_if_deleted()?;
+        // Rolled segments finish first: the flusher trims a sealed segment's index files,
+        // which truncation may make active (and written) again.
+        if self.inner.flusher.has_rolled() {
+            self.flush()?;
+        }
         let config = self.inner.config.read().clone();
         // The recovery point on disk must not be above the new end before any file changes, or
         // a crash mid-truncation would look like acknowledged data gone missing.
@@ -687,7 +692,7 @@ mod tests {
         let config = log.inner.config.read();
         let active = state.active().handle(&log.inner.cache, &config)?;
         let rolled = log.inner.flusher.take_rolled();
-        Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active })
+        Ok(SyncTarget { end_offset: state.log_end_offset(), rolled, active, dir: log.inner.dir.clone() })
     }
 
     #[test]

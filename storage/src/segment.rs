@@ -371,18 +371,24 @@ impl Segment {
         if !self.active {
             return Ok(());
         }
+        self.seal(cache, config)?.make_durable()
+    }
+
+    /// Makes this segment read-only in memory, without I/O: a roll does this on the append
+    /// path, and leaves the fsyncs, index msyncs and trims to the flusher's next round
+    /// ([`RolledSegment::make_durable`]). Until then the segment stays above the recovery
+    /// point, so a crash rebuilds it instead of trusting its files.
+    pub fn seal(&mut self, cache: &HandleCache, config: &LogConfig) -> Result<RolledSegment> {
         let handle = self.handle(cache, config)?;
-        // Nothing past the committed size belongs to the segment. Cutting the file here is
-        // safe with mappings alive: no reader was ever handed a byte past `size`.
-        handle.log.set_len(self.size).map_err(Error::io("trim segment", &self.paths.log))?;
         self.maybe_append_time_entry(&handle);
-        handle.offset_index.file().flush()?;
-        handle.time_index.file().flush()?;
-        handle.offset_index.file().trim(self.offset_index_entries)?;
-        handle.time_index.file().trim(self.time_index_entries)?;
         self.active = false;
         cache.close(&self.slot);
-        Ok(())
+        Ok(RolledSegment {
+            handle,
+            size: self.size,
+            offset_index_entries: self.offset_index_entries,
+            time_index_entries: self.time_index_entries,
+        })
     }
 
     /// Walks the stored batch headers from `position` to the committed end, framing-checked.
@@ -542,6 +548,29 @@ impl Segment {
         debug_assert!(!was_active || rebuilt.next_offset <= self.next_offset);
         *self = rebuilt;
         Ok(())
+    }
+}
+
+/// A sealed segment whose files still need to reach their final, durable form.
+pub(crate) struct RolledSegment {
+    handle: Arc<OpenSegment>,
+    size: u64,
+    offset_index_entries: usize,
+    time_index_entries: usize,
+}
+
+impl RolledSegment {
+    /// The log file cut to its committed size and fsynced, the indexes msynced and trimmed to
+    /// their entries: the form a later open trusts. Cutting and trimming are safe with
+    /// mappings alive, as no reader was ever handed a byte past them.
+    pub fn make_durable(&self) -> Result<()> {
+        let handle = &self.handle;
+        handle.log.set_len(self.size).map_err(Error::io("trim segment", &handle.path))?;
+        handle.sync_data().map_err(Error::io("fsync segment", &handle.path))?;
+        handle.offset_index.file().flush()?;
+        handle.time_index.file().flush()?;
+        handle.offset_index.file().trim(self.offset_index_entries)?;
+        handle.time_index.file().trim(self.time_index_entries)
     }
 }
 
