@@ -151,7 +151,7 @@ pub fn check_framing(buf: &[u8]) -> Result<usize> {
 }
 
 /// CRC-32C of bytes 21..end of a batch, as stored at byte 17.
-pub fn compute_crc(batch: &[u8]) -> u32 {
+pub(crate) fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[ATTRIBUTES_AT..])
 }
 
@@ -232,12 +232,12 @@ pub fn validate(buf: &[u8], max_decompressed_bytes: usize) -> Result<BatchInfo> 
     })
 }
 
-/// The header a batch is stored with: the producer's header with the base offset and leader
+/// The header a batch is stored with (for a batch `validate` accepted, so at least a header long): the producer's header with the base offset and leader
 /// epoch stamped, and, when the stored max timestamp must differ from what the producer wrote
 /// (log append time, or a wrong claim), the attributes, max timestamp and CRC rewritten.
 /// The record bytes after the header are never touched, so they can be written from the
 /// producer's buffer as they are.
-pub fn stamp_header(
+pub(crate) fn stamp_header(
     batch: &[u8],
     base_offset: i64,
     leader_epoch: i32,

@@ -22,7 +22,7 @@ use kafka_protocol::messages::incremental_alter_configs_response::{
 };
 use kafka_protocol::messages::RequestHeader;
 
-use super::str_bytes;
+use super::{admin_blocking, str_bytes};
 use crate::broker::{AdminError, Broker};
 use crate::config::DYNAMIC_KEYS;
 use crate::topic_config;
@@ -255,15 +255,14 @@ pub async fn incremental_alter_configs(
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let validate_only = request.validate_only;
-    let broker = broker.clone();
-    let responses = tokio::task::spawn_blocking(move || {
+    let responses = admin_blocking(broker, move |broker| {
         request
             .resources
             .iter()
             .map(|resource| {
                 let change: ConfigChange<'_> = Box::new(|current| altered_overrides(current, resource));
                 let result = alter_resource(
-                    &broker,
+                    broker,
                     resource.resource_type,
                     resource.resource_name.as_str(),
                     change,
@@ -278,8 +277,7 @@ pub async fn incremental_alter_configs(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -291,8 +289,7 @@ pub async fn alter_configs(
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
     let validate_only = request.validate_only;
-    let broker = broker.clone();
-    let responses = tokio::task::spawn_blocking(move || {
+    let responses = admin_blocking(broker, move |broker| {
         request
             .resources
             .iter()
@@ -304,7 +301,7 @@ pub async fn alter_configs(
                     .collect();
                 let change: ConfigChange<'_> = Box::new(|_| Ok(replacement));
                 let result = alter_resource(
-                    &broker,
+                    broker,
                     resource.resource_type,
                     resource.resource_name.as_str(),
                     change,
@@ -319,7 +316,6 @@ pub async fn alter_configs(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     AlterConfigsResponse::default().with_responses(responses)
 }

@@ -23,6 +23,23 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// Runs an admin handler's work (metadata writes and fsyncs block) off the async threads.
+/// A panic there is a bug of ours: it is logged loudly and the request gets the default
+/// (empty) result list, which clients report as missing results rather than success.
+pub(crate) async fn admin_blocking<T: Default + Send + 'static>(
+    broker: &std::sync::Arc<crate::broker::Broker>,
+    op: impl FnOnce(&crate::broker::Broker) -> T + Send + 'static,
+) -> T {
+    let broker = broker.clone();
+    match tokio::task::spawn_blocking(move || op(&broker)).await {
+        Ok(result) => result,
+        Err(err) => {
+            tracing::error!(%err, "an admin request handler panicked");
+            T::default()
+        }
+    }
+}
+
 /// The partition a request names, if this broker leads it at the epoch the client expects
 /// (-1: any epoch).
 pub(crate) fn leader_partition(

@@ -14,7 +14,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::RequestHeader;
 use sluice_storage::Offset;
 
-use super::leader_partition;
+use super::{admin_blocking, leader_partition};
 use crate::broker::Broker;
 use crate::error::storage_error_code;
 use crate::replica_manager::Partition;
@@ -27,8 +27,7 @@ pub async fn delete_records(
     _header: &RequestHeader,
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
-    let broker = broker.clone();
-    let topics = tokio::task::spawn_blocking(move || {
+    let topics = admin_blocking(broker, move |broker| {
         request
             .topics
             .into_iter()
@@ -41,7 +40,7 @@ pub async fn delete_records(
                             .with_partition_index(wanted.partition_index)
                             .with_low_watermark(-1);
                         let partition =
-                            match leader_partition(&broker, topic.name.0.as_str(), wanted.partition_index, -1) {
+                            match leader_partition(broker, topic.name.0.as_str(), wanted.partition_index, -1) {
                                 Ok(partition) => partition,
                                 Err(code) => return result.with_error_code(code.code()),
                             };
@@ -60,8 +59,7 @@ pub async fn delete_records(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     DeleteRecordsResponse::default().with_topics(topics)
 }
 

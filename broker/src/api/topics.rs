@@ -15,7 +15,7 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
 use kafka_protocol::messages::RequestHeader;
 
-use super::{str_bytes, topic_name};
+use super::{admin_blocking, str_bytes, topic_name};
 use crate::broker::{AdminError, Broker};
 use crate::topic_config;
 
@@ -32,17 +32,6 @@ fn repeated<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::HashS
 
 fn repeated_error(name: &str) -> AdminError {
     AdminError::new(ResponseError::InvalidRequest, format!("topic \"{name}\" appears more than once in the request"))
-}
-
-/// Runs an admin operation that writes the metadata log off the async threads.
-async fn blocking<T: Send + 'static>(
-    broker: &Arc<Broker>,
-    op: impl FnOnce(&Broker) -> T + Send + 'static,
-) -> Result<T, AdminError> {
-    let broker = broker.clone();
-    tokio::task::spawn_blocking(move || op(&broker))
-        .await
-        .map_err(|err| AdminError::new(ResponseError::UnknownServerError, err.to_string()))
 }
 
 fn create_one(
@@ -112,7 +101,7 @@ pub async fn create_topics(
     let version = header.request_api_version;
     let topics = request.topics;
     let repeated = repeated(topics.iter().map(|t| t.name.0.as_str()));
-    let results = blocking(broker, move |broker| {
+    let results = admin_blocking(broker, move |broker| {
         topics
             .iter()
             .map(|topic| {
@@ -132,8 +121,7 @@ pub async fn create_topics(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     CreateTopicsResponse::default().with_topics(results)
 }
 
@@ -160,7 +148,7 @@ pub async fn delete_topics(
         })
         .collect();
     let repeated = repeated(resolved.iter().filter_map(|(_, _, target)| target.as_deref()));
-    let results = blocking(broker, move |broker| {
+    let results = admin_blocking(broker, move |broker| {
         resolved
             .into_iter()
             .map(|(name, id, target)| {
@@ -182,8 +170,7 @@ pub async fn delete_topics(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     DeleteTopicsResponse::default().with_responses(results)
 }
 
@@ -195,7 +182,7 @@ pub async fn create_partitions(
     let validate_only = request.validate_only;
     let topics = request.topics;
     let repeated = repeated(topics.iter().map(|t| t.name.0.as_str()));
-    let results = blocking(broker, move |broker| {
+    let results = admin_blocking(broker, move |broker| {
         topics
             .iter()
             .map(|topic| {
@@ -214,7 +201,6 @@ pub async fn create_partitions(
             })
             .collect()
     })
-    .await
-    .unwrap_or_default();
+    .await;
     CreatePartitionsResponse::default().with_results(results)
 }
