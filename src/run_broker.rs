@@ -105,12 +105,14 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(sluice_broker::network::serve(broker.clone(), listener, shutdown_rx.clone()));
+        let group_timers = tokio::spawn(sluice_broker::group::run_timers(broker.clone(), shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintain(broker.clone(), shutdown_rx));
         wait_for_signal().await?;
         tracing::info!("shutting down");
         shutdown_tx.send(true).ok();
         server.await.ok();
         maintenance.await.ok();
+        group_timers.await.ok();
         tokio::task::spawn_blocking(move || broker.shutdown()).await?;
         tracing::info!("shut down cleanly");
         Ok(())

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::data_dir::DataDirLock;
 use crate::error::Result;
+use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::metadata::{ClusterMetadata, MetadataLog, MetadataRecord, TopicMetadata};
 use crate::replica_manager::ReplicaManager;
 use crate::topic_config;
@@ -49,6 +50,7 @@ pub struct Broker {
     /// Topic defaults: the static config with the dynamic broker configs applied.
     log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
+    pub groups: GroupCoordinator,
 }
 
 /// Kafka's rule for topic names.
@@ -77,6 +79,22 @@ pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Topics the broker writes itself (`__consumer_offsets`): clients may read them, but not
+/// write, delete or repartition them (a group's partition is a hash modulo their count).
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
+fn refuse_internal(name: &str, action: &str) -> Result<(), AdminError> {
+    if is_internal_topic(name) {
+        return Err(AdminError::new(
+            ResponseError::InvalidTopicException,
+            format!("internal topic {name} cannot be {action}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
         config.validate()?;
@@ -97,6 +115,10 @@ impl Broker {
                 defaults.clone()
             })
         })?;
+        let groups = GroupCoordinator::new(config.groups.clone());
+        if let Some(offsets_topic) = metadata.topic(OFFSETS_TOPIC) {
+            groups.load(&replicas, offsets_topic.partitions)?;
+        }
         tracing::info!(
             data_dir = %config.data_dir.display(),
             cluster_id = %metadata.cluster_id,
@@ -110,6 +132,7 @@ impl Broker {
             metadata: RwLock::new(metadata),
             log_defaults: RwLock::new(defaults),
             replicas,
+            groups,
         }))
     }
 
@@ -218,6 +241,7 @@ impl Broker {
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<Uuid, AdminError> {
+        refuse_internal(name, "deleted")?;
         let mut log = self.metadata_log.lock();
         let Some(topic) = log.state().topic(name).cloned() else {
             return Err(AdminError::new(
@@ -232,6 +256,7 @@ impl Broker {
     }
 
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), AdminError> {
+        refuse_internal(name, "given more partitions")?;
         let mut log = self.metadata_log.lock();
         let Some(topic) = log.state().topic(name).cloned() else {
             return Err(AdminError::new(

@@ -30,6 +30,51 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// Open segment handles (files and mappings) shared by all partitions.
     pub max_open_segments: usize,
+    /// The group coordinator's limits and timers.
+    pub groups: GroupConfig,
+}
+
+/// The group coordinator's settings, under Kafka's names and with Kafka's defaults.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group
+    /// waits for more members, so a fleet starting together does not rebalance once per member.
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`: the session
+    /// timeouts a classic member may ask for.
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`: members per group.
+    pub max_size: usize,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
+    pub offsets_topic_partitions: i32,
+    /// `offset.metadata.max.bytes`: the largest metadata string an offset commit may carry.
+    pub offset_metadata_max_bytes: usize,
+    /// `offsets.retention.minutes`: how long the offsets of an empty group are kept.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms` and `group.consumer.session.timeout.ms`: what
+    /// KIP-848 consumers are told and held to.
+    pub consumer_heartbeat_interval_ms: i32,
+    pub consumer_session_timeout_ms: i32,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: i32::MAX as usize,
+            offsets_topic_partitions: 50,
+            offset_metadata_max_bytes: 4096,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -45,6 +90,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 << 20,
             log_defaults: LogConfig::default(),
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
+            groups: GroupConfig::default(),
         }
     }
 }
@@ -70,6 +116,19 @@ impl BrokerConfig {
                 self.max_open_segments
             )));
         }
+        let groups = &self.groups;
+        if groups.min_session_timeout_ms > groups.max_session_timeout_ms {
+            return Err(Error::Config(format!(
+                "group.min.session.timeout.ms ({}) is above group.max.session.timeout.ms ({})",
+                groups.min_session_timeout_ms, groups.max_session_timeout_ms
+            )));
+        }
+        if groups.consumer_heartbeat_interval_ms >= groups.consumer_session_timeout_ms {
+            return Err(Error::Config(format!(
+                "group.consumer.heartbeat.interval.ms ({}) must be below group.consumer.session.timeout.ms ({})",
+                groups.consumer_heartbeat_interval_ms, groups.consumer_session_timeout_ms
+            )));
+        }
         if self.advertised_host.is_empty() {
             return Err(Error::Config("advertised.listeners needs a host name".into()));
         }
@@ -81,6 +140,12 @@ impl BrokerConfig {
 pub const KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
+    "group.consumer.heartbeat.interval.ms",
+    "group.consumer.session.timeout.ms",
+    "group.initial.rebalance.delay.ms",
+    "group.max.session.timeout.ms",
+    "group.max.size",
+    "group.min.session.timeout.ms",
     "listeners",
     "log.dirs",
     "log.flush.interval.messages",
@@ -97,6 +162,10 @@ pub const KEYS: &[&str] = &[
     "message.max.bytes",
     "node.id",
     "num.partitions",
+    "offset.metadata.max.bytes",
+    "offsets.retention.check.interval.ms",
+    "offsets.retention.minutes",
+    "offsets.topic.num.partitions",
     "socket.request.max.bytes",
 ];
 
@@ -190,6 +259,24 @@ impl BrokerConfig {
             }
             "socket.request.max.bytes" => self.socket_request_max_bytes = int(1024, i64::from(i32::MAX))? as usize,
             "max.open.segments" => self.max_open_segments = int(16, 1 << 20)? as usize,
+            "group.initial.rebalance.delay.ms" => self.groups.initial_rebalance_delay_ms = int(0, 3_600_000)? as u64,
+            "group.min.session.timeout.ms" => self.groups.min_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
+            "group.max.session.timeout.ms" => self.groups.max_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
+            "group.max.size" => self.groups.max_size = int(1, i64::from(i32::MAX))? as usize,
+            "group.consumer.heartbeat.interval.ms" => {
+                self.groups.consumer_heartbeat_interval_ms = int(1, i64::from(i32::MAX))? as i32
+            }
+            "group.consumer.session.timeout.ms" => {
+                self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
+            }
+            "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
+            "offset.metadata.max.bytes" => self.groups.offset_metadata_max_bytes = int(0, 1 << 20)? as usize,
+            "offsets.retention.minutes" => {
+                self.groups.offsets_retention_ms = int(1, i64::MAX / 60_000)? * 60_000;
+            }
+            "offsets.retention.check.interval.ms" => {
+                self.groups.offsets_retention_check_interval_ms = int(1, i64::MAX)? as u64
+            }
             "log.segment.bytes" => topic_key("segment.bytes", &mut self.log_defaults)?,
             "log.roll.ms" => topic_key("segment.ms", &mut self.log_defaults)?,
             "log.index.size.max.bytes" => topic_key("segment.index.bytes", &mut self.log_defaults)?,

@@ -43,6 +43,17 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::DescribeCluster, 0, 1),
     spec(ApiKey::DeleteRecords, 0, 2),
     spec(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    spec(ApiKey::FindCoordinator, 0, 5),
+    spec(ApiKey::JoinGroup, 0, 9),
+    spec(ApiKey::SyncGroup, 0, 5),
+    spec(ApiKey::Heartbeat, 0, 4),
+    spec(ApiKey::LeaveGroup, 0, 5),
+    spec(ApiKey::OffsetCommit, 2, 9),
+    spec(ApiKey::OffsetFetch, 1, 9),
+    spec(ApiKey::ListGroups, 0, 5),
+    spec(ApiKey::DescribeGroups, 0, 5),
+    spec(ApiKey::DeleteGroups, 0, 2),
+    spec(ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn advertised_versions() -> Vec<ApiVersion> {
@@ -134,6 +145,19 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::OffsetForLeaderEpoch(req) => {
             reply(&api::records::offset_for_leader_epoch(broker, &header, req), &[])
         }
+        RequestKind::FindCoordinator(req) => {
+            reply(&api::coordinator::find_coordinator(broker, &header, req).await, &[])
+        }
+        RequestKind::JoinGroup(req) => reply(&api::group::join_group(broker, conn, &header, req).await, &[]),
+        RequestKind::SyncGroup(req) => reply(&api::group::sync_group(broker, &header, req).await, &[]),
+        RequestKind::Heartbeat(req) => reply(&api::group::heartbeat(broker, &header, req), &[]),
+        RequestKind::LeaveGroup(req) => reply(&api::group::leave_group(broker, &header, req), &[]),
+        RequestKind::ListGroups(req) => reply(&api::group::list_groups(broker, &header, req), &[]),
+        RequestKind::DescribeGroups(req) => reply(&api::group::describe_groups(broker, &header, req), &[]),
+        RequestKind::DeleteGroups(req) => reply(&api::group::delete_groups(broker, &header, req).await, &[]),
+        RequestKind::OffsetCommit(req) => reply(&api::offsets::offset_commit(broker, &header, req).await, &[]),
+        RequestKind::OffsetFetch(req) => reply(&api::offsets::offset_fetch(broker, &header, req), &[]),
+        RequestKind::OffsetDelete(req) => reply(&api::offsets::offset_delete(broker, &header, req).await, &[]),
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }
@@ -174,6 +198,17 @@ mod tests {
             ApiKey::AlterConfigs => RequestKind::AlterConfigs(AlterConfigsRequest::default()),
             ApiKey::DeleteRecords => RequestKind::DeleteRecords(DeleteRecordsRequest::default()),
             ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default()),
+            ApiKey::FindCoordinator => RequestKind::FindCoordinator(FindCoordinatorRequest::default()),
+            ApiKey::JoinGroup => RequestKind::JoinGroup(JoinGroupRequest::default()),
+            ApiKey::SyncGroup => RequestKind::SyncGroup(SyncGroupRequest::default()),
+            ApiKey::Heartbeat => RequestKind::Heartbeat(HeartbeatRequest::default()),
+            ApiKey::LeaveGroup => RequestKind::LeaveGroup(LeaveGroupRequest::default()),
+            ApiKey::OffsetCommit => RequestKind::OffsetCommit(OffsetCommitRequest::default()),
+            ApiKey::OffsetFetch => RequestKind::OffsetFetch(OffsetFetchRequest::default()),
+            ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+            ApiKey::DescribeGroups => RequestKind::DescribeGroups(DescribeGroupsRequest::default()),
+            ApiKey::DeleteGroups => RequestKind::DeleteGroups(DeleteGroupsRequest::default()),
+            ApiKey::OffsetDelete => RequestKind::OffsetDelete(OffsetDeleteRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

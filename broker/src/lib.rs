@@ -8,6 +8,7 @@ pub mod config;
 pub mod data_dir;
 pub mod dispatch;
 pub mod error;
+pub mod group;
 pub mod metadata;
 pub mod network;
 pub mod replica_manager;

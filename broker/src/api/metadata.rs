@@ -107,6 +107,7 @@ fn describe_topic(topic: &TopicMetadata, node: BrokerId) -> MetadataResponseTopi
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)
+        .with_is_internal(crate::broker::is_internal_topic(&topic.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }

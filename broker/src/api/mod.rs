@@ -5,9 +5,12 @@
 pub mod api_versions;
 pub mod cluster;
 pub mod configs;
+pub mod coordinator;
 pub mod fetch;
+pub mod group;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offsets;
 pub mod produce;
 pub mod records;
 pub mod topics;

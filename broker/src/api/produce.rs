@@ -102,6 +102,13 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                     ResponseError::TransactionalIdAuthorizationFailed,
                     Some("transactions are not supported yet".into()),
                 )
+            } else if crate::broker::is_internal_topic(&name) {
+                // Kafka's answer to a client writing the coordinator's own records.
+                partition_error(
+                    index,
+                    ResponseError::InvalidTopicException,
+                    Some(format!("cannot append to internal topic {name}")),
+                )
             } else {
                 match broker.replicas.partition(&name, index) {
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),

@@ -1,0 +1,63 @@
+//! FindCoordinator: on one node this broker coordinates every group. v0-v3 ask for one key,
+//! v4+ for a batch. The first group lookup creates `__consumer_offsets`, as in Kafka.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+use kafka_protocol::messages::{BrokerId, RequestHeader};
+
+use super::str_bytes;
+use crate::broker::Broker;
+
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// Makes sure the group coordinator can write (its topic exists), creating the topic off
+/// the async threads the first time.
+pub(crate) async fn ensure_group_coordinator(broker: &Arc<Broker>) -> Result<(), ResponseError> {
+    if broker.groups.is_ready() {
+        return Ok(());
+    }
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || broker.groups.ensure_offsets_topic(&broker))
+        .await
+        .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
+}
+
+pub async fn find_coordinator(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let version = header.request_api_version;
+    let outcome: Result<(), (ResponseError, &str)> = match request.key_type {
+        KEY_TYPE_GROUP => ensure_group_coordinator(broker).await.map_err(|e| (e, "the group coordinator is not ready")),
+        KEY_TYPE_TRANSACTION => Err((ResponseError::InvalidRequest, "transactions are not supported yet")),
+        _ => Err((ResponseError::InvalidRequest, "unknown coordinator key type")),
+    };
+    let node = BrokerId(broker.config.node_id);
+    let host = str_bytes(broker.config.advertised_host.clone());
+    let port = i32::from(broker.config.advertised_port);
+    let coordinator = |key| match outcome {
+        Ok(()) => Coordinator::default().with_key(key).with_node_id(node).with_host(host.clone()).with_port(port),
+        Err((code, message)) => Coordinator::default()
+            .with_key(key)
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(code.code())
+            .with_error_message(Some(str_bytes(message))),
+    };
+    if version >= 4 {
+        let coordinators = request.coordinator_keys.into_iter().map(coordinator).collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    let one = coordinator(request.key);
+    FindCoordinatorResponse::default()
+        .with_error_code(one.error_code)
+        .with_error_message(one.error_message)
+        .with_node_id(one.node_id)
+        .with_host(one.host)
+        .with_port(one.port)
+}

@@ -1,0 +1,258 @@
+//! Committed offsets: OffsetCommit (acknowledged once its `__consumer_offsets` record is
+//! durable), OffsetFetch (one group before v8, several from v8) and OffsetDelete.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_request::OffsetDeleteRequest;
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponse, OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequest;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponse, OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::RequestHeader;
+use kafka_protocol::protocol::Decodable;
+
+use super::coordinator::ensure_group_coordinator;
+use super::{str_bytes, topic_name};
+use crate::broker::Broker;
+use crate::group::offsets::CommittedOffset;
+use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
+
+pub async fn offset_commit(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let group_id = request.group_id.0.as_str().to_string();
+    let commits: Vec<OffsetCommit> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|p| OffsetCommit {
+                topic: topic.name.0.as_str().to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p.committed_metadata.as_ref().map(|m| m.as_str().to_string()),
+            })
+        })
+        .collect();
+    let results = if group_id.is_empty() {
+        vec![Some(ResponseError::InvalidGroupId); commits.len()]
+    } else if let Err(error) = ensure_group_coordinator(broker).await {
+        vec![Some(error); commits.len()]
+    } else {
+        let claim = MemberClaim {
+            generation_id: request.generation_id_or_member_epoch,
+            member_id: request.member_id.as_str(),
+            group_instance_id: request.group_instance_id.as_ref().map(|s| s.as_str()),
+        };
+        let pending = broker.groups.commit_offsets(broker, &group_id, claim, request.retention_time_ms, &commits);
+        GroupCoordinator::complete_commit(pending).await
+    };
+    let mut results = results.into_iter();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error = results.next().flatten();
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            OffsetCommitResponseTopic::default().with_name(topic.name).with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// What OffsetFetch reports for one partition: offset, leader epoch and metadata.
+type Fetched = (i64, i32, String);
+/// Per topic, per partition.
+type FetchedTopics = Vec<(String, Vec<(i32, Fetched)>)>;
+
+/// The commit, or -1 with empty metadata.
+fn fetched(committed: Option<&CommittedOffset>) -> Fetched {
+    committed.map_or((-1, -1, String::new()), |c| (c.offset, c.leader_epoch, c.metadata.clone()))
+}
+
+/// One group's offsets: all of them (`None`) or the partitions asked for.
+fn group_offsets(broker: &Broker, group_id: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> FetchedTopics {
+    let group = broker.groups.group(group_id);
+    let group = group.as_ref().map(|g| g.lock());
+    match topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let offsets = partitions
+                    .into_iter()
+                    .map(|p| (p, fetched(group.as_ref().and_then(|g| g.offsets.get(&topic, p)))))
+                    .collect();
+                (topic, offsets)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: FetchedTopics = Vec::new();
+            for ((topic, partition), committed) in group.iter().flat_map(|g| g.offsets.iter()) {
+                if by_topic.last().is_none_or(|(t, _)| t != topic) {
+                    by_topic.push((topic.clone(), Vec::new()));
+                }
+                if let Some((_, partitions)) = by_topic.last_mut() {
+                    partitions.push((*partition, fetched(Some(committed))));
+                }
+            }
+            by_topic
+        }
+    }
+}
+
+pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    if header.request_api_version >= 8 {
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|group| {
+                let id = group.group_id.0.as_str().to_string();
+                let topics = group.topics.map(|topics| {
+                    topics.into_iter().map(|t| (t.name.0.as_str().to_string(), t.partition_indexes)).collect()
+                });
+                let topics = group_offsets(broker, &id, topics)
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        let partitions = partitions
+                            .into_iter()
+                            .map(|(index, (offset, epoch, metadata))| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(index)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(Some(str_bytes(metadata)))
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default().with_name(topic_name(&topic)).with_partitions(partitions)
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default().with_group_id(group.group_id).with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let id = request.group_id.0.as_str().to_string();
+    let topics = request
+        .topics
+        .map(|topics| topics.into_iter().map(|t| (t.name.0.as_str().to_string(), t.partition_indexes)).collect());
+    let topics = group_offsets(broker, &id, topics)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(index, (offset, epoch, metadata))| {
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_committed_offset(offset)
+                        .with_committed_leader_epoch(epoch)
+                        .with_metadata(Some(str_bytes(metadata)))
+                })
+                .collect();
+            OffsetFetchResponseTopic::default().with_name(topic_name(&topic)).with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// The topics a consumer-protocol member subscribes to, from its JoinGroup metadata.
+fn subscribed_topics(metadata: &bytes::Bytes) -> Vec<String> {
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    kafka_protocol::messages::ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
+        .map(|s| s.topics.iter().map(|t| t.as_str().to_string()).collect())
+        .unwrap_or_default()
+}
+
+pub async fn offset_delete(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group_id = request.group_id.0.as_str().to_string();
+    let Some(group) = broker.groups.group(&group_id) else {
+        return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code());
+    };
+    let broker = broker.clone();
+    super::admin_blocking(&broker, move |broker| {
+        let mut group = group.lock();
+        if group.is_dead() {
+            return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code());
+        }
+        // A live consumer group keeps the offsets of topics it subscribes to; any other
+        // live group keeps all of them.
+        let subscribed: Option<Vec<String>> = if group.is_empty() {
+            Some(Vec::new())
+        } else if group.protocol_type() == "consumer" {
+            let protocol = group.classic.protocol_name.clone();
+            Some(group.classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol.as_deref()))).collect())
+        } else {
+            None
+        };
+        let Some(subscribed) = subscribed else {
+            return OffsetDeleteResponse::default().with_error_code(ResponseError::NonEmptyGroup.code());
+        };
+        let mut deletable = Vec::new();
+        type Outcomes = Vec<(String, Vec<(i32, Option<ResponseError>)>)>;
+        let topics: Outcomes = request
+            .topics
+            .iter()
+            .map(|topic| {
+                let name = topic.name.0.as_str().to_string();
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        if subscribed.contains(&name) {
+                            (p.partition_index, Some(ResponseError::GroupSubscribedToTopic))
+                        } else {
+                            deletable.push((name.clone(), p.partition_index));
+                            (p.partition_index, None)
+                        }
+                    })
+                    .collect();
+                (name, partitions)
+            })
+            .collect();
+        let failure = broker.groups.delete_offsets(broker, &mut group, &deletable).err();
+        let topics = topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                let partitions = partitions
+                    .into_iter()
+                    .map(|(index, error)| {
+                        let error = error.or(failure);
+                        OffsetDeleteResponsePartition::default()
+                            .with_partition_index(index)
+                            .with_error_code(error.map_or(0, |e| e.code()))
+                    })
+                    .collect();
+                OffsetDeleteResponseTopic::default().with_name(topic_name(&name)).with_partitions(partitions)
+            })
+            .collect();
+        OffsetDeleteResponse::default().with_topics(topics)
+    })
+    .await
+}

@@ -1,0 +1,584 @@
+//! The group coordinator: every consumer group's membership and committed offsets, kept in
+//! memory and written to `__consumer_offsets` (Kafka's record format), from which they are
+//! rebuilt at start. A group lives in the partition Kafka would choose for it
+//! (`record::partition_for`); on one node this broker coordinates them all.
+//!
+//! Locking: the group map's lock is taken before a group's, never the other way round, and
+//! neither is held across an await. Offset commits are acknowledged only once their record
+//! is as durable as the offsets topic's flush policy promises.
+
+pub mod classic;
+pub mod offsets;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use parking_lot::Mutex;
+use sluice_storage::{LeaderEpoch, Offset, RecordBatch, RecordBatchBuilder};
+
+use crate::broker::Broker;
+use crate::config::GroupConfig;
+use crate::replica_manager::{Partition, ReplicaManager};
+use classic::{ClassicGroup, ClassicState};
+use offsets::{CommittedOffset, GroupOffsets};
+use record::{GroupValue, OffsetValue, RecordKey};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How often group timers (sessions, rebalance deadlines) are checked: the precision of
+/// every group timeout.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The topic configs `__consumer_offsets` is created with. Retention never deletes its
+/// records: they are the only copy of committed offsets. Its indexes are small because its
+/// records are: 50 partitions times Kafka's 10 MiB would preallocate a gigabyte.
+fn offsets_topic_configs() -> BTreeMap<String, String> {
+    [
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", "104857600"),
+        ("segment.index.bytes", "1048576"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// One group: its membership protocol's state and its committed offsets.
+#[derive(Debug)]
+pub struct Group {
+    pub id: Arc<str>,
+    pub classic: ClassicGroup,
+    pub offsets: GroupOffsets,
+    /// A group metadata record exists for it (deletion must write a tombstone).
+    has_record: bool,
+}
+
+impl Group {
+    fn new(id: Arc<str>) -> Group {
+        Group { id, classic: ClassicGroup::new(), offsets: GroupOffsets::default(), has_record: false }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        self.classic.state.name()
+    }
+
+    pub fn group_type(&self) -> &'static str {
+        "classic"
+    }
+
+    pub fn protocol_type(&self) -> &str {
+        self.classic.protocol_type.as_deref().unwrap_or("")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classic.is_empty()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.classic.state == ClassicState::Dead
+    }
+
+    /// Checks an offset commit's claim to membership (Kafka's rules for classic groups):
+    /// generation -1 commits only into an empty group; otherwise the member must be known
+    /// and on the current generation, and not in the middle of a sync.
+    fn validate_commit(
+        &self,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Result<(), ResponseError> {
+        let classic = &self.classic;
+        if classic.state == ClassicState::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if generation_id < 0 && classic.state == ClassicState::Empty {
+            return Ok(());
+        }
+        classic.validate_member(member_id, group_instance_id)?;
+        if generation_id != classic.generation_id {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        if classic.state == ClassicState::CompletingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+}
+
+/// Who an offset commit says it comes from.
+pub struct MemberClaim<'a> {
+    /// -1 for a commit from outside the group (admin tools, manually assigned consumers).
+    pub generation_id: i32,
+    pub member_id: &'a str,
+    pub group_instance_id: Option<&'a str>,
+}
+
+/// One partition's commit as requested.
+#[derive(Clone, Debug)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// Commits written to the log and waiting for durability before they are applied.
+pub struct PendingCommit {
+    group: Arc<Mutex<Group>>,
+    partition: Option<Arc<Partition>>,
+    durable: Option<sluice_storage::DurableHandle>,
+    entries: Vec<(String, i32, CommittedOffset)>,
+    /// One per requested partition, in request order.
+    pub results: Vec<Option<ResponseError>>,
+}
+
+pub struct GroupCoordinator {
+    pub config: GroupConfig,
+    groups: Mutex<HashMap<Arc<str>, Arc<Mutex<Group>>>>,
+    /// Partitions of `__consumer_offsets`; 0 until the topic exists.
+    offsets_partitions: AtomicI32,
+    next_expiry_check: Mutex<Instant>,
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig) -> GroupCoordinator {
+        let first_check = Instant::now() + Duration::from_millis(config.offsets_retention_check_interval_ms);
+        GroupCoordinator {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            offsets_partitions: AtomicI32::new(0),
+            next_expiry_check: Mutex::new(first_check),
+        }
+    }
+
+    /// Rebuilds every group from `__consumer_offsets`, if it exists: the last record per key
+    /// wins and tombstones delete. A record that does not decode is logged and skipped.
+    pub fn load(&self, replicas: &ReplicaManager, partitions: i32) -> crate::Result<()> {
+        let started = Instant::now();
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        let mut records = 0u64;
+        for index in 0..partitions {
+            let Some(partition) = replicas.partition(OFFSETS_TOPIC, index) else { continue };
+            let end = partition.log.log_end_offset();
+            let mut offset = partition.log.log_start_offset();
+            while offset < end {
+                let read = partition.log.read(offset, 1 << 20, end)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                for batch in RecordBatch::iter_batches(read.records) {
+                    let batch = batch?;
+                    offset = Offset(batch.last_offset() + 1);
+                    if batch.is_control() {
+                        continue;
+                    }
+                    for record in batch.records()? {
+                        let record = record?;
+                        records += 1;
+                        replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
+                    }
+                }
+            }
+            // Everything in this log was written by the coordinator: make it all readable.
+            partition.commit(end);
+        }
+        let now = Instant::now();
+        let mut map = self.groups.lock();
+        for (id, mut group) in groups {
+            if group.has_record || !group.offsets.is_empty() {
+                group.classic.tick(now, &self.config);
+                map.insert(Arc::from(id), Arc::new(Mutex::new(group)));
+            }
+        }
+        self.offsets_partitions.store(partitions, Ordering::Release);
+        tracing::info!(groups = map.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "groups loaded");
+        Ok(())
+    }
+
+    /// Creates `__consumer_offsets` the first time a group needs it (as Kafka does), with
+    /// `offsets.topic.num.partitions` partitions. Blocking: metadata is fsynced.
+    pub fn ensure_offsets_topic(&self, broker: &Broker) -> Result<(), ResponseError> {
+        if self.offsets_partitions.load(Ordering::Acquire) > 0 {
+            return Ok(());
+        }
+        let partitions = match broker.create_topic(
+            OFFSETS_TOPIC,
+            self.config.offsets_topic_partitions,
+            offsets_topic_configs(),
+            false,
+        ) {
+            Ok(topic) => topic.partitions,
+            Err(err) if err.code == ResponseError::TopicAlreadyExists => {
+                broker.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions).unwrap_or(0)
+            }
+            Err(err) => {
+                tracing::error!(error = %err.message, "cannot create {OFFSETS_TOPIC}");
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+        };
+        self.offsets_partitions.store(partitions, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.offsets_partitions.load(Ordering::Acquire) > 0
+    }
+
+    pub fn group(&self, id: &str) -> Option<Arc<Mutex<Group>>> {
+        self.groups.lock().get(id).cloned()
+    }
+
+    pub fn group_or_create(&self, id: &str) -> Arc<Mutex<Group>> {
+        let mut groups = self.groups.lock();
+        if let Some(group) = groups.get(id) {
+            if !group.lock().is_dead() {
+                return group.clone();
+            }
+        }
+        let id: Arc<str> = Arc::from(id);
+        let group = Arc::new(Mutex::new(Group::new(id.clone())));
+        groups.insert(id, group.clone());
+        group
+    }
+
+    pub fn groups(&self) -> Vec<Arc<Mutex<Group>>> {
+        self.groups.lock().values().cloned().collect()
+    }
+
+    fn offsets_partition(&self, broker: &Broker, group: &str) -> Result<Arc<Partition>, ResponseError> {
+        let partitions = self.offsets_partitions.load(Ordering::Acquire);
+        if partitions == 0 {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        broker
+            .replicas
+            .partition(OFFSETS_TOPIC, record::partition_for(group, partitions))
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    /// Appends a group's records to its `__consumer_offsets` partition, one batch. Returns
+    /// the partition, the base offset and what to wait on for durability.
+    fn append(
+        &self,
+        broker: &Broker,
+        group: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
+        let partition = self.offsets_partition(broker, group)?;
+        let now_ms = sluice_storage::log::now_ms();
+        let mut builder = RecordBatchBuilder::new(now_ms);
+        for (key, value) in records {
+            builder.push(now_ms, Some(key), value.as_deref(), &[]);
+        }
+        let batch = builder.build().map_err(|err| {
+            tracing::error!(%err, "cannot build a {OFFSETS_TOPIC} batch");
+            ResponseError::UnknownServerError
+        })?;
+        match partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now_ms) {
+            Ok(outcome) => {
+                let durable = outcome.durable_handle();
+                if !durable.needs_fsync() {
+                    partition.commit(durable.end_offset());
+                }
+                Ok((partition, outcome.base_offset.0, durable))
+            }
+            Err(err) => {
+                tracing::error!(group, %err, "cannot write to {OFFSETS_TOPIC}");
+                Err(match err {
+                    sluice_storage::Error::BatchTooLarge { .. } => ResponseError::RecordListTooLarge,
+                    _ => ResponseError::CoordinatorNotAvailable,
+                })
+            }
+        }
+    }
+
+    /// Writes the group's record if its membership changed. Membership records need no
+    /// fsync wait: a lost one only makes members rejoin after a crash.
+    pub fn persist_if_dirty(&self, broker: &Broker, group: &mut Group) {
+        if !group.classic.take_dirty() {
+            return;
+        }
+        let key = RecordKey::Group { group: group.id.to_string() }.encode();
+        let value = group.classic.snapshot().encode();
+        if self.append(broker, &group.id, &[(key, Some(value))]).is_ok() {
+            group.has_record = true;
+        }
+    }
+
+    /// Validates and writes an offset commit; the caller waits with [`Self::complete_commit`].
+    pub fn commit_offsets(
+        &self,
+        broker: &Broker,
+        group_id: &str,
+        claim: MemberClaim,
+        retention_time_ms: i64,
+        commits: &[OffsetCommit],
+    ) -> PendingCommit {
+        let MemberClaim { generation_id, member_id, group_instance_id } = claim;
+        let group = if generation_id < 0 { Some(self.group_or_create(group_id)) } else { self.group(group_id) };
+        let fail = |group: Arc<Mutex<Group>>, error| PendingCommit {
+            group,
+            partition: None,
+            durable: None,
+            entries: Vec::new(),
+            results: vec![Some(error); commits.len()],
+        };
+        let Some(group) = group else {
+            // A member of a generation the coordinator does not know.
+            return fail(Arc::new(Mutex::new(Group::new(Arc::from(group_id)))), ResponseError::IllegalGeneration);
+        };
+        let mut locked = group.lock();
+        if let Err(error) = locked.validate_commit(generation_id, member_id, group_instance_id) {
+            drop(locked);
+            return fail(group, error);
+        }
+        locked.classic.touch(member_id, Instant::now());
+        let now_ms = sluice_storage::log::now_ms();
+        let expire_timestamp_ms = (retention_time_ms >= 0).then(|| now_ms.saturating_add(retention_time_ms));
+        let mut results = Vec::with_capacity(commits.len());
+        let mut entries = Vec::new();
+        let mut records = Vec::new();
+        for commit in commits {
+            let metadata = commit.metadata.clone().unwrap_or_default();
+            let error = if metadata.len() > self.config.offset_metadata_max_bytes {
+                Some(ResponseError::OffsetMetadataTooLarge)
+            } else if broker.replicas.partition(&commit.topic, commit.partition).is_none() {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else {
+                None
+            };
+            results.push(error);
+            if error.is_some() {
+                continue;
+            }
+            let committed = CommittedOffset {
+                offset: commit.offset,
+                leader_epoch: commit.leader_epoch,
+                metadata,
+                commit_timestamp_ms: now_ms,
+                expire_timestamp_ms,
+                record_offset: 0,
+            };
+            let key = RecordKey::Offset {
+                group: group_id.to_string(),
+                topic: commit.topic.clone(),
+                partition: commit.partition,
+            };
+            records.push((key.encode(), Some(committed.to_value().encode())));
+            entries.push((commit.topic.clone(), commit.partition, committed));
+        }
+        if records.is_empty() {
+            drop(locked);
+            return PendingCommit { group, partition: None, durable: None, entries, results };
+        }
+        match self.append(broker, group_id, &records) {
+            Ok((partition, base_offset, durable)) => {
+                for (i, entry) in entries.iter_mut().enumerate() {
+                    entry.2.record_offset = base_offset + i as i64;
+                }
+                drop(locked);
+                PendingCommit { group, partition: Some(partition), durable: Some(durable), entries, results }
+            }
+            Err(error) => {
+                for result in results.iter_mut().filter(|r| r.is_none()) {
+                    *result = Some(error);
+                }
+                drop(locked);
+                PendingCommit { group, partition: None, durable: None, entries: Vec::new(), results }
+            }
+        }
+    }
+
+    /// Waits for a commit's record to be durable (on a blocking thread when that means an
+    /// fsync), then makes the offsets visible.
+    pub async fn complete_commit(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
+        let Some(durable) = pending.durable.take() else { return pending.results };
+        if durable.needs_fsync() {
+            let partition = pending.partition.clone();
+            let waited = tokio::task::spawn_blocking(move || {
+                let result = durable.wait();
+                if result.is_ok() {
+                    if let Some(partition) = partition {
+                        partition.commit(durable.end_offset());
+                    }
+                }
+                result.map_err(|err| err.to_string())
+            })
+            .await
+            .unwrap_or_else(|join| Err(join.to_string()));
+            if let Err(err) = waited {
+                tracing::error!(%err, "offset commit not durable");
+                for result in pending.results.iter_mut().filter(|r| r.is_none()) {
+                    *result = Some(ResponseError::KafkaStorageError);
+                }
+                return pending.results;
+            }
+        }
+        let mut group = pending.group.lock();
+        for (topic, partition, committed) in pending.entries {
+            group.offsets.apply(&topic, partition, committed);
+        }
+        pending.results
+    }
+
+    /// Deletes empty groups with their offsets (tombstones for everything). Per group:
+    /// `None` if deleted, else the error (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP).
+    pub fn delete_group(&self, broker: &Broker, group_id: &str) -> Result<(), ResponseError> {
+        let mut groups = self.groups.lock();
+        let Some(group) = groups.get(group_id).cloned() else { return Err(ResponseError::GroupIdNotFound) };
+        let mut locked = group.lock();
+        if locked.is_dead() {
+            return Err(ResponseError::GroupIdNotFound);
+        }
+        if !locked.is_empty() {
+            return Err(ResponseError::NonEmptyGroup);
+        }
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = locked
+            .offsets
+            .iter()
+            .map(|((topic, partition), _)| {
+                let key =
+                    RecordKey::Offset { group: group_id.to_string(), topic: topic.clone(), partition: *partition };
+                (key.encode(), None)
+            })
+            .collect();
+        if locked.has_record {
+            records.push((RecordKey::Group { group: group_id.to_string() }.encode(), None));
+        }
+        if !records.is_empty() {
+            self.append(broker, group_id, &records)?;
+        }
+        locked.classic.mark_dead();
+        drop(locked);
+        groups.remove(group_id);
+        Ok(())
+    }
+
+    /// Removes offsets (OffsetDelete); the caller has checked the group allows it.
+    pub fn delete_offsets(
+        &self,
+        broker: &Broker,
+        group: &mut Group,
+        partitions: &[(String, i32)],
+    ) -> Result<(), ResponseError> {
+        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = partitions
+            .iter()
+            .filter(|(topic, partition)| group.offsets.get(topic, *partition).is_some())
+            .map(|(topic, partition)| {
+                let key =
+                    RecordKey::Offset { group: group.id.to_string(), topic: topic.clone(), partition: *partition };
+                (key.encode(), None)
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.append(broker, &group.id, &records)?;
+        for (topic, partition) in partitions {
+            group.offsets.remove_now(topic, *partition);
+        }
+        Ok(())
+    }
+
+    /// Runs every group's timers, writes what changed, and (every
+    /// `offsets.retention.check.interval.ms`) expires old offsets and empty groups.
+    pub fn tick(&self, broker: &Broker) {
+        let now = Instant::now();
+        for group in self.groups() {
+            let mut group = group.lock();
+            group.classic.tick(now, &self.config);
+            self.persist_if_dirty(broker, &mut group);
+        }
+        let due = {
+            let mut next = self.next_expiry_check.lock();
+            let due = *next <= now;
+            if due {
+                *next = now + Duration::from_millis(self.config.offsets_retention_check_interval_ms);
+            }
+            due
+        };
+        if due {
+            self.expire_offsets(broker);
+        }
+    }
+
+    pub fn expire_offsets(&self, broker: &Broker) {
+        let now_ms = sluice_storage::log::now_ms();
+        let mut emptied = Vec::new();
+        let mut expired_total = 0;
+        for group in self.groups() {
+            let mut group = group.lock();
+            let classic = &group.classic;
+            let empty_since = (classic.state == ClassicState::Empty).then_some(classic.state_timestamp_ms);
+            let simple = classic.protocol_type.is_none();
+            let expired = group.offsets.expired(now_ms, self.config.offsets_retention_ms, empty_since, simple);
+            if !expired.is_empty() && self.delete_offsets(broker, &mut group, &expired).is_ok() {
+                expired_total += expired.len();
+            }
+            if group.offsets.is_empty() && group.classic.state == ClassicState::Empty {
+                emptied.push(group.id.clone());
+            }
+        }
+        for id in &emptied {
+            let _ = self.delete_group(broker, id);
+        }
+        if expired_total > 0 || !emptied.is_empty() {
+            tracing::info!(offsets = expired_total, groups = emptied.len(), "expired committed offsets");
+        }
+    }
+}
+
+/// Applies one `__consumer_offsets` record to the groups being loaded.
+fn replay(groups: &mut HashMap<String, Group>, record_offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+    let Some(key) = key else { return };
+    let key = match RecordKey::decode(key) {
+        Ok(Some(key)) => key,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}");
+            return;
+        }
+    };
+    let group_id = key.group().to_string();
+    let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Arc::from(group_id.as_str())));
+    match (key, value) {
+        (RecordKey::Offset { topic, partition, .. }, Some(value)) => match OffsetValue::decode(value) {
+            Ok(value) => group.offsets.apply(&topic, partition, CommittedOffset::from_value(value, record_offset)),
+            Err(err) => tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}"),
+        },
+        (RecordKey::Offset { topic, partition, .. }, None) => group.offsets.remove(&topic, partition, record_offset),
+        (RecordKey::Group { .. }, Some(value)) => match GroupValue::decode(value) {
+            Ok(value) => {
+                group.classic = ClassicGroup::restore(value, Instant::now());
+                group.has_record = true;
+            }
+            Err(err) => tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}"),
+        },
+        (RecordKey::Group { .. }, None) => {
+            group.classic = ClassicGroup::new();
+            group.has_record = false;
+        }
+    }
+}
+
+/// Runs the coordinator's timers until shutdown is signalled.
+pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if broker.groups.is_ready() {
+                    broker.groups.tick(&broker);
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
