@@ -1,7 +1,10 @@
 //! The `sluice` command: with no arguments a single-node Kafka broker on 127.0.0.1:9092 with
-//! its data in ./sluice-data; subcommands inspect partition logs on disk.
+//! its data in ./sluice-data; subcommands inspect partition logs on disk and operate consumer
+//! groups over the wire.
 
 mod allocator;
+mod client;
+mod groups;
 mod run_broker;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,12 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Operate consumer groups on a running cluster: list, describe (offsets and lag),
+    /// reset-offsets, delete.
+    Groups {
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
     },
 }
 
@@ -132,6 +141,7 @@ fn main() -> ExitCode {
         Some(Command::Broker(args)) => run_broker::run(args),
         Some(Command::Log { command: LogCommand::Verify { dir } }) => verify(&dir),
         Some(Command::Log { command: LogCommand::Dump { dir, records } }) => dump(&dir, records),
+        Some(Command::Groups { command }) => groups::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
