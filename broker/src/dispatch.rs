@@ -54,6 +54,8 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::DescribeGroups, 0, 5),
     spec(ApiKey::DeleteGroups, 0, 2),
     spec(ApiKey::OffsetDelete, 0, 0),
+    spec(ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    spec(ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 pub fn advertised_versions() -> Vec<ApiVersion> {
@@ -158,6 +160,12 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::OffsetCommit(req) => reply(&api::offsets::offset_commit(broker, &header, req).await, &[]),
         RequestKind::OffsetFetch(req) => reply(&api::offsets::offset_fetch(broker, &header, req), &[]),
         RequestKind::OffsetDelete(req) => reply(&api::offsets::offset_delete(broker, &header, req).await, &[]),
+        RequestKind::ConsumerGroupHeartbeat(req) => {
+            reply(&api::consumer_group::consumer_group_heartbeat(broker, conn, &header, req).await, &[])
+        }
+        RequestKind::ConsumerGroupDescribe(req) => {
+            reply(&api::consumer_group::consumer_group_describe(broker, &header, req), &[])
+        }
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }
@@ -209,6 +217,12 @@ mod tests {
             ApiKey::DescribeGroups => RequestKind::DescribeGroups(DescribeGroupsRequest::default()),
             ApiKey::DeleteGroups => RequestKind::DeleteGroups(DeleteGroupsRequest::default()),
             ApiKey::OffsetDelete => RequestKind::OffsetDelete(OffsetDeleteRequest::default()),
+            ApiKey::ConsumerGroupHeartbeat => {
+                RequestKind::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest::default())
+            }
+            ApiKey::ConsumerGroupDescribe => {
+                RequestKind::ConsumerGroupDescribe(ConsumerGroupDescribeRequest::default())
+            }
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

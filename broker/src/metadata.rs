@@ -80,6 +80,16 @@ impl ClusterMetadata {
         self.topics.values()
     }
 
+    /// State as if these records had been replayed (for tests of code that reads metadata).
+    #[cfg(test)]
+    pub fn from_records(records: Vec<MetadataRecord>) -> ClusterMetadata {
+        let mut metadata = ClusterMetadata::default();
+        for record in records {
+            metadata.apply(record).expect("consistent test records");
+        }
+        metadata
+    }
+
     fn apply(&mut self, record: MetadataRecord) -> Result<()> {
         // Records are checked before they are written, so a failure here on replay means the
         // log itself is damaged.

@@ -121,7 +121,11 @@ pub async fn join_group(
     };
     let reply = {
         let mut group = group.lock();
-        let reply = group.classic.join(join, Instant::now(), config);
+        let reply = match group.as_classic_group() {
+            Ok(classic) => classic.join(join, Instant::now(), config),
+            // KIP-848 members are in the group: a classic member cannot join it.
+            Err(error) => Reply::Now(JoinResult::error(error, &member_id)),
+        };
         broker.groups.persist_if_dirty(broker, &mut group);
         reply
     };
@@ -281,6 +285,10 @@ pub fn describe_groups(
                 return base.with_group_state(str_bytes(ClassicState::Dead.name()));
             };
             let group = group.lock();
+            if let Some(consumer) = &group.consumer {
+                let metadata = broker.metadata();
+                return super::consumer_group::describe_as_classic(base, &group, consumer, &metadata);
+            }
             let classic = &group.classic;
             // Member metadata and assignments are only meaningful once the group is stable.
             let stable = classic.state == ClassicState::Stable;

@@ -126,6 +126,13 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
             .into_iter()
             .map(|group| {
                 let id = group.group_id.0.as_str().to_string();
+                if let Some(error) =
+                    check_fetching_member(broker, &id, group.member_id.as_ref().map(|m| m.as_str()), group.member_epoch)
+                {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(group.group_id)
+                        .with_error_code(error.code());
+                }
                 let topics = group.topics.map(|topics| {
                     topics.into_iter().map(|t| (t.name.0.as_str().to_string(), t.partition_indexes)).collect()
                 });
@@ -173,6 +180,20 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
     OffsetFetchResponse::default().with_topics(topics)
 }
 
+/// OffsetFetch v9 from a KIP-848 member names it and its epoch, which must be current.
+fn check_fetching_member(
+    broker: &Broker,
+    group_id: &str,
+    member_id: Option<&str>,
+    member_epoch: i32,
+) -> Option<ResponseError> {
+    let member_id = member_id?;
+    let group = broker.groups.group(group_id)?;
+    let group = group.lock();
+    let consumer = group.consumer.as_ref()?;
+    consumer.validate_member_epoch(member_id, member_epoch).err()
+}
+
 /// The topics a consumer-protocol member subscribes to, from its JoinGroup metadata.
 fn subscribed_topics(metadata: &bytes::Bytes) -> Vec<String> {
     let mut buf = metadata.clone();
@@ -205,6 +226,8 @@ pub async fn offset_delete(
         // live group keeps all of them.
         let subscribed: Option<Vec<String>> = if group.is_empty() {
             Some(Vec::new())
+        } else if let Some(consumer) = &group.consumer {
+            Some(consumer.members().flat_map(|m| m.subscribed_topic_names.iter().cloned()).collect())
         } else if group.protocol_type() == "consumer" {
             let protocol = group.classic.protocol_name.clone();
             Some(group.classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol.as_deref()))).collect())

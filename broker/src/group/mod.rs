@@ -7,7 +7,9 @@
 //! neither is held across an await. Offset commits are acknowledged only once their record
 //! is as durable as the offsets topic's flush policy promises.
 
+pub mod assignor;
 pub mod classic;
+pub mod consumer;
 pub mod offsets;
 pub mod record;
 
@@ -24,6 +26,7 @@ use crate::broker::Broker;
 use crate::config::GroupConfig;
 use crate::replica_manager::{Partition, ReplicaManager};
 use classic::{ClassicGroup, ClassicState};
+use consumer::ConsumerGroup;
 use offsets::{CommittedOffset, GroupOffsets};
 use record::{GroupValue, OffsetValue, RecordKey};
 
@@ -48,11 +51,13 @@ fn offsets_topic_configs() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// One group: its membership protocol's state and its committed offsets.
+/// One group: its membership protocol's state and its committed offsets. A group is a
+/// classic group unless `consumer` is set (KIP-848); it can switch only while it is empty.
 #[derive(Debug)]
 pub struct Group {
     pub id: Arc<str>,
     pub classic: ClassicGroup,
+    pub consumer: Option<ConsumerGroup>,
     pub offsets: GroupOffsets,
     /// A group metadata record exists for it (deletion must write a tombstone).
     has_record: bool,
@@ -60,23 +65,55 @@ pub struct Group {
 
 impl Group {
     fn new(id: Arc<str>) -> Group {
-        Group { id, classic: ClassicGroup::new(), offsets: GroupOffsets::default(), has_record: false }
+        Group { id, classic: ClassicGroup::new(), consumer: None, offsets: GroupOffsets::default(), has_record: false }
     }
 
     pub fn state_name(&self) -> &'static str {
-        self.classic.state.name()
+        match &self.consumer {
+            Some(consumer) => consumer.state_name(),
+            None => self.classic.state.name(),
+        }
     }
 
     pub fn group_type(&self) -> &'static str {
-        "classic"
+        if self.consumer.is_some() {
+            "consumer"
+        } else {
+            "classic"
+        }
     }
 
     pub fn protocol_type(&self) -> &str {
-        self.classic.protocol_type.as_deref().unwrap_or("")
+        match &self.consumer {
+            Some(_) => "consumer",
+            None => self.classic.protocol_type.as_deref().unwrap_or(""),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.classic.is_empty()
+        self.classic.is_empty() && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
+    }
+
+    /// Makes this a KIP-848 consumer group, if it has no classic members.
+    pub fn as_consumer_group(&mut self) -> Result<&mut ConsumerGroup, ResponseError> {
+        if self.consumer.is_none() {
+            if !self.classic.is_empty() || self.is_dead() {
+                return Err(ResponseError::GroupIdNotFound);
+            }
+            self.consumer = Some(ConsumerGroup::default());
+        }
+        self.consumer.as_mut().ok_or(ResponseError::GroupIdNotFound)
+    }
+
+    /// Makes this a classic group again, if it has no consumer-protocol members.
+    pub fn as_classic_group(&mut self) -> Result<&mut ClassicGroup, ResponseError> {
+        if let Some(consumer) = &self.consumer {
+            if !consumer.is_empty() {
+                return Err(ResponseError::InconsistentGroupProtocol);
+            }
+            self.consumer = None;
+        }
+        Ok(&mut self.classic)
     }
 
     pub fn is_dead(&self) -> bool {
@@ -95,6 +132,12 @@ impl Group {
         let classic = &self.classic;
         if classic.state == ClassicState::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if let Some(consumer) = &self.consumer {
+            if generation_id < 0 && consumer.is_empty() {
+                return Ok(());
+            }
+            return consumer.validate_member_epoch(member_id, generation_id);
         }
         if generation_id < 0 && classic.state == ClassicState::Empty {
             return Ok(());
@@ -493,6 +536,9 @@ impl GroupCoordinator {
         for group in self.groups() {
             let mut group = group.lock();
             group.classic.tick(now, &self.config);
+            if let Some(consumer) = &mut group.consumer {
+                consumer.tick(now);
+            }
             self.persist_if_dirty(broker, &mut group);
         }
         let due = {
@@ -515,13 +561,16 @@ impl GroupCoordinator {
         for group in self.groups() {
             let mut group = group.lock();
             let classic = &group.classic;
-            let empty_since = (classic.state == ClassicState::Empty).then_some(classic.state_timestamp_ms);
-            let simple = classic.protocol_type.is_none();
+            let empty_since = match &group.consumer {
+                Some(consumer) => consumer.empty_since_ms,
+                None => (classic.state == ClassicState::Empty).then_some(classic.state_timestamp_ms),
+            };
+            let simple = classic.protocol_type.is_none() && group.consumer.is_none();
             let expired = group.offsets.expired(now_ms, self.config.offsets_retention_ms, empty_since, simple);
             if !expired.is_empty() && self.delete_offsets(broker, &mut group, &expired).is_ok() {
                 expired_total += expired.len();
             }
-            if group.offsets.is_empty() && group.classic.state == ClassicState::Empty {
+            if group.offsets.is_empty() && empty_since.is_some() {
                 emptied.push(group.id.clone());
             }
         }
