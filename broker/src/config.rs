@@ -48,6 +48,11 @@ pub struct GroupConfig {
     pub max_size: usize,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: i32,
+    /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`. Its cleanup
+    /// (see `group::GroupCoordinator::clean_offsets_topic`) frees whole segments, so this also
+    /// bounds the garbage a partition keeps: smaller than Kafka's 100 MiB, which relies on
+    /// compaction.
+    pub offsets_topic_segment_bytes: u32,
     /// `offset.metadata.max.bytes`: the largest metadata string an offset commit may carry.
     pub offset_metadata_max_bytes: usize,
     /// `offsets.retention.minutes`: how long the offsets of an empty group are kept.
@@ -68,6 +73,7 @@ impl Default for GroupConfig {
             max_session_timeout_ms: 1_800_000,
             max_size: i32::MAX as usize,
             offsets_topic_partitions: 50,
+            offsets_topic_segment_bytes: 16 << 20,
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
@@ -166,6 +172,7 @@ pub const KEYS: &[&str] = &[
     "offsets.retention.check.interval.ms",
     "offsets.retention.minutes",
     "offsets.topic.num.partitions",
+    "offsets.topic.segment.bytes",
     "socket.request.max.bytes",
 ];
 
@@ -270,6 +277,9 @@ impl BrokerConfig {
                 self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
             }
             "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
+            "offsets.topic.segment.bytes" => {
+                self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
+            }
             "offset.metadata.max.bytes" => self.groups.offset_metadata_max_bytes = int(0, 1 << 20)? as usize,
             "offsets.retention.minutes" => {
                 self.groups.offsets_retention_ms = int(1, i64::MAX / 60_000)? * 60_000;

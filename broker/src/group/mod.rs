@@ -36,14 +36,19 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// every group timeout.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often the offsets topic's partitions are checked for cleanup.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The topic configs `__consumer_offsets` is created with. Retention never deletes its
-/// records: they are the only copy of committed offsets. Its indexes are small because its
-/// records are: 50 partitions times Kafka's 10 MiB would preallocate a gigabyte.
-fn offsets_topic_configs() -> BTreeMap<String, String> {
+/// records: they are the only copy of committed offsets (the coordinator's cleanup does).
+/// Its indexes are small because its records are: 50 partitions times Kafka's 10 MiB would
+/// preallocate a gigabyte.
+fn offsets_topic_configs(segment_bytes: u32) -> BTreeMap<String, String> {
+    let segment_bytes = segment_bytes.to_string();
     [
         ("retention.ms", "-1"),
         ("retention.bytes", "-1"),
-        ("segment.bytes", "104857600"),
+        ("segment.bytes", segment_bytes.as_str()),
         ("segment.index.bytes", "1048576"),
     ]
     .into_iter()
@@ -171,12 +176,11 @@ pub struct OffsetCommit {
     pub metadata: Option<String>,
 }
 
-/// Commits written to the log and waiting for durability before they are applied.
+/// Commits written to the log (and visible to OffsetFetch), waiting for durability before
+/// they are acknowledged.
 pub struct PendingCommit {
-    group: Arc<Mutex<Group>>,
     partition: Option<Arc<Partition>>,
     durable: Option<sluice_storage::DurableHandle>,
-    entries: Vec<(String, i32, CommittedOffset)>,
     /// One per requested partition, in request order.
     pub results: Vec<Option<ResponseError>>,
 }
@@ -187,6 +191,8 @@ pub struct GroupCoordinator {
     /// Partitions of `__consumer_offsets`; 0 until the topic exists.
     offsets_partitions: AtomicI32,
     next_expiry_check: Mutex<Instant>,
+    /// Per offsets partition, the bytes its last cleanup rewrote: the live state's size.
+    live_bytes: Mutex<HashMap<i32, u64>>,
 }
 
 impl GroupCoordinator {
@@ -197,6 +203,7 @@ impl GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             offsets_partitions: AtomicI32::new(0),
             next_expiry_check: Mutex::new(first_check),
+            live_bytes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -253,7 +260,7 @@ impl GroupCoordinator {
         let partitions = match broker.create_topic(
             OFFSETS_TOPIC,
             self.config.offsets_topic_partitions,
-            offsets_topic_configs(),
+            offsets_topic_configs(self.config.offsets_topic_segment_bytes),
             false,
         ) {
             Ok(topic) => topic.partitions,
@@ -365,21 +372,12 @@ impl GroupCoordinator {
     ) -> PendingCommit {
         let MemberClaim { generation_id, member_id, group_instance_id } = claim;
         let group = if generation_id < 0 { Some(self.group_or_create(group_id)) } else { self.group(group_id) };
-        let fail = |group: Arc<Mutex<Group>>, error| PendingCommit {
-            group,
-            partition: None,
-            durable: None,
-            entries: Vec::new(),
-            results: vec![Some(error); commits.len()],
-        };
-        let Some(group) = group else {
-            // A member of a generation the coordinator does not know.
-            return fail(Arc::new(Mutex::new(Group::new(Arc::from(group_id)))), ResponseError::IllegalGeneration);
-        };
+        let fail = |error| PendingCommit { partition: None, durable: None, results: vec![Some(error); commits.len()] };
+        // A member of a generation the coordinator does not know.
+        let Some(group) = group else { return fail(ResponseError::IllegalGeneration) };
         let mut locked = group.lock();
         if let Err(error) = locked.validate_commit(generation_id, member_id, group_instance_id) {
-            drop(locked);
-            return fail(group, error);
+            return fail(error);
         }
         locked.classic.touch(member_id, Instant::now());
         let now_ms = sluice_storage::log::now_ms();
@@ -418,28 +416,31 @@ impl GroupCoordinator {
         }
         if records.is_empty() {
             drop(locked);
-            return PendingCommit { group, partition: None, durable: None, entries, results };
+            return PendingCommit { partition: None, durable: None, results };
         }
         match self.append(broker, group_id, &records) {
             Ok((partition, base_offset, durable)) => {
-                for (i, entry) in entries.iter_mut().enumerate() {
-                    entry.2.record_offset = base_offset + i as i64;
+                // Applied in log order, under the group's lock: the cache always matches what
+                // the log holds, which the offsets topic's cleanup relies on.
+                for (i, (topic, partition, mut committed)) in entries.into_iter().enumerate() {
+                    committed.record_offset = base_offset + i as i64;
+                    locked.offsets.apply(&topic, partition, committed);
                 }
                 drop(locked);
-                PendingCommit { group, partition: Some(partition), durable: Some(durable), entries, results }
+                PendingCommit { partition: Some(partition), durable: Some(durable), results }
             }
             Err(error) => {
                 for result in results.iter_mut().filter(|r| r.is_none()) {
                     *result = Some(error);
                 }
                 drop(locked);
-                PendingCommit { group, partition: None, durable: None, entries: Vec::new(), results }
+                PendingCommit { partition: None, durable: None, results }
             }
         }
     }
 
     /// Waits for a commit's record to be durable (on a blocking thread when that means an
-    /// fsync), then makes the offsets visible.
+    /// fsync), so that it can be acknowledged.
     pub async fn complete_commit(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
         let Some(durable) = pending.durable.take() else { return pending.results };
         if durable.needs_fsync() {
@@ -462,10 +463,6 @@ impl GroupCoordinator {
                 }
                 return pending.results;
             }
-        }
-        let mut group = pending.group.lock();
-        for (topic, partition, committed) in pending.entries {
-            group.offsets.apply(&topic, partition, committed);
         }
         pending.results
     }
@@ -583,6 +580,77 @@ impl GroupCoordinator {
     }
 }
 
+impl GroupCoordinator {
+    /// Stands in for log compaction on `__consumer_offsets` until the log cleaner exists: a
+    /// partition that has grown past twice its live state (and at least two segments)
+    /// gets every group's current state rewritten at its end, and once that is durable the
+    /// segments wholly before the rewrite are deleted. The cache always matches the log
+    /// (commits are applied under the group's lock in log order), so the rewrite holds
+    /// everything the deleted records said. Blocking: it waits for an fsync.
+    pub fn clean_offsets_topic(&self, broker: &Broker) {
+        let partitions = self.offsets_partitions.load(Ordering::Acquire);
+        for index in 0..partitions {
+            let Some(partition) = broker.replicas.partition(OFFSETS_TOPIC, index) else { continue };
+            let segment_bytes = u64::from(partition.log.config().segment_bytes);
+            let live = self.live_bytes.lock().get(&index).copied().unwrap_or(0);
+            if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {
+                continue;
+            }
+            match self.rewrite_partition(broker, index, &partition) {
+                Ok(bytes) => {
+                    self.live_bytes.lock().insert(index, bytes);
+                }
+                Err(err) => tracing::error!(partition = index, %err, "cannot clean up {OFFSETS_TOPIC}"),
+            }
+        }
+    }
+
+    fn rewrite_partition(&self, broker: &Broker, index: i32, partition: &Partition) -> Result<u64, String> {
+        let partitions = self.offsets_partitions.load(Ordering::Acquire);
+        let start = partition.log.log_end_offset();
+        let size_before = partition.log.size_bytes();
+        let mut written = 0u64;
+        let mut last = None;
+        for group in self.groups() {
+            let group = group.lock();
+            if group.is_dead() || record::partition_for(&group.id, partitions) != index {
+                continue;
+            }
+            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            if group.has_record {
+                let key = RecordKey::Group { group: group.id.to_string() }.encode();
+                records.push((key, Some(group.classic.snapshot().encode())));
+            }
+            for ((topic, partition), committed) in group.offsets.iter() {
+                let key =
+                    RecordKey::Offset { group: group.id.to_string(), topic: topic.clone(), partition: *partition };
+                records.push((key.encode(), Some(committed.to_value().encode())));
+            }
+            // Batches well under the topic's max.message.bytes.
+            for chunk in records.chunks(1000) {
+                written += chunk.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>();
+                let (_, _, durable) =
+                    self.append(broker, &group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?;
+                last = Some(durable);
+            }
+        }
+        // One log: the last append being durable makes every earlier one durable too.
+        if let Some(durable) = last {
+            durable.wait().map_err(|e| e.to_string())?;
+            partition.commit(durable.end_offset());
+        }
+        partition.log.delete_records_before(start).map_err(|e| e.to_string())?;
+        tracing::info!(
+            partition = index,
+            live_bytes = written,
+            size_before,
+            size_after = partition.log.size_bytes(),
+            "cleaned up {OFFSETS_TOPIC}"
+        );
+        Ok(written)
+    }
+}
+
 /// Applies one `__consumer_offsets` record to the groups being loaded.
 fn replay(groups: &mut HashMap<String, Group>, record_offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
     let Some(key) = key else { return };
@@ -620,14 +688,104 @@ fn replay(groups: &mut HashMap<String, Group>, record_offset: i64, key: Option<&
 pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_cleanup = Instant::now() + CLEANUP_INTERVAL;
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                if broker.groups.is_ready() {
-                    broker.groups.tick(&broker);
+                if !broker.groups.is_ready() {
+                    continue;
+                }
+                broker.groups.tick(&broker);
+                if Instant::now() >= next_cleanup {
+                    let cleaner = broker.clone();
+                    if tokio::task::spawn_blocking(move || cleaner.groups.clean_offsets_topic(&cleaner)).await.is_err() {
+                        tracing::error!("{OFFSETS_TOPIC} cleanup panicked");
+                    }
+                    next_cleanup = Instant::now() + CLEANUP_INTERVAL;
                 }
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BrokerConfig;
+
+    fn open(dir: &std::path::Path) -> Arc<Broker> {
+        let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
+        config.apply("offsets.topic.num.partitions", "2").unwrap();
+        config.apply("offsets.topic.segment.bytes", "65536").unwrap();
+        Broker::open(config).unwrap()
+    }
+
+    fn commit(broker: &Broker, group: &str, partition: i32, offset: i64) {
+        let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
+        let commit = OffsetCommit { topic: "t".into(), partition, offset, leader_epoch: 0, metadata: Some("m".into()) };
+        let pending = broker.groups.commit_offsets(broker, group, claim, -1, &[commit]);
+        assert_eq!(pending.results, vec![None]);
+        assert!(!pending.durable.as_ref().is_some_and(|d| d.needs_fsync()));
+    }
+
+    fn committed(broker: &Broker, group: &str, partition: i32) -> Option<i64> {
+        broker.groups.group(group)?.lock().offsets.get("t", partition).map(|c| c.offset)
+    }
+
+    #[test]
+    fn commits_survive_reopening_and_cleanup_keeps_only_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open(dir.path());
+        broker.create_topic("t", 4, BTreeMap::new(), false).unwrap();
+        broker.groups.ensure_offsets_topic(&broker).unwrap();
+        for round in 0..3_000i64 {
+            for (g, group) in ["alpha", "beta", "gamma"].iter().enumerate() {
+                commit(&broker, group, (round % 4) as i32, round * 10 + g as i64);
+            }
+        }
+        let size_before: u64 =
+            (0..2).map(|p| broker.replicas.partition(OFFSETS_TOPIC, p).unwrap().log.size_bytes()).sum();
+        broker.groups.clean_offsets_topic(&broker);
+        let size_after: u64 =
+            (0..2).map(|p| broker.replicas.partition(OFFSETS_TOPIC, p).unwrap().log.size_bytes()).sum();
+        assert!(size_after * 2 < size_before, "cleanup freed space: {size_before} -> {size_after}");
+        // A group deleted before the reopen stays deleted.
+        broker.groups.delete_group(&broker, "gamma").unwrap();
+        commit(&broker, "beta", 0, 123_456);
+        broker.shutdown();
+        drop(broker);
+
+        let broker = open(dir.path());
+        assert_eq!(committed(&broker, "alpha", 3), Some(29_990));
+        assert_eq!(committed(&broker, "alpha", 0), Some(29_960));
+        assert_eq!(committed(&broker, "beta", 0), Some(123_456));
+        assert_eq!(committed(&broker, "beta", 1), Some(29_971));
+        assert!(broker.groups.group("gamma").is_none());
+    }
+
+    #[test]
+    fn commits_are_checked_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open(dir.path());
+        broker.create_topic("t", 1, BTreeMap::new(), false).unwrap();
+        broker.groups.ensure_offsets_topic(&broker).unwrap();
+        let end = |b: &Broker| {
+            (0..2).map(|p| b.replicas.partition(OFFSETS_TOPIC, p).unwrap().log.log_end_offset().0).sum::<i64>()
+        };
+        let before = end(&broker);
+        let claim = MemberClaim { generation_id: 3, member_id: "m", group_instance_id: None };
+        let commit = OffsetCommit { topic: "t".into(), partition: 0, offset: 1, leader_epoch: -1, metadata: None };
+        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, std::slice::from_ref(&commit));
+        assert_eq!(pending.results, vec![Some(ResponseError::IllegalGeneration)]);
+        let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
+        let big = OffsetCommit { metadata: Some("x".repeat(5000)), ..commit.clone() };
+        let unknown = OffsetCommit { topic: "nope".into(), ..commit };
+        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, &[big, unknown]);
+        assert_eq!(
+            pending.results,
+            vec![Some(ResponseError::OffsetMetadataTooLarge), Some(ResponseError::UnknownTopicOrPartition)]
+        );
+        assert_eq!(end(&broker), before, "refused commits write nothing");
     }
 }
