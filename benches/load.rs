@@ -3,7 +3,10 @@
 //!   cargo bench --bench load -- produce --record-size 1024 --acks 1 --batch-size 1048576
 //!   cargo bench --bench load -- consume --records 2000000
 //!   cargo bench --bench load -- latency --rate-mb 50 --seconds 20
+//!   cargo bench --bench load -- rebalance --consumers 10 --partitions 100 [--protocol consumer]
+//!   cargo bench --bench load -- produce --commits-per-sec 1000   (offset commits alongside)
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
+//!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
 //! Without `--bootstrap` it starts a release-built `sluice` broker of its own in a temporary
 //! directory. Each run prints one summary line; nothing is asserted.
@@ -28,6 +31,9 @@ struct Cli {
     /// Broker to load; omitted, the harness starts its own sluice broker.
     #[arg(long)]
     bootstrap: Option<String>,
+    /// Broker configs (`key=value`) for the harness's own broker.
+    #[arg(long = "set", global = true)]
+    settings: Vec<String>,
     /// Ignored: cargo passes it to every bench target.
     #[arg(long, hide = true, global = true)]
     bench: bool,
@@ -43,6 +49,23 @@ enum Mode {
     Consume(ProduceArgs),
     /// Produce-to-consume latency percentiles at a fixed offered rate.
     Latency(LatencyArgs),
+    /// Time for a consumer group to settle: all members subscribe at once, until every
+    /// partition is assigned exactly once and the group is balanced.
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(Args, Clone)]
+struct RebalanceArgs {
+    #[arg(long, default_value_t = 10)]
+    consumers: usize,
+    #[arg(long, default_value_t = 100)]
+    partitions: i32,
+    /// classic (JoinGroup/SyncGroup) or consumer (KIP-848).
+    #[arg(long, default_value = "classic")]
+    protocol: String,
+    /// Classic protocol only: range, roundrobin or cooperative-sticky.
+    #[arg(long, default_value = "range")]
+    strategy: String,
 }
 
 #[derive(Args, Clone)]
@@ -66,6 +89,10 @@ struct ProduceArgs {
     partitions: i32,
     #[arg(long, default_value_t = 1)]
     producers: usize,
+    /// Offset commits per second (synchronous, one partition each) made alongside the
+    /// measured phase, to show what group traffic costs data traffic.
+    #[arg(long, default_value_t = 0.0)]
+    commits_per_sec: f64,
 }
 
 #[derive(Args, Clone)]
@@ -100,12 +127,13 @@ impl Drop for OwnBroker {
     }
 }
 
-fn start_own_broker() -> (OwnBroker, String) {
+fn start_own_broker(settings: &[String]) -> (OwnBroker, String) {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -255,6 +283,83 @@ fn consume(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> (f64,
     (start.elapsed().as_secs_f64(), bytes)
 }
 
+/// Commits offsets at `rate` per second (group `sluice-load-commits`, generation -1) until
+/// `stop` is set; returns how many it made.
+fn start_committer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rate: f64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let consumer = consumer(bootstrap, &[("group.id", "sluice-load-commits")]);
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut made = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut offsets = TopicPartitionList::new();
+            offsets
+                .add_partition_offset(&topic, (made % partitions as u64) as i32, Offset::Offset(made as i64))
+                .expect("offset");
+            consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).expect("commit");
+            made += 1;
+            let due = start + Duration::from_secs_f64(made as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        made
+    })
+}
+
+/// Runs `measured` with a committer alongside when `rate` > 0; returns its result and the
+/// commits per second achieved.
+fn with_commits<T>(bootstrap: &str, topic: &str, partitions: i32, rate: f64, measured: impl FnOnce() -> T) -> (T, f64) {
+    if rate <= 0.0 {
+        return (measured(), 0.0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committer = start_committer(bootstrap, topic, partitions, rate, stop.clone());
+    let start = Instant::now();
+    let result = measured();
+    stop.store(true, Ordering::Relaxed);
+    let made = committer.join().expect("committer thread");
+    (result, made as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Subscribes `consumers` members at once and polls them until the group is balanced;
+/// returns the seconds that took.
+fn rebalance(bootstrap: &str, topic: &str, args: &RebalanceArgs) -> f64 {
+    let group = format!("rebalance-{}", now_ns());
+    let mut extra = vec![("group.id", group.as_str())];
+    if args.protocol == "consumer" {
+        extra.push(("group.protocol", "consumer"));
+    } else {
+        extra.push(("partition.assignment.strategy", args.strategy.as_str()));
+    }
+    let members: Vec<BaseConsumer> = (0..args.consumers).map(|_| consumer(bootstrap, &extra)).collect();
+    let start = Instant::now();
+    for member in &members {
+        member.subscribe(&[topic]).expect("subscribe");
+    }
+    let share = args.partitions as usize / args.consumers;
+    let deadline = start + Duration::from_secs(300);
+    loop {
+        for member in &members {
+            if let Some(Err(err)) = member.poll(Duration::from_millis(1)) {
+                panic!("consumer error: {err}");
+            }
+        }
+        let counts: Vec<usize> = members.iter().map(|m| m.assignment().map_or(0, |a| a.count())).collect();
+        let balanced = counts.iter().all(|&c| c == share || c == share + 1);
+        if balanced && counts.iter().sum::<usize>() == args.partitions as usize {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(Instant::now() < deadline, "the group did not settle: {counts:?}");
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -342,7 +447,7 @@ fn main() {
     let (_own, bootstrap) = match &cli.bootstrap {
         Some(bootstrap) => (None, bootstrap.clone()),
         None => {
-            let (broker, address) = start_own_broker();
+            let (broker, address) = start_own_broker(&cli.settings);
             (Some(broker), address)
         }
     };
@@ -351,10 +456,12 @@ fn main() {
     match &cli.mode {
         Mode::Produce(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
-            let seconds = produce(&bootstrap, &topic, args);
+            let (seconds, commits) = with_commits(&bootstrap, &topic, args.partitions, args.commits_per_sec, || {
+                produce(&bootstrap, &topic, args)
+            });
             let bytes = args.records as f64 * args.record_size as f64;
             println!(
-                "produce record_size={} records={} acks={} batch_size={} linger_ms={} compression={} partitions={} producers={} -> {:.1} MB/s {:.0} rec/s",
+                "produce record_size={} records={} acks={} batch_size={} linger_ms={} compression={} partitions={} producers={} commits/s={commits:.0} -> {:.1} MB/s {:.0} rec/s",
                 args.record_size,
                 args.records,
                 args.acks,
@@ -370,9 +477,12 @@ fn main() {
         Mode::Consume(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
             produce(&bootstrap, &topic, args);
-            let (seconds, bytes) = consume(&bootstrap, &topic, args.partitions, args.records);
+            let ((seconds, bytes), commits) =
+                with_commits(&bootstrap, &topic, args.partitions, args.commits_per_sec, || {
+                    consume(&bootstrap, &topic, args.partitions, args.records)
+                });
             println!(
-                "consume record_size={} records={} compression={} partitions={} -> {:.1} MB/s {:.0} rec/s",
+                "consume record_size={} records={} compression={} partitions={} commits/s={commits:.0} -> {:.1} MB/s {:.0} rec/s",
                 args.record_size,
                 args.records,
                 args.compression,
@@ -384,6 +494,14 @@ fn main() {
         Mode::Latency(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
             latency(&bootstrap, &topic, args);
+        }
+        Mode::Rebalance(args) => {
+            create_topic(&bootstrap, &topic, args.partitions);
+            let seconds = rebalance(&bootstrap, &topic, args);
+            println!(
+                "rebalance consumers={} partitions={} protocol={} strategy={} -> settled in {:.3} s",
+                args.consumers, args.partitions, args.protocol, args.strategy, seconds
+            );
         }
     }
 }
