@@ -56,6 +56,8 @@ pub struct LogConfig {
     pub flush_policy: FlushPolicy,
     /// Upper bound on a batch's decompressed size during validation.
     pub max_decompressed_batch_bytes: usize,
+    /// `producer.id.expiration.ms`: an idempotent producer idle this long is forgotten.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -72,6 +74,7 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             flush_policy: FlushPolicy::Os,
             max_decompressed_batch_bytes: MAX_DECOMPRESSED_BATCH_BYTES,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }

@@ -52,6 +52,16 @@ pub enum Error {
     #[error("the log was truncated below offset {offset} before the append was durable")]
     AppendTruncated { offset: Offset },
 
+    /// An idempotent producer's batch does not follow its previous one (Kafka's
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER): a batch in between was lost, or the producer is confused.
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+
+    /// A batch from an older epoch of a producer id (Kafka's INVALID_PRODUCER_EPOCH): a
+    /// zombie instance, fenced by a newer one.
+    #[error("producer {producer_id}: epoch {epoch} is older than the current epoch {current}")]
+    InvalidProducerEpoch { producer_id: i64, epoch: i16, current: i16 },
+
     #[error("invalid log config: {0}")]
     InvalidConfig(String),
 

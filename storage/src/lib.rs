@@ -15,6 +15,7 @@ pub mod flush;
 pub mod handle_cache;
 pub mod index;
 pub mod log;
+pub mod producer_state;
 pub mod record;
 pub mod recovery;
 pub mod retention;
@@ -26,6 +27,7 @@ pub use config::{FlushPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use handle_cache::HandleCache;
 pub use log::{AppendOutcome, DurableHandle, PartitionLog, ReadResult};
+pub use producer_state::ProducerId;
 pub use record::{Header, Record, RecordBatch, Records};
 
 /// A position in a partition's log. Offsets are dense: every record gets the next one.

@@ -17,6 +17,8 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, SyncError, SyncTarget};
 use crate::handle_cache::HandleCache;
+use crate::producer_state::{self, ProducerBatch, ProducerState, SequenceCheck};
+use crate::record::RecordBatch;
 use crate::recovery;
 use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
@@ -39,6 +41,9 @@ pub struct AppendOutcome {
     /// The broker's timestamp for the batch under `LogAppendTime`; None under `CreateTime`.
     pub log_append_time_ms: Option<i64>,
     pub info: BatchInfo,
+    /// The batch was an idempotent producer's retry of one already in the log: nothing was
+    /// appended, and the offsets are the original batch's.
+    pub duplicate: bool,
     durable: DurableHandle,
 }
 
@@ -99,6 +104,10 @@ struct LogState {
     last_flush_ms: i64,
     /// Set by a clean shutdown; later appends are refused so the clean marker stays true.
     closed: bool,
+    /// Idempotent producers' sequence state, as of the log end offset.
+    producers: ProducerState,
+    /// Bumped by every change to `producers`, so unchanged state is not snapshotted again.
+    producers_version: u64,
 }
 
 impl LogState {
@@ -132,6 +141,8 @@ struct LogInner {
     /// Serialises checkpoint writers (outside the state lock, so appends never wait on the
     /// checkpoint's fsyncs) and remembers what was last written and when.
     checkpoint: Mutex<Option<(Checkpoint, i64)>>,
+    /// The `producers_version` the last producer snapshot holds; also serialises writers.
+    snapshot_version: Mutex<u64>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -180,13 +191,17 @@ impl PartitionLog {
                     high_watermark,
                     last_flush_ms: now_ms(),
                     closed: false,
+                    producers: ProducerState::default(),
+                    producers_version: 0,
                 }),
                 flusher: Flusher::new(recovery_point),
                 cache,
                 checkpoint: Mutex::new(None),
                 deleted: std::sync::atomic::AtomicBool::new(false),
+                snapshot_version: Mutex::new(0),
             }),
         };
+        log.rebuild_producers()?;
         // From here on the log is open for writes: the clean marker must be gone from disk
         // before the first append, or a crash would make the next open trust a torn tail.
         log.write_checkpoint(false)?;
@@ -229,6 +244,22 @@ impl PartitionLog {
         if state.closed {
             return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
         }
+        let producer_batch = ProducerBatch::from(&info);
+        if let SequenceCheck::Duplicate(original) = state.producers.check(&producer_batch)? {
+            drop(state);
+            return Ok(AppendOutcome {
+                base_offset: Offset(original.first_offset),
+                last_offset: Offset(original.last_offset),
+                log_append_time_ms,
+                info,
+                duplicate: true,
+                durable: DurableHandle {
+                    log: self.clone(),
+                    end_offset: original.last_offset + 1,
+                    needs_fsync: config.flush_policy == FlushPolicy::EveryAppend,
+                },
+            });
+        }
         let base_offset = state.log_end_offset();
         let active = state.active().handle(&self.inner.cache, &config)?;
         if state.active().should_roll(&active, &info, base_offset, &config, now_ms) {
@@ -256,6 +287,10 @@ impl PartitionLog {
             self.inner.flusher.fail(reason.clone());
         }
         appended?;
+        if producer_batch.producer_id >= 0 {
+            state.producers.update(&producer_batch, base_offset, now_ms);
+            state.producers_version += 1;
+        }
         let end_offset = state.log_end_offset();
         drop(state);
 
@@ -264,6 +299,7 @@ impl PartitionLog {
             last_offset: Offset(end_offset - 1),
             log_append_time_ms,
             info,
+            duplicate: false,
             durable: DurableHandle {
                 log: self.clone(),
                 end_offset,
@@ -486,6 +522,7 @@ impl PartitionLog {
         self.inner.flusher.truncate(end);
         drop(state);
         self.write_checkpoint(false)?;
+        self.rebuild_producers()?;
         Ok(Offset(end))
     }
 
@@ -595,14 +632,81 @@ impl PartitionLog {
             last.is_none_or(|(_, written_ms)| now_ms - written_ms >= CHECKPOINT_INTERVAL_MS || now_ms < written_ms)
         };
         if due {
+            let cutoff = now_ms.saturating_sub(config.producer_id_expiration_ms);
+            let mut state = self.inner.state.write();
+            if state.producers.expire(cutoff) > 0 {
+                state.producers_version += 1;
+            }
+            drop(state);
             self.write_checkpoint(false)?;
+            self.snapshot_producers()?;
         }
         Ok(())
     }
 
-    /// Writes the checkpoint now (recovery point, log start offset, high watermark).
+    /// Writes the checkpoint now (recovery point, log start offset, high watermark) and the
+    /// producer snapshot.
     pub fn checkpoint(&self) -> Result<()> {
-        self.write_checkpoint(false)
+        self.write_checkpoint(false)?;
+        self.snapshot_producers()
+    }
+
+    /// Writes the producer state as of the current log end, once everything below that is
+    /// durable: a snapshot never covers batches a crash could take back.
+    fn snapshot_producers(&self) -> Result<()> {
+        let mut written = self.inner.snapshot_version.lock();
+        if self.is_deleted() {
+            return Ok(());
+        }
+        let (offset, producers, version) = {
+            let state = self.inner.state.read();
+            (state.log_end_offset(), state.producers.clone(), state.producers_version)
+        };
+        if version == *written {
+            return Ok(());
+        }
+        self.sync_to(offset)?;
+        producer_state::write_snapshot(&self.inner.dir, offset, &producers)?;
+        *written = version;
+        Ok(())
+    }
+
+    /// Rebuilds the producer state from the snapshot (if it covers no more than the log
+    /// holds) and the batches after it, or from the whole log.
+    fn rebuild_producers(&self) -> Result<()> {
+        let end = self.log_end_offset().0;
+        let (from, mut producers) = producer_state::read_snapshot(&self.inner.dir)
+            .filter(|(offset, _)| *offset <= end)
+            .unwrap_or((self.log_start_offset().0, ProducerState::default()));
+        let mut offset = from.max(self.log_start_offset().0);
+        let now = now_ms();
+        let mut replayed = 0u64;
+        while offset < end {
+            let read = self.read(Offset(offset), 1 << 20, Offset(end))?;
+            if read.records.is_empty() {
+                break;
+            }
+            for batch in RecordBatch::iter_batches(read.records) {
+                let batch = batch?;
+                if batch.last_offset() >= offset {
+                    producers.update(&ProducerBatch::from(&batch), batch.base_offset(), now);
+                    replayed += 1;
+                }
+                offset = batch.last_offset() + 1;
+            }
+        }
+        if replayed > 0 {
+            tracing::debug!(dir = %self.inner.dir.display(), from, replayed, "rebuilt producer state");
+        }
+        let mut state = self.inner.state.write();
+        state.producers = producers;
+        state.producers_version += 1;
+        Ok(())
+    }
+
+    /// The idempotent producers this partition knows (for DescribeProducers).
+    pub fn producers(&self) -> ProducerState {
+        self.inner.state.read().producers.clone()
     }
 
     fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {
@@ -634,6 +738,7 @@ impl PartitionLog {
         // marker without having been fsynced.
         self.inner.state.write().closed = true;
         self.flush()?;
+        self.snapshot_producers()?;
         let config = self.inner.config.read().clone();
         let mut state = self.inner.state.write();
         let active = state.active_mut();

@@ -460,3 +460,50 @@ fn raising_segment_index_bytes_on_a_live_log_applies_to_new_segments() {
     assert!(log.segment_count() >= 2, "the small index filled and rolled the segment");
     assert_eq!(read_all(&log).len(), 21);
 }
+
+fn idempotent(producer_id: i64, epoch: i16, base_sequence: i32, records: usize) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new(1).producer(producer_id, epoch, base_sequence);
+    for i in 0..records {
+        builder.push(1 + i as i64, Some(b"key"), Some(b"value"), &[]);
+    }
+    builder.build().unwrap()
+}
+
+#[test]
+fn idempotent_retries_are_answered_with_the_original_offsets_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments());
+    let epoch = LeaderEpoch(0);
+    let first = log.append(&idempotent(42, 0, 0, 3), epoch, 1).unwrap();
+    log.append(&batch(1, 2, 10), epoch, 1).unwrap();
+    let second = log.append(&idempotent(42, 0, 3, 2), epoch, 1).unwrap();
+    assert_eq!((first.base_offset, second.base_offset), (Offset(0), Offset(5)));
+    let retry = log.append(&idempotent(42, 0, 0, 3), epoch, 1).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.base_offset, retry.last_offset), (Offset(0), Offset(2)));
+    assert_eq!(log.log_end_offset(), Offset(7), "a retry appends nothing");
+    assert!(matches!(
+        log.append(&idempotent(42, 0, 9, 1), epoch, 1),
+        Err(Error::OutOfOrderSequence { expected: 5, got: 9, .. })
+    ));
+    // Clean close and reopen: from the snapshot.
+    log.close().unwrap();
+    let log = open(dir.path(), small_segments());
+    assert!(log.append(&idempotent(42, 0, 3, 2), epoch, 1).unwrap().duplicate);
+    // A crash (no close) with no snapshot since the last appends: rebuilt from the log.
+    log.append(&idempotent(42, 0, 5, 1), epoch, 1).unwrap();
+    log.append(&idempotent(7, 3, 0, 1), epoch, 1).unwrap();
+    drop(log);
+    let log = open(dir.path(), small_segments());
+    let again = log.append(&idempotent(42, 0, 5, 1), epoch, 1).unwrap();
+    assert!(again.duplicate && again.base_offset == Offset(7));
+    assert!(matches!(
+        log.append(&idempotent(7, 2, 1, 1), epoch, 1),
+        Err(Error::InvalidProducerEpoch { current: 3, .. })
+    ));
+    // Truncation forgets what it removed: the batch at 7 is gone, so its retry is new.
+    log.truncate_to(Offset(7)).unwrap();
+    let after = log.append(&idempotent(42, 0, 5, 1), epoch, 1).unwrap();
+    assert!(!after.duplicate);
+    assert_eq!(after.base_offset, Offset(7));
+}
