@@ -51,7 +51,13 @@ pub struct Broker {
     log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
     pub groups: GroupCoordinator,
+    /// The next producer id to hand out, and the end of the block the metadata log has
+    /// reserved.
+    producer_ids: Mutex<(i64, i64)>,
 }
+
+/// Producer ids are reserved in blocks, one metadata write per block (as Kafka's KIP-730).
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Kafka's rule for topic names.
 pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
@@ -115,6 +121,7 @@ impl Broker {
                 defaults.clone()
             })
         })?;
+        let producer_ids_next = metadata.producer_ids_next;
         let groups = GroupCoordinator::new(config.groups.clone());
         if let Some(offsets_topic) = metadata.topic(OFFSETS_TOPIC) {
             groups.load(&replicas, offsets_topic.partitions)?;
@@ -133,6 +140,7 @@ impl Broker {
             log_defaults: RwLock::new(defaults),
             replicas,
             groups,
+            producer_ids: Mutex::new((producer_ids_next, producer_ids_next)),
         }))
     }
 
@@ -191,6 +199,21 @@ impl Broker {
         log.append(records)?;
         *self.metadata.write() = Arc::new(log.state().clone());
         Ok(())
+    }
+
+    /// A producer id no producer has had, reserving a new block in the metadata log when
+    /// the current one is used up. Blocking: the reservation is fsynced.
+    pub fn allocate_producer_id(&self) -> Result<i64, AdminError> {
+        let mut ids = self.producer_ids.lock();
+        if ids.0 >= ids.1 {
+            let end = ids.0 + PRODUCER_ID_BLOCK;
+            let mut log = self.metadata_log.lock();
+            self.commit(&mut log, vec![MetadataRecord::ProducerIds { next: end }])?;
+            ids.1 = end;
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     /// Creates a topic (or, with `validate_only`, only checks that it could be created).

@@ -173,6 +173,7 @@ pub const KEYS: &[&str] = &[
     "offsets.retention.minutes",
     "offsets.topic.num.partitions",
     "offsets.topic.segment.bytes",
+    "producer.id.expiration.ms",
     "socket.request.max.bytes",
 ];
 
@@ -277,6 +278,7 @@ impl BrokerConfig {
                 self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
             }
             "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
+            "producer.id.expiration.ms" => self.log_defaults.producer_id_expiration_ms = int(1, i64::MAX)?,
             "offsets.topic.segment.bytes" => {
                 self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
             }

@@ -56,6 +56,7 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::OffsetDelete, 0, 0),
     spec(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     spec(ApiKey::ConsumerGroupDescribe, 0, 1),
+    spec(ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn advertised_versions() -> Vec<ApiVersion> {
@@ -166,6 +167,7 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::ConsumerGroupDescribe(req) => {
             reply(&api::consumer_group::consumer_group_describe(broker, &header, req), &[])
         }
+        RequestKind::InitProducerId(req) => reply(&api::txn::init_producer_id(broker, &header, req).await, &[]),
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }
@@ -223,6 +225,7 @@ mod tests {
             ApiKey::ConsumerGroupDescribe => {
                 RequestKind::ConsumerGroupDescribe(ConsumerGroupDescribeRequest::default())
             }
+            ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

@@ -31,6 +31,8 @@ pub fn storage_error_code(err: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::AppendTruncated { .. } => ResponseError::NotLeaderOrFollower,
         StorageError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         StorageError::CorruptSegment { .. } | StorageError::LogFailed { .. } | StorageError::Io { .. } => {
             ResponseError::KafkaStorageError
         }

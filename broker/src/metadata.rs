@@ -47,6 +47,11 @@ pub enum MetadataRecord {
     BrokerConfigs {
         configs: BTreeMap<String, String>,
     },
+    /// Producer ids below `next` may have been handed out: after a restart, allocation
+    /// continues from here, so no id is ever given to two producers.
+    ProducerIds {
+        next: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +70,8 @@ pub struct ClusterMetadata {
     pub broker_configs: BTreeMap<String, String>,
     topics: BTreeMap<String, Arc<TopicMetadata>>,
     names_by_id: HashMap<Uuid, String>,
+    /// The first producer id never handed out.
+    pub producer_ids_next: i64,
 }
 
 impl ClusterMetadata {
@@ -115,6 +122,15 @@ impl ClusterMetadata {
                 self.topics.remove(&name);
             }
             MetadataRecord::BrokerConfigs { configs } => self.broker_configs = configs,
+            MetadataRecord::ProducerIds { next } => {
+                if next < self.producer_ids_next {
+                    return Err(Error::Metadata(format!(
+                        "producer ids would go back from {} to {next}",
+                        self.producer_ids_next
+                    )));
+                }
+                self.producer_ids_next = next;
+            }
         }
         Ok(())
     }

@@ -41,8 +41,8 @@ fn append(
             return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
         }
     }
-    if batch::peek_producer(records).is_some_and(|(producer_id, transactional)| producer_id >= 0 || transactional) {
-        let message = "idempotent and transactional producers are not supported yet".to_string();
+    if batch::peek_producer(records).is_some_and(|(_, transactional)| transactional) {
+        let message = "transactional producers are not supported yet".to_string();
         return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
     }
     match partition.log.append(records, LeaderEpoch(Partition::LEADER_EPOCH), now_ms) {
