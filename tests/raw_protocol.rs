@@ -33,14 +33,18 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// A broker with extra configs, each `key=value` (passed as `--set`).
+    fn start_with(settings: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(["broker", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+        for setting in settings {
+            command.arg("--set").arg(setting);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let mut seen = String::new();
         let deadline = Instant::now() + DEADLINE;
@@ -115,7 +119,9 @@ fn call<T: Encodable, R: Decodable>(
     body: &T,
 ) -> R {
     stream.write_all(&frame(api_key, version, correlation_id, body)).unwrap();
-    let (id, response) = decode(api_key, version, read_frame(stream).expect("no response"));
+    let frame = read_frame(stream)
+        .unwrap_or_else(|| panic!("no {api_key:?} v{version} response: the broker closed the connection"));
+    let (id, response) = decode(api_key, version, frame);
     assert_eq!(id, correlation_id);
     response
 }
@@ -428,4 +434,321 @@ fn a_topic_named_twice_in_one_create_request_is_refused_for_both() {
         call(&mut stream, ApiKey::Metadata, 9, 2, &MetadataRequest::default().with_topics(None));
     let names: Vec<String> = metadata.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
     assert_eq!(names, vec!["once".to_string()]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Consumer groups (classic protocol)
+
+mod group {
+    use super::*;
+    use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+    use kafka_protocol::messages::find_coordinator_response::FindCoordinatorResponse;
+    use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
+    use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_commit_response::OffsetCommitResponse;
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestTopic};
+    use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponse;
+    use kafka_protocol::messages::sync_group_request::{SyncGroupRequest, SyncGroupRequestAssignment};
+    use kafka_protocol::messages::GroupId;
+
+    pub const NONE: i16 = 0;
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    /// Kafka's `offset.metadata.max.bytes` default.
+    pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
+
+    fn text(value: &str) -> StrBytes {
+        StrBytes::from_string(value.to_string())
+    }
+
+    pub fn join(group: &str, member_id: &str, session_timeout_ms: i32, metadata: &Bytes) -> JoinGroupRequest {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_session_timeout_ms(session_timeout_ms)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(text(member_id))
+            .with_protocol_type(text("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(text("range"))
+                .with_metadata(metadata.clone())])
+    }
+
+    pub fn sync(group: &str, generation_id: i32, member_id: &str, assignment: &Bytes) -> SyncGroupRequest {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id(generation_id)
+            .with_member_id(text(member_id))
+            .with_assignments(vec![SyncGroupRequestAssignment::default()
+                .with_member_id(text(member_id))
+                .with_assignment(assignment.clone())])
+    }
+
+    pub fn heartbeat(group: &str, generation_id: i32, member_id: &str) -> HeartbeatRequest {
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id(generation_id)
+            .with_member_id(text(member_id))
+    }
+
+    /// Commits `(partition, offset, metadata)` of one topic as a member of a generation.
+    pub fn commit(
+        group: &str,
+        generation_id: i32,
+        member_id: &str,
+        topic: &str,
+        partitions: &[(i32, i64, &str)],
+    ) -> OffsetCommitRequest {
+        let partitions = partitions
+            .iter()
+            .map(|(partition, offset, metadata)| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*partition)
+                    .with_committed_offset(*offset)
+                    .with_committed_metadata(Some(text(metadata)))
+            })
+            .collect();
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(text(group)))
+            .with_generation_id_or_member_epoch(generation_id)
+            .with_member_id(text(member_id))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(text(topic)))
+                .with_partitions(partitions)])
+    }
+
+    pub fn commit_errors(response: &OffsetCommitResponse) -> Vec<(i32, i16)> {
+        response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (p.partition_index, p.error_code))).collect()
+    }
+
+    /// The committed (offset, metadata) of each listed partition.
+    pub fn fetch(stream: &mut TcpStream, group: &str, topic: &str, partitions: &[i32]) -> Vec<(i32, i64, String)> {
+        let request = OffsetFetchRequest::default().with_group_id(GroupId(text(group))).with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(TopicName(text(topic)))
+                .with_partition_indexes(partitions.to_vec()),
+        ]));
+        let response: OffsetFetchResponse = call(stream, ApiKey::OffsetFetch, 5, 40, &request);
+        assert_eq!(response.error_code, NONE, "OffsetFetch");
+        response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| {
+                assert_eq!(p.error_code, NONE, "OffsetFetch of partition {}", p.partition_index);
+                (p.partition_index, p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    pub fn find_coordinator(stream: &mut TcpStream, group: &str) -> (FindCoordinatorResponse, FindCoordinatorResponse) {
+        let single: FindCoordinatorResponse =
+            call(stream, ApiKey::FindCoordinator, 1, 41, &FindCoordinatorRequest::default().with_key(text(group)));
+        let batched: FindCoordinatorResponse = call(
+            stream,
+            ApiKey::FindCoordinator,
+            4,
+            42,
+            &FindCoordinatorRequest::default().with_coordinator_keys(vec![text(group)]),
+        );
+        (single, batched)
+    }
+}
+
+#[test]
+fn group_protocol_errors_are_answered_and_the_group_keeps_working() {
+    use group::*;
+    use kafka_protocol::messages::heartbeat_response::HeartbeatResponse;
+    use kafka_protocol::messages::join_group_response::JoinGroupResponse;
+    use kafka_protocol::messages::offset_commit_response::OffsetCommitResponse;
+    use kafka_protocol::messages::sync_group_response::SyncGroupResponse;
+
+    let mut broker = Broker::start_with(&["group.initial.rebalance.delay.ms=0", "num.partitions=2"]);
+    let mut stream = broker.connect();
+    create_topic(&mut stream, "group-offsets");
+    let group = "raw-group";
+
+    // This broker coordinates every group, under the address clients bootstrap with.
+    let (single, batched) = find_coordinator(&mut stream, group);
+    assert_eq!((single.error_code, single.node_id.0, single.port), (NONE, 0, i32::from(broker.port)), "v1");
+    assert_eq!(batched.coordinators.len(), 1, "v4 answers each key");
+    let coordinator = &batched.coordinators[0];
+    assert_eq!(coordinator.key.as_str(), group);
+    assert_eq!((coordinator.error_code, coordinator.node_id.0, coordinator.port), (NONE, 0, i32::from(broker.port)));
+
+    // KIP-394: a first JoinGroup without a member id is answered MEMBER_ID_REQUIRED with an id.
+    // The protocol metadata is not a valid consumer subscription: the classic protocol passes
+    // it to the leader untouched, whatever it holds.
+    let metadata = Bytes::from_static(&[0xff, 0xfe, 0x00, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x7f, 0x01]);
+    let first: JoinGroupResponse = call(&mut stream, ApiKey::JoinGroup, 5, 1, &join(group, "", 30_000, &metadata));
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    assert!(!first.member_id.is_empty(), "MEMBER_ID_REQUIRED comes with the id to rejoin with");
+    let member = first.member_id.to_string();
+
+    // Rejoining with that id, the sole member gets a generation and leads it.
+    let joined: JoinGroupResponse =
+        call(&mut stream, ApiKey::JoinGroup, 5, 2, &join(group, &member, 30_000, &metadata));
+    assert_eq!(joined.error_code, NONE);
+    assert!(joined.generation_id >= 1, "generation {}", joined.generation_id);
+    assert_eq!((joined.leader.as_str(), joined.member_id.as_str()), (member.as_str(), member.as_str()));
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    assert_eq!(joined.members.len(), 1);
+    assert_eq!(joined.members[0].member_id.as_str(), member);
+    assert_eq!(joined.members[0].metadata, metadata, "the leader gets the metadata byte for byte");
+    let generation = joined.generation_id;
+
+    // SyncGroup for a generation that is not the group's: ILLEGAL_GENERATION. Then the right
+    // one, whose assignment (garbage as well) comes back as the leader wrote it.
+    let assignment = Bytes::from_static(b"\x00\x01not-a-consumer-assignment\xff");
+    let wrong: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 3, &sync(group, generation + 1, &member, &assignment));
+    assert_eq!(wrong.error_code, ILLEGAL_GENERATION, "SyncGroup with the wrong generation");
+    let synced: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 4, &sync(group, generation, &member, &assignment));
+    assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment));
+
+    let stranger: HeartbeatResponse =
+        call(&mut stream, ApiKey::Heartbeat, 3, 5, &heartbeat(group, generation, "no-such-member"));
+    assert_eq!(stranger.error_code, UNKNOWN_MEMBER_ID, "a heartbeat from a member the group does not know");
+    let beat: HeartbeatResponse = call(&mut stream, ApiKey::Heartbeat, 3, 6, &heartbeat(group, generation, &member));
+    assert_eq!(beat.error_code, NONE);
+
+    // The leader rejoining starts a new generation; commits from the old one are refused.
+    let rejoined: JoinGroupResponse =
+        call(&mut stream, ApiKey::JoinGroup, 5, 7, &join(group, &member, 30_000, &metadata));
+    assert_eq!(rejoined.error_code, NONE);
+    assert!(rejoined.generation_id > generation, "a new generation: {} after {generation}", rejoined.generation_id);
+    let current = rejoined.generation_id;
+    let synced: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 8, &sync(group, current, &member, &assignment));
+    assert_eq!(synced.error_code, NONE);
+    let stale: OffsetCommitResponse = call(
+        &mut stream,
+        ApiKey::OffsetCommit,
+        7,
+        9,
+        &commit(group, generation, &member, "group-offsets", &[(0, 1, ""), (1, 1, "")]),
+    );
+    assert_eq!(commit_errors(&stale), vec![(0, ILLEGAL_GENERATION), (1, ILLEGAL_GENERATION)], "a stale generation");
+
+    // Metadata over offset.metadata.max.bytes fails its own partition; the limit itself is fine.
+    let too_long = "m".repeat(OFFSET_METADATA_MAX_BYTES + 1);
+    let longest = "k".repeat(OFFSET_METADATA_MAX_BYTES);
+    let response: OffsetCommitResponse = call(
+        &mut stream,
+        ApiKey::OffsetCommit,
+        7,
+        10,
+        &commit(group, current, &member, "group-offsets", &[(0, 5, &too_long), (1, 7, &longest)]),
+    );
+    assert_eq!(commit_errors(&response), vec![(0, OFFSET_METADATA_TOO_LARGE), (1, NONE)]);
+    assert_eq!(
+        fetch(&mut stream, group, "group-offsets", &[0, 1]),
+        vec![(0, -1, String::new()), (1, 7, longest.clone())],
+        "only the accepted commit is stored"
+    );
+
+    // Session timeouts outside the broker's bounds, and an empty group id, are refused.
+    let short: JoinGroupResponse =
+        call(&mut stream, ApiKey::JoinGroup, 5, 11, &join("another-group", "", 10, &metadata));
+    assert_eq!(short.error_code, INVALID_SESSION_TIMEOUT, "a 10 ms session timeout");
+    let long: JoinGroupResponse =
+        call(&mut stream, ApiKey::JoinGroup, 5, 12, &join("another-group", "", i32::MAX, &metadata));
+    assert_eq!(long.error_code, INVALID_SESSION_TIMEOUT, "a 24-day session timeout");
+    let nameless: JoinGroupResponse = call(&mut stream, ApiKey::JoinGroup, 5, 13, &join("", "", 30_000, &metadata));
+    assert_eq!(nameless.error_code, INVALID_GROUP_ID, "an empty group id");
+
+    // After all that, the group still works: heartbeat, a new generation, a commit.
+    let beat: HeartbeatResponse = call(&mut stream, ApiKey::Heartbeat, 3, 14, &heartbeat(group, current, &member));
+    assert_eq!(beat.error_code, NONE);
+    let again: JoinGroupResponse =
+        call(&mut stream, ApiKey::JoinGroup, 5, 15, &join(group, &member, 30_000, &metadata));
+    assert_eq!((again.error_code, again.leader.as_str()), (NONE, member.as_str()));
+    assert_eq!(again.members[0].metadata, metadata);
+    let synced: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 16, &sync(group, again.generation_id, &member, &assignment));
+    assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment));
+    let beat: HeartbeatResponse =
+        call(&mut stream, ApiKey::Heartbeat, 3, 17, &heartbeat(group, again.generation_id, &member));
+    assert_eq!(beat.error_code, NONE);
+    let response: OffsetCommitResponse = call(
+        &mut stream,
+        ApiKey::OffsetCommit,
+        7,
+        18,
+        &commit(group, again.generation_id, &member, "group-offsets", &[(0, 9, "done")]),
+    );
+    assert_eq!(commit_errors(&response), vec![(0, NONE)]);
+    assert_eq!(fetch(&mut stream, group, "group-offsets", &[0]), vec![(0, 9, "done".to_string())]);
+    broker.assert_alive();
+}
+
+#[test]
+fn a_static_leader_coming_back_keeps_the_assignment_at_every_join_group_version() {
+    use group::*;
+    use kafka_protocol::messages::heartbeat_response::HeartbeatResponse;
+    use kafka_protocol::messages::join_group_response::JoinGroupResponse;
+    use kafka_protocol::messages::sync_group_response::SyncGroupResponse;
+    const FENCED_INSTANCE_ID: i16 = 82;
+
+    let broker = Broker::start_with(&["group.initial.rebalance.delay.ms=0"]);
+    let mut stream = broker.connect();
+    let group = "static-raw";
+    let metadata = Bytes::from_static(b"subscription");
+    let assignment = Bytes::from_static(b"partitions 0-5");
+    let static_join = |member_id: &str| {
+        join(group, member_id, 30_000, &metadata).with_group_instance_id(Some(StrBytes::from_static_str("instance-0")))
+    };
+
+    // A static member joins without MEMBER_ID_REQUIRED (KIP-345), leads, and assigns.
+    let joined: JoinGroupResponse = call(&mut stream, ApiKey::JoinGroup, 5, 1, &static_join(""));
+    assert_eq!(joined.error_code, NONE);
+    let first_id = joined.member_id.to_string();
+    assert_eq!(joined.leader.as_str(), first_id);
+    let generation = joined.generation_id;
+    let synced: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 2, &sync(group, generation, &first_id, &assignment));
+    assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment));
+
+    // It restarts and comes back with the same instance id. Before JoinGroup v9 there is no
+    // SkipAssignment, so Kafka names the old member id as leader: the member must not think it
+    // leads, or it would compute an assignment a stable group never hands out.
+    let back: JoinGroupResponse = call(&mut stream, ApiKey::JoinGroup, 5, 3, &static_join(""));
+    assert_eq!((back.error_code, back.generation_id), (NONE, generation), "no rebalance for a static member's return");
+    let second_id = back.member_id.to_string();
+    assert_ne!(second_id, first_id, "a new member id");
+    assert_ne!(back.leader.as_str(), second_id, "a v5 member back in a stable group is not told it leads");
+    let synced: SyncGroupResponse =
+        call(&mut stream, ApiKey::SyncGroup, 3, 4, &sync(group, generation, &second_id, &Bytes::new()));
+    assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment), "the assignment it had");
+    let fenced: HeartbeatResponse = call(
+        &mut stream,
+        ApiKey::Heartbeat,
+        3,
+        5,
+        &heartbeat(group, generation, &first_id).with_group_instance_id(Some(StrBytes::from_static_str("instance-0"))),
+    );
+    assert_eq!(fenced.error_code, FENCED_INSTANCE_ID, "the old member id is fenced");
+
+    // From v9 the leader is told it leads, and to skip the assignment (KIP-814).
+    let back: JoinGroupResponse = call(&mut stream, ApiKey::JoinGroup, 9, 6, &static_join(""));
+    assert_eq!((back.error_code, back.generation_id), (NONE, generation));
+    let third_id = back.member_id.to_string();
+    assert_eq!((back.leader.as_str(), back.skip_assignment), (third_id.as_str(), true));
+    let synced: SyncGroupResponse = call(
+        &mut stream,
+        ApiKey::SyncGroup,
+        5,
+        7,
+        &sync(group, generation, &third_id, &Bytes::new())
+            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+            .with_protocol_name(Some(StrBytes::from_static_str("range"))),
+    );
+    assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment));
 }

@@ -105,7 +105,7 @@ class Broker:
             return ANSI_ESCAPE.sub("", log.read().decode("utf-8", "replace"))
 
 
-def _start_broker(binary: Path, workdir: Path) -> Broker:
+def _start_broker(binary: Path, workdir: Path, settings: list[str]) -> Broker:
     if not binary.is_file():
         raise RuntimeError(f"broker binary {binary} does not exist; run `cargo build` or set SLUICE_BIN")
     data_dir = workdir / "data"
@@ -118,6 +118,7 @@ def _start_broker(binary: Path, workdir: Path) -> Broker:
                 "--listen", "127.0.0.1:0",
                 "--data-dir", str(data_dir),
                 "--set", f"num.partitions={DEFAULT_PARTITIONS}",
+                *(arg for setting in settings for arg in ("--set", setting)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -169,11 +170,18 @@ def _stop_broker(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory) -> Broker:
+def broker_settings() -> list[str]:
+    """Extra broker configs (`key=value`, each passed as `--set`) for the module's broker. A test
+    module that needs other settings defines its own fixture of this name."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, broker_settings) -> Broker:
     binary = Path(os.environ.get("SLUICE_BIN", REPO_ROOT / "target" / "debug" / "sluice"))
     if not binary.is_absolute():
         binary = REPO_ROOT / binary
-    running = _start_broker(binary, tmp_path_factory.mktemp("broker"))
+    running = _start_broker(binary, tmp_path_factory.mktemp("broker"), broker_settings)
     try:
         yield running
     finally:

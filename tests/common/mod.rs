@@ -4,6 +4,7 @@
 //! in the temporary directory and is printed when a test fails. Every wait has a deadline.
 
 pub mod clients;
+pub mod groups;
 pub mod records;
 
 use std::fs::{File, OpenOptions};

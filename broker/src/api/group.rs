@@ -73,7 +73,7 @@ fn join_response(version: i16, result: JoinResult) -> JoinGroupResponse {
         .with_protocol_type(result.protocol_type.map(str_bytes))
         .with_protocol_name(protocol_name.map(str_bytes))
         .with_leader(str_bytes(result.leader))
-        .with_skip_assignment(result.skip_assignment)
+        .with_skip_assignment(version >= 9 && result.skip_assignment)
         .with_member_id(str_bytes(result.member_id))
         .with_members(members)
 }
@@ -118,6 +118,7 @@ pub async fn join_group(
         protocol_type: text(&request.protocol_type),
         protocols: request.protocols.into_iter().map(|p| (text(&p.name), p.metadata)).collect(),
         require_known_member_id: version >= 4,
+        supports_skip_assignment: version >= 9,
     };
     let reply = {
         let mut group = group.lock();

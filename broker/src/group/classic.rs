@@ -57,6 +57,8 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Bytes)>,
     /// JoinGroup v4+ (KIP-394): a new member first gets MEMBER_ID_REQUIRED and an id.
     pub require_known_member_id: bool,
+    /// JoinGroup v9+ (KIP-814): the client understands `skip_assignment`.
+    pub supports_skip_assignment: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -464,6 +466,7 @@ impl ClassicGroup {
             let _ = tx.send(SyncResult::error(ResponseError::FencedInstanceId));
         }
         let protocols_changed = member.protocols != request.protocols;
+        let supports_skip_assignment = request.supports_skip_assignment;
         member.member_id = new_id.clone();
         member.client_id = request.client_id.clone();
         member.client_host = request.client_host.clone();
@@ -480,6 +483,13 @@ impl ClassicGroup {
         match self.state {
             ClassicState::Stable if !protocols_changed => {
                 let is_leader = self.leader_id.as_deref() == Some(&*new_id);
+                if is_leader && !supports_skip_assignment {
+                    // Before v9 a leader would recompute the assignment: name the old id as
+                    // leader, so the member acts as a follower and syncs the stored one.
+                    let mut result = self.join_result(&new_id, false, false);
+                    result.leader = old_id.to_string();
+                    return Reply::Now(result);
+                }
                 Reply::Now(self.join_result(&new_id, is_leader, is_leader))
             }
             _ => {
@@ -916,6 +926,7 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(format!("meta-{p}")))).collect(),
             require_known_member_id: true,
+            supports_skip_assignment: true,
         }
     }
 
@@ -1024,6 +1035,17 @@ mod tests {
         };
         assert_eq!(synced.assignment, Bytes::from("X"));
         assert_eq!(group.heartbeat(&first.member_id, Some("i1"), 1, now), Err(ResponseError::FencedInstanceId));
+        // Before v9, the same comeback names the old id as leader, so the member syncs as a
+        // follower and gets the stored assignment.
+        let old = JoinRequest { supports_skip_assignment: false, ..request("", Some("i1"), &["range"]) };
+        let before_v9 = now_result(group.join(old, now, &config()));
+        assert_eq!((before_v9.leader.as_str(), before_v9.skip_assignment), (again.member_id.as_str(), false));
+        assert!(before_v9.members.is_empty());
+        let synced = match group.sync(&before_v9.member_id, Some("i1"), 1, (None, None), vec![], now) {
+            Reply::Now(result) => result,
+            Reply::Later(_) => panic!("a stable group answers at once"),
+        };
+        assert_eq!(synced.assignment, Bytes::from("X"));
     }
 
     #[test]
