@@ -5,22 +5,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
 use kafka_protocol::messages::consumer_group_describe_response::{self as describe, ConsumerGroupDescribeResponse};
 use kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
 use kafka_protocol::messages::consumer_group_heartbeat_response::{self as heartbeat, ConsumerGroupHeartbeatResponse};
-use kafka_protocol::messages::consumer_protocol_assignment::{self, ConsumerProtocolAssignment};
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::RequestHeader;
-use kafka_protocol::protocol::Encodable;
 
 use super::coordinator::ensure_group_coordinator;
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::group::assignor::Assignment;
-use crate::group::consumer::{ConsumerGroup, HeartbeatRequest};
+use crate::group::consumer::{encode_assignment, ConsumerGroup, HeartbeatRequest};
 use crate::group::Group;
 use crate::metadata::ClusterMetadata;
 use crate::network::ConnectionState;
@@ -73,12 +70,15 @@ pub async fn consumer_group_heartbeat(
     let metadata = broker.metadata();
     let result = {
         let mut group = group.lock();
-        match group.as_consumer_group() {
+        let result = match group.as_consumer_group(&metadata, Instant::now()) {
             Ok(consumer) => consumer.heartbeat(beat, Instant::now(), &metadata, config),
             Err(error) => {
-                return fail(error, &format!("group {group_id} is a classic group with members"));
+                return fail(error, &format!("group {group_id} has classic members and cannot switch protocol now"));
             }
-        }
+        };
+        // An upgraded classic group leaves an empty record behind.
+        broker.groups.persist_if_dirty(broker, &mut group);
+        result
     };
     if let Some((error, message)) = result.error {
         return fail(error, &message);
@@ -150,7 +150,7 @@ pub fn consumer_group_describe(
                         .with_subscribed_topic_names(m.subscribed_topic_names.iter().map(|n| topic_name(n)).collect())
                         .with_assignment(describe_assignment(Some(&m.assigned), &metadata))
                         .with_target_assignment(describe_assignment(consumer.target(&m.member_id), &metadata))
-                        .with_member_type(1)
+                        .with_member_type(if m.classic.is_some() { 0 } else { 1 })
                 })
                 .collect();
             base.with_group_state(str_bytes(consumer.state_name()))
@@ -161,28 +161,6 @@ pub fn consumer_group_describe(
         })
         .collect();
     ConsumerGroupDescribeResponse::default().with_groups(groups)
-}
-
-/// A member's partitions in the classic consumer protocol's assignment format.
-fn classic_assignment(assignment: &Assignment, metadata: &ClusterMetadata) -> bytes::Bytes {
-    let topics = assignment
-        .iter()
-        .filter_map(|(topic_id, partitions)| {
-            let name = metadata.topic_by_id(topic_id)?.name.clone();
-            Some(
-                consumer_protocol_assignment::TopicPartition::default()
-                    .with_topic(topic_name(&name))
-                    .with_partitions(partitions.iter().copied().collect()),
-            )
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    out.put_i16(0);
-    // Encoding our own well-formed message cannot fail; an empty assignment if it did.
-    if ConsumerProtocolAssignment::default().with_assigned_partitions(topics).encode(&mut out, 0).is_err() {
-        return bytes::Bytes::new();
-    }
-    out.freeze()
 }
 
 /// DescribeGroups (the classic API, which admin tools use) on a KIP-848 group, as Kafka
@@ -201,7 +179,10 @@ pub fn describe_as_classic(
                 .with_group_instance_id(m.instance_id.as_deref().map(str_bytes))
                 .with_client_id(str_bytes(m.client_id.clone()))
                 .with_client_host(str_bytes(m.client_host.clone()))
-                .with_member_assignment(classic_assignment(&m.assigned, metadata))
+                .with_member_metadata(
+                    m.classic.as_ref().and_then(|c| c.protocols.first()).map(|p| p.1.clone()).unwrap_or_default(),
+                )
+                .with_member_assignment(encode_assignment(&m.assigned, metadata))
         })
         .collect();
     base.with_group_state(str_bytes(group.state_name()))

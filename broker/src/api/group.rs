@@ -30,6 +30,8 @@ use super::coordinator::ensure_group_coordinator;
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::group::classic::{ClassicState, JoinRequest, JoinResult, Reply, SyncResult};
+use crate::group::consumer::ClassicJoin;
+use crate::group::Group;
 use crate::network::ConnectionState;
 
 /// DescribeGroups v3+ without `include_authorized_operations`.
@@ -123,9 +125,8 @@ pub async fn join_group(
     let reply = {
         let mut group = group.lock();
         let reply = match group.as_classic_group() {
-            Ok(classic) => classic.join(join, Instant::now(), config),
-            // KIP-848 members are in the group: a classic member cannot join it.
-            Err(error) => Reply::Now(JoinResult::error(error, &member_id)),
+            Some(classic) => classic.join(join, Instant::now(), config),
+            None => Reply::Now(join_consumer_group(broker, &mut group, join, version)),
         };
         broker.groups.persist_if_dirty(broker, &mut group);
         reply
@@ -133,6 +134,49 @@ pub async fn join_group(
     let timeout = Duration::from_millis(rebalance_timeout_ms.max(request.session_timeout_ms).max(0) as u64);
     let result = wait_reply(reply, timeout, || JoinResult::error(ResponseError::RebalanceInProgress, &member_id)).await;
     join_response(version, result)
+}
+
+/// A classic member joining a KIP-848 group during a rolling upgrade: answered at once,
+/// with no leader (the coordinator assigns).
+fn join_consumer_group(broker: &Broker, group: &mut Group, join: JoinRequest, version: i16) -> JoinResult {
+    let Some(consumer) = group.consumer.as_mut() else {
+        return JoinResult::error(ResponseError::CoordinatorNotAvailable, &join.member_id);
+    };
+    if join.protocol_type != "consumer" {
+        return JoinResult::error(ResponseError::InconsistentGroupProtocol, &join.member_id);
+    }
+    if join.member_id.is_empty() && version >= 4 && join.group_instance_id.is_none() {
+        let member_id = format!("{}-{}", join.client_id, uuid::Uuid::new_v4());
+        return JoinResult::error(ResponseError::MemberIdRequired, &member_id);
+    }
+    let member_id = if join.member_id.is_empty() {
+        format!("{}-{}", join.client_id, uuid::Uuid::new_v4())
+    } else {
+        join.member_id.clone()
+    };
+    let classic_join = ClassicJoin {
+        member_id: member_id.clone(),
+        instance_id: join.group_instance_id,
+        client_id: join.client_id,
+        client_host: join.client_host,
+        session_timeout_ms: join.session_timeout_ms,
+        rebalance_timeout_ms: join.rebalance_timeout_ms,
+        protocols: join.protocols,
+    };
+    let metadata = broker.metadata();
+    match consumer.classic_join(classic_join, Instant::now(), &metadata, &broker.groups.config) {
+        Ok((generation_id, protocol_name)) => JoinResult {
+            error: None,
+            generation_id,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some(protocol_name),
+            leader: String::new(),
+            member_id,
+            members: Vec::new(),
+            skip_assignment: false,
+        },
+        Err(error) => JoinResult::error(error, &member_id),
+    }
 }
 
 fn sync_response(result: SyncResult) -> SyncGroupResponse {
@@ -157,6 +201,18 @@ pub async fn sync_group(broker: &Arc<Broker>, _header: &RequestHeader, request: 
     let assignments = request.assignments.into_iter().map(|a| (text(&a.member_id), a.assignment)).collect();
     let (reply, timeout) = {
         let mut group = group.lock();
+        if let Some(consumer) = group.consumer.as_mut() {
+            let metadata = broker.metadata();
+            return sync_response(match consumer.classic_sync(&member_id, request.generation_id, &metadata) {
+                Ok((assignment, protocol_name)) => SyncResult {
+                    error: None,
+                    protocol_type: Some("consumer".into()),
+                    protocol_name: Some(protocol_name),
+                    assignment,
+                },
+                Err(error) => SyncResult::error(error),
+            });
+        }
         let reply = group.classic.sync(
             &member_id,
             instance.as_deref(),
@@ -184,6 +240,14 @@ pub fn heartbeat(broker: &Arc<Broker>, _header: &RequestHeader, request: Heartbe
         Some(group) => {
             let instance = request.group_instance_id.as_ref().map(text);
             let mut group = group.lock();
+            if let Some(consumer) = group.consumer.as_mut() {
+                return HeartbeatResponse::default().with_error_code(
+                    consumer
+                        .classic_heartbeat(request.member_id.as_str(), request.generation_id, Instant::now())
+                        .err()
+                        .map_or(0, |e| e.code()),
+                );
+            }
             let result = group.classic.heartbeat(
                 request.member_id.as_str(),
                 instance.as_deref(),
@@ -217,7 +281,10 @@ pub fn leave_group(broker: &Arc<Broker>, header: &RequestHeader, request: LeaveG
         let mut group = group.lock();
         let config = &broker.groups.config;
         for (member_id, instance) in &leaving {
-            let result = group.classic.leave(member_id, instance.as_deref(), Instant::now(), config);
+            let result = match group.consumer.as_mut() {
+                Some(consumer) => consumer.classic_leave(member_id, instance.as_deref()),
+                None => group.classic.leave(member_id, instance.as_deref(), Instant::now(), config),
+            };
             if result.is_ok() {
                 tracing::info!(group = group_id, member = member_id, "member left the group");
             }

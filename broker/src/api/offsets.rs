@@ -18,11 +18,11 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::RequestHeader;
-use kafka_protocol::protocol::Decodable;
 
 use super::coordinator::ensure_group_coordinator;
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
+use crate::group::consumer::decode_subscription;
 use crate::group::offsets::CommittedOffset;
 use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
 
@@ -196,15 +196,7 @@ fn check_fetching_member(
 
 /// The topics a consumer-protocol member subscribes to, from its JoinGroup metadata.
 fn subscribed_topics(metadata: &bytes::Bytes) -> Vec<String> {
-    let mut buf = metadata.clone();
-    if buf.len() < 2 {
-        return Vec::new();
-    }
-    let version = i16::from_be_bytes([buf[0], buf[1]]);
-    let _ = bytes::Buf::get_i16(&mut buf);
-    kafka_protocol::messages::ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
-        .map(|s| s.topics.iter().map(|t| t.as_str().to_string()).collect())
-        .unwrap_or_default()
+    decode_subscription(metadata).map(|(topics, _)| topics).unwrap_or_default()
 }
 
 pub async fn offset_delete(
@@ -227,7 +219,7 @@ pub async fn offset_delete(
         let subscribed: Option<Vec<String>> = if group.is_empty() {
             Some(Vec::new())
         } else if let Some(consumer) = &group.consumer {
-            Some(consumer.members().flat_map(|m| m.subscribed_topic_names.iter().cloned()).collect())
+            Some(consumer.subscribed_topics().into_iter().collect())
         } else if group.protocol_type() == "consumer" {
             let protocol = group.classic.protocol_name.clone();
             Some(group.classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol.as_deref()))).collect())

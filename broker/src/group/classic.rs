@@ -301,6 +301,19 @@ impl ClassicGroup {
         self.transition(ClassicState::Dead);
     }
 
+    /// The members move to a KIP-848 consumer group: this group is left empty (its record
+    /// too, once persisted), keeping its generation.
+    pub fn clear_members(&mut self) {
+        self.members.clear();
+        self.static_members.clear();
+        self.pending_members.clear();
+        self.leader_id = None;
+        self.rebalance_deadline = None;
+        self.initial_delay = None;
+        self.transition(ClassicState::Empty);
+        self.dirty = true;
+    }
+
     /// Checks the caller is the member it claims to be, static members included.
     pub fn validate_member(&self, member_id: &str, group_instance_id: Option<&str>) -> Result<(), ResponseError> {
         if let Some(instance) = group_instance_id {

@@ -99,26 +99,41 @@ impl Group {
         self.classic.is_empty() && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
     }
 
-    /// Makes this a KIP-848 consumer group, if it has no classic members.
-    pub fn as_consumer_group(&mut self) -> Result<&mut ConsumerGroup, ResponseError> {
+    /// Makes this a KIP-848 consumer group. A classic group with members converts only as a
+    /// stable consumer-protocol group (its members stay, on the classic protocol); one in
+    /// the middle of a rebalance asks the caller to retry.
+    pub fn as_consumer_group(
+        &mut self,
+        metadata: &crate::metadata::ClusterMetadata,
+        now: Instant,
+    ) -> Result<&mut ConsumerGroup, ResponseError> {
         if self.consumer.is_none() {
-            if !self.classic.is_empty() || self.is_dead() {
-                return Err(ResponseError::GroupIdNotFound);
+            if self.is_dead() {
+                return Err(ResponseError::CoordinatorNotAvailable);
             }
-            self.consumer = Some(ConsumerGroup::default());
+            if self.classic.is_empty() {
+                self.consumer = Some(ConsumerGroup::default());
+            } else if self.classic.protocol_type.as_deref() != Some("consumer") {
+                return Err(ResponseError::GroupIdNotFound);
+            } else if self.classic.state != ClassicState::Stable {
+                return Err(ResponseError::CoordinatorNotAvailable);
+            } else {
+                tracing::info!(group = %self.id, members = self.classic.members().count(), "classic group upgraded to the consumer protocol");
+                self.consumer = Some(ConsumerGroup::from_classic(&self.classic, metadata, now));
+                self.classic.clear_members();
+            }
         }
         self.consumer.as_mut().ok_or(ResponseError::GroupIdNotFound)
     }
 
-    /// Makes this a classic group again, if it has no consumer-protocol members.
-    pub fn as_classic_group(&mut self) -> Result<&mut ClassicGroup, ResponseError> {
-        if let Some(consumer) = &self.consumer {
-            if !consumer.is_empty() {
-                return Err(ResponseError::InconsistentGroupProtocol);
-            }
-            self.consumer = None;
+    /// Makes this a classic group again, if it has no members; `None` while it is a
+    /// consumer group with members (whose classic members go through `consumer`).
+    pub fn as_classic_group(&mut self) -> Option<&mut ClassicGroup> {
+        if self.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
+            return None;
         }
-        Ok(&mut self.classic)
+        self.consumer = None;
+        Some(&mut self.classic)
     }
 
     pub fn is_dead(&self) -> bool {

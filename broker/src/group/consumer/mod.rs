@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 use uuid::Uuid;
 
+mod classic_members;
+
+pub use classic_members::{decode_subscription, encode_assignment, ClassicJoin, ClassicMemberInfo};
+
 use super::assignor::{self, Assignment, AssignorMember};
 use crate::config::GroupConfig;
 use crate::metadata::ClusterMetadata;
@@ -80,6 +84,9 @@ pub struct ConsumerMember {
     send_assignment: bool,
     /// A static member that said it will be back (epoch -2): its partitions wait for it.
     left_temporarily: bool,
+    /// Set for a member speaking the classic protocol (JoinGroup/SyncGroup) during a
+    /// rolling upgrade: the coordinator assigns it like the others.
+    pub classic: Option<ClassicMemberInfo>,
 }
 
 fn contains(assignment: &Assignment, topic: &Uuid, partition: i32) -> bool {
@@ -151,11 +158,16 @@ impl ConsumerGroup {
         votes.into_iter().find(|(_, v)| *v == best && best > 0).map_or(assignor::UNIFORM, |(name, _)| name)
     }
 
-    /// OffsetCommit and OffsetFetch from a member must carry its current epoch.
+    /// OffsetCommit and OffsetFetch from a member must carry its current epoch (its
+    /// generation, for a classic member).
     pub fn validate_member_epoch(&self, member_id: &str, member_epoch: i32) -> Result<(), ResponseError> {
         let member = self.members.get(member_id).ok_or(ResponseError::UnknownMemberId)?;
         if member_epoch != member.member_epoch {
-            return Err(ResponseError::StaleMemberEpoch);
+            return Err(if member.classic.is_some() {
+                ResponseError::IllegalGeneration
+            } else {
+                ResponseError::StaleMemberEpoch
+            });
         }
         Ok(())
     }
@@ -324,6 +336,7 @@ impl ConsumerGroup {
                 revocation_deadline: None,
                 send_assignment: true,
                 left_temporarily: false,
+                classic: None,
             },
         );
         Ok(())
