@@ -30,13 +30,11 @@ def admin(broker):
 
 
 def make_producer(broker, codec):
-    # Idempotence (kafka-python 3 turns it on by default) needs InitProducerId, which this
-    # broker does not implement yet. linger_ms makes each batch hold many records, so the codec
-    # compresses real multi-record batches.
+    # Idempotent, as kafka-python 3 is by default. linger_ms makes each batch hold many
+    # records, so the codec compresses real multi-record batches.
     return KafkaProducer(
         bootstrap_servers=broker.bootstrap,
         client_id="sluice-test-producer",
-        enable_idempotence=False,
         acks="all",
         compression_type=codec,
         linger_ms=50,
