@@ -89,6 +89,9 @@ struct ProduceArgs {
     partitions: i32,
     #[arg(long, default_value_t = 1)]
     producers: usize,
+    /// librdkafka `enable.idempotence` (needs acks -1).
+    #[arg(long)]
+    idempotent: bool,
     /// Offset commits per second (synchronous, one partition each) made alongside the
     /// measured phase, to show what group traffic costs data traffic.
     #[arg(long, default_value_t = 0.0)]
@@ -207,7 +210,8 @@ fn produce(bootstrap: &str, topic: &str, args: &ProduceArgs) -> f64 {
     let start = Instant::now();
     let threads: Vec<_> = (0..args.producers)
         .map(|p| {
-            let config = producer_config(bootstrap, args.acks, args.batch_size, args.linger_ms, &args.compression);
+            let mut config = producer_config(bootstrap, args.acks, args.batch_size, args.linger_ms, &args.compression);
+            config.set("enable.idempotence", args.idempotent.to_string());
             let (topic, value, partitions) = (topic.to_string(), value.clone(), args.partitions);
             std::thread::spawn(move || {
                 let producer: ThreadedProducer<Counting> =
@@ -461,10 +465,11 @@ fn main() {
             });
             let bytes = args.records as f64 * args.record_size as f64;
             println!(
-                "produce record_size={} records={} acks={} batch_size={} linger_ms={} compression={} partitions={} producers={} commits/s={commits:.0} -> {:.1} MB/s {:.0} rec/s",
+                "produce record_size={} records={} acks={} idempotent={} batch_size={} linger_ms={} compression={} partitions={} producers={} commits/s={commits:.0} -> {:.1} MB/s {:.0} rec/s",
                 args.record_size,
                 args.records,
                 args.acks,
+                args.idempotent,
                 args.batch_size,
                 args.linger_ms,
                 args.compression,
