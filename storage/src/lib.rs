@@ -20,6 +20,7 @@ pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod txn_index;
 
 pub use batch::{BatchInfo, Compression, TimestampType};
 pub use batch_builder::RecordBatchBuilder;
@@ -27,8 +28,9 @@ pub use config::{FlushPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use handle_cache::HandleCache;
 pub use log::{AppendOutcome, DurableHandle, PartitionLog, ReadResult};
-pub use producer_state::ProducerId;
+pub use producer_state::{MarkerKind, ProducerId};
 pub use record::{Header, Record, RecordBatch, Records};
+pub use txn_index::AbortedTxn;
 
 /// A position in a partition's log. Offsets are dense: every record gets the next one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -17,11 +17,12 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, SyncError, SyncTarget};
 use crate::handle_cache::HandleCache;
-use crate::producer_state::{self, ProducerBatch, ProducerState, SequenceCheck};
+use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
 use crate::record::RecordBatch;
 use crate::recovery;
 use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
+use crate::txn_index::{self, AbortedTxn};
 use crate::{LeaderEpoch, Offset};
 
 /// How often `maintain` rewrites the checkpoint (Kafka's
@@ -31,6 +32,14 @@ const CHECKPOINT_INTERVAL_MS: i64 = 60_000;
 /// Milliseconds since the Unix epoch, the unit of every Kafka timestamp.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The kind of a stored control batch's marker, from its first record's key.
+fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
+    let record = batch.records().ok()?.next()?.ok()?;
+    let key = record.key?;
+    let kind = i16::from_be_bytes([*key.get(2)?, *key.get(3)?]);
+    MarkerKind::from_type(kind)
 }
 
 /// The result of an append: where the batch landed, and a handle to wait for durability.
@@ -108,6 +117,10 @@ struct LogState {
     producers: ProducerState,
     /// Bumped by every change to `producers`, so unchanged state is not snapshotted again.
     producers_version: u64,
+    /// Aborted transactions (from every segment's `.txnindex`), by marker offset.
+    aborted: Vec<AbortedTxn>,
+    /// Segments (by base offset) whose `.txnindex` was written since the last snapshot.
+    txn_index_dirty: std::collections::BTreeSet<i64>,
 }
 
 impl LogState {
@@ -181,6 +194,13 @@ impl PartitionLog {
         if loaded.recovered {
             tracing::info!(dir = %dir.display(), log_end_offset, "recovered log after an unclean shutdown");
         }
+        let mut aborted = Vec::new();
+        for segment in &segments {
+            aborted.extend(
+                txn_index::read(&segment.paths.txn_index)?.into_iter().filter(|a| a.last_offset < log_end_offset),
+            );
+        }
+        aborted.sort_by_key(|a| a.last_offset);
         let log = PartitionLog {
             inner: Arc::new(LogInner {
                 dir,
@@ -193,6 +213,8 @@ impl PartitionLog {
                     closed: false,
                     producers: ProducerState::default(),
                     producers_version: 0,
+                    aborted,
+                    txn_index_dirty: Default::default(),
                 }),
                 flusher: Flusher::new(recovery_point),
                 cache,
@@ -226,12 +248,48 @@ impl PartitionLog {
     /// Appends one batch exactly as a producer sent it, at `now_ms`. Validates it completely
     /// before taking the log's lock; an invalid batch leaves the log unchanged.
     pub fn append(&self, batch: &[u8], leader_epoch: LeaderEpoch, now_ms: i64) -> Result<AppendOutcome> {
+        self.append_batch(batch, leader_epoch, now_ms, None)
+    }
+
+    /// Appends a transaction marker (a control batch) ending `producer_id`'s transaction in
+    /// this partition: what the transaction coordinator writes at commit or abort.
+    pub fn append_marker(
+        &self,
+        producer_id: ProducerId,
+        producer_epoch: i16,
+        kind: MarkerKind,
+        coordinator_epoch: i32,
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        let mut builder = crate::RecordBatchBuilder::new(now_ms)
+            .producer(producer_id.0, producer_epoch, -1)
+            .transactional(true)
+            .control(true);
+        let mut key = [0u8; 4];
+        key[2..].copy_from_slice(&kind.to_type().to_be_bytes());
+        let mut value = [0u8; 6];
+        value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+        builder.push(now_ms, Some(&key), Some(&value), &[]);
+        self.append_batch(&builder.build()?, leader_epoch, now_ms, Some((producer_id, producer_epoch, kind)))
+    }
+
+    fn append_batch(
+        &self,
+        batch: &[u8],
+        leader_epoch: LeaderEpoch,
+        now_ms: i64,
+        marker: Option<(ProducerId, i16, MarkerKind)>,
+    ) -> Result<AppendOutcome> {
         let config = self.inner.config.read().clone();
         let max = config.max_message_bytes as usize;
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
         }
         let info = batch::validate(batch, config.max_decompressed_batch_bytes)?;
+        if info.is_control && marker.is_none() {
+            return Err(Error::InvalidRecord("control batches are written only by the transaction coordinator".into()));
+        }
         if let Some(reason) = self.inner.flusher.failure() {
             return Err(Error::LogFailed { path: self.inner.dir.clone(), reason });
         }
@@ -245,6 +303,9 @@ impl PartitionLog {
             return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
         }
         let producer_batch = ProducerBatch::from(&info);
+        if let Some((producer_id, epoch, _)) = marker {
+            state.producers.check_marker(producer_id, epoch)?;
+        }
         if let SequenceCheck::Duplicate(original) = state.producers.check(&producer_batch)? {
             drop(state);
             return Ok(AppendOutcome {
@@ -291,6 +352,21 @@ impl PartitionLog {
             state.producers.update(&producer_batch, base_offset, now_ms);
             state.producers_version += 1;
         }
+        if let Some((producer_id, epoch, kind)) = marker {
+            let stable_before = state.producers.first_unstable_offset().unwrap_or(state.high_watermark);
+            if let Some((first_offset, last_offset)) =
+                state.producers.complete_txn(producer_id, epoch, kind, base_offset, now_ms)
+            {
+                let entry = AbortedTxn {
+                    producer_id: producer_id.0,
+                    first_offset,
+                    last_offset,
+                    last_stable_offset: stable_before,
+                };
+                self.record_aborted(&mut state, entry)?;
+            }
+            state.producers_version += 1;
+        }
         let end_offset = state.log_end_offset();
         drop(state);
 
@@ -306,6 +382,34 @@ impl PartitionLog {
                 needs_fsync: config.flush_policy == FlushPolicy::EveryAppend,
             },
         })
+    }
+
+    /// Adds an aborted transaction to the index of the segment holding its marker.
+    fn record_aborted(&self, state: &mut LogState, entry: AbortedTxn) -> Result<()> {
+        if state.aborted.iter().any(|a| a.last_offset == entry.last_offset) {
+            return Ok(());
+        }
+        let segment = &state.segments[state.segment_for(entry.last_offset)];
+        txn_index::append(&segment.paths.txn_index, &entry)?;
+        let base = segment.base_offset;
+        state.txn_index_dirty.insert(base);
+        let at = state.aborted.partition_point(|a| a.last_offset < entry.last_offset);
+        state.aborted.insert(at, entry);
+        Ok(())
+    }
+
+    /// The last stable offset: no record at or above it belongs to an open transaction,
+    /// and it never passes the high watermark. `read_committed` reads stop here.
+    pub fn last_stable_offset(&self) -> Offset {
+        let state = self.inner.state.read();
+        Offset(state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark)))
+    }
+
+    /// Aborted transactions with records in `[from, to)`, for a `read_committed` fetch.
+    pub fn aborted_transactions(&self, from: Offset, to: Offset) -> Vec<AbortedTxn> {
+        let state = self.inner.state.read();
+        let start = state.aborted.partition_point(|a| a.last_offset < from.0);
+        state.aborted[start..].iter().filter(|a| a.first_offset < to.0).copied().collect()
     }
 
     /// Closes the active segment and starts a new one at the log end offset.
@@ -516,8 +620,15 @@ impl PartitionLog {
             state.segments.push(Segment::create(&self.inner.dir, start)?);
             state.log_start_offset = start;
         }
-        checkpoint::sync_dir(&self.inner.dir)?;
         let end = state.log_end_offset();
+        if state.aborted.iter().any(|a| a.last_offset >= end) {
+            state.aborted.retain(|a| a.last_offset < end);
+            let active = state.active();
+            let kept: Vec<AbortedTxn> =
+                state.aborted.iter().filter(|a| a.last_offset >= active.base_offset).copied().collect();
+            txn_index::rewrite(&active.paths.txn_index, &kept)?;
+        }
+        checkpoint::sync_dir(&self.inner.dir)?;
         state.high_watermark = state.high_watermark.min(end);
         self.inner.flusher.truncate(end);
         drop(state);
@@ -568,6 +679,7 @@ impl PartitionLog {
         let first = state.segments[0].base_offset;
         state.log_start_offset = state.log_start_offset.max(first);
         state.high_watermark = state.high_watermark.max(state.log_start_offset);
+        state.aborted.retain(|a| a.last_offset >= first);
         checkpoint::sync_dir(&self.inner.dir)
     }
 
@@ -666,6 +778,12 @@ impl PartitionLog {
             return Ok(());
         }
         self.sync_to(offset)?;
+        // The snapshot stands for every marker below `offset`: their index entries must be
+        // on disk before it is.
+        let dirty: Vec<i64> = std::mem::take(&mut self.inner.state.write().txn_index_dirty).into_iter().collect();
+        for base in dirty {
+            txn_index::sync(&txn_index::path(&self.inner.dir, base))?;
+        }
         producer_state::write_snapshot(&self.inner.dir, offset, &producers)?;
         *written = version;
         Ok(())
@@ -681,6 +799,7 @@ impl PartitionLog {
         let mut offset = from.max(self.log_start_offset().0);
         let now = now_ms();
         let mut replayed = 0u64;
+        let mut aborted = Vec::new();
         while offset < end {
             let read = self.read(Offset(offset), 1 << 20, Offset(end))?;
             if read.records.is_empty() {
@@ -689,7 +808,25 @@ impl PartitionLog {
             for batch in RecordBatch::iter_batches(read.records) {
                 let batch = batch?;
                 if batch.last_offset() >= offset {
-                    producers.update(&ProducerBatch::from(&batch), batch.base_offset(), now);
+                    if batch.is_control() {
+                        if let Some(kind) = marker_kind(&batch) {
+                            let producer_id = ProducerId(batch.producer_id());
+                            let stable_before = producers.first_unstable_offset().unwrap_or(batch.base_offset());
+                            let marker = batch.base_offset();
+                            if let Some((first_offset, last_offset)) =
+                                producers.complete_txn(producer_id, batch.producer_epoch(), kind, marker, now)
+                            {
+                                aborted.push(AbortedTxn {
+                                    producer_id: producer_id.0,
+                                    first_offset,
+                                    last_offset,
+                                    last_stable_offset: stable_before,
+                                });
+                            }
+                        }
+                    } else {
+                        producers.update(&ProducerBatch::from(&batch), batch.base_offset(), now);
+                    }
                     replayed += 1;
                 }
                 offset = batch.last_offset() + 1;
@@ -701,6 +838,10 @@ impl PartitionLog {
         let mut state = self.inner.state.write();
         state.producers = producers;
         state.producers_version += 1;
+        // Markers after the snapshot whose index entries a crash lost are indexed again.
+        for entry in aborted {
+            self.record_aborted(&mut state, entry)?;
+        }
         Ok(())
     }
 

@@ -3,6 +3,10 @@
 //! retried batch is recognised and answered with its original offsets; a gap in sequence
 //! numbers or an old epoch is refused before anything is written.
 //!
+//! Transactional producers also have an ongoing transaction here from their first
+//! transactional batch until the coordinator's commit or abort marker: the earliest such
+//! first offset is where the last stable offset stops.
+//!
 //! The state is rebuilt from the log's batch headers on open, starting from a snapshot
 //! (`producer.snapshot`) that covers the log up to an offset known to be durable.
 
@@ -41,6 +45,8 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMetadata>,
     /// Wall-clock time of its last append: idle producers expire from it.
     pub last_append_ms: i64,
+    /// The first offset of its open transaction in this partition.
+    pub current_txn_first_offset: Option<i64>,
 }
 
 impl ProducerEntry {
@@ -114,6 +120,33 @@ fn last_sequence_of(info: &ProducerBatch) -> i32 {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerState {
     producers: HashMap<ProducerId, ProducerEntry>,
+    /// Open transactions by first offset: the first key bounds the last stable offset.
+    ongoing: std::collections::BTreeMap<i64, ProducerId>,
+}
+
+/// A transaction marker (control batch) written by the transaction coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkerKind {
+    Abort,
+    Commit,
+}
+
+impl MarkerKind {
+    /// The control record key's type field.
+    pub fn from_type(kind: i16) -> Option<MarkerKind> {
+        match kind {
+            0 => Some(MarkerKind::Abort),
+            1 => Some(MarkerKind::Commit),
+            _ => None,
+        }
+    }
+
+    pub fn to_type(self) -> i16 {
+        match self {
+            MarkerKind::Abort => 0,
+            MarkerKind::Commit => 1,
+        }
+    }
 }
 
 impl ProducerState {
@@ -180,6 +213,48 @@ impl ProducerState {
         Ok(SequenceCheck::Append)
     }
 
+    /// The offset where the earliest open transaction starts, if any is open.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Checks a transaction marker from the coordinator: it may not come from an epoch
+    /// older than the producer's.
+    pub fn check_marker(&self, producer_id: ProducerId, epoch: i16) -> Result<()> {
+        match self.producers.get(&producer_id) {
+            Some(entry) if epoch < entry.epoch => {
+                Err(Error::InvalidProducerEpoch { producer_id: producer_id.0, epoch, current: entry.epoch })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the producer's open transaction with a marker at `marker_offset`. An abort that
+    /// closes a transaction with records here returns it, for the aborted-transaction index.
+    pub fn complete_txn(
+        &mut self,
+        producer_id: ProducerId,
+        epoch: i16,
+        kind: MarkerKind,
+        marker_offset: i64,
+        now_ms: i64,
+    ) -> Option<(i64, i64)> {
+        let entry = self.producers.entry(producer_id).or_insert_with(|| ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            last_append_ms: now_ms,
+            current_txn_first_offset: None,
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        let first = entry.current_txn_first_offset.take()?;
+        self.ongoing.remove(&first);
+        (kind == MarkerKind::Abort).then_some((first, marker_offset))
+    }
+
     /// Records an appended batch (or one replayed from the log at recovery).
     pub fn update(&mut self, info: &ProducerBatch, first_offset: i64, now_ms: i64) {
         if info.producer_id < 0 || info.is_control {
@@ -189,7 +264,12 @@ impl ProducerState {
             epoch: info.producer_epoch,
             batches: VecDeque::with_capacity(RETAINED_BATCHES),
             last_append_ms: now_ms,
+            current_txn_first_offset: None,
         });
+        if info.is_transactional && entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(first_offset);
+            self.ongoing.insert(first_offset, ProducerId(info.producer_id));
+        }
         if info.producer_epoch != entry.epoch {
             entry.epoch = info.producer_epoch;
             entry.batches.clear();
@@ -206,17 +286,18 @@ impl ProducerState {
         entry.last_append_ms = entry.last_append_ms.max(now_ms);
     }
 
-    /// Forgets producers idle since before `cutoff_ms` (`producer.id.expiration.ms`).
+    /// Forgets producers idle since before `cutoff_ms` (`producer.id.expiration.ms`), except
+    /// those with an open transaction (only its marker may end it).
     pub fn expire(&mut self, cutoff_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers.retain(|_, entry| entry.last_append_ms >= cutoff_ms);
+        self.producers.retain(|_, entry| entry.last_append_ms >= cutoff_ms || entry.current_txn_first_offset.is_some());
         before - self.producers.len()
     }
 }
 
 /// The snapshot file in a partition's directory.
 pub const SNAPSHOT_FILE: &str = "producer.snapshot";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SLPRODS1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SLPRODS2";
 /// Bounds what a damaged file can make the reader allocate.
 const MAX_SNAPSHOT_PRODUCERS: usize = 10_000_000;
 
@@ -230,6 +311,7 @@ pub fn write_snapshot(dir: &Path, offset: i64, state: &ProducerState) -> Result<
         body.extend_from_slice(&producer_id.0.to_be_bytes());
         body.extend_from_slice(&entry.epoch.to_be_bytes());
         body.extend_from_slice(&entry.last_append_ms.to_be_bytes());
+        body.extend_from_slice(&entry.current_txn_first_offset.unwrap_or(-1).to_be_bytes());
         body.push(entry.batches.len() as u8);
         for batch in &entry.batches {
             body.extend_from_slice(&batch.first_sequence.to_be_bytes());
@@ -285,11 +367,21 @@ fn parse_snapshot(bytes: &[u8]) -> Option<(i64, ProducerState)> {
         let producer_id = i64::from_be_bytes(take(8)?.try_into().ok()?);
         let epoch = i16::from_be_bytes(take(2)?.try_into().ok()?);
         let last_append_ms = i64::from_be_bytes(take(8)?.try_into().ok()?);
+        let txn_first = i64::from_be_bytes(take(8)?.try_into().ok()?);
+        let current_txn_first_offset = (txn_first >= 0).then_some(txn_first);
         let batches = usize::from(*take(1)?.first()?);
         if batches > RETAINED_BATCHES {
             return None;
         }
-        let mut entry = ProducerEntry { epoch, batches: VecDeque::with_capacity(batches), last_append_ms };
+        if let Some(first) = current_txn_first_offset {
+            state.ongoing.insert(first, ProducerId(producer_id));
+        }
+        let mut entry = ProducerEntry {
+            epoch,
+            batches: VecDeque::with_capacity(batches),
+            last_append_ms,
+            current_txn_first_offset,
+        };
         for _ in 0..batches {
             entry.batches.push_back(BatchMetadata {
                 first_sequence: i32::from_be_bytes(take(4)?.try_into().ok()?),
@@ -369,6 +461,31 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_snapshot(dir.path()), None);
         assert_eq!(parse_snapshot(&bytes[..20]), None);
+    }
+
+    #[test]
+    fn open_transactions_bound_the_stable_offset_until_their_marker() {
+        let mut state = ProducerState::default();
+        let txn = |pid, seq| ProducerBatch { is_transactional: true, ..info(pid, 0, seq, 2) };
+        state.update(&txn(1, 0), 10, 0);
+        state.update(&txn(2, 0), 12, 0);
+        state.update(&txn(1, 2), 14, 0);
+        assert_eq!(state.first_unstable_offset(), Some(10));
+        assert_eq!(state.complete_txn(ProducerId(1), 0, MarkerKind::Commit, 16, 0), None);
+        assert_eq!(state.first_unstable_offset(), Some(12));
+        assert!(state.expire(i64::MAX) == 1, "the producer with an open transaction stays");
+        assert!(matches!(state.check_marker(ProducerId(2), -1), Err(Error::InvalidProducerEpoch { .. })));
+        assert_eq!(state.complete_txn(ProducerId(2), 1, MarkerKind::Abort, 17, 0), Some((12, 17)));
+        assert_eq!(state.first_unstable_offset(), None);
+        assert_eq!(state.get(ProducerId(2)).unwrap().epoch, 1);
+        // A marker for a producer with nothing open here changes nothing but the epoch.
+        assert_eq!(state.complete_txn(ProducerId(3), 4, MarkerKind::Abort, 18, 0), None);
+        let dir = tempfile::tempdir().unwrap();
+        state.update(&txn(4, 0), 20, 0);
+        write_snapshot(dir.path(), 22, &state).unwrap();
+        let (_, restored) = read_snapshot(dir.path()).unwrap();
+        assert_eq!(restored.first_unstable_offset(), Some(20));
+        assert_eq!(restored, state);
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub(crate) struct SegmentPaths {
     pub log: PathBuf,
     pub offset_index: PathBuf,
     pub time_index: PathBuf,
+    /// Aborted transactions whose abort marker is in this segment (only if there are any).
+    pub txn_index: PathBuf,
 }
 
 impl SegmentPaths {
@@ -152,6 +154,7 @@ impl SegmentPaths {
             log: dir.join(file_name(base_offset, LOG_SUFFIX)),
             offset_index: dir.join(file_name(base_offset, OFFSET_INDEX_SUFFIX)),
             time_index: dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)),
+            txn_index: dir.join(file_name(base_offset, crate::txn_index::TXN_INDEX_SUFFIX)),
         }
     }
 }
@@ -493,7 +496,7 @@ impl Segment {
     /// Deletes the segment's files. Open mappings stay valid for readers that hold them.
     pub fn delete(&self, cache: &HandleCache) -> Result<()> {
         cache.close(&self.slot);
-        for path in [&self.paths.log, &self.paths.offset_index, &self.paths.time_index] {
+        for path in [&self.paths.log, &self.paths.offset_index, &self.paths.time_index, &self.paths.txn_index] {
             match fs::remove_file(path) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io("delete segment file", path)(err))

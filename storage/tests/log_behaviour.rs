@@ -507,3 +507,67 @@ fn idempotent_retries_are_answered_with_the_original_offsets_across_reopens() {
     assert!(!after.duplicate);
     assert_eq!(after.base_offset, Offset(7));
 }
+
+fn transactional(producer_id: i64, epoch: i16, base_sequence: i32, records: usize) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new(1).producer(producer_id, epoch, base_sequence).transactional(true);
+    for i in 0..records {
+        builder.push(1 + i as i64, Some(b"key"), Some(b"value"), &[]);
+    }
+    builder.build().unwrap()
+}
+
+#[test]
+fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopens() {
+    use sluice_storage::{AbortedTxn, MarkerKind, ProducerId};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments());
+    let epoch = LeaderEpoch(0);
+    log.append(&batch(1, 2, 10), epoch, 1).unwrap(); // 0-1, not transactional
+    log.append(&transactional(1, 0, 0, 3), epoch, 1).unwrap(); // 2-4, producer 1
+    log.append(&transactional(2, 0, 0, 2), epoch, 1).unwrap(); // 5-6, producer 2
+    log.advance_high_watermark(log.log_end_offset());
+    assert_eq!(log.last_stable_offset(), Offset(2));
+    // A client may not write markers itself.
+    let mut forged = RecordBatchBuilder::new(1).producer(1, 0, -1).transactional(true).control(true);
+    forged.push(1, Some(&[0, 0, 0, 1]), Some(&[0, 0, 0, 0, 0, 0]), &[]);
+    assert!(matches!(log.append(&forged.build().unwrap(), epoch, 1), Err(Error::InvalidRecord(_))));
+
+    let commit = log.append_marker(ProducerId(1), 0, MarkerKind::Commit, 0, epoch, 1).unwrap(); // 7
+    log.advance_high_watermark(log.log_end_offset());
+    assert_eq!(commit.base_offset, Offset(7));
+    assert_eq!(log.last_stable_offset(), Offset(5), "producer 2's transaction is still open");
+    log.append_marker(ProducerId(2), 0, MarkerKind::Abort, 0, epoch, 1).unwrap(); // 8
+    log.advance_high_watermark(log.log_end_offset());
+    assert_eq!(log.last_stable_offset(), Offset(9));
+    let aborted = AbortedTxn { producer_id: 2, first_offset: 5, last_offset: 8, last_stable_offset: 5 };
+    assert_eq!(log.aborted_transactions(Offset(0), Offset(9)), vec![aborted]);
+    assert_eq!(log.aborted_transactions(Offset(9), Offset(20)), vec![]);
+    assert_eq!(log.aborted_transactions(Offset(0), Offset(5)), vec![], "the range ends before it starts");
+    // An old epoch's marker is fenced.
+    assert!(matches!(
+        log.append_marker(ProducerId(2), -1, MarkerKind::Abort, 0, epoch, 1),
+        Err(Error::InvalidProducerEpoch { .. })
+    ));
+    // A new transaction after a clean reopen, then a crash: both survive.
+    log.close().unwrap();
+    let log = open(dir.path(), small_segments());
+    assert_eq!(log.aborted_transactions(Offset(0), Offset(9)), vec![aborted]);
+    log.append(&transactional(3, 0, 0, 1), epoch, 1).unwrap(); // 9
+    log.append_marker(ProducerId(3), 0, MarkerKind::Abort, 0, epoch, 1).unwrap(); // 10
+    log.append(&transactional(1, 0, 3, 1), epoch, 1).unwrap(); // 11, open
+    drop(log);
+    let _ = fs::remove_file(dir.path().join("00000000000000000000.txnindex"));
+    let log = open(dir.path(), small_segments());
+    log.advance_high_watermark(log.log_end_offset());
+    assert_eq!(log.last_stable_offset(), Offset(11), "the open transaction is rebuilt from the log");
+    let all = log.aborted_transactions(Offset(0), Offset(12));
+    assert_eq!(
+        all.iter().map(|a| (a.producer_id, a.first_offset, a.last_offset)).collect::<Vec<_>>(),
+        [(3, 9, 10)],
+        "the index lost with its file is rebuilt for markers after the snapshot only"
+    );
+    // Truncation forgets aborts it removes.
+    log.truncate_to(Offset(10)).unwrap();
+    assert_eq!(log.aborted_transactions(Offset(0), Offset(12)), vec![]);
+    assert_eq!(log.last_stable_offset(), Offset(9), "producer 3's transaction is open again");
+}
