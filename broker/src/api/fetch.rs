@@ -1,5 +1,6 @@
 //! Fetch: whole stored batches from each partition, as `Bytes` slices of the mapped segments
-//! (spliced into the response without a copy), bounded by the high watermark. Long polling:
+//! (spliced into the response without a copy), bounded by the high watermark, or for
+//! read_committed by the last stable offset with the aborted transactions listed. Long polling:
 //! when less than `min_bytes` is available the request waits, woken by appends, until
 //! `max_wait_ms`. Sessionless: every response carries session id 0 (KIP-227 allows it).
 
@@ -9,8 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchRequest;
-use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::RequestHeader;
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{ProducerId, RequestHeader};
 use sluice_storage::Offset;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -107,14 +110,27 @@ fn read_once(
                 partition.register_fetch_waiter(wake);
             }
             let high_watermark = partition.log.high_watermark();
-            // Until transactions exist, everything below the high watermark is stable.
-            let last_stable_offset = high_watermark;
+            let last_stable_offset = partition.log.last_stable_offset();
             let limit = if read_committed { last_stable_offset } else { high_watermark };
+            // read_committed consumers drop the records of aborted transactions themselves:
+            // they get the list of those overlapping what they may read.
+            let aborted = read_committed.then(|| {
+                partition
+                    .log
+                    .aborted_transactions(Offset(wanted.fetch_offset), limit)
+                    .into_iter()
+                    .map(|a| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(a.producer_id))
+                            .with_first_offset(a.first_offset)
+                    })
+                    .collect()
+            });
             data = data
                 .with_high_watermark(high_watermark.0)
                 .with_last_stable_offset(last_stable_offset.0)
                 .with_log_start_offset(partition.log.log_start_offset().0)
-                .with_aborted_transactions(read_committed.then(Vec::new));
+                .with_aborted_transactions(aborted);
             if budget == 0 {
                 // KIP-74: once the response is full, later partitions come back empty.
                 partitions.push(data);

@@ -1,5 +1,6 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, KIP-734), earliest local
-//! (-4), or the first offset whose record timestamp is at least a given time.
+//! (-4), or the first offset whose record timestamp is at least a given time; bounded by
+//! the last stable offset for read_committed (isolation level 1, v2+).
 
 use std::sync::Arc;
 
@@ -20,11 +21,15 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-fn lookup(partition: &Partition, timestamp: i64) -> Result<(i64, i64), ResponseError> {
+/// ListOffsets' isolation level for consumers that read only committed transactions.
+const READ_COMMITTED: i8 = 1;
+
+fn lookup(partition: &Partition, timestamp: i64, isolation_level: i8) -> Result<(i64, i64), ResponseError> {
     let log = &partition.log;
-    // Until transactions exist the last stable offset is the high watermark, so both
-    // isolation levels see the same bound.
-    let high_watermark = log.high_watermark();
+    // read_committed consumers see up to the last stable offset, the others up to the
+    // high watermark.
+    let high_watermark =
+        if isolation_level == READ_COMMITTED { log.last_stable_offset() } else { log.high_watermark() };
     match timestamp {
         LATEST => Ok((high_watermark.0, -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((log.log_start_offset().0, -1)),
@@ -40,6 +45,7 @@ fn lookup(partition: &Partition, timestamp: i64) -> Result<(i64, i64), ResponseE
 }
 
 pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let isolation_level = request.isolation_level;
     // The leader epoch field exists from v4.
     let leader_epoch = if header.request_api_version >= 4 { Partition::LEADER_EPOCH } else { -1 };
     let topics = request
@@ -57,7 +63,7 @@ pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsets
                         wanted.partition_index,
                         wanted.current_leader_epoch,
                     )
-                    .and_then(|partition| lookup(&partition, wanted.timestamp));
+                    .and_then(|partition| lookup(&partition, wanted.timestamp, isolation_level));
                     match result {
                         Ok((offset, timestamp)) => {
                             response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)
