@@ -106,6 +106,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(sluice_broker::network::serve(broker.clone(), listener, shutdown_rx.clone()));
         let group_timers = tokio::spawn(sluice_broker::group::run_timers(broker.clone(), shutdown_rx.clone()));
+        let txn_timers = tokio::spawn(sluice_broker::txn::run_timers(broker.clone(), shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintain(broker.clone(), shutdown_rx));
         wait_for_signal().await?;
         tracing::info!("shutting down");
@@ -113,6 +114,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         server.await.ok();
         maintenance.await.ok();
         group_timers.await.ok();
+        txn_timers.await.ok();
         tokio::task::spawn_blocking(move || broker.shutdown()).await?;
         tracing::info!("shut down cleanly");
         Ok(())

@@ -17,6 +17,7 @@ use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::metadata::{ClusterMetadata, MetadataLog, MetadataRecord, TopicMetadata};
 use crate::replica_manager::ReplicaManager;
 use crate::topic_config;
+use crate::txn::{TransactionCoordinator, TRANSACTION_STATE_TOPIC};
 
 /// A refused admin operation: the Kafka error code and a message for the client.
 #[derive(Debug)]
@@ -51,6 +52,7 @@ pub struct Broker {
     log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
     pub groups: GroupCoordinator,
+    pub txns: TransactionCoordinator,
     /// The next producer id to hand out, and the end of the block the metadata log has
     /// reserved.
     producer_ids: Mutex<(i64, i64)>,
@@ -85,10 +87,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// Topics the broker writes itself (`__consumer_offsets`): clients may read them, but not
+/// Topics the broker writes itself (`__consumer_offsets`, `__transaction_state`): clients may read them, but not
 /// write, delete or repartition them (a group's partition is a hash modulo their count).
 pub fn is_internal_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+    name == OFFSETS_TOPIC || name == TRANSACTION_STATE_TOPIC
 }
 
 fn refuse_internal(name: &str, action: &str) -> Result<(), AdminError> {
@@ -126,13 +128,17 @@ impl Broker {
         if let Some(offsets_topic) = metadata.topic(OFFSETS_TOPIC) {
             groups.load(&replicas, offsets_topic.partitions)?;
         }
+        let txns = TransactionCoordinator::default();
+        if let Some(state_topic) = metadata.topic(TRANSACTION_STATE_TOPIC) {
+            txns.load(&replicas, state_topic.partitions)?;
+        }
         tracing::info!(
             data_dir = %config.data_dir.display(),
             cluster_id = %metadata.cluster_id,
             topics = metadata.topics().count(),
             "broker state loaded"
         );
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             config,
             _data_dir_lock: data_dir_lock,
             metadata_log: Mutex::new(metadata_log),
@@ -140,8 +146,11 @@ impl Broker {
             log_defaults: RwLock::new(defaults),
             replicas,
             groups,
+            txns,
             producer_ids: Mutex::new((producer_ids_next, producer_ids_next)),
-        }))
+        });
+        broker.txns.complete_prepared(&broker);
+        Ok(broker)
     }
 
     pub fn metadata(&self) -> Arc<ClusterMetadata> {

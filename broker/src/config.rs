@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     pub max_open_segments: usize,
     /// The group coordinator's limits and timers.
     pub groups: GroupConfig,
+    /// `transaction.max.timeout.ms`: the longest transaction timeout a producer may ask for.
+    pub transaction_max_timeout_ms: i32,
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
+    pub transaction_state_partitions: i32,
 }
 
 /// The group coordinator's settings, under Kafka's names and with Kafka's defaults.
@@ -97,6 +101,8 @@ impl Default for BrokerConfig {
             log_defaults: LogConfig::default(),
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
             groups: GroupConfig::default(),
+            transaction_max_timeout_ms: 900_000,
+            transaction_state_partitions: 50,
         }
     }
 }
@@ -175,6 +181,8 @@ pub const KEYS: &[&str] = &[
     "offsets.topic.segment.bytes",
     "producer.id.expiration.ms",
     "socket.request.max.bytes",
+    "transaction.max.timeout.ms",
+    "transaction.state.log.num.partitions",
 ];
 
 /// Broker configs that can change while the broker runs (IncrementalAlterConfigs): the
@@ -278,6 +286,8 @@ impl BrokerConfig {
                 self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
             }
             "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
+            "transaction.max.timeout.ms" => self.transaction_max_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
+            "transaction.state.log.num.partitions" => self.transaction_state_partitions = int(1, 1000)? as i32,
             "producer.id.expiration.ms" => self.log_defaults.producer_id_expiration_ms = int(1, i64::MAX)?,
             "offsets.topic.segment.bytes" => {
                 self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32

@@ -57,6 +57,10 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     spec(ApiKey::ConsumerGroupDescribe, 0, 1),
     spec(ApiKey::InitProducerId, 0, 5),
+    spec(ApiKey::AddPartitionsToTxn, 0, 5),
+    spec(ApiKey::AddOffsetsToTxn, 0, 4),
+    spec(ApiKey::EndTxn, 0, 4),
+    spec(ApiKey::TxnOffsetCommit, 0, 4),
 ];
 
 pub fn advertised_versions() -> Vec<ApiVersion> {
@@ -168,6 +172,12 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
             reply(&api::consumer_group::consumer_group_describe(broker, &header, req), &[])
         }
         RequestKind::InitProducerId(req) => reply(&api::txn::init_producer_id(broker, &header, req).await, &[]),
+        RequestKind::AddPartitionsToTxn(req) => {
+            reply(&api::txn::add_partitions_to_txn(broker, &header, req).await, &[])
+        }
+        RequestKind::AddOffsetsToTxn(req) => reply(&api::txn::add_offsets_to_txn(broker, &header, req).await, &[]),
+        RequestKind::EndTxn(req) => reply(&api::txn::end_txn(broker, &header, req).await, &[]),
+        RequestKind::TxnOffsetCommit(req) => reply(&api::txn::txn_offset_commit(broker, &header, req).await, &[]),
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }
@@ -226,6 +236,10 @@ mod tests {
                 RequestKind::ConsumerGroupDescribe(ConsumerGroupDescribeRequest::default())
             }
             ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
+            ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(AddPartitionsToTxnRequest::default()),
+            ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(AddOffsetsToTxnRequest::default()),
+            ApiKey::EndTxn => RequestKind::EndTxn(EndTxnRequest::default()),
+            ApiKey::TxnOffsetCommit => RequestKind::TxnOffsetCommit(TxnOffsetCommitRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

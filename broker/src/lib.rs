@@ -14,6 +14,7 @@ pub mod network;
 pub mod replica_manager;
 pub mod response;
 pub mod topic_config;
+pub mod txn;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;

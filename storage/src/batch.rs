@@ -277,6 +277,11 @@ pub fn peek_producer(buf: &[u8]) -> Option<(i64, bool)> {
         .then(|| (read_i64(buf, PRODUCER_ID_AT), read_i16(buf, ATTRIBUTES_AT) & TRANSACTIONAL_BIT != 0))
 }
 
+/// The producer epoch of the batch at the start of `buf`, read without validation.
+pub fn peek_producer_epoch(buf: &[u8]) -> Option<i16> {
+    (buf.len() >= HEADER_SIZE).then(|| read_i16(buf, PRODUCER_EPOCH_AT))
+}
+
 /// The fields of a stored batch header that reads and recovery need, read without a CRC check.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StoredHeader {

@@ -186,6 +186,11 @@ impl ProducerState {
                 current: entry.epoch,
             });
         }
+        // Batches the coordinator writes itself (transactional offset commits) carry no
+        // sequence: only their epoch is checked, as Kafka does for coordinator appends.
+        if info.base_sequence < 0 {
+            return Ok(SequenceCheck::Append);
+        }
         let last_sequence = last_sequence_of(info);
         if info.producer_epoch == entry.epoch {
             if let Some(duplicate) = entry
@@ -273,6 +278,10 @@ impl ProducerState {
         if info.producer_epoch != entry.epoch {
             entry.epoch = info.producer_epoch;
             entry.batches.clear();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        if info.base_sequence < 0 {
+            return;
         }
         if entry.batches.len() == RETAINED_BATCHES {
             entry.batches.pop_front();

@@ -1,5 +1,6 @@
-//! FindCoordinator: on one node this broker coordinates every group. v0-v3 ask for one key,
-//! v4+ for a batch. The first group lookup creates `__consumer_offsets`, as in Kafka.
+//! FindCoordinator: on one node this broker coordinates every group and transactional id.
+//! v0-v3 ask for one key, v4+ for a batch. The first lookup of each kind creates
+//! `__consumer_offsets` or `__transaction_state`, as in Kafka.
 
 use std::sync::Arc;
 
@@ -26,6 +27,17 @@ pub(crate) async fn ensure_group_coordinator(broker: &Arc<Broker>) -> Result<(),
         .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
 }
 
+/// Makes sure the transaction coordinator can write (its topic exists).
+pub(crate) async fn ensure_transaction_coordinator(broker: &Arc<Broker>) -> Result<(), ResponseError> {
+    if broker.txns.is_ready() {
+        return Ok(());
+    }
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || broker.txns.ensure_state_topic(&broker))
+        .await
+        .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
+}
+
 pub async fn find_coordinator(
     broker: &Arc<Broker>,
     header: &RequestHeader,
@@ -34,7 +46,9 @@ pub async fn find_coordinator(
     let version = header.request_api_version;
     let outcome: Result<(), (ResponseError, &str)> = match request.key_type {
         KEY_TYPE_GROUP => ensure_group_coordinator(broker).await.map_err(|e| (e, "the group coordinator is not ready")),
-        KEY_TYPE_TRANSACTION => Err((ResponseError::InvalidRequest, "transactions are not supported yet")),
+        KEY_TYPE_TRANSACTION => {
+            ensure_transaction_coordinator(broker).await.map_err(|e| (e, "the transaction coordinator is not ready"))
+        }
         _ => Err((ResponseError::InvalidRequest, "unknown coordinator key type")),
     };
     let node = BrokerId(broker.config.node_id);

@@ -55,7 +55,7 @@ pub async fn offset_commit(
             member_id: request.member_id.as_str(),
             group_instance_id: request.group_instance_id.as_ref().map(|s| s.as_str()),
         };
-        let pending = broker.groups.commit_offsets(broker, &group_id, claim, request.retention_time_ms, &commits);
+        let pending = broker.groups.commit_offsets(broker, &group_id, claim, request.retention_time_ms, &commits, None);
         GroupCoordinator::complete_commit(pending).await
     };
     let mut results = results.into_iter();
@@ -87,6 +87,21 @@ type FetchedTopics = Vec<(String, Vec<(i32, Fetched)>)>;
 /// The commit, or -1 with empty metadata.
 fn fetched(committed: Option<&CommittedOffset>) -> Fetched {
     committed.map_or((-1, -1, String::new()), |c| (c.offset, c.leader_epoch, c.metadata.clone()))
+}
+
+/// Partitions of a group with an offset still in an open transaction: with `require_stable`
+/// (KIP-447, read_committed consumers) they get UNSTABLE_OFFSET_COMMIT and retry.
+fn unstable_partitions(
+    broker: &Broker,
+    group_id: &str,
+    require_stable: bool,
+) -> std::collections::HashSet<(String, i32)> {
+    if !require_stable {
+        return Default::default();
+    }
+    let Some(group) = broker.groups.group(group_id) else { return Default::default() };
+    let group = group.lock();
+    group.pending_txn.values().flatten().map(|(topic, partition, _)| (topic.clone(), *partition)).collect()
 }
 
 /// One group's offsets: all of them (`None`) or the partitions asked for.
@@ -136,13 +151,18 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
                 let topics = group.topics.map(|topics| {
                     topics.into_iter().map(|t| (t.name.0.as_str().to_string(), t.partition_indexes)).collect()
                 });
+                let unstable = unstable_partitions(broker, &id, request.require_stable);
                 let topics = group_offsets(broker, &id, topics)
                     .into_iter()
                     .map(|(topic, partitions)| {
                         let partitions = partitions
                             .into_iter()
                             .map(|(index, (offset, epoch, metadata))| {
+                                let error = unstable
+                                    .contains(&(topic.clone(), index))
+                                    .then_some(ResponseError::UnstableOffsetCommit);
                                 OffsetFetchResponsePartitions::default()
+                                    .with_error_code(error.map_or(0, |e| e.code()))
                                     .with_partition_index(index)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(epoch)
@@ -161,13 +181,17 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
     let topics = request
         .topics
         .map(|topics| topics.into_iter().map(|t| (t.name.0.as_str().to_string(), t.partition_indexes)).collect());
+    let unstable = unstable_partitions(broker, &id, request.require_stable);
     let topics = group_offsets(broker, &id, topics)
         .into_iter()
         .map(|(topic, partitions)| {
             let partitions = partitions
                 .into_iter()
                 .map(|(index, (offset, epoch, metadata))| {
+                    let error =
+                        unstable.contains(&(topic.clone(), index)).then_some(ResponseError::UnstableOffsetCommit);
                     OffsetFetchResponsePartition::default()
+                        .with_error_code(error.map_or(0, |e| e.code()))
                         .with_partition_index(index)
                         .with_committed_offset(offset)
                         .with_committed_leader_epoch(epoch)

@@ -26,6 +26,7 @@ fn partition_error(index: i32, code: ResponseError, message: Option<String>) -> 
 
 /// Appends one partition's records; returns the response and what to wait on for durability.
 fn append(
+    broker: &Broker,
     partition: &Partition,
     index: i32,
     records: Option<&[u8]>,
@@ -41,9 +42,15 @@ fn append(
             return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
         }
     }
-    if batch::peek_producer(records).is_some_and(|(_, transactional)| transactional) {
-        let message = "transactional producers are not supported yet".to_string();
-        return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
+    if let Some((producer_id, true)) = batch::peek_producer(records) {
+        // KIP-890: a transactional batch only goes into a partition of its producer's
+        // ongoing transaction, so a late or retried write cannot slip into the next one.
+        let epoch = batch::peek_producer_epoch(records).unwrap_or(-1);
+        if let Err(code) = broker.txns.verify_produce(producer_id, epoch, &partition.topic, index) {
+            let message =
+                format!("producer {producer_id} epoch {epoch} has no ongoing transaction with this partition");
+            return (partition_error(index, code, Some(message)), None);
+        }
     }
     match partition.log.append(records, LeaderEpoch(Partition::LEADER_EPOCH), now_ms) {
         Ok(outcome) => {
@@ -96,12 +103,6 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                     ResponseError::InvalidRequiredAcks,
                     Some(format!("acks must be -1, 0 or 1, got {acks}")),
                 )
-            } else if request.transactional_id.is_some() {
-                partition_error(
-                    index,
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    Some("transactions are not supported yet".into()),
-                )
             } else if crate::broker::is_internal_topic(&name) {
                 // Kafka's answer to a client writing the coordinator's own records.
                 partition_error(
@@ -113,7 +114,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                 match broker.replicas.partition(&name, index) {
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
                     Some(partition) => {
-                        let (response, durable) = append(&partition, index, data.records.as_deref(), now_ms);
+                        let (response, durable) = append(broker, &partition, index, data.records.as_deref(), now_ms);
                         match durable {
                             // One node is its own ISR: without an fsync to wait for, the
                             // append is committed at once.

@@ -12,6 +12,7 @@ pub mod classic;
 pub mod consumer;
 pub mod offsets;
 pub mod record;
+mod txn_offsets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -66,11 +67,21 @@ pub struct Group {
     pub offsets: GroupOffsets,
     /// A group metadata record exists for it (deletion must write a tombstone).
     has_record: bool,
+    /// Offsets committed inside transactions (TxnOffsetCommit), by producer id, until the
+    /// transaction's marker applies (commit) or drops (abort) them.
+    pub pending_txn: HashMap<i64, Vec<(String, i32, CommittedOffset)>>,
 }
 
 impl Group {
     fn new(id: Arc<str>) -> Group {
-        Group { id, classic: ClassicGroup::new(), consumer: None, offsets: GroupOffsets::default(), has_record: false }
+        Group {
+            id,
+            classic: ClassicGroup::new(),
+            consumer: None,
+            offsets: GroupOffsets::default(),
+            has_record: false,
+            pending_txn: HashMap::new(),
+        }
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -232,6 +243,7 @@ impl GroupCoordinator {
             let Some(partition) = replicas.partition(OFFSETS_TOPIC, index) else { continue };
             let end = partition.log.log_end_offset();
             let mut offset = partition.log.log_start_offset();
+            let mut open_txns = txn_offsets::OpenTxns::default();
             while offset < end {
                 let read = partition.log.read(offset, 1 << 20, end)?;
                 if read.records.is_empty() {
@@ -240,7 +252,8 @@ impl GroupCoordinator {
                 for batch in RecordBatch::iter_batches(read.records) {
                     let batch = batch?;
                     offset = Offset(batch.last_offset() + 1);
-                    if batch.is_control() {
+                    if batch.is_control() || batch.is_transactional() {
+                        open_txns.replay(&mut groups, &batch)?;
                         continue;
                     }
                     for record in batch.records()? {
@@ -250,13 +263,14 @@ impl GroupCoordinator {
                     }
                 }
             }
+            open_txns.leave_pending(&mut groups);
             // Everything in this log was written by the coordinator: make it all readable.
             partition.commit(end);
         }
         let now = Instant::now();
         let mut map = self.groups.lock();
         for (id, mut group) in groups {
-            if group.has_record || !group.offsets.is_empty() {
+            if group.has_record || !group.offsets.is_empty() || !group.pending_txn.is_empty() {
                 group.classic.tick(now, &self.config);
                 map.insert(Arc::from(id), Arc::new(Mutex::new(group)));
             }
@@ -335,9 +349,23 @@ impl GroupCoordinator {
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
+        self.append_batch(broker, group, records, None)
+    }
+
+    /// [`Self::append`], as a transactional batch of `producer` (id, epoch) when given.
+    fn append_batch(
+        &self,
+        broker: &Broker,
+        group: &str,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        producer: Option<(i64, i16)>,
+    ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
         let partition = self.offsets_partition(broker, group)?;
         let now_ms = sluice_storage::log::now_ms();
         let mut builder = RecordBatchBuilder::new(now_ms);
+        if let Some((producer_id, producer_epoch)) = producer {
+            builder = builder.producer(producer_id, producer_epoch, -1).transactional(true);
+        }
         for (key, value) in records {
             builder.push(now_ms, Some(key), value.as_deref(), &[]);
         }
@@ -357,6 +385,7 @@ impl GroupCoordinator {
                 tracing::error!(group, %err, "cannot write to {OFFSETS_TOPIC}");
                 Err(match err {
                     sluice_storage::Error::BatchTooLarge { .. } => ResponseError::RecordListTooLarge,
+                    sluice_storage::Error::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced,
                     _ => ResponseError::CoordinatorNotAvailable,
                 })
             }
@@ -384,6 +413,7 @@ impl GroupCoordinator {
         claim: MemberClaim,
         retention_time_ms: i64,
         commits: &[OffsetCommit],
+        transaction: Option<(i64, i16)>,
     ) -> PendingCommit {
         let MemberClaim { generation_id, member_id, group_instance_id } = claim;
         let group = if generation_id < 0 { Some(self.group_or_create(group_id)) } else { self.group(group_id) };
@@ -391,8 +421,16 @@ impl GroupCoordinator {
         // A member of a generation the coordinator does not know.
         let Some(group) = group else { return fail(ResponseError::IllegalGeneration) };
         let mut locked = group.lock();
-        if let Err(error) = locked.validate_commit(generation_id, member_id, group_instance_id) {
-            return fail(error);
+        // A transactional commit without member details (TxnOffsetCommit before v3, or a
+        // producer outside any group) is not checked against the membership, as in Kafka.
+        let unchecked = transaction.is_some() && generation_id < 0;
+        if locked.is_dead() {
+            return fail(ResponseError::CoordinatorNotAvailable);
+        }
+        if !unchecked {
+            if let Err(error) = locked.validate_commit(generation_id, member_id, group_instance_id) {
+                return fail(error);
+            }
         }
         locked.classic.touch(member_id, Instant::now());
         let now_ms = sluice_storage::log::now_ms();
@@ -433,13 +471,19 @@ impl GroupCoordinator {
             drop(locked);
             return PendingCommit { partition: None, durable: None, results };
         }
-        match self.append(broker, group_id, &records) {
+        match self.append_batch(broker, group_id, &records, transaction) {
             Ok((partition, base_offset, durable)) => {
                 // Applied in log order, under the group's lock: the cache always matches what
-                // the log holds, which the offsets topic's cleanup relies on.
+                // the log holds, which the offsets topic's cleanup relies on. Transactional
+                // commits wait for their marker.
                 for (i, (topic, partition, mut committed)) in entries.into_iter().enumerate() {
                     committed.record_offset = base_offset + i as i64;
-                    locked.offsets.apply(&topic, partition, committed);
+                    match transaction {
+                        Some((producer_id, _)) => {
+                            locked.pending_txn.entry(producer_id).or_default().push((topic, partition, committed))
+                        }
+                        None => locked.offsets.apply(&topic, partition, committed),
+                    }
                 }
                 drop(locked);
                 PendingCommit { partition: Some(partition), durable: Some(durable), results }
@@ -611,6 +655,10 @@ impl GroupCoordinator {
             if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {
                 continue;
             }
+            // Offsets of open transactions exist only as their records: they must not go.
+            if self.has_pending_txn_offsets(index) {
+                continue;
+            }
             match self.rewrite_partition(broker, index, &partition) {
                 Ok(bytes) => {
                     self.live_bytes.lock().insert(index, bytes);
@@ -667,7 +715,12 @@ impl GroupCoordinator {
 }
 
 /// Applies one `__consumer_offsets` record to the groups being loaded.
-fn replay(groups: &mut HashMap<String, Group>, record_offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+pub(crate) fn replay(
+    groups: &mut HashMap<String, Group>,
+    record_offset: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) {
     let Some(key) = key else { return };
     let key = match RecordKey::decode(key) {
         Ok(Some(key)) => key,
@@ -739,7 +792,7 @@ mod tests {
     fn commit(broker: &Broker, group: &str, partition: i32, offset: i64) {
         let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
         let commit = OffsetCommit { topic: "t".into(), partition, offset, leader_epoch: 0, metadata: Some("m".into()) };
-        let pending = broker.groups.commit_offsets(broker, group, claim, -1, &[commit]);
+        let pending = broker.groups.commit_offsets(broker, group, claim, -1, &[commit], None);
         assert_eq!(pending.results, vec![None]);
         assert!(!pending.durable.as_ref().is_some_and(|d| d.needs_fsync()));
     }
@@ -791,12 +844,12 @@ mod tests {
         let before = end(&broker);
         let claim = MemberClaim { generation_id: 3, member_id: "m", group_instance_id: None };
         let commit = OffsetCommit { topic: "t".into(), partition: 0, offset: 1, leader_epoch: -1, metadata: None };
-        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, std::slice::from_ref(&commit));
+        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, std::slice::from_ref(&commit), None);
         assert_eq!(pending.results, vec![Some(ResponseError::IllegalGeneration)]);
         let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
         let big = OffsetCommit { metadata: Some("x".repeat(5000)), ..commit.clone() };
         let unknown = OffsetCommit { topic: "nope".into(), ..commit };
-        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, &[big, unknown]);
+        let pending = broker.groups.commit_offsets(&broker, "g", claim, -1, &[big, unknown], None);
         assert_eq!(
             pending.results,
             vec![Some(ResponseError::OffsetMetadataTooLarge), Some(ResponseError::UnknownTopicOrPartition)]

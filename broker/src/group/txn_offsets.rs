@@ -1,0 +1,108 @@
+//! Offsets committed inside transactions (TxnOffsetCommit): written to `__consumer_offsets`
+//! as a transactional batch of the producer, held as pending in the group until the
+//! transaction coordinator's marker lands in that partition, then applied (commit) or
+//! dropped (abort). On load the same happens from the log: transactional batches wait for
+//! their producer's marker; those still open at the end stay pending.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_storage::RecordBatch;
+
+use super::offsets::CommittedOffset;
+use super::record::{self, OffsetValue, RecordKey};
+use super::{Group, GroupCoordinator, OFFSETS_TOPIC};
+
+/// Transactional offset records read so far in one partition, by producer id.
+#[derive(Default)]
+pub(super) struct OpenTxns {
+    by_producer: HashMap<i64, Vec<(String, String, i32, CommittedOffset)>>,
+}
+
+/// Whether a control batch is a commit marker (`None` if it is not a marker).
+fn marker_is_commit(batch: &RecordBatch) -> Option<bool> {
+    let record = batch.records().ok()?.next()?.ok()?;
+    let key = record.key?;
+    match i16::from_be_bytes([*key.get(2)?, *key.get(3)?]) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+fn group_entry<'a>(groups: &'a mut HashMap<String, Group>, id: &str) -> &'a mut Group {
+    groups.entry(id.to_string()).or_insert_with(|| Group::new(Arc::from(id)))
+}
+
+impl OpenTxns {
+    /// A transactional batch or a marker, read back at load.
+    pub(super) fn replay(&mut self, groups: &mut HashMap<String, Group>, batch: &RecordBatch) -> crate::Result<()> {
+        let producer_id = batch.producer_id();
+        if batch.is_control() {
+            let Some(commit) = marker_is_commit(batch) else { return Ok(()) };
+            for (group, topic, partition, committed) in self.by_producer.remove(&producer_id).unwrap_or_default() {
+                if commit {
+                    group_entry(groups, &group).offsets.apply(&topic, partition, committed);
+                }
+            }
+            return Ok(());
+        }
+        for record in batch.records()? {
+            let record = record?;
+            let key = record.key.as_deref().map(RecordKey::decode);
+            let Some(Ok(Some(RecordKey::Offset { group, topic, partition }))) = key else { continue };
+            let Some(Ok(value)) = record.value.as_deref().map(OffsetValue::decode) else { continue };
+            let committed = CommittedOffset::from_value(value, record.offset);
+            self.by_producer.entry(producer_id).or_default().push((group, topic, partition, committed));
+        }
+        Ok(())
+    }
+
+    /// Transactions still open at the end of the log stay pending in their groups.
+    pub(super) fn leave_pending(self, groups: &mut HashMap<String, Group>) {
+        for (producer_id, entries) in self.by_producer {
+            for (group, topic, partition, committed) in entries {
+                group_entry(groups, &group)
+                    .pending_txn
+                    .entry(producer_id)
+                    .or_default()
+                    .push((topic, partition, committed));
+            }
+        }
+    }
+}
+
+impl GroupCoordinator {
+    /// The transaction coordinator wrote `producer_id`'s marker to offsets partition
+    /// `partition`: its pending offsets in the groups there are applied or dropped.
+    pub fn complete_txn_offsets(&self, partition: i32, producer_id: i64, commit: bool) {
+        let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
+        for group in self.groups() {
+            let mut group = group.lock();
+            if record::partition_for(&group.id, partitions) != partition {
+                continue;
+            }
+            let Some(entries) = group.pending_txn.remove(&producer_id) else { continue };
+            if commit {
+                for (topic, index, committed) in entries {
+                    group.offsets.apply(&topic, index, committed);
+                }
+            }
+        }
+    }
+
+    /// Whether any group in offsets partition `partition` has transactional offsets waiting.
+    pub fn has_pending_txn_offsets(&self, partition: i32) -> bool {
+        let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
+        self.groups().iter().any(|group| {
+            let group = group.lock();
+            !group.pending_txn.is_empty() && record::partition_for(&group.id, partitions) == partition
+        })
+    }
+
+    /// The offsets partition a group's transactional offsets go to (AddOffsetsToTxn).
+    pub fn offsets_partition_for(&self, group_id: &str) -> Option<(String, i32)> {
+        let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
+        (partitions > 0).then(|| (OFFSETS_TOPIC.to_string(), record::partition_for(group_id, partitions)))
+    }
+}

@@ -1,0 +1,421 @@
+//! The transaction coordinator: each transactional id's producer id, epoch and state
+//! (`state::TxnMetadata`), persisted in `__transaction_state` (Kafka's record format) before
+//! any change is acknowledged, and rebuilt from it at start, where a transaction caught
+//! between its prepare record and its markers is finished.
+//!
+//! Markers are written to every partition of the transaction (and, for offsets sent to it,
+//! to the group's `__consumer_offsets` partition, which makes the group coordinator apply
+//! or drop them) before EndTxn is answered. A produce of a transactional batch is checked
+//! against the coordinator (KIP-890): the partition must be in that producer's ongoing
+//! transaction at that epoch. All methods block (records are fsynced): call them off the
+//! async threads.
+
+pub mod record;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use parking_lot::Mutex;
+use sluice_storage::{LeaderEpoch, MarkerKind, ProducerId, RecordBatch, RecordBatchBuilder};
+
+use crate::broker::Broker;
+use crate::group::record::partition_for;
+use crate::group::OFFSETS_TOPIC;
+use crate::replica_manager::{Partition, ReplicaManager};
+use record::TxnValue;
+use state::{EndAction, TxnMetadata, TxnState};
+
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// Producer epochs are i16; an id whose epoch would overflow gets a new producer id.
+const MAX_EPOCH: i16 = i16::MAX - 1;
+
+fn now_ms() -> i64 {
+    sluice_storage::log::now_ms()
+}
+
+fn state_topic_configs() -> BTreeMap<String, String> {
+    [
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", "16777216"),
+        ("segment.index.bytes", "1048576"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A transaction's description for DescribeTransactions / ListTransactions.
+pub type TxnSnapshot = TxnMetadata;
+
+#[derive(Default)]
+pub struct TransactionCoordinator {
+    txns: Mutex<HashMap<String, Arc<Mutex<TxnMetadata>>>>,
+    /// Producer id -> transactional id, for checking transactional produces.
+    by_producer: Mutex<HashMap<i64, String>>,
+    /// Partitions of `__transaction_state`; 0 until it exists.
+    state_partitions: AtomicI32,
+}
+
+impl TransactionCoordinator {
+    /// Rebuilds every transactional id from `__transaction_state` (last record wins).
+    pub fn load(&self, replicas: &ReplicaManager, partitions: i32) -> crate::Result<()> {
+        let mut loaded: HashMap<String, TxnMetadata> = HashMap::new();
+        for index in 0..partitions {
+            let Some(partition) = replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
+            let end = partition.log.log_end_offset();
+            let mut offset = partition.log.log_start_offset();
+            while offset < end {
+                let read = partition.log.read(offset, 1 << 20, end)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                for batch in RecordBatch::iter_batches(read.records) {
+                    let batch = batch?;
+                    offset = sluice_storage::Offset(batch.last_offset() + 1);
+                    for record in batch.records()? {
+                        let record = record?;
+                        let Some(Ok(Some(id))) = record.key.as_deref().map(record::decode_key) else { continue };
+                        match record.value.as_deref().map(TxnValue::decode) {
+                            None => {
+                                loaded.remove(&id);
+                            }
+                            Some(Ok(value)) => {
+                                loaded.insert(id.clone(), metadata_from(id, value));
+                            }
+                            Some(Err(err)) => tracing::warn!(%err, "skipping a record of {TRANSACTION_STATE_TOPIC}"),
+                        }
+                    }
+                }
+            }
+            partition.commit(end);
+        }
+        let mut by_producer = self.by_producer.lock();
+        let mut txns = self.txns.lock();
+        for (id, meta) in loaded {
+            by_producer.insert(meta.producer_id, id.clone());
+            txns.insert(id, Arc::new(Mutex::new(meta)));
+        }
+        self.state_partitions.store(partitions, Ordering::Release);
+        tracing::info!(transactional_ids = txns.len(), "transactions loaded");
+        Ok(())
+    }
+
+    /// Finishes transactions a crash left between their prepare record and their markers.
+    pub fn complete_prepared(&self, broker: &Broker) {
+        for txn in self.all() {
+            let mut meta = txn.lock();
+            if meta.is_preparing() {
+                let commit = meta.state == TxnState::PrepareCommit;
+                tracing::info!(transactional_id = %meta.transactional_id, commit, "completing a transaction after restart");
+                if let Err(err) = self.write_markers_and_complete(broker, &mut meta, commit) {
+                    tracing::error!(transactional_id = %meta.transactional_id, ?err, "cannot complete the transaction");
+                }
+            }
+        }
+    }
+
+    /// Creates `__transaction_state` the first time a transactional producer needs it.
+    pub fn ensure_state_topic(&self, broker: &Broker) -> Result<(), ResponseError> {
+        if self.state_partitions.load(Ordering::Acquire) > 0 {
+            return Ok(());
+        }
+        let wanted = broker.config.transaction_state_partitions;
+        let partitions = match broker.create_topic(TRANSACTION_STATE_TOPIC, wanted, state_topic_configs(), false) {
+            Ok(topic) => topic.partitions,
+            Err(err) if err.code == ResponseError::TopicAlreadyExists => {
+                broker.metadata().topic(TRANSACTION_STATE_TOPIC).map(|t| t.partitions).unwrap_or(0)
+            }
+            Err(err) => {
+                tracing::error!(error = %err.message, "cannot create {TRANSACTION_STATE_TOPIC}");
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+        };
+        self.state_partitions.store(partitions, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state_partitions.load(Ordering::Acquire) > 0
+    }
+
+    pub fn all(&self) -> Vec<Arc<Mutex<TxnMetadata>>> {
+        self.txns.lock().values().cloned().collect()
+    }
+
+    pub fn get(&self, transactional_id: &str) -> Option<Arc<Mutex<TxnMetadata>>> {
+        self.txns.lock().get(transactional_id).cloned()
+    }
+
+    /// Writes the transactional id's state and waits until it is durable.
+    fn persist(&self, broker: &Broker, meta: &TxnMetadata) -> Result<(), ResponseError> {
+        let partitions = self.state_partitions.load(Ordering::Acquire);
+        let partition = broker
+            .replicas
+            .partition(TRANSACTION_STATE_TOPIC, partition_for(&meta.transactional_id, partitions))
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let value = TxnValue {
+            producer_id: meta.producer_id,
+            producer_epoch: meta.producer_epoch,
+            timeout_ms: meta.timeout_ms,
+            state: meta.state,
+            partitions: meta.partitions.clone(),
+            last_update_ms: meta.last_update_ms,
+            start_ms: meta.start_ms,
+        };
+        let now = now_ms();
+        let mut builder = RecordBatchBuilder::new(now);
+        builder.push(now, Some(&record::encode_key(&meta.transactional_id)), Some(&value.encode()), &[]);
+        let batch = builder.build().map_err(|_| ResponseError::UnknownServerError)?;
+        let appended = partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now).and_then(|outcome| {
+            outcome.wait_durable()?;
+            Ok(outcome)
+        });
+        match appended {
+            Ok(outcome) => {
+                partition.commit(outcome.durable_handle().end_offset());
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(transactional_id = %meta.transactional_id, %err, "cannot write {TRANSACTION_STATE_TOPIC}");
+                Err(ResponseError::CoordinatorNotAvailable)
+            }
+        }
+    }
+
+    /// InitProducerId with a transactional id: a new producer id (epoch 0) the first time;
+    /// afterwards the same id with the next epoch, which fences the previous instance, and
+    /// an open transaction of that instance is aborted first.
+    pub fn init_producer_id(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        timeout_ms: i32,
+    ) -> Result<(i64, i16), ResponseError> {
+        if timeout_ms <= 0 || timeout_ms > broker.config.transaction_max_timeout_ms {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        self.ensure_state_topic(broker)?;
+        let existing = self.get(transactional_id);
+        let Some(txn) = existing else {
+            let producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+            let now = now_ms();
+            let meta = TxnMetadata {
+                transactional_id: transactional_id.to_string(),
+                producer_id,
+                producer_epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                partitions: Default::default(),
+                start_ms: -1,
+                last_update_ms: now,
+            };
+            self.persist(broker, &meta)?;
+            self.by_producer.lock().insert(producer_id, transactional_id.to_string());
+            self.txns.lock().insert(transactional_id.to_string(), Arc::new(Mutex::new(meta)));
+            return Ok((producer_id, 0));
+        };
+        let mut meta = txn.lock();
+        if meta.is_preparing() {
+            let commit = meta.state == TxnState::PrepareCommit;
+            self.write_markers_and_complete(broker, &mut meta, commit)?;
+        }
+        let now = now_ms();
+        if meta.fence(now) {
+            self.persist(broker, &meta)?;
+            self.write_markers_and_complete(broker, &mut meta, false)?;
+        }
+        if meta.producer_epoch >= MAX_EPOCH {
+            let old = meta.producer_id;
+            meta.producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+            meta.producer_epoch = 0;
+            let mut by_producer = self.by_producer.lock();
+            by_producer.remove(&old);
+            by_producer.insert(meta.producer_id, transactional_id.to_string());
+        }
+        meta.timeout_ms = timeout_ms;
+        meta.state = TxnState::Empty;
+        meta.last_update_ms = now;
+        self.persist(broker, &meta)?;
+        Ok((meta.producer_id, meta.producer_epoch))
+    }
+
+    /// AddPartitionsToTxn / AddOffsetsToTxn.
+    pub fn add_partitions(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<(), ResponseError> {
+        let txn = self.get(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let mut meta = txn.lock();
+        meta.check_producer(producer_id, producer_epoch)?;
+        if partitions.iter().all(|p| meta.partitions.contains(p)) && meta.state == TxnState::Ongoing {
+            return Ok(());
+        }
+        let before = meta.clone();
+        meta.add_partitions(partitions, now_ms())?;
+        if let Err(error) = self.persist(broker, &meta) {
+            *meta = before;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// EndTxn: records the decision, writes the markers, records the completion.
+    pub fn end_txn(
+        &self,
+        broker: &Broker,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let txn = self.get(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let mut meta = txn.lock();
+        meta.check_producer(producer_id, producer_epoch)?;
+        match meta.prepare_end(commit, now_ms())? {
+            EndAction::AlreadyDone => Ok(()),
+            EndAction::WriteMarkers => {
+                self.persist(broker, &meta)?;
+                self.write_markers_and_complete(broker, &mut meta, commit)
+            }
+        }
+    }
+
+    /// Writes the commit or abort marker to every partition of the transaction, then the
+    /// completed state. A partition that no longer exists is skipped (its topic was deleted).
+    fn write_markers_and_complete(
+        &self,
+        broker: &Broker,
+        meta: &mut TxnMetadata,
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let kind = if commit { MarkerKind::Commit } else { MarkerKind::Abort };
+        let now = now_ms();
+        for (topic, index) in &meta.partitions {
+            let Some(partition) = broker.replicas.partition(topic, *index) else {
+                tracing::warn!(topic, partition = index, "no transaction marker for a partition that is gone");
+                continue;
+            };
+            let producer = ProducerId(meta.producer_id);
+            let leader_epoch = LeaderEpoch(Partition::LEADER_EPOCH);
+            let written = partition
+                .log
+                .append_marker(producer, meta.producer_epoch, kind, 0, leader_epoch, now)
+                .and_then(|outcome| outcome.wait_durable().map(|_| outcome));
+            match written {
+                Ok(outcome) => partition.commit(outcome.durable_handle().end_offset()),
+                Err(err) => {
+                    tracing::error!(topic, partition = index, %err, "cannot write a transaction marker");
+                    return Err(ResponseError::CoordinatorNotAvailable);
+                }
+            }
+            if topic == OFFSETS_TOPIC {
+                broker.groups.complete_txn_offsets(*index, meta.producer_id, commit);
+            }
+        }
+        meta.complete(now_ms());
+        self.persist(broker, meta)
+    }
+
+    /// KIP-890: a transactional batch is accepted only into a partition that is part of its
+    /// producer's ongoing transaction, at the producer's current epoch.
+    pub fn verify_produce(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), ResponseError> {
+        let id = self.by_producer.lock().get(&producer_id).cloned().ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let txn = self.get(&id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let meta = txn.lock();
+        if meta.producer_id != producer_id {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        }
+        if producer_epoch != meta.producer_epoch {
+            return Err(ResponseError::InvalidProducerEpoch);
+        }
+        if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        Ok(())
+    }
+
+    /// The producer id and epoch of a transactional id, for TxnOffsetCommit's check.
+    pub fn check_offsets_partition(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        offsets_partition: i32,
+    ) -> Result<(), ResponseError> {
+        let txn = self.get(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        let meta = txn.lock();
+        meta.check_producer(producer_id, producer_epoch)?;
+        if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(OFFSETS_TOPIC.to_string(), offsets_partition))
+        {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        Ok(())
+    }
+
+    /// Aborts (and fences) transactions open longer than their timeout.
+    pub fn abort_timed_out(&self, broker: &Broker) {
+        let now = now_ms();
+        for txn in self.all() {
+            let mut meta = txn.lock();
+            let expired = meta.state == TxnState::Ongoing && meta.start_ms + i64::from(meta.timeout_ms) <= now;
+            if !expired {
+                continue;
+            }
+            tracing::info!(transactional_id = %meta.transactional_id, "aborting a transaction past its timeout");
+            meta.fence(now);
+            let result =
+                self.persist(broker, &meta).and_then(|_| self.write_markers_and_complete(broker, &mut meta, false));
+            if let Err(err) = result {
+                tracing::error!(transactional_id = %meta.transactional_id, ?err, "cannot abort a timed-out transaction");
+            }
+        }
+    }
+}
+
+fn metadata_from(transactional_id: String, value: TxnValue) -> TxnMetadata {
+    TxnMetadata {
+        transactional_id,
+        producer_id: value.producer_id,
+        producer_epoch: value.producer_epoch,
+        timeout_ms: value.timeout_ms,
+        state: value.state,
+        partitions: value.partitions,
+        start_ms: value.start_ms,
+        last_update_ms: value.last_update_ms,
+    }
+}
+
+/// Aborts timed-out transactions every second until shutdown.
+pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !broker.txns.is_ready() {
+                    continue;
+                }
+                let broker = broker.clone();
+                if tokio::task::spawn_blocking(move || broker.txns.abort_timed_out(&broker)).await.is_err() {
+                    tracing::error!("transaction timeout check panicked");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
