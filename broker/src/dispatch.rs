@@ -61,6 +61,9 @@ pub const APIS: &[ApiSpec] = &[
     spec(ApiKey::AddOffsetsToTxn, 0, 4),
     spec(ApiKey::EndTxn, 0, 4),
     spec(ApiKey::TxnOffsetCommit, 0, 4),
+    spec(ApiKey::DescribeProducers, 0, 0),
+    spec(ApiKey::DescribeTransactions, 0, 0),
+    spec(ApiKey::ListTransactions, 0, 1),
 ];
 
 pub fn advertised_versions() -> Vec<ApiVersion> {
@@ -178,6 +181,11 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::AddOffsetsToTxn(req) => reply(&api::txn::add_offsets_to_txn(broker, &header, req).await, &[]),
         RequestKind::EndTxn(req) => reply(&api::txn::end_txn(broker, &header, req).await, &[]),
         RequestKind::TxnOffsetCommit(req) => reply(&api::txn::txn_offset_commit(broker, &header, req).await, &[]),
+        RequestKind::DescribeProducers(req) => reply(&api::txn_describe::describe_producers(broker, &header, req), &[]),
+        RequestKind::DescribeTransactions(req) => {
+            reply(&api::txn_describe::describe_transactions(broker, &header, req), &[])
+        }
+        RequestKind::ListTransactions(req) => reply(&api::txn_describe::list_transactions(broker, &header, req), &[]),
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }
@@ -240,6 +248,9 @@ mod tests {
             ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(AddOffsetsToTxnRequest::default()),
             ApiKey::EndTxn => RequestKind::EndTxn(EndTxnRequest::default()),
             ApiKey::TxnOffsetCommit => RequestKind::TxnOffsetCommit(TxnOffsetCommitRequest::default()),
+            ApiKey::DescribeProducers => RequestKind::DescribeProducers(DescribeProducersRequest::default()),
+            ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(DescribeTransactionsRequest::default()),
+            ApiKey::ListTransactions => RequestKind::ListTransactions(ListTransactionsRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

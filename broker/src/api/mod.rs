@@ -16,6 +16,7 @@ pub mod produce;
 pub mod records;
 pub mod topics;
 pub mod txn;
+pub mod txn_describe;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
