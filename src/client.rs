@@ -222,16 +222,22 @@ impl Client {
     /// The address of the group's coordinator, asking again while the answer is that it is not
     /// available yet.
     pub fn find_coordinator(&mut self, group: &str) -> anyhow::Result<String> {
+        self.find_coordinator_of(group, 0)
+    }
+
+    /// [`Client::find_coordinator`] for a group (`key_type` 0) or a transactional id (1).
+    pub fn find_coordinator_of(&mut self, key: &str, key_type: i8) -> anyhow::Result<String> {
+        let group = key;
         let deadline = Instant::now() + RETRY_DEADLINE;
         let request =
-            FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string())).with_key_type(0);
+            FindCoordinatorRequest::default().with_key(StrBytes::from_string(key.to_string())).with_key_type(key_type);
         let bootstrap = self.bootstrap.clone();
         loop {
             let response = self.call(&bootstrap, FIND_COORDINATOR_VERSION, &request)?;
             match response.error_code {
                 0 => return Ok(format!("{}:{}", response.host.as_str(), response.port)),
                 code if is_coordinator_error(code) && Instant::now() < deadline => std::thread::sleep(RETRY_BACKOFF),
-                code => bail!("cannot find the coordinator of group {group}: {}", error_name(code)),
+                code => bail!("cannot find the coordinator of {group}: {}", error_name(code)),
             }
         }
     }

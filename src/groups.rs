@@ -71,6 +71,12 @@ pub struct Connect {
     bootstrap: String,
 }
 
+impl Connect {
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
 pub fn run(command: GroupsCommand) -> anyhow::Result<()> {
     match command {
         GroupsCommand::List { state, connect } => list(&connect.bootstrap, state.as_deref()),

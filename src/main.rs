@@ -6,6 +6,7 @@ mod allocator;
 mod client;
 mod groups;
 mod run_broker;
+mod transactions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,
+    },
+    /// Inspect transactions on a running cluster: list, describe.
+    Transactions {
+        #[command(subcommand)]
+        command: transactions::TransactionsCommand,
     },
 }
 
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
         Some(Command::Log { command: LogCommand::Verify { dir } }) => verify(&dir),
         Some(Command::Log { command: LogCommand::Dump { dir, records } }) => dump(&dir, records),
         Some(Command::Groups { command }) => groups::run(command),
+        Some(Command::Transactions { command }) => transactions::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
