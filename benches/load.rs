@@ -5,6 +5,7 @@
 //!   cargo bench --bench load -- latency --rate-mb 50 --seconds 20
 //!   cargo bench --bench load -- rebalance --consumers 10 --partitions 100 [--protocol consumer]
 //!   cargo bench --bench load -- produce --commits-per-sec 1000   (offset commits alongside)
+//!   cargo bench --bench load -- transactions --records-per-txn 10
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
 //!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
@@ -52,6 +53,20 @@ enum Mode {
     /// Time for a consumer group to settle: all members subscribe at once, until every
     /// partition is assigned exactly once and the group is balanced.
     Rebalance(RebalanceArgs),
+    /// Committed transactions per second from one transactional producer.
+    Transactions(TransactionsArgs),
+}
+
+#[derive(Args, Clone)]
+struct TransactionsArgs {
+    #[arg(long, default_value_t = 10)]
+    records_per_txn: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
 }
 
 #[derive(Args, Clone)]
@@ -364,6 +379,37 @@ fn rebalance(bootstrap: &str, topic: &str, args: &RebalanceArgs) -> f64 {
     }
 }
 
+/// Runs transactions of `records_per_txn` records (spread over the partitions) back to back
+/// for `seconds`; returns (transactions, seconds).
+fn transactions(bootstrap: &str, topic: &str, args: &TransactionsArgs) -> (u64, f64) {
+    let mut config = producer_config(bootstrap, -1, 1_000_000, 0, "none");
+    config.set("enable.idempotence", "true").set("transactional.id", format!("load-{}", now_ns()));
+    // A BaseProducer: commit_transaction serves delivery reports itself, where a
+    // ThreadedProducer's poll thread (100 ms period) would pace every transaction.
+    let producer: rdkafka::producer::BaseProducer<Counting> =
+        config.create_with_context(Counting::default()).expect("producer");
+    producer.init_transactions(Duration::from_secs(30)).expect("init_transactions");
+    let value = vec![b'x'; args.record_size];
+    let start = Instant::now();
+    let mut committed = 0u64;
+    while start.elapsed() < Duration::from_secs(args.seconds) {
+        producer.begin_transaction().expect("begin_transaction");
+        for i in 0..args.records_per_txn {
+            let record = BaseRecord::<(), [u8]>::to(topic).payload(&value[..]).partition((i as i32) % args.partitions);
+            producer.send(record).map_err(|(err, _)| err).expect("send");
+        }
+        // Serve delivery reports until none is outstanding, then commit (which would
+        // otherwise wait on them in steps of rdkafka's 100 ms poll).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(1));
+        }
+        producer.commit_transaction(Duration::from_secs(30)).expect("commit_transaction");
+        committed += 1;
+    }
+    (committed, start.elapsed().as_secs_f64())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -499,6 +545,18 @@ fn main() {
         Mode::Latency(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
             latency(&bootstrap, &topic, args);
+        }
+        Mode::Transactions(args) => {
+            create_topic(&bootstrap, &topic, args.partitions);
+            let (committed, seconds) = transactions(&bootstrap, &topic, args);
+            println!(
+                "transactions records_per_txn={} record_size={} partitions={} -> {:.0} txn/s {:.0} rec/s",
+                args.records_per_txn,
+                args.record_size,
+                args.partitions,
+                committed as f64 / seconds,
+                (committed as usize * args.records_per_txn) as f64 / seconds
+            );
         }
         Mode::Rebalance(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
