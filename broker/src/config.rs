@@ -36,6 +36,9 @@ pub struct BrokerConfig {
     pub transaction_max_timeout_ms: i32,
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
     pub transaction_state_partitions: i32,
+    /// `transaction.state.log.segment.bytes` (16 MiB here: the coordinator's cleanup frees
+    /// whole segments, see `txn::TransactionCoordinator::clean_state_topic`).
+    pub transaction_state_segment_bytes: u32,
 }
 
 /// The group coordinator's settings, under Kafka's names and with Kafka's defaults.
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
             groups: GroupConfig::default(),
             transaction_max_timeout_ms: 900_000,
             transaction_state_partitions: 50,
+            transaction_state_segment_bytes: 16 << 20,
         }
     }
 }
@@ -183,6 +187,7 @@ pub const KEYS: &[&str] = &[
     "socket.request.max.bytes",
     "transaction.max.timeout.ms",
     "transaction.state.log.num.partitions",
+    "transaction.state.log.segment.bytes",
 ];
 
 /// Broker configs that can change while the broker runs (IncrementalAlterConfigs): the
@@ -288,6 +293,9 @@ impl BrokerConfig {
             "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
             "transaction.max.timeout.ms" => self.transaction_max_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
             "transaction.state.log.num.partitions" => self.transaction_state_partitions = int(1, 1000)? as i32,
+            "transaction.state.log.segment.bytes" => {
+                self.transaction_state_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
+            }
             "producer.id.expiration.ms" => self.log_defaults.producer_id_expiration_ms = int(1, i64::MAX)?,
             "offsets.topic.segment.bytes" => {
                 self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32

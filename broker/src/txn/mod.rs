@@ -37,20 +37,19 @@ fn now_ms() -> i64 {
     sluice_storage::log::now_ms()
 }
 
-fn state_topic_configs() -> BTreeMap<String, String> {
+/// Never deleted by retention: the coordinator's cleanup keeps the topic small.
+fn state_topic_configs(segment_bytes: u32) -> BTreeMap<String, String> {
+    let segment_bytes = segment_bytes.to_string();
     [
         ("retention.ms", "-1"),
         ("retention.bytes", "-1"),
-        ("segment.bytes", "16777216"),
+        ("segment.bytes", segment_bytes.as_str()),
         ("segment.index.bytes", "1048576"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
-
-/// A transaction's description for DescribeTransactions / ListTransactions.
-pub type TxnSnapshot = TxnMetadata;
 
 #[derive(Default)]
 pub struct TransactionCoordinator {
@@ -125,7 +124,12 @@ impl TransactionCoordinator {
             return Ok(());
         }
         let wanted = broker.config.transaction_state_partitions;
-        let partitions = match broker.create_topic(TRANSACTION_STATE_TOPIC, wanted, state_topic_configs(), false) {
+        let partitions = match broker.create_topic(
+            TRANSACTION_STATE_TOPIC,
+            wanted,
+            state_topic_configs(broker.config.transaction_state_segment_bytes),
+            false,
+        ) {
             Ok(topic) => topic.partitions,
             Err(err) if err.code == ResponseError::TopicAlreadyExists => {
                 broker.metadata().topic(TRANSACTION_STATE_TOPIC).map(|t| t.partitions).unwrap_or(0)
@@ -158,15 +162,7 @@ impl TransactionCoordinator {
             .replicas
             .partition(TRANSACTION_STATE_TOPIC, partition_for(&meta.transactional_id, partitions))
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let value = TxnValue {
-            producer_id: meta.producer_id,
-            producer_epoch: meta.producer_epoch,
-            timeout_ms: meta.timeout_ms,
-            state: meta.state,
-            partitions: meta.partitions.clone(),
-            last_update_ms: meta.last_update_ms,
-            start_ms: meta.start_ms,
-        };
+        let value = value_of(meta);
         let now = now_ms();
         let mut builder = RecordBatchBuilder::new(now);
         builder.push(now, Some(&record::encode_key(&meta.transactional_id)), Some(&value.encode()), &[]);
@@ -183,6 +179,65 @@ impl TransactionCoordinator {
             Err(err) => {
                 tracing::error!(transactional_id = %meta.transactional_id, %err, "cannot write {TRANSACTION_STATE_TOPIC}");
                 Err(ResponseError::CoordinatorNotAvailable)
+            }
+        }
+    }
+
+    /// Stands in for log compaction on `__transaction_state`, as the group coordinator does
+    /// for its topic: a partition grown past twice its live state gets every transactional
+    /// id's current state rewritten at its end, and once that is durable the segments before
+    /// it are deleted. Each id's state is read under its lock, after which any change is
+    /// appended after the rewrite: nothing the deleted records said is lost.
+    pub fn clean_state_topic(&self, broker: &Broker) {
+        let partitions = self.state_partitions.load(Ordering::Acquire);
+        for index in 0..partitions {
+            let Some(partition) = broker.replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
+            let segment_bytes = u64::from(partition.log.config().segment_bytes);
+            if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes {
+                continue;
+            }
+            let start = partition.log.log_end_offset();
+            let now = now_ms();
+            let mut last = None;
+            for txn in self.all() {
+                // Appended under the id's lock: a change made after this read is appended
+                // after this record, so the rewrite never overtakes newer state.
+                let meta = txn.lock();
+                if partition_for(&meta.transactional_id, partitions) != index {
+                    continue;
+                }
+                let mut builder = RecordBatchBuilder::new(now);
+                builder.push(
+                    now,
+                    Some(&record::encode_key(&meta.transactional_id)),
+                    Some(&value_of(&meta).encode()),
+                    &[],
+                );
+                let appended = builder.build().map_err(|e| e.to_string()).and_then(|batch| {
+                    partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now).map_err(|e| e.to_string())
+                });
+                match appended {
+                    Ok(outcome) => last = Some(outcome),
+                    Err(err) => {
+                        tracing::error!(partition = index, %err, "cannot clean up {TRANSACTION_STATE_TOPIC}");
+                        return;
+                    }
+                }
+            }
+            let done = match last {
+                Some(outcome) => {
+                    outcome.wait_durable().map(|_| partition.commit(outcome.durable_handle().end_offset()))
+                }
+                None => Ok(()),
+            }
+            .and_then(|_| partition.log.delete_records_before(start));
+            match done {
+                Ok(_) => tracing::info!(
+                    partition = index,
+                    size_after = partition.log.size_bytes(),
+                    "cleaned up {TRANSACTION_STATE_TOPIC}"
+                ),
+                Err(err) => tracing::error!(partition = index, %err, "cannot clean up {TRANSACTION_STATE_TOPIC}"),
             }
         }
     }
@@ -387,6 +442,18 @@ impl TransactionCoordinator {
     }
 }
 
+fn value_of(meta: &TxnMetadata) -> TxnValue {
+    TxnValue {
+        producer_id: meta.producer_id,
+        producer_epoch: meta.producer_epoch,
+        timeout_ms: meta.timeout_ms,
+        state: meta.state,
+        partitions: meta.partitions.clone(),
+        last_update_ms: meta.last_update_ms,
+        start_ms: meta.start_ms,
+    }
+}
+
 fn metadata_from(transactional_id: String, value: TxnValue) -> TxnMetadata {
     TxnMetadata {
         transactional_id,
@@ -400,22 +467,87 @@ fn metadata_from(transactional_id: String, value: TxnValue) -> TxnMetadata {
     }
 }
 
-/// Aborts timed-out transactions every second until shutdown.
+/// Aborts timed-out transactions every second, and cleans `__transaction_state` up every
+/// minute, until shutdown.
 pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = interval.tick() => {
                 if !broker.txns.is_ready() {
                     continue;
                 }
+                ticks += 1;
                 let broker = broker.clone();
-                if tokio::task::spawn_blocking(move || broker.txns.abort_timed_out(&broker)).await.is_err() {
-                    tracing::error!("transaction timeout check panicked");
+                let work = tokio::task::spawn_blocking(move || {
+                    broker.txns.abort_timed_out(&broker);
+                    if ticks % 60 == 0 {
+                        broker.txns.clean_state_topic(&broker);
+                    }
+                });
+                if work.await.is_err() {
+                    tracing::error!("transaction timers panicked");
                 }
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BrokerConfig;
+
+    fn open(dir: &std::path::Path) -> Arc<Broker> {
+        let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
+        config.apply("transaction.state.log.num.partitions", "1").unwrap();
+        config.apply("transaction.state.log.segment.bytes", "65536").unwrap();
+        Broker::open(config).unwrap()
+    }
+
+    #[test]
+    fn transactions_survive_reopening_and_cleanup_keeps_the_latest_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open(dir.path());
+        broker.create_topic("t", 2, BTreeMap::new(), false).unwrap();
+        let mut ids = Vec::new();
+        for id in ["a", "b", "c"] {
+            ids.push(broker.txns.init_producer_id(&broker, id, 60_000).unwrap());
+        }
+        for round in 0..400 {
+            for (i, id) in ["a", "b", "c"].iter().enumerate() {
+                let (producer_id, epoch) = ids[i];
+                broker.txns.add_partitions(&broker, id, producer_id, epoch, vec![("t".into(), round % 2)]).unwrap();
+                broker.txns.end_txn(&broker, id, producer_id, epoch, round % 3 != 0).unwrap();
+            }
+        }
+        // "c" is left mid-transaction; "b" is fenced by a new instance.
+        broker.txns.add_partitions(&broker, "c", ids[2].0, ids[2].1, vec![("t".into(), 0)]).unwrap();
+        let b = broker.txns.init_producer_id(&broker, "b", 60_000).unwrap();
+        assert_eq!(b, (ids[1].0, ids[1].1 + 1));
+        let state = broker.replicas.partition(TRANSACTION_STATE_TOPIC, 0).unwrap();
+        let before = state.log.size_bytes();
+        broker.txns.clean_state_topic(&broker);
+        assert!(state.log.size_bytes() * 2 < before, "cleanup freed space: {before} -> {}", state.log.size_bytes());
+        broker.shutdown();
+        drop((broker, state));
+
+        let broker = open(dir.path());
+        let describe = |id: &str| {
+            let txn = broker.txns.get(id).unwrap();
+            let meta = txn.lock();
+            (meta.producer_id, meta.producer_epoch, meta.state, meta.partitions.len())
+        };
+        assert_eq!(describe("a"), (ids[0].0, 0, TxnState::CompleteAbort, 0), "round 399 aborted");
+        assert_eq!(describe("b"), (ids[1].0, 1, TxnState::Empty, 0));
+        assert_eq!(describe("c"), (ids[2].0, 0, TxnState::Ongoing, 1));
+        assert_eq!(
+            broker.txns.end_txn(&broker, "b", ids[1].0, 0, true),
+            Err(ResponseError::ProducerFenced),
+            "the old instance stays fenced after a restart"
+        );
     }
 }
