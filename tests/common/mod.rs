@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod groups;
 pub mod records;
+pub mod transactions;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
