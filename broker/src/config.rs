@@ -300,7 +300,9 @@ impl BrokerConfig {
             "offsets.topic.segment.bytes" => {
                 self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
             }
-            "offset.metadata.max.bytes" => self.groups.offset_metadata_max_bytes = int(0, 1 << 20)? as usize,
+            "offset.metadata.max.bytes" => {
+                self.groups.offset_metadata_max_bytes = int(0, i64::from(i16::MAX))? as usize
+            }
             "offsets.retention.minutes" => {
                 self.groups.offsets_retention_ms = int(1, i64::MAX / 60_000)? * 60_000;
             }

@@ -384,17 +384,53 @@ impl PartitionLog {
         })
     }
 
-    /// Adds an aborted transaction to the index of the segment holding its marker.
+    /// Adds an aborted transaction to the index of the segment holding its marker. Memory
+    /// is the reference (fetches read it); the file append is best effort, and the segment's
+    /// file is rewritten from memory before any snapshot covers the marker.
     fn record_aborted(&self, state: &mut LogState, entry: AbortedTxn) -> Result<()> {
         if state.aborted.iter().any(|a| a.last_offset == entry.last_offset) {
             return Ok(());
         }
-        let segment = &state.segments[state.segment_for(entry.last_offset)];
-        txn_index::append(&segment.paths.txn_index, &entry)?;
-        let base = segment.base_offset;
-        state.txn_index_dirty.insert(base);
         let at = state.aborted.partition_point(|a| a.last_offset < entry.last_offset);
         state.aborted.insert(at, entry);
+        let segment = &state.segments[state.segment_for(entry.last_offset)];
+        let base = segment.base_offset;
+        if let Err(err) = txn_index::append(&segment.paths.txn_index, &entry) {
+            tracing::warn!(%err, "cannot append to a txn index; it is rewritten at the next snapshot");
+        }
+        state.txn_index_dirty.insert(base);
+        Ok(())
+    }
+
+    /// Rewrites the `.txnindex` of every segment changed since the last snapshot from
+    /// memory (atomically, fsynced); a segment stays dirty until its rewrite succeeds.
+    fn sync_txn_indexes(&self) -> Result<()> {
+        let rewrites: Vec<(i64, PathBuf, Vec<AbortedTxn>)> = {
+            let state = self.inner.state.read();
+            state
+                .txn_index_dirty
+                .iter()
+                .filter_map(|&base| {
+                    let i = state.segments.iter().position(|s| s.base_offset == base)?;
+                    let end = state.segments.get(i + 1).map_or(i64::MAX, |s| s.base_offset);
+                    let entries = state
+                        .aborted
+                        .iter()
+                        .filter(|a| a.last_offset >= base && a.last_offset < end)
+                        .copied()
+                        .collect();
+                    Some((base, state.segments[i].paths.txn_index.clone(), entries))
+                })
+                .collect()
+        };
+        for (base, path, entries) in rewrites {
+            txn_index::rewrite(&path, &entries)?;
+            self.inner.state.write().txn_index_dirty.remove(&base);
+        }
+        // Segments deleted since they were marked dirty have nothing left to write.
+        let mut state = self.inner.state.write();
+        let live: std::collections::BTreeSet<i64> = state.segments.iter().map(|s| s.base_offset).collect();
+        state.txn_index_dirty.retain(|base| live.contains(base));
         Ok(())
     }
 
@@ -780,10 +816,7 @@ impl PartitionLog {
         self.sync_to(offset)?;
         // The snapshot stands for every marker below `offset`: their index entries must be
         // on disk before it is.
-        let dirty: Vec<i64> = std::mem::take(&mut self.inner.state.write().txn_index_dirty).into_iter().collect();
-        for base in dirty {
-            txn_index::sync(&txn_index::path(&self.inner.dir, base))?;
-        }
+        self.sync_txn_indexes()?;
         producer_state::write_snapshot(&self.inner.dir, offset, &producers)?;
         *written = version;
         Ok(())

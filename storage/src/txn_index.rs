@@ -53,12 +53,19 @@ pub fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
 /// The entries in a file; a torn last entry (a crash mid-write) is ignored, and so is an
 /// entry of an unknown version. A missing file has none.
 pub fn read(path: &Path) -> Result<Vec<AbortedTxn>> {
+    read_checked(path).map(|(entries, _)| entries)
+}
+
+/// [`read`], and whether the file held whole entries only (false after a torn write: the
+/// owner rewrites it, or later appends would be misaligned).
+pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), true)),
         Err(err) => return Err(Error::io("read txn index", path)(err)),
     };
-    Ok(bytes
+    let whole = bytes.len() % ENTRY_SIZE == 0;
+    let entries = bytes
         .chunks_exact(ENTRY_SIZE)
         .filter(|chunk| i16::from_be_bytes([chunk[0], chunk[1]]) == ENTRY_VERSION)
         .map(|chunk| AbortedTxn {
@@ -67,7 +74,8 @@ pub fn read(path: &Path) -> Result<Vec<AbortedTxn>> {
             last_offset: i64_at(chunk, 18),
             last_stable_offset: i64_at(chunk, 26),
         })
-        .collect())
+        .collect();
+    Ok((entries, whole))
 }
 
 /// Replaces a file's entries (after a truncation); an empty list removes the file.

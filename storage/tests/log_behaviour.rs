@@ -571,3 +571,30 @@ fn transactions_hold_the_stable_offset_and_aborts_are_indexed_across_reopens() {
     assert_eq!(log.aborted_transactions(Offset(0), Offset(12)), vec![]);
     assert_eq!(log.last_stable_offset(), Offset(9), "producer 3's transaction is open again");
 }
+
+#[test]
+fn a_torn_txn_index_entry_is_cut_and_later_aborts_stay_readable() {
+    use sluice_storage::{MarkerKind, ProducerId};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments());
+    let epoch = LeaderEpoch(0);
+    log.append(&transactional(1, 0, 0, 2), epoch, 1).unwrap(); // 0-1
+    log.append_marker(ProducerId(1), 0, MarkerKind::Abort, 0, epoch, 1).unwrap(); // 2
+    log.close().unwrap();
+    let index = dir.path().join("00000000000000000000.txnindex");
+    let mut file = OpenOptions::new().append(true).open(&index).unwrap();
+    file.write_all(&[0, 0, 1, 2, 3]).unwrap(); // a crash mid-append
+    drop(file);
+    let log = open(dir.path(), small_segments());
+    log.append(&transactional(2, 0, 0, 1), epoch, 1).unwrap(); // 3
+    log.append_marker(ProducerId(2), 0, MarkerKind::Abort, 0, epoch, 1).unwrap(); // 4
+    log.close().unwrap();
+    let log = open(dir.path(), small_segments());
+    let aborted: Vec<(i64, i64, i64)> = log
+        .aborted_transactions(Offset(0), Offset(5))
+        .iter()
+        .map(|a| (a.producer_id, a.first_offset, a.last_offset))
+        .collect();
+    assert_eq!(aborted, [(1, 0, 2), (2, 3, 4)]);
+    assert_eq!(fs::metadata(&index).unwrap().len(), 2 * 34, "whole entries only");
+}

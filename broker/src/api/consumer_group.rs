@@ -40,8 +40,8 @@ pub async fn consumer_group_heartbeat(
             .with_member_epoch(request.member_epoch)
     };
     let group_id = request.group_id.0.as_str().to_string();
-    if group_id.is_empty() {
-        return fail(ResponseError::InvalidGroupId, "the group id is empty");
+    if group_id.is_empty() || group_id.len() > i16::MAX as usize {
+        return fail(ResponseError::InvalidGroupId, "the group id is empty or too long");
     }
     if let Err(error) = ensure_group_coordinator(broker).await {
         return fail(error, "the group coordinator is not ready");

@@ -90,7 +90,8 @@ pub async fn join_group(
     let member_id = text(&request.member_id);
     let fail = |error| join_response(version, JoinResult::error(error, &member_id));
     let group_id = text(&request.group_id.0);
-    if group_id.is_empty() {
+    // Empty, or too long for the 16-bit length of Kafka's group records.
+    if group_id.is_empty() || group_id.len() > i16::MAX as usize {
         return fail(ResponseError::InvalidGroupId);
     }
     let config = &broker.groups.config;

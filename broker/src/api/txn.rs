@@ -27,6 +27,16 @@ use super::coordinator::ensure_group_coordinator;
 use crate::broker::Broker;
 use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
 
+/// PRODUCER_FENCED exists from these versions on (KIP-588); older clients get
+/// INVALID_PRODUCER_EPOCH for the same situation.
+fn fencing_code(error: ResponseError, version: i16, since: i16) -> ResponseError {
+    if error == ResponseError::ProducerFenced && version < since {
+        ResponseError::InvalidProducerEpoch
+    } else {
+        error
+    }
+}
+
 /// Runs coordinator work on a blocking thread; a panic there is a bug, reported as
 /// UNKNOWN_SERVER_ERROR.
 async fn blocking<T: Send + 'static>(
@@ -42,11 +52,16 @@ async fn blocking<T: Send + 'static>(
 
 pub async fn init_producer_id(
     broker: &Arc<Broker>,
-    _header: &RequestHeader,
+    header: &RequestHeader,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    let transactional_id = request.transactional_id.as_ref().map(|id| id.0.as_str().to_string());
+    // An empty transactional id is no transactional id, as in Kafka.
+    let transactional_id =
+        request.transactional_id.as_ref().map(|id| id.0.as_str().to_string()).filter(|id| !id.is_empty());
     let timeout_ms = request.transaction_timeout_ms;
+    // v3+ (KIP-360): a client bumping its own epoch names its current producer id and epoch.
+    let expected = (request.producer_id.0 >= 0).then_some((request.producer_id.0, request.producer_epoch));
+    let version = header.request_api_version;
     // A producer without a transactional id always gets a new id (also when it asks for an
     // epoch bump after an error, KIP-360): nothing can fence it, so nothing is lost.
     let result = blocking(broker, move |broker| match transactional_id {
@@ -54,9 +69,10 @@ pub async fn init_producer_id(
             tracing::error!(error = %err.message, "cannot allocate a producer id");
             ResponseError::CoordinatorNotAvailable
         }),
-        Some(id) => broker.txns.init_producer_id(broker, &id, timeout_ms),
+        Some(id) => broker.txns.init_producer_id(broker, &id, timeout_ms, expected),
     })
-    .await;
+    .await
+    .map_err(|error| fencing_code(error, version, 4));
     match result {
         Ok((producer_id, epoch)) => {
             InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch)
@@ -98,6 +114,7 @@ fn add_partitions(
     producer_epoch: i16,
     topics: &[AddPartitionsToTxnTopic],
     verify_only: bool,
+    version: i16,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
     let partitions: Vec<(String, i32)> =
         topics.iter().flat_map(|t| t.partitions.iter().map(move |&p| (t.name.0.as_str().to_string(), p))).collect();
@@ -134,7 +151,7 @@ fn add_partitions(
     } else {
         broker.txns.add_partitions(broker, transactional_id, producer_id, producer_epoch, partitions)
     };
-    topic_results(topics, &result)
+    topic_results(topics, &result.map_err(|error| fencing_code(error, version, 2)))
 }
 
 pub async fn add_partitions_to_txn(
@@ -152,6 +169,7 @@ pub async fn add_partitions_to_txn(
                 request.v3_and_below_producer_epoch,
                 &request.v3_and_below_topics,
                 false,
+                version,
             );
             return Ok(AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results));
         }
@@ -166,6 +184,7 @@ pub async fn add_partitions_to_txn(
                     txn.producer_epoch,
                     &txn.topics,
                     txn.verify_only,
+                    version,
                 );
                 AddPartitionsToTxnResult::default()
                     .with_transactional_id(txn.transactional_id.clone())
@@ -180,7 +199,7 @@ pub async fn add_partitions_to_txn(
 
 pub async fn add_offsets_to_txn(
     broker: &Arc<Broker>,
-    _header: &RequestHeader,
+    header: &RequestHeader,
     request: AddOffsetsToTxnRequest,
 ) -> AddOffsetsToTxnResponse {
     if let Err(error) = ensure_group_coordinator(broker).await {
@@ -199,11 +218,12 @@ pub async fn add_offsets_to_txn(
             vec![partition],
         )
     })
-    .await;
+    .await
+    .map_err(|error| fencing_code(error, header.request_api_version, 2));
     AddOffsetsToTxnResponse::default().with_error_code(result.err().map_or(0, |e| e.code()))
 }
 
-pub async fn end_txn(broker: &Arc<Broker>, _header: &RequestHeader, request: EndTxnRequest) -> EndTxnResponse {
+pub async fn end_txn(broker: &Arc<Broker>, header: &RequestHeader, request: EndTxnRequest) -> EndTxnResponse {
     let (producer_id, producer_epoch) = (request.producer_id, request.producer_epoch);
     let result = blocking(broker, move |broker| {
         broker.txns.end_txn(
@@ -214,7 +234,8 @@ pub async fn end_txn(broker: &Arc<Broker>, _header: &RequestHeader, request: End
             request.committed,
         )
     })
-    .await;
+    .await
+    .map_err(|error| fencing_code(error, header.request_api_version, 2));
     EndTxnResponse::default()
         .with_error_code(result.err().map_or(0, |e| e.code()))
         .with_producer_id(producer_id)
@@ -223,7 +244,7 @@ pub async fn end_txn(broker: &Arc<Broker>, _header: &RequestHeader, request: End
 
 pub async fn txn_offset_commit(
     broker: &Arc<Broker>,
-    _header: &RequestHeader,
+    header: &RequestHeader,
     request: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
     let commits: Vec<OffsetCommit> = request
@@ -264,10 +285,12 @@ pub async fn txn_offset_commit(
                 Ok(broker.groups.commit_offsets(broker, &group_id, claim, -1, &commits, Some((producer_id, epoch))))
             })
             .await;
-            match pending {
+            let version = header.request_api_version;
+            let results = match pending {
                 Ok(pending) => GroupCoordinator::complete_commit(pending).await,
                 Err(error) => vec![Some(error); count],
-            }
+            };
+            results.into_iter().map(|r| r.map(|error| fencing_code(error, version, 3))).collect()
         }
     };
     let mut results = results.into_iter();

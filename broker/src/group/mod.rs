@@ -250,16 +250,31 @@ impl GroupCoordinator {
                     break;
                 }
                 for batch in RecordBatch::iter_batches(read.records) {
-                    let batch = batch?;
+                    // The log was recovered (CRCs checked) before this: a batch that still
+                    // does not decode is reported and skipped, not a reason to stay down.
+                    let batch = match batch {
+                        Ok(batch) => batch,
+                        Err(err) => {
+                            tracing::error!(partition = index, %err, "unreadable batch in {OFFSETS_TOPIC}; skipping the rest of this partition");
+                            offset = end;
+                            break;
+                        }
+                    };
                     offset = Offset(batch.last_offset() + 1);
-                    if batch.is_control() || batch.is_transactional() {
-                        open_txns.replay(&mut groups, &batch)?;
-                        continue;
-                    }
-                    for record in batch.records()? {
-                        let record = record?;
-                        records += 1;
-                        replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
+                    let replayed = if batch.is_control() || batch.is_transactional() {
+                        open_txns.replay(&mut groups, &batch)
+                    } else {
+                        batch.records().map_err(crate::Error::from).and_then(|batch_records| {
+                            for record in batch_records {
+                                let record = record?;
+                                records += 1;
+                                replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
+                            }
+                            Ok(())
+                        })
+                    };
+                    if let Err(err) = replayed {
+                        tracing::error!(partition = index, offset = batch.base_offset(), %err, "skipping an unreadable batch of {OFFSETS_TOPIC}");
                     }
                 }
             }
@@ -416,8 +431,12 @@ impl GroupCoordinator {
         transaction: Option<(i64, i16)>,
     ) -> PendingCommit {
         let MemberClaim { generation_id, member_id, group_instance_id } = claim;
-        let group = if generation_id < 0 { Some(self.group_or_create(group_id)) } else { self.group(group_id) };
         let fail = |error| PendingCommit { partition: None, durable: None, results: vec![Some(error); commits.len()] };
+        // Kafka's records hold the group id as a 16-bit-length string.
+        if group_id.len() > i16::MAX as usize {
+            return fail(ResponseError::InvalidGroupId);
+        }
+        let group = if generation_id < 0 { Some(self.group_or_create(group_id)) } else { self.group(group_id) };
         // A member of a generation the coordinator does not know.
         let Some(group) = group else { return fail(ResponseError::IllegalGeneration) };
         let mut locked = group.lock();
@@ -535,7 +554,7 @@ impl GroupCoordinator {
         if locked.is_dead() {
             return Err(ResponseError::GroupIdNotFound);
         }
-        if !locked.is_empty() {
+        if !locked.is_empty() || !locked.pending_txn.is_empty() {
             return Err(ResponseError::NonEmptyGroup);
         }
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = locked
@@ -626,7 +645,7 @@ impl GroupCoordinator {
             if !expired.is_empty() && self.delete_offsets(broker, &mut group, &expired).is_ok() {
                 expired_total += expired.len();
             }
-            if group.offsets.is_empty() && empty_since.is_some() {
+            if group.offsets.is_empty() && group.pending_txn.is_empty() && empty_since.is_some() {
                 emptied.push(group.id.clone());
             }
         }
@@ -655,10 +674,6 @@ impl GroupCoordinator {
             if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {
                 continue;
             }
-            // Offsets of open transactions exist only as their records: they must not go.
-            if self.has_pending_txn_offsets(index) {
-                continue;
-            }
             match self.rewrite_partition(broker, index, &partition) {
                 Ok(bytes) => {
                     self.live_bytes.lock().insert(index, bytes);
@@ -671,6 +686,11 @@ impl GroupCoordinator {
     fn rewrite_partition(&self, broker: &Broker, index: i32, partition: &Partition) -> Result<u64, String> {
         let partitions = self.offsets_partitions.load(Ordering::Acquire);
         let start = partition.log.log_end_offset();
+        // Checked after `start` is fixed: a transactional commit appended since is at or
+        // above it and stays. Offsets of open transactions exist only as their records.
+        if self.has_pending_txn_offsets(index) {
+            return Ok(self.live_bytes.lock().get(&index).copied().unwrap_or(0));
+        }
         let size_before = partition.log.size_bytes();
         let mut written = 0u64;
         let mut last = None;
@@ -702,6 +722,9 @@ impl GroupCoordinator {
             durable.wait().map_err(|e| e.to_string())?;
             partition.commit(durable.end_offset());
         }
+        // Whatever the flush policy: the rewrite must be on disk before the only other copy
+        // of what it says is deleted.
+        partition.log.flush().map_err(|e| e.to_string())?;
         partition.log.delete_records_before(start).map_err(|e| e.to_string())?;
         tracing::info!(
             partition = index,

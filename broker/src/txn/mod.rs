@@ -74,10 +74,25 @@ impl TransactionCoordinator {
                     break;
                 }
                 for batch in RecordBatch::iter_batches(read.records) {
-                    let batch = batch?;
+                    // Reported and skipped rather than keeping the broker down.
+                    let batch = match batch {
+                        Ok(batch) => batch,
+                        Err(err) => {
+                            tracing::error!(partition = index, %err, "unreadable batch in {TRANSACTION_STATE_TOPIC}; skipping the rest of this partition");
+                            offset = end;
+                            break;
+                        }
+                    };
                     offset = sluice_storage::Offset(batch.last_offset() + 1);
-                    for record in batch.records()? {
-                        let record = record?;
+                    let records = match batch.records() {
+                        Ok(records) => records,
+                        Err(err) => {
+                            tracing::error!(partition = index, %err, "skipping an unreadable batch of {TRANSACTION_STATE_TOPIC}");
+                            continue;
+                        }
+                    };
+                    for record in records {
+                        let Ok(record) = record else { continue };
                         let Some(Ok(Some(id))) = record.key.as_deref().map(record::decode_key) else { continue };
                         match record.value.as_deref().map(TxnValue::decode) {
                             None => {
@@ -230,6 +245,9 @@ impl TransactionCoordinator {
                 }
                 None => Ok(()),
             }
+            // Whatever the flush policy: the rewrite must be on disk before the records it
+            // replaces are deleted.
+            .and_then(|_| partition.log.flush())
             .and_then(|_| partition.log.delete_records_before(start));
             match done {
                 Ok(_) => tracing::info!(
@@ -244,59 +262,100 @@ impl TransactionCoordinator {
 
     /// InitProducerId with a transactional id: a new producer id (epoch 0) the first time;
     /// afterwards the same id with the next epoch, which fences the previous instance, and
-    /// an open transaction of that instance is aborted first.
+    /// an open transaction of that instance is aborted first. A client asking to bump its own
+    /// epoch (KIP-360, `expected` = its producer id and epoch) must be the current instance,
+    /// or it is fenced itself.
     pub fn init_producer_id(
         &self,
         broker: &Broker,
         transactional_id: &str,
         timeout_ms: i32,
+        expected: Option<(i64, i16)>,
     ) -> Result<(i64, i16), ResponseError> {
         if timeout_ms <= 0 || timeout_ms > broker.config.transaction_max_timeout_ms {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
+        // Kafka's records hold the id as a 16-bit-length string.
+        if transactional_id.len() > i16::MAX as usize {
+            return Err(ResponseError::InvalidRequest);
+        }
         self.ensure_state_topic(broker)?;
-        let existing = self.get(transactional_id);
-        let Some(txn) = existing else {
-            let producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-            let now = now_ms();
-            let meta = TxnMetadata {
-                transactional_id: transactional_id.to_string(),
-                producer_id,
-                producer_epoch: 0,
-                timeout_ms,
-                state: TxnState::Empty,
-                partitions: Default::default(),
-                start_ms: -1,
-                last_update_ms: now,
-            };
-            self.persist(broker, &meta)?;
-            self.by_producer.lock().insert(producer_id, transactional_id.to_string());
-            self.txns.lock().insert(transactional_id.to_string(), Arc::new(Mutex::new(meta)));
-            return Ok((producer_id, 0));
+        let Some(txn) = self.get(transactional_id) else {
+            if expected.is_some() {
+                return Err(ResponseError::InvalidProducerIdMapping);
+            }
+            return self.register(broker, transactional_id, timeout_ms);
         };
         let mut meta = txn.lock();
+        if let Some((producer_id, epoch)) = expected {
+            if producer_id != meta.producer_id || epoch != meta.producer_epoch {
+                return Err(ResponseError::ProducerFenced);
+            }
+        }
         if meta.is_preparing() {
             let commit = meta.state == TxnState::PrepareCommit;
             self.write_markers_and_complete(broker, &mut meta, commit)?;
         }
         let now = now_ms();
+        let before = meta.clone();
         if meta.fence(now) {
-            self.persist(broker, &meta)?;
+            if let Err(error) = self.persist(broker, &meta) {
+                *meta = before;
+                return Err(error);
+            }
             self.write_markers_and_complete(broker, &mut meta, false)?;
         }
+        let before = meta.clone();
         if meta.producer_epoch >= MAX_EPOCH {
-            let old = meta.producer_id;
             meta.producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
             meta.producer_epoch = 0;
-            let mut by_producer = self.by_producer.lock();
-            by_producer.remove(&old);
-            by_producer.insert(meta.producer_id, transactional_id.to_string());
         }
         meta.timeout_ms = timeout_ms;
         meta.state = TxnState::Empty;
         meta.last_update_ms = now;
-        self.persist(broker, &meta)?;
+        if let Err(error) = self.persist(broker, &meta) {
+            *meta = before;
+            return Err(error);
+        }
+        if meta.producer_id != before.producer_id {
+            let mut by_producer = self.by_producer.lock();
+            by_producer.remove(&before.producer_id);
+            by_producer.insert(meta.producer_id, transactional_id.to_string());
+        }
         Ok((meta.producer_id, meta.producer_epoch))
+    }
+
+    /// A transactional id seen for the first time. It is in the map (locked) before its
+    /// record is written, so a concurrent cleanup of the state topic waits for it and then
+    /// rewrites it.
+    fn register(&self, broker: &Broker, transactional_id: &str, timeout_ms: i32) -> Result<(i64, i16), ResponseError> {
+        let producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        let meta = TxnMetadata {
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+            producer_epoch: 0,
+            timeout_ms,
+            state: TxnState::Empty,
+            partitions: Default::default(),
+            start_ms: -1,
+            last_update_ms: now_ms(),
+        };
+        let txn = Arc::new(Mutex::new(meta));
+        let guard = txn.lock();
+        {
+            let mut txns = self.txns.lock();
+            if txns.contains_key(transactional_id) {
+                // Another InitProducerId for the same new id got here first.
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            txns.insert(transactional_id.to_string(), txn.clone());
+        }
+        if let Err(error) = self.persist(broker, &guard) {
+            self.txns.lock().remove(transactional_id);
+            return Err(error);
+        }
+        self.by_producer.lock().insert(producer_id, transactional_id.to_string());
+        Ok((producer_id, 0))
     }
 
     /// AddPartitionsToTxn / AddOffsetsToTxn.
@@ -335,10 +394,16 @@ impl TransactionCoordinator {
         let txn = self.get(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         let mut meta = txn.lock();
         meta.check_producer(producer_id, producer_epoch)?;
+        let before = meta.clone();
         match meta.prepare_end(commit, now_ms())? {
             EndAction::AlreadyDone => Ok(()),
             EndAction::WriteMarkers => {
-                self.persist(broker, &meta)?;
+                if let Err(error) = self.persist(broker, &meta) {
+                    *meta = before;
+                    return Err(error);
+                }
+                // Once the decision is recorded it stands: a failure writing markers leaves
+                // the transaction prepared, and the coordinator's timer finishes it.
                 self.write_markers_and_complete(broker, &mut meta, commit)
             }
         }
@@ -367,6 +432,8 @@ impl TransactionCoordinator {
                 .and_then(|outcome| outcome.wait_durable().map(|_| outcome));
             match written {
                 Ok(outcome) => partition.commit(outcome.durable_handle().end_offset()),
+                // Deleted under the transaction: nobody can read it any more.
+                Err(_) if broker.metadata().topic(topic).is_none() => continue,
                 Err(err) => {
                     tracing::error!(topic, partition = index, %err, "cannot write a transaction marker");
                     return Err(ResponseError::CoordinatorNotAvailable);
@@ -422,11 +489,19 @@ impl TransactionCoordinator {
         Ok(())
     }
 
-    /// Aborts (and fences) transactions open longer than their timeout.
+    /// Aborts (and fences) transactions open longer than their timeout, and retries the
+    /// markers of transactions whose decision is recorded but whose markers failed.
     pub fn abort_timed_out(&self, broker: &Broker) {
         let now = now_ms();
         for txn in self.all() {
             let mut meta = txn.lock();
+            if meta.is_preparing() {
+                let commit = meta.state == TxnState::PrepareCommit;
+                if let Err(err) = self.write_markers_and_complete(broker, &mut meta, commit) {
+                    tracing::warn!(transactional_id = %meta.transactional_id, ?err, "transaction markers still failing; will retry");
+                }
+                continue;
+            }
             let expired = meta.state == TxnState::Ongoing && meta.start_ms + i64::from(meta.timeout_ms) <= now;
             if !expired {
                 continue;
@@ -515,7 +590,7 @@ mod tests {
         broker.create_topic("t", 2, BTreeMap::new(), false).unwrap();
         let mut ids = Vec::new();
         for id in ["a", "b", "c"] {
-            ids.push(broker.txns.init_producer_id(&broker, id, 60_000).unwrap());
+            ids.push(broker.txns.init_producer_id(&broker, id, 60_000, None).unwrap());
         }
         for round in 0..400 {
             for (i, id) in ["a", "b", "c"].iter().enumerate() {
@@ -526,7 +601,7 @@ mod tests {
         }
         // "c" is left mid-transaction; "b" is fenced by a new instance.
         broker.txns.add_partitions(&broker, "c", ids[2].0, ids[2].1, vec![("t".into(), 0)]).unwrap();
-        let b = broker.txns.init_producer_id(&broker, "b", 60_000).unwrap();
+        let b = broker.txns.init_producer_id(&broker, "b", 60_000, None).unwrap();
         assert_eq!(b, (ids[1].0, ids[1].1 + 1));
         let state = broker.replicas.partition(TRANSACTION_STATE_TOPIC, 0).unwrap();
         let before = state.log.size_bytes();

@@ -180,6 +180,10 @@ impl ConsumerGroup {
         config: &GroupConfig,
     ) -> HeartbeatResult {
         let epoch = request.member_epoch;
+        // A full request (after a lost response, say) gets the assignment whatever changed,
+        // as in Kafka: the member may have missed the last one.
+        let full_request =
+            request.rebalance_timeout_ms != -1 && request.subscribed_topic_names.is_some() && request.owned.is_some();
         if let Some(assignor) = request.server_assignor.as_deref() {
             if !assignor::is_known(assignor) {
                 let message = format!("unknown server assignor \"{assignor}\"; use uniform or range");
@@ -248,7 +252,7 @@ impl ConsumerGroup {
         let Some(member) = self.members.get_mut(&member_id) else {
             return HeartbeatResult::error(ResponseError::UnknownMemberId, "unknown member", &member_id, epoch);
         };
-        let send = std::mem::take(&mut member.send_assignment) || epoch == JOIN_EPOCH;
+        let send = std::mem::take(&mut member.send_assignment) || epoch == JOIN_EPOCH || full_request;
         HeartbeatResult {
             error: None,
             member_id: member_id.to_string(),
