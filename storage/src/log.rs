@@ -17,11 +17,12 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, SyncError, SyncTarget};
 use crate::handle_cache::HandleCache;
-use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
-use crate::record::RecordBatch;
+use crate::producer_state::{MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
 use crate::recovery;
 use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
+
+mod transactions;
 use crate::txn_index::{self, AbortedTxn};
 use crate::{LeaderEpoch, Offset};
 
@@ -32,14 +33,6 @@ const CHECKPOINT_INTERVAL_MS: i64 = 60_000;
 /// Milliseconds since the Unix epoch, the unit of every Kafka timestamp.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The kind of a stored control batch's marker, from its first record's key.
-fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
-    let record = batch.records().ok()?.next()?.ok()?;
-    let key = record.key?;
-    let kind = i16::from_be_bytes([*key.get(2)?, *key.get(3)?]);
-    MarkerKind::from_type(kind)
 }
 
 /// The result of an append: where the batch landed, and a handle to wait for durability.
@@ -196,9 +189,14 @@ impl PartitionLog {
         }
         let mut aborted = Vec::new();
         for segment in &segments {
-            aborted.extend(
-                txn_index::read(&segment.paths.txn_index)?.into_iter().filter(|a| a.last_offset < log_end_offset),
-            );
+            let (entries, whole) = txn_index::read_checked(&segment.paths.txn_index)?;
+            let kept: Vec<AbortedTxn> = entries.iter().copied().filter(|a| a.last_offset < log_end_offset).collect();
+            // A torn entry, or entries past a log end that recovery cut back: rewrite the
+            // file, so later appends stay aligned and reused offsets meet no stale entry.
+            if !whole || kept.len() != entries.len() {
+                txn_index::rewrite(&segment.paths.txn_index, &kept)?;
+            }
+            aborted.extend(kept);
         }
         aborted.sort_by_key(|a| a.last_offset);
         let log = PartitionLog {
@@ -249,29 +247,6 @@ impl PartitionLog {
     /// before taking the log's lock; an invalid batch leaves the log unchanged.
     pub fn append(&self, batch: &[u8], leader_epoch: LeaderEpoch, now_ms: i64) -> Result<AppendOutcome> {
         self.append_batch(batch, leader_epoch, now_ms, None)
-    }
-
-    /// Appends a transaction marker (a control batch) ending `producer_id`'s transaction in
-    /// this partition: what the transaction coordinator writes at commit or abort.
-    pub fn append_marker(
-        &self,
-        producer_id: ProducerId,
-        producer_epoch: i16,
-        kind: MarkerKind,
-        coordinator_epoch: i32,
-        leader_epoch: LeaderEpoch,
-        now_ms: i64,
-    ) -> Result<AppendOutcome> {
-        let mut builder = crate::RecordBatchBuilder::new(now_ms)
-            .producer(producer_id.0, producer_epoch, -1)
-            .transactional(true)
-            .control(true);
-        let mut key = [0u8; 4];
-        key[2..].copy_from_slice(&kind.to_type().to_be_bytes());
-        let mut value = [0u8; 6];
-        value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
-        builder.push(now_ms, Some(&key), Some(&value), &[]);
-        self.append_batch(&builder.build()?, leader_epoch, now_ms, Some((producer_id, producer_epoch, kind)))
     }
 
     fn append_batch(
@@ -382,70 +357,6 @@ impl PartitionLog {
                 needs_fsync: config.flush_policy == FlushPolicy::EveryAppend,
             },
         })
-    }
-
-    /// Adds an aborted transaction to the index of the segment holding its marker. Memory
-    /// is the reference (fetches read it); the file append is best effort, and the segment's
-    /// file is rewritten from memory before any snapshot covers the marker.
-    fn record_aborted(&self, state: &mut LogState, entry: AbortedTxn) -> Result<()> {
-        if state.aborted.iter().any(|a| a.last_offset == entry.last_offset) {
-            return Ok(());
-        }
-        let at = state.aborted.partition_point(|a| a.last_offset < entry.last_offset);
-        state.aborted.insert(at, entry);
-        let segment = &state.segments[state.segment_for(entry.last_offset)];
-        let base = segment.base_offset;
-        if let Err(err) = txn_index::append(&segment.paths.txn_index, &entry) {
-            tracing::warn!(%err, "cannot append to a txn index; it is rewritten at the next snapshot");
-        }
-        state.txn_index_dirty.insert(base);
-        Ok(())
-    }
-
-    /// Rewrites the `.txnindex` of every segment changed since the last snapshot from
-    /// memory (atomically, fsynced); a segment stays dirty until its rewrite succeeds.
-    fn sync_txn_indexes(&self) -> Result<()> {
-        let rewrites: Vec<(i64, PathBuf, Vec<AbortedTxn>)> = {
-            let state = self.inner.state.read();
-            state
-                .txn_index_dirty
-                .iter()
-                .filter_map(|&base| {
-                    let i = state.segments.iter().position(|s| s.base_offset == base)?;
-                    let end = state.segments.get(i + 1).map_or(i64::MAX, |s| s.base_offset);
-                    let entries = state
-                        .aborted
-                        .iter()
-                        .filter(|a| a.last_offset >= base && a.last_offset < end)
-                        .copied()
-                        .collect();
-                    Some((base, state.segments[i].paths.txn_index.clone(), entries))
-                })
-                .collect()
-        };
-        for (base, path, entries) in rewrites {
-            txn_index::rewrite(&path, &entries)?;
-            self.inner.state.write().txn_index_dirty.remove(&base);
-        }
-        // Segments deleted since they were marked dirty have nothing left to write.
-        let mut state = self.inner.state.write();
-        let live: std::collections::BTreeSet<i64> = state.segments.iter().map(|s| s.base_offset).collect();
-        state.txn_index_dirty.retain(|base| live.contains(base));
-        Ok(())
-    }
-
-    /// The last stable offset: no record at or above it belongs to an open transaction,
-    /// and it never passes the high watermark. `read_committed` reads stop here.
-    pub fn last_stable_offset(&self) -> Offset {
-        let state = self.inner.state.read();
-        Offset(state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark)))
-    }
-
-    /// Aborted transactions with records in `[from, to)`, for a `read_committed` fetch.
-    pub fn aborted_transactions(&self, from: Offset, to: Offset) -> Vec<AbortedTxn> {
-        let state = self.inner.state.read();
-        let start = state.aborted.partition_point(|a| a.last_offset < from.0);
-        state.aborted[start..].iter().filter(|a| a.first_offset < to.0).copied().collect()
     }
 
     /// Closes the active segment and starts a new one at the log end offset.
@@ -797,90 +708,6 @@ impl PartitionLog {
     pub fn checkpoint(&self) -> Result<()> {
         self.write_checkpoint(false)?;
         self.snapshot_producers()
-    }
-
-    /// Writes the producer state as of the current log end, once everything below that is
-    /// durable: a snapshot never covers batches a crash could take back.
-    fn snapshot_producers(&self) -> Result<()> {
-        let mut written = self.inner.snapshot_version.lock();
-        if self.is_deleted() {
-            return Ok(());
-        }
-        let (offset, producers, version) = {
-            let state = self.inner.state.read();
-            (state.log_end_offset(), state.producers.clone(), state.producers_version)
-        };
-        if version == *written {
-            return Ok(());
-        }
-        self.sync_to(offset)?;
-        // The snapshot stands for every marker below `offset`: their index entries must be
-        // on disk before it is.
-        self.sync_txn_indexes()?;
-        producer_state::write_snapshot(&self.inner.dir, offset, &producers)?;
-        *written = version;
-        Ok(())
-    }
-
-    /// Rebuilds the producer state from the snapshot (if it covers no more than the log
-    /// holds) and the batches after it, or from the whole log.
-    fn rebuild_producers(&self) -> Result<()> {
-        let end = self.log_end_offset().0;
-        let (from, mut producers) = producer_state::read_snapshot(&self.inner.dir)
-            .filter(|(offset, _)| *offset <= end)
-            .unwrap_or((self.log_start_offset().0, ProducerState::default()));
-        let mut offset = from.max(self.log_start_offset().0);
-        let now = now_ms();
-        let mut replayed = 0u64;
-        let mut aborted = Vec::new();
-        while offset < end {
-            let read = self.read(Offset(offset), 1 << 20, Offset(end))?;
-            if read.records.is_empty() {
-                break;
-            }
-            for batch in RecordBatch::iter_batches(read.records) {
-                let batch = batch?;
-                if batch.last_offset() >= offset {
-                    if batch.is_control() {
-                        if let Some(kind) = marker_kind(&batch) {
-                            let producer_id = ProducerId(batch.producer_id());
-                            let stable_before = producers.first_unstable_offset().unwrap_or(batch.base_offset());
-                            let marker = batch.base_offset();
-                            if let Some((first_offset, last_offset)) =
-                                producers.complete_txn(producer_id, batch.producer_epoch(), kind, marker, now)
-                            {
-                                aborted.push(AbortedTxn {
-                                    producer_id: producer_id.0,
-                                    first_offset,
-                                    last_offset,
-                                    last_stable_offset: stable_before,
-                                });
-                            }
-                        }
-                    } else {
-                        producers.update(&ProducerBatch::from(&batch), batch.base_offset(), now);
-                    }
-                    replayed += 1;
-                }
-                offset = batch.last_offset() + 1;
-            }
-        }
-        if replayed > 0 {
-            tracing::debug!(dir = %self.inner.dir.display(), from, replayed, "rebuilt producer state");
-        }
-        let mut state = self.inner.state.write();
-        state.producers = producers;
-        state.producers_version += 1;
-        // Markers after the snapshot whose index entries a crash lost are indexed again.
-        for entry in aborted {
-            self.record_aborted(&mut state, entry)?;
-        }
-        Ok(())
-    }
-
-    /// The idempotent producers this partition knows (for DescribeProducers).
-    pub fn producers(&self) -> ProducerState {
-        self.inner.state.read().producers.clone()
     }
 
     fn write_checkpoint(&self, clean_shutdown: bool) -> Result<()> {

@@ -42,17 +42,31 @@ fn append(
             return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
         }
     }
-    if let Some((producer_id, true)) = batch::peek_producer(records) {
-        // KIP-890: a transactional batch only goes into a partition of its producer's
-        // ongoing transaction, so a late or retried write cannot slip into the next one.
-        let epoch = batch::peek_producer_epoch(records).unwrap_or(-1);
-        if let Err(code) = broker.txns.verify_produce(producer_id, epoch, &partition.topic, index) {
-            let message =
-                format!("producer {producer_id} epoch {epoch} has no ongoing transaction with this partition");
-            return (partition_error(index, code, Some(message)), None);
+    let append = || partition.log.append(records, LeaderEpoch(Partition::LEADER_EPOCH), now_ms);
+    let appended = match batch::peek_producer(records) {
+        Some((producer_id, true)) => {
+            // KIP-890: a transactional batch only goes into a partition of its producer's
+            // ongoing transaction, checked and appended under the transaction's lock, so a
+            // late or retried write cannot slip past the transaction's end.
+            let epoch = batch::peek_producer_epoch(records).unwrap_or(-1);
+            let in_transaction = || broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append);
+            // The lock may be held across an EndTxn's marker fsyncs: tell the runtime.
+            let checked = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(in_transaction),
+                _ => in_transaction(),
+            };
+            match checked {
+                Ok(appended) => appended,
+                Err(code) => {
+                    let message =
+                        format!("producer {producer_id} epoch {epoch} has no ongoing transaction with this partition");
+                    return (partition_error(index, code, Some(message)), None);
+                }
+            }
         }
-    }
-    match partition.log.append(records, LeaderEpoch(Partition::LEADER_EPOCH), now_ms) {
+        _ => append(),
+    };
+    match appended {
         Ok(outcome) => {
             let log_start_offset = partition.log.log_start_offset().0;
             let response = PartitionProduceResponse::default()

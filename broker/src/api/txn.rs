@@ -278,11 +278,13 @@ pub async fn txn_offset_commit(
                     request_for_check;
                 let (_, partition) =
                     broker.groups.offsets_partition_for(&group_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
-                // KIP-890: the group's offsets partition must be in the ongoing transaction.
-                broker.txns.check_offsets_partition(&transactional_id, producer_id, epoch, partition)?;
-                let claim =
-                    MemberClaim { generation_id, member_id: &member_id, group_instance_id: instance.as_deref() };
-                Ok(broker.groups.commit_offsets(broker, &group_id, claim, -1, &commits, Some((producer_id, epoch))))
+                // KIP-890: the group's offsets partition must be in the ongoing transaction,
+                // checked and written under the transaction's lock.
+                broker.txns.in_offsets_transaction(&transactional_id, producer_id, epoch, partition, || {
+                    let claim =
+                        MemberClaim { generation_id, member_id: &member_id, group_instance_id: instance.as_deref() };
+                    broker.groups.commit_offsets(broker, &group_id, claim, -1, &commits, Some((producer_id, epoch)))
+                })
             })
             .await;
             let version = header.request_api_version;

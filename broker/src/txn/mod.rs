@@ -456,6 +456,21 @@ impl TransactionCoordinator {
         topic: &str,
         partition: i32,
     ) -> Result<(), ResponseError> {
+        self.in_transaction(producer_id, producer_epoch, topic, partition, || ())
+    }
+
+    /// Runs `append` (a transactional batch's append) only if the partition is in the
+    /// producer's ongoing transaction at its epoch, holding the transaction's lock across
+    /// both: an EndTxn cannot write its marker in between, so a late batch can never open a
+    /// transaction that no marker will close. Blocks while the transaction is being ended.
+    pub fn in_transaction<R>(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: &str,
+        partition: i32,
+        append: impl FnOnce() -> R,
+    ) -> Result<R, ResponseError> {
         let id = self.by_producer.lock().get(&producer_id).cloned().ok_or(ResponseError::InvalidProducerIdMapping)?;
         let txn = self.get(&id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         let meta = txn.lock();
@@ -468,17 +483,20 @@ impl TransactionCoordinator {
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
             return Err(ResponseError::InvalidTxnState);
         }
-        Ok(())
+        Ok(append())
     }
 
-    /// The producer id and epoch of a transactional id, for TxnOffsetCommit's check.
-    pub fn check_offsets_partition(
+    /// TxnOffsetCommit: runs `commit` only if the group's offsets partition is in the
+    /// transactional id's ongoing transaction, under the transaction's lock (as
+    /// [`Self::in_transaction`]).
+    pub fn in_offsets_transaction<R>(
         &self,
         transactional_id: &str,
         producer_id: i64,
         producer_epoch: i16,
         offsets_partition: i32,
-    ) -> Result<(), ResponseError> {
+        commit: impl FnOnce() -> R,
+    ) -> Result<R, ResponseError> {
         let txn = self.get(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         let meta = txn.lock();
         meta.check_producer(producer_id, producer_epoch)?;
@@ -486,7 +504,7 @@ impl TransactionCoordinator {
         {
             return Err(ResponseError::InvalidTxnState);
         }
-        Ok(())
+        Ok(commit())
     }
 
     /// Aborts (and fences) transactions open longer than their timeout, and retries the

@@ -290,15 +290,17 @@ impl ConsumerGroup {
         generation_id: i32,
         now: Instant,
     ) -> Result<(), ResponseError> {
+        // Its epoch only moves in JoinGroup, so its commits with its generation stay valid
+        // until it rejoins.
+        let assignment_epoch = self.assignment_epoch;
+        let target = self.targets.get(member_id).cloned().unwrap_or_default();
         let member = self.classic_member(member_id, generation_id)?;
         let session_ms = member.classic.as_ref().map_or(0, |info| info.session_timeout_ms);
         member.session_deadline = now + Duration::from_millis(session_ms.max(0) as u64);
-        let member_id: Arc<str> = member.member_id.clone();
-        self.reconcile(&member_id, None, now);
-        let member = self.members.get(&member_id).ok_or(ResponseError::UnknownMemberId)?;
         let synced = member.classic.as_ref().and_then(|info| info.synced.as_ref());
-        let settled = member.member_epoch == generation_id
+        let settled = member.member_epoch == assignment_epoch
             && member.pending_revocation.is_empty()
+            && member.assigned == target
             && synced == Some(&member.assigned);
         if settled {
             Ok(())
