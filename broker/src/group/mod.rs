@@ -9,7 +9,9 @@
 
 pub mod assignor;
 pub mod classic;
+mod cleanup;
 pub mod consumer;
+mod load;
 pub mod offsets;
 pub mod record;
 mod txn_offsets;
@@ -21,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
-use sluice_storage::{LeaderEpoch, Offset, RecordBatch, RecordBatchBuilder};
+use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
 
 use crate::broker::Broker;
 use crate::config::GroupConfig;
-use crate::replica_manager::{Partition, ReplicaManager};
+use crate::replica_manager::Partition;
 use classic::{ClassicGroup, ClassicState};
 use consumer::ConsumerGroup;
 use offsets::{CommittedOffset, GroupOffsets};
-use record::{GroupValue, OffsetValue, RecordKey};
+use record::RecordKey;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -231,68 +233,6 @@ impl GroupCoordinator {
             next_expiry_check: Mutex::new(first_check),
             live_bytes: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Rebuilds every group from `__consumer_offsets`, if it exists: the last record per key
-    /// wins and tombstones delete. A record that does not decode is logged and skipped.
-    pub fn load(&self, replicas: &ReplicaManager, partitions: i32) -> crate::Result<()> {
-        let started = Instant::now();
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        let mut records = 0u64;
-        for index in 0..partitions {
-            let Some(partition) = replicas.partition(OFFSETS_TOPIC, index) else { continue };
-            let end = partition.log.log_end_offset();
-            let mut offset = partition.log.log_start_offset();
-            let mut open_txns = txn_offsets::OpenTxns::default();
-            while offset < end {
-                let read = partition.log.read(offset, 1 << 20, end)?;
-                if read.records.is_empty() {
-                    break;
-                }
-                for batch in RecordBatch::iter_batches(read.records) {
-                    // The log was recovered (CRCs checked) before this: a batch that still
-                    // does not decode is reported and skipped, not a reason to stay down.
-                    let batch = match batch {
-                        Ok(batch) => batch,
-                        Err(err) => {
-                            tracing::error!(partition = index, %err, "unreadable batch in {OFFSETS_TOPIC}; skipping the rest of this partition");
-                            offset = end;
-                            break;
-                        }
-                    };
-                    offset = Offset(batch.last_offset() + 1);
-                    let replayed = if batch.is_control() || batch.is_transactional() {
-                        open_txns.replay(&mut groups, &batch)
-                    } else {
-                        batch.records().map_err(crate::Error::from).and_then(|batch_records| {
-                            for record in batch_records {
-                                let record = record?;
-                                records += 1;
-                                replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
-                            }
-                            Ok(())
-                        })
-                    };
-                    if let Err(err) = replayed {
-                        tracing::error!(partition = index, offset = batch.base_offset(), %err, "skipping an unreadable batch of {OFFSETS_TOPIC}");
-                    }
-                }
-            }
-            open_txns.leave_pending(&mut groups);
-            // Everything in this log was written by the coordinator: make it all readable.
-            partition.commit(end);
-        }
-        let now = Instant::now();
-        let mut map = self.groups.lock();
-        for (id, mut group) in groups {
-            if group.has_record || !group.offsets.is_empty() || !group.pending_txn.is_empty() {
-                group.classic.tick(now, &self.config);
-                map.insert(Arc::from(id), Arc::new(Mutex::new(group)));
-            }
-        }
-        self.offsets_partitions.store(partitions, Ordering::Release);
-        tracing::info!(groups = map.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "groups loaded");
-        Ok(())
     }
 
     /// Creates `__consumer_offsets` the first time a group needs it (as Kafka does), with
@@ -654,123 +594,6 @@ impl GroupCoordinator {
         }
         if expired_total > 0 || !emptied.is_empty() {
             tracing::info!(offsets = expired_total, groups = emptied.len(), "expired committed offsets");
-        }
-    }
-}
-
-impl GroupCoordinator {
-    /// Stands in for log compaction on `__consumer_offsets` until the log cleaner exists: a
-    /// partition that has grown past twice its live state (and at least two segments)
-    /// gets every group's current state rewritten at its end, and once that is durable the
-    /// segments wholly before the rewrite are deleted. The cache always matches the log
-    /// (commits are applied under the group's lock in log order), so the rewrite holds
-    /// everything the deleted records said. Blocking: it waits for an fsync.
-    pub fn clean_offsets_topic(&self, broker: &Broker) {
-        let partitions = self.offsets_partitions.load(Ordering::Acquire);
-        for index in 0..partitions {
-            let Some(partition) = broker.replicas.partition(OFFSETS_TOPIC, index) else { continue };
-            let segment_bytes = u64::from(partition.log.config().segment_bytes);
-            let live = self.live_bytes.lock().get(&index).copied().unwrap_or(0);
-            if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {
-                continue;
-            }
-            match self.rewrite_partition(broker, index, &partition) {
-                Ok(bytes) => {
-                    self.live_bytes.lock().insert(index, bytes);
-                }
-                Err(err) => tracing::error!(partition = index, %err, "cannot clean up {OFFSETS_TOPIC}"),
-            }
-        }
-    }
-
-    fn rewrite_partition(&self, broker: &Broker, index: i32, partition: &Partition) -> Result<u64, String> {
-        let partitions = self.offsets_partitions.load(Ordering::Acquire);
-        let start = partition.log.log_end_offset();
-        // Checked after `start` is fixed: a transactional commit appended since is at or
-        // above it and stays. Offsets of open transactions exist only as their records.
-        if self.has_pending_txn_offsets(index) {
-            return Ok(self.live_bytes.lock().get(&index).copied().unwrap_or(0));
-        }
-        let size_before = partition.log.size_bytes();
-        let mut written = 0u64;
-        let mut last = None;
-        for group in self.groups() {
-            let group = group.lock();
-            if group.is_dead() || record::partition_for(&group.id, partitions) != index {
-                continue;
-            }
-            let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-            if group.has_record {
-                let key = RecordKey::Group { group: group.id.to_string() }.encode();
-                records.push((key, Some(group.classic.snapshot().encode())));
-            }
-            for ((topic, partition), committed) in group.offsets.iter() {
-                let key =
-                    RecordKey::Offset { group: group.id.to_string(), topic: topic.clone(), partition: *partition };
-                records.push((key.encode(), Some(committed.to_value().encode())));
-            }
-            // Batches well under the topic's max.message.bytes.
-            for chunk in records.chunks(1000) {
-                written += chunk.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>();
-                let (_, _, durable) =
-                    self.append(broker, &group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?;
-                last = Some(durable);
-            }
-        }
-        // One log: the last append being durable makes every earlier one durable too.
-        if let Some(durable) = last {
-            durable.wait().map_err(|e| e.to_string())?;
-            partition.commit(durable.end_offset());
-        }
-        // Whatever the flush policy: the rewrite must be on disk before the only other copy
-        // of what it says is deleted.
-        partition.log.flush().map_err(|e| e.to_string())?;
-        partition.log.delete_records_before(start).map_err(|e| e.to_string())?;
-        tracing::info!(
-            partition = index,
-            live_bytes = written,
-            size_before,
-            size_after = partition.log.size_bytes(),
-            "cleaned up {OFFSETS_TOPIC}"
-        );
-        Ok(written)
-    }
-}
-
-/// Applies one `__consumer_offsets` record to the groups being loaded.
-pub(crate) fn replay(
-    groups: &mut HashMap<String, Group>,
-    record_offset: i64,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-) {
-    let Some(key) = key else { return };
-    let key = match RecordKey::decode(key) {
-        Ok(Some(key)) => key,
-        Ok(None) => return,
-        Err(err) => {
-            tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}");
-            return;
-        }
-    };
-    let group_id = key.group().to_string();
-    let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Arc::from(group_id.as_str())));
-    match (key, value) {
-        (RecordKey::Offset { topic, partition, .. }, Some(value)) => match OffsetValue::decode(value) {
-            Ok(value) => group.offsets.apply(&topic, partition, CommittedOffset::from_value(value, record_offset)),
-            Err(err) => tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}"),
-        },
-        (RecordKey::Offset { topic, partition, .. }, None) => group.offsets.remove(&topic, partition, record_offset),
-        (RecordKey::Group { .. }, Some(value)) => match GroupValue::decode(value) {
-            Ok(value) => {
-                group.classic = ClassicGroup::restore(value, Instant::now());
-                group.has_record = true;
-            }
-            Err(err) => tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}"),
-        },
-        (RecordKey::Group { .. }, None) => {
-            group.classic = ClassicGroup::new();
-            group.has_record = false;
         }
     }
 }
