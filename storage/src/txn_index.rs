@@ -68,6 +68,9 @@ pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
     let entries = bytes
         .chunks_exact(ENTRY_SIZE)
         .filter(|chunk| i16::from_be_bytes([chunk[0], chunk[1]]) == ENTRY_VERSION)
+        // A transaction's marker always follows its first record: an entry that says
+        // otherwise is a zero-filled tail left by a crash, not an abort.
+        .filter(|chunk| i64_at(chunk, 18) > i64_at(chunk, 10))
         .map(|chunk| AbortedTxn {
             producer_id: i64_at(chunk, 2),
             first_offset: i64_at(chunk, 10),

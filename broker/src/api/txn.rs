@@ -55,9 +55,14 @@ pub async fn init_producer_id(
     header: &RequestHeader,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    // An empty transactional id is no transactional id, as in Kafka.
-    let transactional_id =
-        request.transactional_id.as_ref().map(|id| id.0.as_str().to_string()).filter(|id| !id.is_empty());
+    let transactional_id = request.transactional_id.as_ref().map(|id| id.0.as_str().to_string());
+    // Kafka refuses an empty transactional id.
+    if transactional_id.as_deref() == Some("") {
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
     let timeout_ms = request.transaction_timeout_ms;
     // v3+ (KIP-360): a client bumping its own epoch names its current producer id and epoch.
     let expected = (request.producer_id.0 >= 0).then_some((request.producer_id.0, request.producer_epoch));

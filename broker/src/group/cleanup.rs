@@ -22,6 +22,9 @@ impl GroupCoordinator {
         let partitions = self.offsets_partitions.load(Ordering::Acquire);
         for index in 0..partitions {
             let Some(partition) = broker.replicas.partition(OFFSETS_TOPIC, index) else { continue };
+            if self.damaged.lock().contains(&index) {
+                continue;
+            }
             let segment_bytes = u64::from(partition.log.config().segment_bytes);
             let live = self.live_bytes.lock().get(&index).copied().unwrap_or(0);
             if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {

@@ -40,6 +40,7 @@ impl GroupCoordinator {
                         Ok(batch) => batch,
                         Err(err) => {
                             tracing::error!(partition = index, %err, "unreadable batch in {OFFSETS_TOPIC}; skipping the rest of this partition");
+                            self.damaged.lock().insert(index);
                             offset = end;
                             break;
                         }
@@ -59,6 +60,7 @@ impl GroupCoordinator {
                     };
                     if let Err(err) = replayed {
                         tracing::error!(partition = index, offset = batch.base_offset(), %err, "skipping an unreadable batch of {OFFSETS_TOPIC}");
+                        self.damaged.lock().insert(index);
                     }
                 }
             }

@@ -221,6 +221,9 @@ pub struct GroupCoordinator {
     next_expiry_check: Mutex<Instant>,
     /// Per offsets partition, the bytes its last cleanup rewrote: the live state's size.
     live_bytes: Mutex<HashMap<i32, u64>>,
+    /// Offsets partitions where loading skipped an unreadable batch: never cleaned up, so
+    /// what could not be read is not deleted with the rest.
+    damaged: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl GroupCoordinator {
@@ -232,6 +235,7 @@ impl GroupCoordinator {
             offsets_partitions: AtomicI32::new(0),
             next_expiry_check: Mutex::new(first_check),
             live_bytes: Mutex::new(HashMap::new()),
+            damaged: Mutex::new(Default::default()),
         }
     }
 

@@ -58,6 +58,8 @@ pub struct TransactionCoordinator {
     by_producer: Mutex<HashMap<i64, String>>,
     /// Partitions of `__transaction_state`; 0 until it exists.
     state_partitions: AtomicI32,
+    /// Partitions where loading skipped an unreadable batch: never cleaned up.
+    damaged: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl TransactionCoordinator {
@@ -79,6 +81,7 @@ impl TransactionCoordinator {
                         Ok(batch) => batch,
                         Err(err) => {
                             tracing::error!(partition = index, %err, "unreadable batch in {TRANSACTION_STATE_TOPIC}; skipping the rest of this partition");
+                            self.damaged.lock().insert(index);
                             offset = end;
                             break;
                         }
@@ -88,6 +91,7 @@ impl TransactionCoordinator {
                         Ok(records) => records,
                         Err(err) => {
                             tracing::error!(partition = index, %err, "skipping an unreadable batch of {TRANSACTION_STATE_TOPIC}");
+                            self.damaged.lock().insert(index);
                             continue;
                         }
                     };
@@ -207,6 +211,9 @@ impl TransactionCoordinator {
         let partitions = self.state_partitions.load(Ordering::Acquire);
         for index in 0..partitions {
             let Some(partition) = broker.replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
+            if self.damaged.lock().contains(&index) {
+                continue;
+            }
             let segment_bytes = u64::from(partition.log.config().segment_bytes);
             if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes {
                 continue;
@@ -281,14 +288,20 @@ impl TransactionCoordinator {
         }
         self.ensure_state_topic(broker)?;
         let Some(txn) = self.get(transactional_id) else {
-            if expected.is_some() {
-                return Err(ResponseError::InvalidProducerIdMapping);
-            }
             return self.register(broker, transactional_id, timeout_ms);
         };
         let mut meta = txn.lock();
-        if let Some((producer_id, epoch)) = expected {
-            if producer_id != meta.producer_id || epoch != meta.producer_epoch {
+        if let Some(expected) = expected {
+            // A retry of a bump whose answer was lost: the same answer, once the work that
+            // bump started is finished.
+            if meta.last_producer == Some(expected) {
+                if meta.is_preparing() {
+                    let commit = meta.state == TxnState::PrepareCommit;
+                    self.write_markers_and_complete(broker, &mut meta, commit)?;
+                }
+                return Ok((meta.producer_id, meta.producer_epoch));
+            }
+            if expected != (meta.producer_id, meta.producer_epoch) {
                 return Err(ResponseError::ProducerFenced);
             }
         }
@@ -297,15 +310,19 @@ impl TransactionCoordinator {
             self.write_markers_and_complete(broker, &mut meta, commit)?;
         }
         let now = now_ms();
-        let before = meta.clone();
+        // What memory returns to if a write fails: the last state that was persisted.
+        let mut persisted = meta.clone();
+        let previous = (meta.producer_id, meta.producer_epoch);
         if meta.fence(now) {
             if let Err(error) = self.persist(broker, &meta) {
-                *meta = before;
+                *meta = persisted;
                 return Err(error);
             }
+            meta.last_producer = expected.map(|_| previous);
+            // Markers that fail leave the abort prepared: the timer (or a retry) finishes it.
             self.write_markers_and_complete(broker, &mut meta, false)?;
+            persisted = meta.clone();
         }
-        let before = meta.clone();
         if meta.producer_epoch >= MAX_EPOCH {
             meta.producer_id = broker.allocate_producer_id().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
             meta.producer_epoch = 0;
@@ -314,12 +331,13 @@ impl TransactionCoordinator {
         meta.state = TxnState::Empty;
         meta.last_update_ms = now;
         if let Err(error) = self.persist(broker, &meta) {
-            *meta = before;
+            *meta = persisted;
             return Err(error);
         }
-        if meta.producer_id != before.producer_id {
+        meta.last_producer = expected.map(|_| previous);
+        if meta.producer_id != previous.0 {
             let mut by_producer = self.by_producer.lock();
-            by_producer.remove(&before.producer_id);
+            by_producer.remove(&previous.0);
             by_producer.insert(meta.producer_id, transactional_id.to_string());
         }
         Ok((meta.producer_id, meta.producer_epoch))
@@ -339,6 +357,8 @@ impl TransactionCoordinator {
             partitions: Default::default(),
             start_ms: -1,
             last_update_ms: now_ms(),
+            last_producer: None,
+            markers_done: Default::default(),
         };
         let txn = Arc::new(Mutex::new(meta));
         let guard = txn.lock();
@@ -419,9 +439,13 @@ impl TransactionCoordinator {
     ) -> Result<(), ResponseError> {
         let kind = if commit { MarkerKind::Commit } else { MarkerKind::Abort };
         let now = now_ms();
-        for (topic, index) in &meta.partitions {
-            let Some(partition) = broker.replicas.partition(topic, *index) else {
+        let mut failed = 0;
+        let pending: Vec<(String, i32)> =
+            meta.partitions.iter().filter(|p| !meta.markers_done.contains(*p)).cloned().collect();
+        for (topic, index) in pending {
+            let Some(partition) = broker.replicas.partition(&topic, index) else {
                 tracing::warn!(topic, partition = index, "no transaction marker for a partition that is gone");
+                meta.markers_done.insert((topic, index));
                 continue;
             };
             let producer = ProducerId(meta.producer_id);
@@ -433,15 +457,24 @@ impl TransactionCoordinator {
             match written {
                 Ok(outcome) => partition.commit(outcome.durable_handle().end_offset()),
                 // Deleted under the transaction: nobody can read it any more.
-                Err(_) if broker.metadata().topic(topic).is_none() => continue,
+                Err(_) if broker.metadata().topic(&topic).is_none() => {}
                 Err(err) => {
-                    tracing::error!(topic, partition = index, %err, "cannot write a transaction marker");
-                    return Err(ResponseError::CoordinatorNotAvailable);
+                    // Only a transaction's first failure is logged; the timer keeps
+                    // retrying every second.
+                    if meta.markers_done.is_empty() && failed == 0 {
+                        tracing::error!(topic, partition = index, %err, "cannot write a transaction marker; will retry");
+                    }
+                    failed += 1;
+                    continue;
                 }
             }
             if topic == OFFSETS_TOPIC {
-                broker.groups.complete_txn_offsets(*index, meta.producer_id, commit);
+                broker.groups.complete_txn_offsets(index, meta.producer_id, commit);
             }
+            meta.markers_done.insert((topic, index));
+        }
+        if failed > 0 {
+            return Err(ResponseError::CoordinatorNotAvailable);
         }
         meta.complete(now_ms());
         self.persist(broker, meta)
@@ -515,9 +548,8 @@ impl TransactionCoordinator {
             let mut meta = txn.lock();
             if meta.is_preparing() {
                 let commit = meta.state == TxnState::PrepareCommit;
-                if let Err(err) = self.write_markers_and_complete(broker, &mut meta, commit) {
-                    tracing::warn!(transactional_id = %meta.transactional_id, ?err, "transaction markers still failing; will retry");
-                }
+                // Failures were logged when they first happened.
+                let _ = self.write_markers_and_complete(broker, &mut meta, commit);
                 continue;
             }
             let expired = meta.state == TxnState::Ongoing && meta.start_ms + i64::from(meta.timeout_ms) <= now;
@@ -525,12 +557,16 @@ impl TransactionCoordinator {
                 continue;
             }
             tracing::info!(transactional_id = %meta.transactional_id, "aborting a transaction past its timeout");
+            let before = meta.clone();
             meta.fence(now);
-            let result =
-                self.persist(broker, &meta).and_then(|_| self.write_markers_and_complete(broker, &mut meta, false));
-            if let Err(err) = result {
-                tracing::error!(transactional_id = %meta.transactional_id, ?err, "cannot abort a timed-out transaction");
+            meta.last_producer = None;
+            if let Err(err) = self.persist(broker, &meta) {
+                *meta = before;
+                tracing::error!(transactional_id = %meta.transactional_id, ?err, "cannot record a timed-out transaction's abort");
+                continue;
             }
+            // Markers that fail are retried by the next tick (the abort is recorded).
+            let _ = self.write_markers_and_complete(broker, &mut meta, false);
         }
     }
 }
@@ -557,6 +593,8 @@ fn metadata_from(transactional_id: String, value: TxnValue) -> TxnMetadata {
         partitions: value.partitions,
         start_ms: value.start_ms,
         last_update_ms: value.last_update_ms,
+        last_producer: None,
+        markers_done: Default::default(),
     }
 }
 
@@ -599,6 +637,34 @@ mod tests {
         config.apply("transaction.state.log.num.partitions", "1").unwrap();
         config.apply("transaction.state.log.segment.bytes", "65536").unwrap();
         Broker::open(config).unwrap()
+    }
+
+    #[test]
+    fn an_epoch_bump_retry_gets_the_same_answer_and_zombies_are_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open(dir.path());
+        broker.create_topic("t", 1, BTreeMap::new(), false).unwrap();
+        let (pid, epoch) = broker.txns.init_producer_id(&broker, "x", 60_000, None).unwrap();
+        broker.txns.add_partitions(&broker, "x", pid, epoch, vec![("t".into(), 0)]).unwrap();
+        // KIP-360: the producer asks to bump its own epoch; its open transaction is aborted.
+        let bumped = broker.txns.init_producer_id(&broker, "x", 60_000, Some((pid, epoch))).unwrap();
+        assert_eq!(bumped, (pid, epoch + 1));
+        assert_eq!(broker.txns.get("x").unwrap().lock().state, TxnState::Empty);
+        // The answer was lost: the retry gets the same answer, no second bump.
+        assert_eq!(broker.txns.init_producer_id(&broker, "x", 60_000, Some((pid, epoch))).unwrap(), bumped);
+        // A new instance (no expected epoch) fences; both old epochs are now zombies.
+        let fresh = broker.txns.init_producer_id(&broker, "x", 60_000, None).unwrap();
+        assert_eq!(fresh, (pid, epoch + 2));
+        for zombie in [(pid, epoch), (pid, epoch + 1)] {
+            assert_eq!(
+                broker.txns.init_producer_id(&broker, "x", 60_000, Some(zombie)),
+                Err(ResponseError::ProducerFenced)
+            );
+        }
+        assert_eq!(
+            broker.txns.init_producer_id(&broker, "x", 1_000_000_000, None),
+            Err(ResponseError::InvalidTransactionTimeout)
+        );
     }
 
     #[test]

@@ -93,6 +93,13 @@ pub struct TxnMetadata {
     pub partitions: BTreeSet<(String, i32)>,
     pub start_ms: i64,
     pub last_update_ms: i64,
+    /// In memory only: the producer id and epoch a client-requested bump (KIP-360) moved
+    /// away from, so that a retry of that request (its response lost) gets the same answer
+    /// instead of being fenced. Cleared by any other fence.
+    pub last_producer: Option<(i64, i16)>,
+    /// In memory only: partitions whose marker for the current decision is written, so a
+    /// retry after a failed marker does not write them again.
+    pub markers_done: BTreeSet<(String, i32)>,
 }
 
 impl TxnMetadata {
@@ -165,6 +172,7 @@ impl TxnMetadata {
             other => other,
         };
         self.partitions.clear();
+        self.markers_done.clear();
         self.last_update_ms = now_ms;
     }
 
@@ -187,6 +195,8 @@ mod tests {
             partitions: BTreeSet::new(),
             start_ms: 0,
             last_update_ms: 0,
+            last_producer: None,
+            markers_done: BTreeSet::new(),
         }
     }
 

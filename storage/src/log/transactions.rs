@@ -64,14 +64,16 @@ impl PartitionLog {
     }
 
     /// Rewrites the `.txnindex` of every segment changed since the last snapshot from
-    /// memory (atomically, fsynced); a segment stays dirty until its rewrite succeeds.
+    /// memory (atomically, fsynced). The dirty set is taken together with the entries, under
+    /// one lock: an abort recorded meanwhile marks its segment dirty again for the next
+    /// round. A segment whose rewrite fails stays dirty.
     pub(super) fn sync_txn_indexes(&self) -> Result<()> {
         let rewrites: Vec<(i64, PathBuf, Vec<AbortedTxn>)> = {
-            let state = self.inner.state.read();
-            state
-                .txn_index_dirty
-                .iter()
-                .filter_map(|&base| {
+            let mut state = self.inner.state.write();
+            let dirty = std::mem::take(&mut state.txn_index_dirty);
+            dirty
+                .into_iter()
+                .filter_map(|base| {
                     let i = state.segments.iter().position(|s| s.base_offset == base)?;
                     let end = state.segments.get(i + 1).map_or(i64::MAX, |s| s.base_offset);
                     let entries = state
@@ -84,14 +86,20 @@ impl PartitionLog {
                 })
                 .collect()
         };
-        for (base, path, entries) in rewrites {
-            txn_index::rewrite(&path, &entries)?;
-            self.inner.state.write().txn_index_dirty.remove(&base);
+        for (n, (_, path, entries)) in rewrites.iter().enumerate() {
+            if let Err(err) = txn_index::rewrite(path, entries) {
+                let mut state = self.inner.state.write();
+                state.txn_index_dirty.extend(rewrites[n..].iter().map(|(base, _, _)| *base));
+                return Err(err);
+            }
         }
-        // Segments deleted since they were marked dirty have nothing left to write.
-        let mut state = self.inner.state.write();
-        let live: std::collections::BTreeSet<i64> = state.segments.iter().map(|s| s.base_offset).collect();
-        state.txn_index_dirty.retain(|base| live.contains(base));
+        // A segment deleted (by retention) while its file was rewritten leaves no orphan.
+        let state = self.inner.state.read();
+        for (base, path, _) in &rewrites {
+            if !state.segments.iter().any(|s| s.base_offset == *base) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         Ok(())
     }
 
