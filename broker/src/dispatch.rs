@@ -183,9 +183,11 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         RequestKind::TxnOffsetCommit(req) => reply(&api::txn::txn_offset_commit(broker, &header, req).await, &[]),
         RequestKind::DescribeProducers(req) => reply(&api::txn_describe::describe_producers(broker, &header, req), &[]),
         RequestKind::DescribeTransactions(req) => {
-            reply(&api::txn_describe::describe_transactions(broker, &header, req), &[])
+            reply(&api::txn_describe::describe_transactions(broker, &header, req).await, &[])
         }
-        RequestKind::ListTransactions(req) => reply(&api::txn_describe::list_transactions(broker, &header, req), &[]),
+        RequestKind::ListTransactions(req) => {
+            reply(&api::txn_describe::list_transactions(broker, &header, req).await, &[])
+        }
         // Only APIs in the table get here, and each has an arm above.
         _ => Outcome::Close(format!("no handler for {api_key:?}")),
     }

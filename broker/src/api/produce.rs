@@ -49,13 +49,7 @@ fn append(
             // ongoing transaction, checked and appended under the transaction's lock, so a
             // late or retried write cannot slip past the transaction's end.
             let epoch = batch::peek_producer_epoch(records).unwrap_or(-1);
-            let in_transaction = || broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append);
-            // The lock may be held across an EndTxn's marker fsyncs: tell the runtime.
-            let checked = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(in_transaction),
-                _ => in_transaction(),
-            };
-            match checked {
+            match broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append) {
                 Ok(appended) => appended,
                 Err(code) => {
                     let message =

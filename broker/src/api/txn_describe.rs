@@ -62,11 +62,16 @@ pub fn describe_producers(
     DescribeProducersResponse::default().with_topics(topics)
 }
 
-pub fn describe_transactions(
+/// Off the async threads: a transaction's lock can be held across marker fsyncs.
+pub async fn describe_transactions(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     request: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
+    super::admin_blocking(broker, move |broker| describe_transactions_now(broker, request)).await
+}
+
+fn describe_transactions_now(broker: &Broker, request: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
     let states = request
         .transactional_ids
         .into_iter()
@@ -108,11 +113,16 @@ const STATES: [TxnState; 8] = [
     TxnState::PrepareEpochFence,
 ];
 
-pub fn list_transactions(
+/// Off the async threads, as DescribeTransactions.
+pub async fn list_transactions(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     request: ListTransactionsRequest,
 ) -> ListTransactionsResponse {
+    super::admin_blocking(broker, move |broker| list_transactions_now(broker, request)).await
+}
+
+fn list_transactions_now(broker: &Broker, request: ListTransactionsRequest) -> ListTransactionsResponse {
     let (known, unknown): (Vec<_>, Vec<_>) =
         request.state_filters.iter().partition(|f| STATES.iter().any(|s| s.name() == f.as_str()));
     let now = sluice_storage::log::now_ms();

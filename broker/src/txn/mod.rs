@@ -506,7 +506,9 @@ impl TransactionCoordinator {
     ) -> Result<R, ResponseError> {
         let id = self.by_producer.lock().get(&producer_id).cloned().ok_or(ResponseError::InvalidProducerIdMapping)?;
         let txn = self.get(&id).ok_or(ResponseError::InvalidProducerIdMapping)?;
-        let meta = txn.lock();
+        // Usually free; when an EndTxn holds it across its marker fsyncs, wait without
+        // stalling an async worker.
+        let meta = txn.try_lock().unwrap_or_else(|| lock_blocking(&txn));
         if meta.producer_id != producer_id {
             return Err(ResponseError::InvalidProducerIdMapping);
         }
@@ -568,6 +570,15 @@ impl TransactionCoordinator {
             // Markers that fail are retried by the next tick (the abort is recorded).
             let _ = self.write_markers_and_complete(broker, &mut meta, false);
         }
+    }
+}
+
+/// Takes a transaction's lock from an async worker thread: the runtime is told this thread
+/// may block (a multi-threaded runtime moves its other tasks elsewhere).
+fn lock_blocking(txn: &Mutex<TxnMetadata>) -> parking_lot::MutexGuard<'_, TxnMetadata> {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| txn.lock()),
+        _ => txn.lock(),
     }
 }
 
