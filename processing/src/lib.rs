@@ -1,10 +1,12 @@
 //! The in-broker stream processor (issue 6, in progress). What exists so far are its
 //! event-time building blocks, each usable and tested on its own: watermarks with bounded
 //! out-of-orderness and idle partitions (`watermark`), epoch-aligned tumbling and sliding
-//! windows and merging session windows (`window`), and the window aggregates
-//! (`aggregate`). Sources, operators, keyed state, the job runtime and exactly-once sinks
+//! windows and merging session windows (`window`), the window aggregates (`aggregate`),
+//! and the keyed windowed aggregation that combines them, emitting each result once
+//! (`windowed`). Sources, operators, keyed state, the job runtime and exactly-once sinks
 //! come next.
 
 pub mod aggregate;
 pub mod watermark;
 pub mod window;
+pub mod windowed;

@@ -91,6 +91,12 @@ impl<S> Sessions<S> {
         self.open.is_empty()
     }
 
+    /// Whether an event at `time` would join (or bridge) an open session.
+    pub fn touches(&self, time: EventTime) -> bool {
+        let gap = self.gap_ms;
+        self.open.iter().any(|(start, last, _)| start.saturating_sub(gap) <= time && time <= last.saturating_add(gap))
+    }
+
     /// Adds an event: it joins the session it falls within the gap of, starts a new one, or
     /// bridges two sessions, which `merge` then combines. Returns the state to update.
     pub fn add(&mut self, time: EventTime, new: impl FnOnce() -> S, merge: impl Fn(&mut S, S)) -> &mut S {
