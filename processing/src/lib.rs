@@ -3,10 +3,12 @@
 //! out-of-orderness and idle partitions (`watermark`), epoch-aligned tumbling and sliding
 //! windows and merging session windows (`window`), the window aggregates (`aggregate`),
 //! and the keyed windowed aggregation that combines them, emitting each result once
-//! (`windowed`). Sources, operators, keyed state, the job runtime and exactly-once sinks
+//! (`windowed`); and the source that reads a partition log in-process, zero-copy, honouring
+//! read_committed (`source`). Sources, operators, keyed state, the job runtime and exactly-once sinks
 //! come next.
 
 pub mod aggregate;
+pub mod source;
 pub mod watermark;
 pub mod window;
 pub mod windowed;
