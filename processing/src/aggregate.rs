@@ -144,16 +144,23 @@ impl<T: Hash + Eq, const N: usize> Default for TopN<T, N> {
     }
 }
 
+impl<T: Hash + Eq + Ord + Clone, const N: usize> TopN<T, N> {
+    /// Counts `value` `n` times at once (ranking already-counted values).
+    pub fn add_n(&mut self, value: &T, n: u64) {
+        match self.0.get_mut(value) {
+            Some(count) => *count += n,
+            None => {
+                self.0.insert(value.clone(), n);
+            }
+        }
+    }
+}
+
 impl<T: Hash + Eq + Ord + Clone, const N: usize> Aggregate for TopN<T, N> {
     type Input = T;
     type Output = Vec<(T, u64)>;
     fn add(&mut self, value: &T) {
-        match self.0.get_mut(value) {
-            Some(count) => *count += 1,
-            None => {
-                self.0.insert(value.clone(), 1);
-            }
-        }
+        self.add_n(value, 1);
     }
     fn merge(&mut self, other: TopN<T, N>) {
         for (value, count) in other.0 {

@@ -4,10 +4,11 @@
 //! windows and merging session windows (`window`), the window aggregates (`aggregate`),
 //! and the keyed windowed aggregation that combines them, emitting each result once
 //! (`windowed`); and the source that reads a partition log in-process, zero-copy, honouring
-//! read_committed (`source`). Sources, operators, keyed state, the job runtime and exactly-once sinks
+//! read_committed (`source`); and the clickstream job's operators over them (`clickstream`). Sources, operators, keyed state, the job runtime and exactly-once sinks
 //! come next.
 
 pub mod aggregate;
+pub mod clickstream;
 pub mod source;
 pub mod watermark;
 pub mod window;
