@@ -8,6 +8,9 @@
 //! This module is the job's operators only: sources, state checkpoints and sinks are the
 //! runtime's.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
 use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
@@ -24,11 +27,38 @@ pub const TOP_PAGES: usize = 10;
 /// every real event and make them all late.
 pub const MAX_FUTURE_MS: i64 = 24 * 60 * MINUTE_MS;
 
+/// Borrowed from the record's bytes: no allocation unless a string has escapes.
 #[derive(Deserialize)]
-struct Click {
-    user_id: String,
-    page: String,
+struct Click<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    page: Cow<'a, str>,
     ts: i64,
+}
+
+/// Page and user names, each stored once: the operators key by these ids, so an event
+/// costs hash lookups rather than allocations. (Grows with the distinct names seen.)
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> String {
+        self.names.get(id as usize).map(|n| n.to_string()).unwrap_or_default()
+    }
 }
 
 /// One result, as the job writes it.
@@ -80,14 +110,14 @@ impl Output {
     }
 }
 
-/// Views and distinct users of a page in a window.
+/// Views and distinct users (by id) of a page in a window.
 #[derive(Default)]
-struct ViewsAndUsers(Count, DistinctCount<String>);
+struct ViewsAndUsers(Count, DistinctCount<u32>);
 
 impl Aggregate for ViewsAndUsers {
-    type Input = String;
+    type Input = u32;
     type Output = (u64, u64);
-    fn add(&mut self, user: &String) {
+    fn add(&mut self, user: &u32) {
         self.0.add(&());
         self.1.add(user);
     }
@@ -100,14 +130,14 @@ impl Aggregate for ViewsAndUsers {
     }
 }
 
-/// Clicks and distinct pages of a user's session.
+/// Clicks and distinct pages (by id) of a user's session.
 #[derive(Default)]
-struct ClicksAndPages(Count, DistinctCount<String>);
+struct ClicksAndPages(Count, DistinctCount<u32>);
 
 impl Aggregate for ClicksAndPages {
-    type Input = String;
+    type Input = u32;
     type Output = (u64, u64);
-    fn add(&mut self, page: &String) {
+    fn add(&mut self, page: &u32) {
         self.0.add(&());
         self.1.add(page);
     }
@@ -129,15 +159,17 @@ pub struct Rejected {
 }
 
 /// The job's fixed window definitions are valid; a failure here is a bug of ours.
-fn windowed<A: Aggregate>(spec: WindowSpec) -> WindowedAggregation<String, A> {
+fn windowed<A: Aggregate>(spec: WindowSpec) -> WindowedAggregation<u32, A> {
     WindowedAggregation::new(spec, 0).expect("the clickstream job's window definitions are valid")
 }
 
 pub struct Clickstream {
     watermarks: Watermarks,
-    views_1m: WindowedAggregation<String, ViewsAndUsers>,
-    views_5m: WindowedAggregation<String, Count>,
-    sessions: WindowedAggregation<String, ClicksAndPages>,
+    pages: Names,
+    users: Names,
+    views_1m: WindowedAggregation<u32, ViewsAndUsers>,
+    views_5m: WindowedAggregation<u32, Count>,
+    sessions: WindowedAggregation<u32, ClicksAndPages>,
     pub rejected: Rejected,
 }
 
@@ -147,6 +179,8 @@ impl Clickstream {
     pub fn new(partitions: usize, idle_timeout_ms: i64) -> Clickstream {
         Clickstream {
             watermarks: Watermarks::new(partitions, WATERMARK_BOUND_MS, idle_timeout_ms),
+            pages: Names::default(),
+            users: Names::default(),
             views_1m: windowed(WindowSpec::Tumbling { size_ms: MINUTE_MS }),
             views_5m: windowed(WindowSpec::Sliding { size_ms: 5 * MINUTE_MS, slide_ms: MINUTE_MS }),
             sessions: windowed(WindowSpec::Session { gap_ms: SESSION_GAP_MS }),
@@ -165,9 +199,10 @@ impl Clickstream {
             return;
         }
         self.watermarks.observe(partition, click.ts, now_ms);
-        let on_time = self.views_1m.add(click.page.clone(), click.ts, &click.user_id);
-        self.views_5m.add(click.page.clone(), click.ts, &());
-        self.sessions.add(click.user_id, click.ts, &click.page);
+        let (page, user) = (self.pages.id(&click.page), self.users.id(&click.user_id));
+        let on_time = self.views_1m.add(page, click.ts, &user);
+        self.views_5m.add(page, click.ts, &());
+        self.sessions.add(user, click.ts, &page);
         if !on_time {
             self.rejected.late += 1;
         }
@@ -187,43 +222,71 @@ impl Clickstream {
 
     fn advance_to(&mut self, watermark: EventTime) -> Vec<Output> {
         let mut out = Vec::new();
-        let minute = self.views_1m.advance(watermark);
+        // Within a window, results go out by name: ids depend on arrival order, names not.
+        let mut minute: Vec<(String, i64, i64, u64, u64)> = self
+            .views_1m
+            .advance(watermark)
+            .into_iter()
+            .map(|(page, w, (views, users))| (self.pages.name(page), w.start, w.end, views, users))
+            .collect();
+        minute.sort_by(|a, b| (a.2, a.1, &a.0).cmp(&(b.2, b.1, &b.0)));
         let mut top: Option<(i64, i64, TopN<String, TOP_PAGES>)> = None;
-        for (page, window, (views, unique_users)) in minute {
+        for (page, window_start, window_end, views, unique_users) in minute {
             match &mut top {
-                Some((start, _, ranking)) if *start == window.start => ranking.add_n(&page, views),
+                Some((start, _, ranking)) if *start == window_start => ranking.add_n(&page, views),
                 _ => {
                     if let Some((start, end, ranking)) = top.take() {
                         out.push(Output::TopPages1m { window_start: start, window_end: end, top: ranking.result() });
                     }
                     let mut ranking = TopN::default();
                     ranking.add_n(&page, views);
-                    top = Some((window.start, window.end, ranking));
+                    top = Some((window_start, window_end, ranking));
                 }
             }
-            out.push(Output::PageViews1m {
-                page,
-                window_start: window.start,
-                window_end: window.end,
-                views,
-                unique_users,
-            });
+            out.push(Output::PageViews1m { page, window_start, window_end, views, unique_users });
         }
         if let Some((start, end, ranking)) = top {
             out.push(Output::TopPages1m { window_start: start, window_end: end, top: ranking.result() });
         }
-        for (page, window, views) in self.views_5m.advance(watermark) {
-            out.push(Output::PageViews5m { page, window_start: window.start, window_end: window.end, views });
-        }
-        for (user_id, window, (clicks, distinct_pages)) in self.sessions.advance(watermark) {
-            out.push(Output::UserSession {
-                user_id,
-                session_start: window.start,
-                session_end: window.end,
+        let mut five: Vec<Output> = self
+            .views_5m
+            .advance(watermark)
+            .into_iter()
+            .map(|(page, w, views)| Output::PageViews5m {
+                page: self.pages.name(page),
+                window_start: w.start,
+                window_end: w.end,
+                views,
+            })
+            .collect();
+        five.sort_by(|a, b| match (a, b) {
+            (
+                Output::PageViews5m { window_end: e1, window_start: s1, page: p1, .. },
+                Output::PageViews5m { window_end: e2, window_start: s2, page: p2, .. },
+            ) => (e1, s1, p1).cmp(&(e2, s2, p2)),
+            _ => std::cmp::Ordering::Equal,
+        });
+        out.extend(five);
+        let mut sessions: Vec<Output> = self
+            .sessions
+            .advance(watermark)
+            .into_iter()
+            .map(|(user, w, (clicks, distinct_pages))| Output::UserSession {
+                user_id: self.users.name(user),
+                session_start: w.start,
+                session_end: w.end,
                 clicks,
                 distinct_pages,
-            });
-        }
+            })
+            .collect();
+        sessions.sort_by(|a, b| match (a, b) {
+            (
+                Output::UserSession { session_end: e1, user_id: u1, .. },
+                Output::UserSession { session_end: e2, user_id: u2, .. },
+            ) => (e1, u1).cmp(&(e2, u2)),
+            _ => std::cmp::Ordering::Equal,
+        });
+        out.extend(sessions);
         out
     }
 }
