@@ -91,6 +91,11 @@ impl<S> Sessions<S> {
         self.open.is_empty()
     }
 
+    /// When the earliest open session closes (its last event + gap).
+    pub fn next_close(&self) -> Option<EventTime> {
+        self.open.iter().map(|(_, last, _)| last.saturating_add(self.gap_ms)).min()
+    }
+
     /// Whether an event at `time` would join (or bridge) an open session.
     pub fn touches(&self, time: EventTime) -> bool {
         let gap = self.gap_ms;
@@ -128,6 +133,9 @@ impl<S> Sessions<S> {
     /// below it), as (start, last event, state).
     pub fn close(&mut self, watermark: EventTime) -> Vec<(EventTime, EventTime, S)> {
         let gap = self.gap_ms;
+        if !self.open.iter().any(|(_, last, _)| last.saturating_add(gap) <= watermark) {
+            return Vec::new();
+        }
         let (closed, open): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.open).into_iter().partition(|(_, last, _)| last.saturating_add(gap) <= watermark);
         self.open = open;

@@ -19,6 +19,8 @@ pub struct WindowedAggregation<K, A: Aggregate> {
     /// Tumbling and sliding windows still open, by (end, start).
     windows: BTreeMap<(EventTime, EventTime), HashMap<K, A>>,
     sessions: HashMap<K, Sessions<A>>,
+    /// No session closes before this: advances below it skip the scan of every key.
+    next_session_close: EventTime,
     watermark: EventTime,
     late_dropped: u64,
 }
@@ -34,6 +36,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             allowed_lateness_ms,
             windows: BTreeMap::new(),
             sessions: HashMap::new(),
+            next_session_close: EventTime::MAX,
             watermark: NO_WATERMARK,
             late_dropped: 0,
         })
@@ -63,6 +66,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
                 return false;
             }
             sessions.add(time, A::default, |a, b| a.merge(b)).add(value);
+            self.next_session_close = self.next_session_close.min(closes_at);
             return true;
         }
         let mut placed = false;
@@ -85,6 +89,9 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
         let mut out = Vec::new();
         if let WindowSpec::Session { .. } = self.spec {
             let close_before = self.watermark.saturating_sub(self.allowed_lateness_ms);
+            if self.next_session_close > close_before {
+                return out;
+            }
             for (key, sessions) in self.sessions.iter_mut() {
                 for (start, last, state) in sessions.close(close_before) {
                     // A session's window ends at its last event; it closed at last + gap.
@@ -92,6 +99,8 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
                 }
             }
             self.sessions.retain(|_, s| !s.is_empty());
+            self.next_session_close =
+                self.sessions.values().filter_map(Sessions::next_close).min().unwrap_or(EventTime::MAX);
         } else {
             while let Some((&(end, start), _)) = self.windows.first_key_value() {
                 if !self.fired(end) {
