@@ -17,7 +17,7 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, SyncError, SyncTarget};
 use crate::handle_cache::HandleCache;
-use crate::producer_state::{MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
+use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
 use crate::recovery;
 use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
@@ -581,6 +581,15 @@ impl PartitionLog {
         drop(state);
         self.write_checkpoint(false)?;
         self.rebuild_producers()?;
+        // A snapshot from before the truncation may cover offsets the log is about to reuse:
+        // it goes (the next checkpoint writes a new one; until then a reopen replays the log).
+        let snapshot = self.inner.dir.join(producer_state::SNAPSHOT_FILE);
+        match std::fs::remove_file(&snapshot) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove producer snapshot", snapshot)(err))
+            }
+            _ => {}
+        }
         Ok(Offset(end))
     }
 

@@ -107,7 +107,11 @@ impl PartitionLog {
     /// and it never passes the high watermark. `read_committed` reads stop here.
     pub fn last_stable_offset(&self) -> Offset {
         let state = self.inner.state.read();
-        Offset(state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark)))
+        let stable =
+            state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark));
+        // A transaction whose first records were deleted (DeleteRecords, retention) cannot
+        // hold the stable offset below the log start.
+        Offset(stable.max(state.log_start_offset))
     }
 
     /// Aborted transactions with records in `[from, to)`, for a `read_committed` fetch.
