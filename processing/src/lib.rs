@@ -4,11 +4,14 @@
 //! windows and merging session windows (`window`), the window aggregates (`aggregate`),
 //! and the keyed windowed aggregation that combines them, emitting each result once
 //! (`windowed`); and the source that reads a partition log in-process, zero-copy, honouring
-//! read_committed (`source`); and the clickstream job's operators over them (`clickstream`). Sources, operators, keyed state, the job runtime and exactly-once sinks
+//! read_committed (`source`); the transactional sink that commits a job's output with its
+//! source offsets through the broker's transaction coordinator (`sink`); and the
+//! clickstream job's operators (`clickstream`). Sources, operators, keyed state, the job runtime and exactly-once sinks
 //! come next.
 
 pub mod aggregate;
 pub mod clickstream;
+pub mod sink;
 pub mod source;
 pub mod watermark;
 pub mod window;

@@ -44,18 +44,36 @@ impl LogSource {
     }
 
     /// Reads up to about `max_bytes` of batches at the current position (at least one batch
-    /// when any is readable) and advances past them. Empty when nothing new is readable.
+    /// when any is readable) and advances past them. It keeps reading while what it read held
+    /// no records for the job (markers, aborted data, segment ends), so an empty result means
+    /// nothing new is readable.
     pub fn poll(&mut self, max_bytes: usize) -> sluice_storage::Result<Vec<SourceRecord>> {
         let bound = match self.isolation {
             Isolation::ReadCommitted => self.log.last_stable_offset(),
             Isolation::ReadUncommitted => self.log.high_watermark(),
         };
-        if self.next >= bound {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        while out.is_empty() && self.next < bound {
+            let before = self.next;
+            self.read_once(max_bytes, bound, &mut out)?;
+            if self.next == before {
+                break;
+            }
         }
+        Ok(out)
+    }
+
+    /// One read (within one segment) from the current position up to `bound`.
+    fn read_once(
+        &mut self,
+        max_bytes: usize,
+        bound: Offset,
+        out: &mut Vec<SourceRecord>,
+    ) -> sluice_storage::Result<()> {
         let start = self.next.max(self.log.log_start_offset());
+        self.next = start;
         let read = self.log.read(start, max_bytes, bound)?;
-        // Aborted transactions overlapping what was read, by first offset.
+        // Aborted transactions overlapping what is read, by first offset.
         let mut aborted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         if self.isolation == Isolation::ReadCommitted {
             for txn in self.log.aborted_transactions(start, bound) {
@@ -63,7 +81,6 @@ impl LogSource {
             }
         }
         let mut skipping: HashSet<i64> = HashSet::new();
-        let mut out = Vec::new();
         for batch in RecordBatch::iter_batches(read.records) {
             let batch = batch?;
             if batch.last_offset() < self.next.0 {
@@ -95,7 +112,7 @@ impl LogSource {
             }
             self.next = Offset(batch.last_offset() + 1);
         }
-        Ok(out)
+        Ok(())
     }
 }
 

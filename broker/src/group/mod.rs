@@ -463,21 +463,30 @@ impl GroupCoordinator {
 
     /// Waits for a commit's record to be durable (on a blocking thread when that means an
     /// fsync), so that it can be acknowledged.
-    pub async fn complete_commit(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
+    pub async fn complete_commit(pending: PendingCommit) -> Vec<Option<ResponseError>> {
+        if pending.durable.as_ref().is_some_and(|d| d.needs_fsync()) {
+            let count = pending.results.len();
+            return tokio::task::spawn_blocking(move || GroupCoordinator::complete_commit_blocking(pending))
+                .await
+                .unwrap_or_else(|join| {
+                    // Nothing can be acknowledged when the wait itself died.
+                    tracing::error!(%join, "offset commit wait panicked");
+                    vec![Some(ResponseError::KafkaStorageError); count]
+                });
+        }
+        GroupCoordinator::complete_commit_blocking(pending)
+    }
+
+    /// [`Self::complete_commit`] for callers on their own threads (in-broker jobs).
+    pub fn complete_commit_blocking(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
         let Some(durable) = pending.durable.take() else { return pending.results };
         if durable.needs_fsync() {
-            let partition = pending.partition.clone();
-            let waited = tokio::task::spawn_blocking(move || {
-                let result = durable.wait();
-                if result.is_ok() {
-                    if let Some(partition) = partition {
-                        partition.commit(durable.end_offset());
-                    }
+            let waited = durable.wait().map_err(|err| err.to_string());
+            if waited.is_ok() {
+                if let Some(partition) = &pending.partition {
+                    partition.commit(durable.end_offset());
                 }
-                result.map_err(|err| err.to_string())
-            })
-            .await
-            .unwrap_or_else(|join| Err(join.to_string()));
+            }
             if let Err(err) = waited {
                 tracing::error!(%err, "offset commit not durable");
                 for result in pending.results.iter_mut().filter(|r| r.is_none()) {
