@@ -93,6 +93,22 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == OFFSETS_TOPIC || name == TRANSACTION_STATE_TOPIC
 }
 
+/// The topic configs of an internal topic: never deleted by retention (the coordinator that
+/// owns it keeps it small by rewriting its live state), with small indexes because its
+/// records are small (50 partitions times Kafka's 10 MiB would preallocate a gigabyte).
+fn internal_topic_configs(segment_bytes: u32) -> BTreeMap<String, String> {
+    let segment_bytes = segment_bytes.to_string();
+    [
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("segment.bytes", segment_bytes.as_str()),
+        ("segment.index.bytes", "1048576"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 fn refuse_internal(name: &str, action: &str) -> Result<(), AdminError> {
     if is_internal_topic(name) {
         return Err(AdminError::new(
@@ -208,6 +224,21 @@ impl Broker {
         log.append(records)?;
         *self.metadata.write() = Arc::new(log.state().clone());
         Ok(())
+    }
+
+    /// Creates an internal topic the first time its coordinator needs it (as Kafka does), and
+    /// returns its partition count. Blocking: metadata is fsynced.
+    pub fn ensure_internal_topic(&self, name: &str, partitions: i32, segment_bytes: u32) -> Result<i32, ResponseError> {
+        match self.create_topic(name, partitions, internal_topic_configs(segment_bytes), false) {
+            Ok(topic) => Ok(topic.partitions),
+            Err(err) if err.code == ResponseError::TopicAlreadyExists => {
+                Ok(self.metadata().topic(name).map(|t| t.partitions).unwrap_or(0))
+            }
+            Err(err) => {
+                tracing::error!(error = %err.message, "cannot create {name}");
+                Err(ResponseError::CoordinatorNotAvailable)
+            }
+        }
     }
 
     /// A producer id no producer has had, reserving a new block in the metadata log when

@@ -16,7 +16,7 @@ pub mod offsets;
 pub mod record;
 mod txn_offsets;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,23 +41,6 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How often the offsets topic's partitions are checked for cleanup.
 const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The topic configs `__consumer_offsets` is created with. Retention never deletes its
-/// records: they are the only copy of committed offsets (the coordinator's cleanup does).
-/// Its indexes are small because its records are: 50 partitions times Kafka's 10 MiB would
-/// preallocate a gigabyte.
-fn offsets_topic_configs(segment_bytes: u32) -> BTreeMap<String, String> {
-    let segment_bytes = segment_bytes.to_string();
-    [
-        ("retention.ms", "-1"),
-        ("retention.bytes", "-1"),
-        ("segment.bytes", segment_bytes.as_str()),
-        ("segment.index.bytes", "1048576"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 /// One group: its membership protocol's state and its committed offsets. A group is a
 /// classic group unless `consumer` is set (KIP-848); it can switch only while it is empty.
@@ -245,21 +228,11 @@ impl GroupCoordinator {
         if self.offsets_partitions.load(Ordering::Acquire) > 0 {
             return Ok(());
         }
-        let partitions = match broker.create_topic(
+        let partitions = broker.ensure_internal_topic(
             OFFSETS_TOPIC,
             self.config.offsets_topic_partitions,
-            offsets_topic_configs(self.config.offsets_topic_segment_bytes),
-            false,
-        ) {
-            Ok(topic) => topic.partitions,
-            Err(err) if err.code == ResponseError::TopicAlreadyExists => {
-                broker.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions).unwrap_or(0)
-            }
-            Err(err) => {
-                tracing::error!(error = %err.message, "cannot create {OFFSETS_TOPIC}");
-                return Err(ResponseError::CoordinatorNotAvailable);
-            }
-        };
+            self.config.offsets_topic_segment_bytes,
+        )?;
         self.offsets_partitions.store(partitions, Ordering::Release);
         Ok(())
     }
@@ -640,6 +613,7 @@ pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::R
 mod tests {
     use super::*;
     use crate::BrokerConfig;
+    use std::collections::BTreeMap;
 
     fn open(dir: &std::path::Path) -> Arc<Broker> {
         let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };

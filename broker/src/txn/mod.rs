@@ -13,7 +13,7 @@
 pub mod record;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
@@ -35,20 +35,6 @@ const MAX_EPOCH: i16 = i16::MAX - 1;
 
 fn now_ms() -> i64 {
     sluice_storage::log::now_ms()
-}
-
-/// Never deleted by retention: the coordinator's cleanup keeps the topic small.
-fn state_topic_configs(segment_bytes: u32) -> BTreeMap<String, String> {
-    let segment_bytes = segment_bytes.to_string();
-    [
-        ("retention.ms", "-1"),
-        ("retention.bytes", "-1"),
-        ("segment.bytes", segment_bytes.as_str()),
-        ("segment.index.bytes", "1048576"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }
 
 #[derive(Default)]
@@ -142,22 +128,11 @@ impl TransactionCoordinator {
         if self.state_partitions.load(Ordering::Acquire) > 0 {
             return Ok(());
         }
-        let wanted = broker.config.transaction_state_partitions;
-        let partitions = match broker.create_topic(
+        let partitions = broker.ensure_internal_topic(
             TRANSACTION_STATE_TOPIC,
-            wanted,
-            state_topic_configs(broker.config.transaction_state_segment_bytes),
-            false,
-        ) {
-            Ok(topic) => topic.partitions,
-            Err(err) if err.code == ResponseError::TopicAlreadyExists => {
-                broker.metadata().topic(TRANSACTION_STATE_TOPIC).map(|t| t.partitions).unwrap_or(0)
-            }
-            Err(err) => {
-                tracing::error!(error = %err.message, "cannot create {TRANSACTION_STATE_TOPIC}");
-                return Err(ResponseError::CoordinatorNotAvailable);
-            }
-        };
+            broker.config.transaction_state_partitions,
+            broker.config.transaction_state_segment_bytes,
+        )?;
         self.state_partitions.store(partitions, Ordering::Release);
         Ok(())
     }
@@ -642,6 +617,7 @@ pub async fn run_timers(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::R
 mod tests {
     use super::*;
     use crate::BrokerConfig;
+    use std::collections::BTreeMap;
 
     fn open(dir: &std::path::Path) -> Arc<Broker> {
         let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
