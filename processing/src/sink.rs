@@ -80,7 +80,10 @@ impl TransactionalSink {
     }
 
     /// Commits the records sent since the last commit together with `offsets` (topic,
-    /// partition, next offset to read) committed for consumer group `group`.
+    /// partition, next offset to read) committed for consumer group `group`. On an error the
+    /// transaction's records are gone from the sink and whatever part of it reached the
+    /// broker is aborted (by its timeout, or when the next instance opens the sink): the
+    /// caller starts again from the last committed offsets.
     pub fn commit(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), SinkError> {
         let broker = self.broker.clone();
         let txns = &broker.txns;
