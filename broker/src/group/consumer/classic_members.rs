@@ -213,6 +213,11 @@ impl ConsumerGroup {
             self.empty_since_ms = None;
             let instance_id: Option<Arc<str>> = join.instance_id.as_deref().map(Arc::from);
             if let Some(instance) = &instance_id {
+                // A static member back under a new id replaces its old self, which would
+                // otherwise keep its partitions until its session ran out.
+                if let Some(previous) = self.static_members.get(instance).cloned() {
+                    self.remove_member(&previous);
+                }
                 self.static_members.insert(instance.clone(), member_id.clone());
             }
             self.members.insert(
