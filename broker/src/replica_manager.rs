@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
-use sluice_storage::Offset;
 use sluice_storage::{HandleCache, LogConfig, PartitionLog};
+use sluice_storage::{Offset, RecordBatch};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -45,6 +45,40 @@ impl Partition {
                 waiter.notify_one();
             }
         }
+    }
+
+    /// Replays every batch of this log in order (what a coordinator does with its internal
+    /// topic at start), then commits it all: everything in such a log was written by the
+    /// broker. A batch that does not decode, or that `apply` cannot take, is reported and
+    /// skipped (a framing error ends the partition) rather than keeping the broker down.
+    /// Returns whether anything was skipped.
+    pub fn replay(&self, mut apply: impl FnMut(&RecordBatch) -> Result<()>) -> Result<bool> {
+        let end = self.log.log_end_offset();
+        let mut offset = self.log.log_start_offset();
+        let mut skipped = false;
+        'read: while offset < end {
+            let read = self.log.read(offset, 1 << 20, end)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for batch in RecordBatch::iter_batches(read.records) {
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::error!(topic = %self.topic, partition = self.index, %err, "unreadable batch; skipping the rest of this partition");
+                        skipped = true;
+                        break 'read;
+                    }
+                };
+                offset = Offset(batch.last_offset() + 1);
+                if let Err(err) = apply(&batch) {
+                    tracing::error!(topic = %self.topic, partition = self.index, offset = batch.base_offset(), %err, "skipping an unreadable batch");
+                    skipped = true;
+                }
+            }
+        }
+        self.commit(end);
+        Ok(skipped)
     }
 
     /// Asks for `waiter` to be notified at the next commit. Registering twice is harmless.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use sluice_storage::{Offset, RecordBatch};
 
 use super::classic::ClassicGroup;
 use super::offsets::CommittedOffset;
@@ -25,48 +24,22 @@ impl GroupCoordinator {
         let mut records = 0u64;
         for index in 0..partitions {
             let Some(partition) = replicas.partition(OFFSETS_TOPIC, index) else { continue };
-            let end = partition.log.log_end_offset();
-            let mut offset = partition.log.log_start_offset();
             let mut open_txns = txn_offsets::OpenTxns::default();
-            while offset < end {
-                let read = partition.log.read(offset, 1 << 20, end)?;
-                if read.records.is_empty() {
-                    break;
+            let skipped = partition.replay(|batch| {
+                if batch.is_control() || batch.is_transactional() {
+                    return open_txns.replay(&mut groups, batch);
                 }
-                for batch in RecordBatch::iter_batches(read.records) {
-                    // The log was recovered (CRCs checked) before this: a batch that still
-                    // does not decode is reported and skipped, not a reason to stay down.
-                    let batch = match batch {
-                        Ok(batch) => batch,
-                        Err(err) => {
-                            tracing::error!(partition = index, %err, "unreadable batch in {OFFSETS_TOPIC}; skipping the rest of this partition");
-                            self.damaged.lock().insert(index);
-                            offset = end;
-                            break;
-                        }
-                    };
-                    offset = Offset(batch.last_offset() + 1);
-                    let replayed = if batch.is_control() || batch.is_transactional() {
-                        open_txns.replay(&mut groups, &batch)
-                    } else {
-                        batch.records().map_err(crate::Error::from).and_then(|batch_records| {
-                            for record in batch_records {
-                                let record = record?;
-                                records += 1;
-                                replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
-                            }
-                            Ok(())
-                        })
-                    };
-                    if let Err(err) = replayed {
-                        tracing::error!(partition = index, offset = batch.base_offset(), %err, "skipping an unreadable batch of {OFFSETS_TOPIC}");
-                        self.damaged.lock().insert(index);
-                    }
+                for record in batch.records()? {
+                    let record = record?;
+                    records += 1;
+                    replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
                 }
+                Ok(())
+            })?;
+            if skipped {
+                self.damaged.lock().insert(index);
             }
             open_txns.leave_pending(&mut groups);
-            // Everything in this log was written by the coordinator: make it all readable.
-            partition.commit(end);
         }
         let now = Instant::now();
         let mut map = self.groups.lock();

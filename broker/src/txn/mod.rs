@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
-use sluice_storage::{LeaderEpoch, MarkerKind, ProducerId, RecordBatch, RecordBatchBuilder};
+use sluice_storage::{LeaderEpoch, MarkerKind, ProducerId, RecordBatchBuilder};
 
 use crate::broker::Broker;
 use crate::group::record::partition_for;
@@ -54,49 +54,25 @@ impl TransactionCoordinator {
         let mut loaded: HashMap<String, TxnMetadata> = HashMap::new();
         for index in 0..partitions {
             let Some(partition) = replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
-            let end = partition.log.log_end_offset();
-            let mut offset = partition.log.log_start_offset();
-            while offset < end {
-                let read = partition.log.read(offset, 1 << 20, end)?;
-                if read.records.is_empty() {
-                    break;
-                }
-                for batch in RecordBatch::iter_batches(read.records) {
-                    // Reported and skipped rather than keeping the broker down.
-                    let batch = match batch {
-                        Ok(batch) => batch,
-                        Err(err) => {
-                            tracing::error!(partition = index, %err, "unreadable batch in {TRANSACTION_STATE_TOPIC}; skipping the rest of this partition");
-                            self.damaged.lock().insert(index);
-                            offset = end;
-                            break;
+            let skipped = partition.replay(|batch| {
+                for record in batch.records()? {
+                    let Ok(record) = record else { continue };
+                    let Some(Ok(Some(id))) = record.key.as_deref().map(record::decode_key) else { continue };
+                    match record.value.as_deref().map(TxnValue::decode) {
+                        None => {
+                            loaded.remove(&id);
                         }
-                    };
-                    offset = sluice_storage::Offset(batch.last_offset() + 1);
-                    let records = match batch.records() {
-                        Ok(records) => records,
-                        Err(err) => {
-                            tracing::error!(partition = index, %err, "skipping an unreadable batch of {TRANSACTION_STATE_TOPIC}");
-                            self.damaged.lock().insert(index);
-                            continue;
+                        Some(Ok(value)) => {
+                            loaded.insert(id.clone(), metadata_from(id, value));
                         }
-                    };
-                    for record in records {
-                        let Ok(record) = record else { continue };
-                        let Some(Ok(Some(id))) = record.key.as_deref().map(record::decode_key) else { continue };
-                        match record.value.as_deref().map(TxnValue::decode) {
-                            None => {
-                                loaded.remove(&id);
-                            }
-                            Some(Ok(value)) => {
-                                loaded.insert(id.clone(), metadata_from(id, value));
-                            }
-                            Some(Err(err)) => tracing::warn!(%err, "skipping a record of {TRANSACTION_STATE_TOPIC}"),
-                        }
+                        Some(Err(err)) => tracing::warn!(%err, "skipping a record of {TRANSACTION_STATE_TOPIC}"),
                     }
                 }
+                Ok(())
+            })?;
+            if skipped {
+                self.damaged.lock().insert(index);
             }
-            partition.commit(end);
         }
         let mut by_producer = self.by_producer.lock();
         let mut txns = self.txns.lock();
