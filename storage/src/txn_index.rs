@@ -99,15 +99,6 @@ pub fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
     fs::rename(&tmp, path).map_err(Error::io("rename txn index", path))
 }
 
-/// fsyncs a file if it exists.
-pub fn sync(path: &Path) -> Result<()> {
-    match fs::File::open(path) {
-        Ok(file) => file.sync_all().map_err(Error::io("fsync txn index", path)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(Error::io("open txn index", path)(err)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,10 +60,6 @@ impl GroupOffsets {
         self.offsets.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.offsets.len()
-    }
-
     /// Applies a commit unless a later record already set this partition.
     pub fn apply(&mut self, topic: &str, partition: i32, committed: CommittedOffset) {
         let key = (topic.to_string(), partition);
