@@ -149,7 +149,7 @@ fn start_own_broker(settings: &[String]) -> (OwnBroker, String) {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
         .stdout(Stdio::piped())

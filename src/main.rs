@@ -2,9 +2,11 @@
 //! its data in ./sluice-data; subcommands inspect partition logs on disk and operate consumer
 //! groups over the wire.
 
+mod admin;
 mod allocator;
 mod client;
 mod groups;
+mod jobs;
 mod run_broker;
 mod transactions;
 
@@ -40,6 +42,12 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,
+    },
+    /// Operate the broker's stream-processing jobs through its admin API: list, start,
+    /// status, stop.
+    Job {
+        #[command(subcommand)]
+        command: jobs::JobCommand,
     },
     /// Inspect transactions on a running cluster: list, describe.
     Transactions {
@@ -149,6 +157,7 @@ fn main() -> ExitCode {
         Some(Command::Log { command: LogCommand::Dump { dir, records } }) => dump(&dir, records),
         Some(Command::Groups { command }) => groups::run(command),
         Some(Command::Transactions { command }) => transactions::run(command),
+        Some(Command::Job { command }) => jobs::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

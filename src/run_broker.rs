@@ -1,6 +1,7 @@
 //! `sluice broker`: builds the broker config from defaults, an optional TOML file and flags
-//! (in that order), binds the listener, and runs until SIGINT or SIGTERM, then shuts down
-//! cleanly (every log flushed and marked clean).
+//! (in that order), binds the Kafka listener and the admin HTTP API, starts the broker's
+//! jobs, and runs until SIGINT or SIGTERM, then shuts down cleanly (jobs commit, every log
+//! is flushed and marked clean).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use sluice_broker::{Broker, BrokerConfig};
+use sluice_processing::host::{HostConfig, JobHost};
 use tokio::net::TcpListener;
 
 #[derive(Args, Debug, Default)]
@@ -23,6 +25,9 @@ pub struct BrokerArgs {
     /// address actually bound.
     #[arg(long)]
     advertise: Option<String>,
+    /// Address of the admin HTTP API (jobs), default 127.0.0.1:9644 (`admin.listener`).
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Data directory (`log.dirs`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -50,8 +55,20 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
     Ok(())
 }
 
-fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, bool)> {
+/// Everything the process needs besides the broker's own config.
+struct ProcessConfig {
+    admin_listener: std::net::SocketAddr,
+    host: HostConfig,
+}
+
+const DEFAULT_ADMIN_LISTENER: &str = "127.0.0.1:9644";
+
+fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfig, bool)> {
     let mut config = BrokerConfig::default();
+    let mut process = ProcessConfig {
+        admin_listener: DEFAULT_ADMIN_LISTENER.parse().expect("the default admin address parses"),
+        host: HostConfig::default(),
+    };
     let mut settings = Vec::new();
     if let Some(path) = &args.config {
         let text =
@@ -70,19 +87,30 @@ fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, bool)> {
     if let Some(advertise) = &args.advertise {
         settings.push(("advertised.listeners".into(), advertise.clone()));
     }
+    if let Some(admin) = &args.admin_listen {
+        settings.push(("admin.listener".into(), admin.clone()));
+    }
     if let Some(dir) = &args.data_dir {
         settings.push(("log.dirs".into(), dir.display().to_string()));
     }
     let mut advertised_set = false;
     for (key, value) in settings {
-        config.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
+        if key == "admin.listener" {
+            process.admin_listener = value.trim().parse().map_err(|_| {
+                anyhow!("admin.listener must be host:port with a numeric host, e.g. 127.0.0.1:9644; got \"{value}\"")
+            })?;
+        } else if key.starts_with("processing.") {
+            process.host.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
+        } else {
+            config.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
+        }
         advertised_set |= key == "advertised.listeners";
     }
-    Ok((config, advertised_set))
+    Ok((config, process, advertised_set))
 }
 
 pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
-    let (mut config, advertised_set) = build_config(&args)?;
+    let (mut config, process, advertised_set) = build_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(config.listener)
@@ -98,8 +126,20 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             config.advertised_host = bound.ip().to_string();
             config.advertised_port = bound.port();
         }
+        let admin_listener = TcpListener::bind(process.admin_listener).await.with_context(|| {
+            format!(
+                "cannot listen on {} for the admin API (is another broker running? set --admin-listen)",
+                process.admin_listener
+            )
+        })?;
+        let admin_bound = admin_listener.local_addr()?;
         let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
-        // A line scripts and tests can wait for.
+        let host = {
+            let broker = broker.clone();
+            tokio::task::spawn_blocking(move || JobHost::start(broker, process.host)).await?.map_err(|e| anyhow!(e))?
+        };
+        // Lines scripts and tests can wait for; the broker's comes last.
+        println!("sluice admin API listening on {admin_bound}");
         println!("sluice broker listening on {bound}");
         tracing::info!(%bound, "broker ready");
 
@@ -107,10 +147,14 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         let server = tokio::spawn(sluice_broker::network::serve(broker.clone(), listener, shutdown_rx.clone()));
         let group_timers = tokio::spawn(sluice_broker::group::run_timers(broker.clone(), shutdown_rx.clone()));
         let txn_timers = tokio::spawn(sluice_broker::txn::run_timers(broker.clone(), shutdown_rx.clone()));
+        let admin = tokio::spawn(crate::admin::serve(admin_listener, host.clone(), shutdown_rx.clone()));
         let maintenance = tokio::spawn(maintain(broker.clone(), shutdown_rx));
         wait_for_signal().await?;
         tracing::info!("shutting down");
         shutdown_tx.send(true).ok();
+        admin.await.ok();
+        // Jobs commit what they have while the coordinators can still take it.
+        tokio::task::spawn_blocking(move || host.shutdown()).await?;
         server.await.ok();
         maintenance.await.ok();
         group_timers.await.ok();

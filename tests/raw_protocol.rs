@@ -40,7 +40,9 @@ impl Broker {
     fn start_with(settings: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command.args(["broker", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data"));
+        command
+            .args(["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
         for setting in settings {
             command.arg("--set").arg(setting);
         }
@@ -55,7 +57,9 @@ impl Broker {
                 Ok(1) => seen.push(byte[0] as char),
                 _ => panic!("broker exited before listening: {seen}"),
             }
-            if let Some(line) = seen.lines().find(|l| l.contains("listening on") && seen.ends_with('\n')) {
+            if let Some(line) =
+                seen.lines().find(|l| l.starts_with("sluice broker listening on") && seen.ends_with('\n'))
+            {
                 break line.rsplit(':').next().unwrap().trim().parse().unwrap();
             }
         };
@@ -401,7 +405,7 @@ fn an_acks_0_produce_that_fails_closes_the_connection() {
 fn a_wildcard_listener_needs_an_advertised_address() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["broker", "--listen", "0.0.0.0:0", "--data-dir"])
+        .args(["broker", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -4,6 +4,7 @@
 //! clean restart and a SIGKILL. Consumers use explicit assignment: consumer groups do not
 //! exist yet.
 
+#[allow(dead_code)]
 mod common;
 
 use std::collections::{BTreeSet, HashMap};

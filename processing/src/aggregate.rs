@@ -117,6 +117,17 @@ impl<T: Hash + Eq> Default for DistinctCount<T> {
     }
 }
 
+impl<T: Hash + Eq> DistinctCount<T> {
+    /// The distinct values (for a checkpoint).
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    pub fn from_values(values: impl IntoIterator<Item = T>) -> DistinctCount<T> {
+        DistinctCount(values.into_iter().collect())
+    }
+}
+
 impl<T: Hash + Eq + Clone> Aggregate for DistinctCount<T> {
     type Input = T;
     type Output = u64;

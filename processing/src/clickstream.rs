@@ -5,18 +5,24 @@
 //! 5 s, the minimum over partitions. Bad input (malformed JSON, missing fields, absurd
 //! timestamps) is counted and skipped.
 //!
-//! This module is the job's operators only: sources, state checkpoints and sinks are the
-//! runtime's.
+//! As a [`Dataflow`]: a click is routed by page to the key group counting that page and by
+//! user to the one tracking that user's sessions; the top pages of a minute are ranked from
+//! every group's counts in the round the minute closes (all groups close it together, at
+//! the job's watermark). [`Clickstream`] runs the same logic in one thread, without the
+//! runtime (tests and benchmarks).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
+use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::source::SourceRecord;
 use crate::watermark::{EventTime, Watermarks};
-use crate::window::WindowSpec;
-use crate::windowed::WindowedAggregation;
+use crate::window::{Window, WindowSpec};
+use crate::windowed::{StateChange, WindowedAggregation};
 
 pub const MINUTE_MS: i64 = 60_000;
 /// Out-of-orderness the watermark allows.
@@ -35,6 +41,19 @@ struct Click<'a> {
     #[serde(borrow)]
     page: Cow<'a, str>,
     ts: i64,
+}
+
+/// A click's fields as slices of the record (copied only when the JSON had escapes).
+fn parse_click(value: &Bytes, now_ms: i64) -> Result<(EventTime, Bytes, Bytes), Rejection> {
+    let click = serde_json::from_slice::<Click>(value).map_err(|_| Rejection::Malformed)?;
+    if click.ts < 0 || click.ts > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(Rejection::AbsurdTimestamp);
+    }
+    let slice = |text: Cow<str>| match text {
+        Cow::Borrowed(text) => value.slice_ref(text.as_bytes()),
+        Cow::Owned(text) => Bytes::from(text),
+    };
+    Ok((click.ts, slice(click.page), slice(click.user_id)))
 }
 
 /// Page and user names, each stored once: the operators key by these ids, so an event
@@ -56,8 +75,16 @@ impl Names {
         id
     }
 
-    fn name(&self, id: u32) -> String {
-        self.names.get(id as usize).map(|n| n.to_string()).unwrap_or_default()
+    fn id_of_bytes(&mut self, name: &[u8]) -> u32 {
+        // The bytes came from a JSON string, so they are UTF-8; lossy only guards the type.
+        match std::str::from_utf8(name) {
+            Ok(name) => self.id(name),
+            Err(_) => self.id(&String::from_utf8_lossy(name)),
+        }
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map(|n| &**n).unwrap_or_default()
     }
 }
 
@@ -88,6 +115,16 @@ impl Output {
         }
     }
 
+    /// The record's timestamp: a window's last millisecond, or a session's last click.
+    pub fn timestamp_ms(&self) -> i64 {
+        match self {
+            Output::PageViews1m { window_end, .. }
+            | Output::PageViews5m { window_end, .. }
+            | Output::TopPages1m { window_end, .. } => window_end - 1,
+            Output::UserSession { session_end, .. } => *session_end,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
@@ -106,6 +143,15 @@ impl Output {
                 "window_start": window_start, "window_end": window_end,
                 "top": top.iter().map(|(page, views)| json!({"page": page, "views": views})).collect::<Vec<_>>()
             }),
+        }
+    }
+
+    fn order_key(&self) -> (u8, i64, i64, &str) {
+        match self {
+            Output::PageViews1m { page, window_start, window_end, .. } => (0, *window_end, *window_start, page),
+            Output::TopPages1m { window_start, window_end, .. } => (0, *window_end, *window_start, "\u{10ffff}"),
+            Output::PageViews5m { page, window_start, window_end, .. } => (1, *window_end, *window_start, page),
+            Output::UserSession { user_id, session_end, .. } => (2, *session_end, 0, user_id),
         }
     }
 }
@@ -176,14 +222,273 @@ impl Operators {
     pub const ALL: Operators = Operators { views_1m: true, views_5m: true, sessions: true };
 }
 
-pub struct Clickstream {
+/// The stateful operators, numbered as in [`StateRecord::operator`] and the late bits.
+pub const OPERATORS: [&str; 3] = ["page-views-1m", "page-views-5m", "user-sessions"];
+const VIEWS_1M: usize = 0;
+const VIEWS_5M: usize = 1;
+const SESSIONS: usize = 2;
+pub const OUTPUT_TOPICS: [&str; 4] = ["page-views-1m", "page-views-5m", "user-sessions", "top-pages-1m"];
+
+/// A click on its way to a key group: routed by page, by user, or both when the two land
+/// in the same group.
+pub struct ClickEvent {
+    ts: EventTime,
+    page: Bytes,
+    user: Bytes,
+    views: bool,
+    sessions: bool,
+}
+
+/// The clickstream job's keyed state for the pages and users of one key group.
+pub struct ClickstreamGroup {
     operators: Operators,
-    watermarks: Watermarks,
     pages: Names,
     users: Names,
     views_1m: WindowedAggregation<u32, ViewsAndUsers>,
     views_5m: WindowedAggregation<u32, Count>,
     sessions: WindowedAggregation<u32, ClicksAndPages>,
+}
+
+impl ClickstreamGroup {
+    pub fn new(operators: Operators) -> ClickstreamGroup {
+        ClickstreamGroup {
+            operators,
+            pages: Names::default(),
+            users: Names::default(),
+            views_1m: windowed(WindowSpec::Tumbling { size_ms: MINUTE_MS }),
+            views_5m: windowed(WindowSpec::Sliding { size_ms: 5 * MINUTE_MS, slide_ms: MINUTE_MS }),
+            sessions: windowed(WindowSpec::Session { gap_ms: SESSION_GAP_MS }),
+        }
+    }
+}
+
+/// A window's changelog key: its end and start (big-endian, so keys sort by time), then the
+/// key's name.
+fn window_key(window: Window, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + name.len());
+    key.extend_from_slice(&window.end.to_be_bytes());
+    key.extend_from_slice(&window.start.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn parse_window_key(key: &[u8]) -> Result<(Window, &str), String> {
+    if key.len() < 16 {
+        return Err(format!("a window key needs 16 bytes of times, got {}", key.len()));
+    }
+    let (end, rest) = key.split_at(8);
+    let (start, name) = rest.split_at(8);
+    let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
+    let name = std::str::from_utf8(name).map_err(|_| "a window key's name is not UTF-8".to_string())?;
+    Ok((Window { start: time(start), end: time(end) }, name))
+}
+
+fn decode<'a, T: Deserialize<'a>>(value: &'a [u8], what: &str) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| format!("bad {what} state: {e}"))
+}
+
+impl KeyGroup for ClickstreamGroup {
+    type Event = ClickEvent;
+    type Result = Output;
+
+    fn process(&mut self, event: ClickEvent) -> u32 {
+        let mut late = 0;
+        let user = self.users.id_of_bytes(&event.user);
+        if event.views {
+            let page = self.pages.id_of_bytes(&event.page);
+            if self.operators.views_1m && !self.views_1m.add(page, event.ts, &user) {
+                late |= 1 << VIEWS_1M;
+            }
+            if self.operators.views_5m && !self.views_5m.add(page, event.ts, &()) {
+                late |= 1 << VIEWS_5M;
+            }
+        }
+        if event.sessions && self.operators.sessions {
+            let page = self.pages.id_of_bytes(&event.page);
+            if !self.sessions.add(user, event.ts, &page) {
+                late |= 1 << SESSIONS;
+            }
+        }
+        late
+    }
+
+    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
+        let (pages, users) = (&self.pages, &self.users);
+        for (page, w, (views, unique_users)) in self.views_1m.advance(watermark) {
+            let page = pages.name(page).to_string();
+            out.push(Output::PageViews1m { page, window_start: w.start, window_end: w.end, views, unique_users });
+        }
+        for (page, w, views) in self.views_5m.advance(watermark) {
+            let page = pages.name(page).to_string();
+            out.push(Output::PageViews5m { page, window_start: w.start, window_end: w.end, views });
+        }
+        for (user, w, (clicks, distinct_pages)) in self.sessions.advance(watermark) {
+            out.push(Output::UserSession {
+                user_id: users.name(user).to_string(),
+                session_start: w.start,
+                session_end: w.end,
+                clicks,
+                distinct_pages,
+            });
+        }
+    }
+
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+        let (pages, users) = (&self.pages, &self.users);
+        let names = |names: &Names, ids: &DistinctCount<u32>| -> Vec<String> {
+            ids.values().map(|id| names.name(*id).to_string()).collect()
+        };
+        self.views_1m.drain_changes(everything, |page, change| {
+            if let StateChange::Window(window, state) = change {
+                let value = state.map(|s| {
+                    serde_json::to_vec(&serde_json::json!({"views": s.0.0, "users": names(users, &s.1)}))
+                        .unwrap_or_default()
+                });
+                out.push(StateRecord { operator: VIEWS_1M, key: window_key(window, pages.name(*page)), value });
+            }
+        });
+        self.views_5m.drain_changes(everything, |page, change| {
+            if let StateChange::Window(window, state) = change {
+                let value = state.map(|s| s.0.to_string().into_bytes());
+                out.push(StateRecord { operator: VIEWS_5M, key: window_key(window, pages.name(*page)), value });
+            }
+        });
+        self.sessions.drain_changes(everything, |user, change| {
+            if let StateChange::Sessions(open) = change {
+                let value = (!open.is_empty()).then(|| {
+                    let open: Vec<(i64, i64, u64, Vec<String>)> =
+                        open.iter().map(|(start, last, s)| (*start, *last, s.0 .0, names(pages, &s.1))).collect();
+                    serde_json::to_vec(&open).unwrap_or_default()
+                });
+                out.push(StateRecord { operator: SESSIONS, key: users.name(*user).as_bytes().to_vec(), value });
+            }
+        });
+    }
+
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match operator {
+            VIEWS_1M => {
+                #[derive(Deserialize)]
+                struct State {
+                    views: u64,
+                    users: Vec<String>,
+                }
+                let (window, page) = parse_window_key(key)?;
+                let state: State = decode(value, "page-views-1m")?;
+                let users = DistinctCount::from_values(state.users.iter().map(|u| self.users.id(u)));
+                let page = self.pages.id(page);
+                self.views_1m.restore_window(page, window, ViewsAndUsers(Count(state.views), users));
+            }
+            VIEWS_5M => {
+                let (window, page) = parse_window_key(key)?;
+                let views: u64 = decode(value, "page-views-5m")?;
+                let page = self.pages.id(page);
+                self.views_5m.restore_window(page, window, Count(views));
+            }
+            SESSIONS => {
+                let user = std::str::from_utf8(key).map_err(|_| "a session key is not UTF-8".to_string())?;
+                let user = self.users.id(user);
+                let open: Vec<(i64, i64, u64, Vec<String>)> = decode(value, "user-sessions")?;
+                let open = open
+                    .into_iter()
+                    .map(|(start, last, clicks, pages)| {
+                        let pages = DistinctCount::from_values(pages.iter().map(|p| self.pages.id(p)));
+                        (start, last, ClicksAndPages(Count(clicks), pages))
+                    })
+                    .collect();
+                self.sessions.restore_sessions(user, open);
+            }
+            other => return Err(format!("no operator {other} in the clickstream job")),
+        }
+        Ok(())
+    }
+
+    fn restore_watermark(&mut self, watermark: EventTime) {
+        self.views_1m.restore_watermark(watermark);
+        self.views_5m.restore_watermark(watermark);
+        self.sessions.restore_watermark(watermark);
+    }
+
+    fn open_state(&self) -> usize {
+        self.views_1m.open_state() + self.views_5m.open_state() + self.sessions.open_state()
+    }
+}
+
+/// Puts one round's results in their written order (per output by event time, then name)
+/// and ranks each closed minute's pages into its top-pages result.
+pub fn assemble(mut results: Vec<Output>) -> Vec<Output> {
+    let mut rankings: BTreeMap<(i64, i64), TopN<String, TOP_PAGES>> = BTreeMap::new();
+    for result in &results {
+        if let Output::PageViews1m { page, window_start, window_end, views, .. } = result {
+            rankings.entry((*window_start, *window_end)).or_default().add_n(page, *views);
+        }
+    }
+    results.extend(rankings.into_iter().map(|((window_start, window_end), ranking)| Output::TopPages1m {
+        window_start,
+        window_end,
+        top: ranking.result(),
+    }));
+    results.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    results
+}
+
+/// The clickstream job as a [`Dataflow`].
+pub struct ClickstreamDataflow {
+    pub operators: Operators,
+}
+
+impl Dataflow for ClickstreamDataflow {
+    type Event = ClickEvent;
+    type Result = Output;
+    type Group = ClickstreamGroup;
+
+    fn operators(&self) -> &'static [&'static str] {
+        &OPERATORS
+    }
+
+    fn output_topics(&self) -> &'static [&'static str] {
+        &OUTPUT_TOPICS
+    }
+
+    fn parse(
+        &self,
+        record: &SourceRecord,
+        now_ms: i64,
+        groups: usize,
+        route: &mut dyn FnMut(usize, ClickEvent),
+    ) -> Result<EventTime, Rejection> {
+        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
+        let (ts, page, user) = parse_click(value, now_ms)?;
+        let (by_page, by_user) = (key_group(&page, groups), key_group(&user, groups));
+        if by_page == by_user {
+            route(by_page, ClickEvent { ts, page, user, views: true, sessions: true });
+        } else {
+            route(by_page, ClickEvent { ts, page: page.clone(), user: user.clone(), views: true, sessions: false });
+            route(by_user, ClickEvent { ts, page, user, views: false, sessions: true });
+        }
+        Ok(ts)
+    }
+
+    fn new_group(&self) -> ClickstreamGroup {
+        ClickstreamGroup::new(self.operators)
+    }
+
+    fn finish(&self, results: Vec<Output>, out: &mut Vec<OutputRecord>) {
+        for result in assemble(results) {
+            out.push(OutputRecord {
+                topic: result.topic(),
+                key: Bytes::from(result.key()),
+                value: Bytes::from(result.to_json().to_string()),
+                timestamp_ms: result.timestamp_ms(),
+            });
+        }
+    }
+}
+
+/// The whole job in one thread, without the runtime: for tests and benchmarks.
+pub struct Clickstream {
+    watermarks: Watermarks,
+    group: ClickstreamGroup,
     pub rejected: Rejected,
 }
 
@@ -196,41 +501,24 @@ impl Clickstream {
 
     pub fn with_operators(partitions: usize, idle_timeout_ms: i64, operators: Operators) -> Clickstream {
         Clickstream {
-            operators,
             watermarks: Watermarks::new(partitions, WATERMARK_BOUND_MS, idle_timeout_ms),
-            pages: Names::default(),
-            users: Names::default(),
-            views_1m: windowed(WindowSpec::Tumbling { size_ms: MINUTE_MS }),
-            views_5m: windowed(WindowSpec::Sliding { size_ms: 5 * MINUTE_MS, slide_ms: MINUTE_MS }),
-            sessions: windowed(WindowSpec::Session { gap_ms: SESSION_GAP_MS }),
+            group: ClickstreamGroup::new(operators),
             rejected: Rejected::default(),
         }
     }
 
     /// One click from `partition`, read at processing time `now_ms`.
-    pub fn process(&mut self, partition: usize, value: &[u8], now_ms: i64) {
-        let Ok(click) = serde_json::from_slice::<Click>(value) else {
-            self.rejected.malformed += 1;
-            return;
-        };
-        if click.ts < 0 || click.ts > now_ms.saturating_add(MAX_FUTURE_MS) {
-            self.rejected.absurd_timestamp += 1;
-            return;
-        }
-        self.watermarks.observe(partition, click.ts, now_ms);
-        let (page, user) = (self.pages.id(&click.page), self.users.id(&click.user_id));
-        let mut on_time = true;
-        if self.operators.views_1m {
-            on_time &= self.views_1m.add(page, click.ts, &user);
-        }
-        if self.operators.views_5m {
-            on_time &= self.views_5m.add(page, click.ts, &());
-        }
-        if self.operators.sessions {
-            on_time &= self.sessions.add(user, click.ts, &page);
-        }
-        if !on_time {
-            self.rejected.late += 1;
+    pub fn process(&mut self, partition: usize, value: &Bytes, now_ms: i64) {
+        match parse_click(value, now_ms) {
+            Err(Rejection::Malformed) => self.rejected.malformed += 1,
+            Err(Rejection::AbsurdTimestamp) => self.rejected.absurd_timestamp += 1,
+            Ok((ts, page, user)) => {
+                self.watermarks.observe(partition, ts, now_ms);
+                let event = ClickEvent { ts, page, user, views: true, sessions: true };
+                if self.group.process(event) != 0 {
+                    self.rejected.late += 1;
+                }
+            }
         }
     }
 
@@ -247,73 +535,9 @@ impl Clickstream {
     }
 
     fn advance_to(&mut self, watermark: EventTime) -> Vec<Output> {
-        let mut out = Vec::new();
-        // Within a window, results go out by name: ids depend on arrival order, names not.
-        let mut minute: Vec<(String, i64, i64, u64, u64)> = self
-            .views_1m
-            .advance(watermark)
-            .into_iter()
-            .map(|(page, w, (views, users))| (self.pages.name(page), w.start, w.end, views, users))
-            .collect();
-        minute.sort_by(|a, b| (a.2, a.1, &a.0).cmp(&(b.2, b.1, &b.0)));
-        let mut top: Option<(i64, i64, TopN<String, TOP_PAGES>)> = None;
-        for (page, window_start, window_end, views, unique_users) in minute {
-            match &mut top {
-                Some((start, _, ranking)) if *start == window_start => ranking.add_n(&page, views),
-                _ => {
-                    if let Some((start, end, ranking)) = top.take() {
-                        out.push(Output::TopPages1m { window_start: start, window_end: end, top: ranking.result() });
-                    }
-                    let mut ranking = TopN::default();
-                    ranking.add_n(&page, views);
-                    top = Some((window_start, window_end, ranking));
-                }
-            }
-            out.push(Output::PageViews1m { page, window_start, window_end, views, unique_users });
-        }
-        if let Some((start, end, ranking)) = top {
-            out.push(Output::TopPages1m { window_start: start, window_end: end, top: ranking.result() });
-        }
-        let mut five: Vec<Output> = self
-            .views_5m
-            .advance(watermark)
-            .into_iter()
-            .map(|(page, w, views)| Output::PageViews5m {
-                page: self.pages.name(page),
-                window_start: w.start,
-                window_end: w.end,
-                views,
-            })
-            .collect();
-        five.sort_by(|a, b| match (a, b) {
-            (
-                Output::PageViews5m { window_end: e1, window_start: s1, page: p1, .. },
-                Output::PageViews5m { window_end: e2, window_start: s2, page: p2, .. },
-            ) => (e1, s1, p1).cmp(&(e2, s2, p2)),
-            _ => std::cmp::Ordering::Equal,
-        });
-        out.extend(five);
-        let mut sessions: Vec<Output> = self
-            .sessions
-            .advance(watermark)
-            .into_iter()
-            .map(|(user, w, (clicks, distinct_pages))| Output::UserSession {
-                user_id: self.users.name(user),
-                session_start: w.start,
-                session_end: w.end,
-                clicks,
-                distinct_pages,
-            })
-            .collect();
-        sessions.sort_by(|a, b| match (a, b) {
-            (
-                Output::UserSession { session_end: e1, user_id: u1, .. },
-                Output::UserSession { session_end: e2, user_id: u2, .. },
-            ) => (e1, u1).cmp(&(e2, u2)),
-            _ => std::cmp::Ordering::Equal,
-        });
-        out.extend(sessions);
-        out
+        let mut results = Vec::new();
+        self.group.advance(watermark, &mut results);
+        assemble(results)
     }
 }
 
@@ -322,8 +546,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn click(user: &str, page: &str, ts: i64) -> Vec<u8> {
-        format!(r#"{{"user_id":"{user}","page":"{page}","ts":{ts},"referrer":"x","user_agent":"y"}}"#).into_bytes()
+    fn click(user: &str, page: &str, ts: i64) -> Bytes {
+        Bytes::from(format!(r#"{{"user_id":"{user}","page":"{page}","ts":{ts},"referrer":"x","user_agent":"y"}}"#))
     }
 
     #[test]
@@ -390,8 +614,8 @@ mod tests {
         job.process(0, &click("u", "/a", t0), 0);
         job.process(0, &click("u", "/b", t0 + 10 * MINUTE_MS), 0);
         job.process(0, &click("u", "/a", t0 + 20 * MINUTE_MS), 0);
-        job.process(0, b"{not json", 0);
-        job.process(0, br#"{"user_id":"u","ts":5}"#, 0);
+        job.process(0, &Bytes::from_static(b"{not json"), 0);
+        job.process(0, &Bytes::from_static(br#"{"user_id":"u","ts":5}"#), 0);
         job.process(0, &click("u", "/a", -3), 0);
         job.process(0, &click("u", "/a", i64::MAX / 2), 0);
         // A click 31 minutes later moves the watermark past the session's end + gap.

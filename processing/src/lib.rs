@@ -1,16 +1,22 @@
-//! The in-broker stream processor (issue 6, in progress). What exists so far are its
-//! event-time building blocks, each usable and tested on its own: watermarks with bounded
-//! out-of-orderness and idle partitions (`watermark`), epoch-aligned tumbling and sliding
-//! windows and merging session windows (`window`), the window aggregates (`aggregate`),
-//! and the keyed windowed aggregation that combines them, emitting each result once
-//! (`windowed`); and the source that reads a partition log in-process, zero-copy, honouring
-//! read_committed (`source`); the transactional sink that commits a job's output with its
-//! source offsets through the broker's transaction coordinator (`sink`); and the
-//! clickstream job's operators (`clickstream`). Sources, operators, keyed state, the job runtime and exactly-once sinks
-//! come next.
+//! The in-broker stream processor. Event-time building blocks, each usable and tested on
+//! its own: watermarks with bounded out-of-orderness and idle partitions (`watermark`),
+//! epoch-aligned tumbling and sliding windows and merging session windows (`window`), the
+//! window aggregates (`aggregate`) and the keyed windowed aggregation that emits each result
+//! once (`windowed`). A job is a `dataflow` (per-record step, keyed state per key group)
+//! that the `runtime` runs: sources read partition logs in-process (`source`), tasks run on
+//! a bounded `pool`, and every commit interval a checkpoint writes outputs, state changes
+//! (`changelog`) and source offsets in one transaction (`sink`). The `host` keeps the
+//! broker's jobs (`job` definitions) running across restarts; `clickstream` is the built-in
+//! job.
 
 pub mod aggregate;
+pub mod changelog;
 pub mod clickstream;
+pub mod dataflow;
+pub mod host;
+pub mod job;
+pub mod pool;
+pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod watermark;

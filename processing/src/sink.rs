@@ -31,9 +31,13 @@ pub struct TransactionalSink {
     transactional_id: String,
     producer_id: i64,
     producer_epoch: i16,
-    /// Records of the open transaction, one batch per partition.
-    batches: BTreeMap<(String, i32), RecordBatchBuilder>,
+    /// Records of the open transaction, in batches per partition.
+    batches: BTreeMap<(String, i32), Vec<RecordBatchBuilder>>,
 }
+
+/// A batch is closed at this size, below the default `max.message.bytes` (1 MiB) of the
+/// topics a job writes; a larger single record gets a batch of its own.
+const BATCH_BYTES: usize = 900 * 1024;
 
 impl TransactionalSink {
     /// Takes over `transactional_id`: the previous holder is fenced and its open
@@ -66,25 +70,35 @@ impl TransactionalSink {
         SinkError::Transaction { transactional_id: self.transactional_id.clone(), step, error: format!("{error:?}") }
     }
 
-    /// Adds a record to the open transaction.
-    pub fn send(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) {
+    /// Adds a record (a tombstone when `value` is `None`) to the open transaction.
+    pub fn send(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) {
         let (producer_id, epoch) = (self.producer_id, self.producer_epoch);
-        // Sequence -1: written in-process, never retried over a network, so there is
-        // nothing to deduplicate (the coordinator's own appends do the same).
-        self.batches
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| {
-                RecordBatchBuilder::new(timestamp_ms).producer(producer_id, epoch, -1).transactional(true)
-            })
-            .push(timestamp_ms, key, Some(value), &[]);
+        let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        let batches = match self.batches.get_mut(&(topic.to_string(), partition)) {
+            Some(batches) => batches,
+            None => self.batches.entry((topic.to_string(), partition)).or_default(),
+        };
+        if batches.last().is_none_or(|b| !b.is_empty() && b.records_size() + size > BATCH_BYTES) {
+            // Sequence -1: written in-process, never retried over a network, so there is
+            // nothing to deduplicate (the coordinator's own appends do the same).
+            batches.push(RecordBatchBuilder::new(timestamp_ms).producer(producer_id, epoch, -1).transactional(true));
+        }
+        if let Some(batch) = batches.last_mut() {
+            batch.push(timestamp_ms, key, value, &[]);
+        }
     }
 
-    /// Commits the records sent since the last commit together with `offsets` (topic,
-    /// partition, next offset to read) committed for consumer group `group`. On an error the
+    /// Records waiting for the next commit.
+    pub fn pending(&self) -> usize {
+        self.batches.values().flatten().map(RecordBatchBuilder::len).sum()
+    }
+
+    /// Commits the records sent since the last commit together with `offsets` (each the
+    /// next offset to read) committed for consumer group `group`. On an error the
     /// transaction's records are gone from the sink and whatever part of it reached the
     /// broker is aborted (by its timeout, or when the next instance opens the sink): the
     /// caller starts again from the last committed offsets.
-    pub fn commit(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), SinkError> {
+    pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<(), SinkError> {
         let broker = self.broker.clone();
         let txns = &broker.txns;
         let (producer_id, epoch) = (self.producer_id, self.producer_epoch);
@@ -100,33 +114,25 @@ impl TransactionalSink {
         }
         txns.add_partitions(&broker, &self.transactional_id, producer_id, epoch, partitions)
             .map_err(|e| self.fail("AddPartitionsToTxn", e))?;
-        for ((topic, index), builder) in batches {
+        for ((topic, index), builders) in batches {
             let partition: Arc<Partition> = broker
                 .replicas
                 .partition(&topic, index)
                 .ok_or_else(|| SinkError::UnknownPartition { topic: topic.clone(), partition: index })?;
-            let batch = builder.build()?;
-            let now = sluice_storage::log::now_ms();
-            txns.in_transaction(producer_id, epoch, &topic, index, || {
-                partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now)
-            })
-            .map_err(|e| self.fail("Produce", e))??;
+            for builder in builders {
+                let batch = builder.build()?;
+                let now = sluice_storage::log::now_ms();
+                txns.in_transaction(producer_id, epoch, &topic, index, || {
+                    partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now)
+                })
+                .map_err(|e| self.fail("Produce", e))??;
+            }
         }
         if !offsets.is_empty() {
-            let commits: Vec<OffsetCommit> = offsets
-                .iter()
-                .map(|(topic, partition, offset)| OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    leader_epoch: -1,
-                    metadata: None,
-                })
-                .collect();
             let pending = txns
                 .in_offsets_transaction(&self.transactional_id, producer_id, epoch, offsets_partition.1, || {
                     let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
-                    broker.groups.commit_offsets(&broker, group, claim, -1, &commits, Some((producer_id, epoch)))
+                    broker.groups.commit_offsets(&broker, group, claim, -1, offsets, Some((producer_id, epoch)))
                 })
                 .map_err(|e| self.fail("TxnOffsetCommit", e))?;
             if let Some(error) = GroupCoordinator::complete_commit_blocking(pending).into_iter().flatten().next() {
@@ -164,6 +170,10 @@ mod tests {
         values
     }
 
+    fn offset(offset: i64) -> OffsetCommit {
+        OffsetCommit { topic: "in".into(), partition: 0, offset, leader_epoch: -1, metadata: None }
+    }
+
     fn committed(broker: &Broker, group: &str) -> Option<i64> {
         broker.groups.group(group)?.lock().offsets.get("in", 0).map(|c| c.offset)
     }
@@ -179,23 +189,25 @@ mod tests {
         broker.create_topic("out", 2, Default::default(), false).unwrap();
 
         let mut sink = TransactionalSink::open(broker.clone(), "job-a-0", 60_000).unwrap();
-        sink.send("out", 0, Some(b"k"), b"one", 1);
-        sink.send("out", 1, None, b"two", 1);
-        sink.send("out", 0, None, b"three", 1);
+        sink.send("out", 0, Some(b"k"), Some(b"one"), 1);
+        sink.send("out", 1, None, Some(b"two"), 1);
+        sink.send("out", 0, None, Some(b"three"), 1);
         assert_eq!(read_committed(&broker, "out", 0), Vec::<String>::new(), "nothing before the commit");
-        sink.commit("job-a", &[("in".into(), 0, 42)]).unwrap();
+        sink.commit("job-a", &[offset(42)]).unwrap();
         assert_eq!(read_committed(&broker, "out", 0), ["one", "three"]);
         assert_eq!(read_committed(&broker, "out", 1), ["two"]);
         assert_eq!(committed(&broker, "job-a"), Some(42));
 
         // An instance that wrote but never committed is fenced by its successor, and what
         // it wrote is aborted.
-        sink.send("out", 0, None, b"zombie", 1);
+        sink.send("out", 0, None, Some(b"zombie"), 1);
         let batches = std::mem::take(&mut sink.batches);
         let txns = &broker.txns;
         txns.add_partitions(&broker, "job-a-0", sink.producer_id, sink.producer_epoch, vec![("out".into(), 0)])
             .unwrap();
-        for ((topic, index), builder) in batches {
+        for ((topic, index), builder) in
+            batches.into_iter().flat_map(|(k, v)| v.into_iter().map(move |b| (k.clone(), b)))
+        {
             let partition = broker.replicas.partition(&topic, index).unwrap();
             let batch = builder.build().unwrap();
             txns.in_transaction(sink.producer_id, sink.producer_epoch, &topic, index, || {
@@ -205,10 +217,10 @@ mod tests {
             .unwrap();
         }
         let mut successor = TransactionalSink::open(broker.clone(), "job-a-0", 60_000).unwrap();
-        sink.send("out", 0, None, b"late", 1);
-        assert!(sink.commit("job-a", &[("in".into(), 0, 99)]).is_err(), "the fenced instance cannot commit");
-        successor.send("out", 0, None, b"four", 1);
-        successor.commit("job-a", &[("in".into(), 0, 50)]).unwrap();
+        sink.send("out", 0, None, Some(b"late"), 1);
+        assert!(sink.commit("job-a", &[offset(99)]).is_err(), "the fenced instance cannot commit");
+        successor.send("out", 0, None, Some(b"four"), 1);
+        successor.commit("job-a", &[offset(50)]).unwrap();
         assert_eq!(read_committed(&broker, "out", 0), ["one", "three", "four"]);
         assert_eq!(committed(&broker, "job-a"), Some(50));
     }

@@ -92,6 +92,21 @@ impl Watermarks {
     pub fn current(&self) -> EventTime {
         self.current
     }
+
+    /// The highest event time seen on `partition` (for a checkpoint).
+    pub fn max_event_time(&self, partition: usize) -> Option<EventTime> {
+        self.partitions.get(partition)?.as_ref().map(|c| c.max_event_time)
+    }
+
+    /// A partition's highest event time from a checkpoint, counted as active at `now_ms`.
+    pub fn restore(&mut self, partition: usize, max_event_time: EventTime, now_ms: i64) {
+        self.observe(partition, max_event_time, now_ms);
+    }
+
+    /// The watermark a checkpoint recorded: time does not go back across a restart.
+    pub fn restore_current(&mut self, watermark: EventTime) {
+        self.current = self.current.max(watermark);
+    }
 }
 
 #[cfg(test)]

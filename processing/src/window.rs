@@ -87,6 +87,17 @@ impl<S> Sessions<S> {
         Sessions { gap_ms, open: Vec::new() }
     }
 
+    /// Sessions from a checkpoint: (start, last event, state), as [`Sessions::open`] gave them.
+    pub fn from_open(gap_ms: i64, mut open: Vec<(EventTime, EventTime, S)>) -> Sessions<S> {
+        open.sort_by_key(|(start, _, _)| *start);
+        Sessions { gap_ms, open }
+    }
+
+    /// The open sessions, by start: (start, last event, state).
+    pub fn open(&self) -> &[(EventTime, EventTime, S)] {
+        &self.open
+    }
+
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }

@@ -5,6 +5,12 @@
 //!
 //! Invariant: a (key, window) pair is emitted at most once; results come out in window-end
 //! order, then by window start and key, so the output is deterministic.
+//!
+//! For checkpoints it tracks which state changed since the last one ([`drain_changes`]):
+//! the changed windows and sessions, and the fired ones that a checkpoint had written, so a
+//! changelog gets their removal. State comes back with the `restore_*` functions.
+//!
+//! [`drain_changes`]: WindowedAggregation::drain_changes
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -13,12 +19,37 @@ use crate::aggregate::Aggregate;
 use crate::watermark::{EventTime, NO_WATERMARK};
 use crate::window::{Sessions, Window, WindowSpec};
 
+/// State with what a checkpoint needs to know about it.
+struct Slot<S> {
+    state: S,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+    /// Written by a checkpoint: its removal must be written too.
+    persisted: bool,
+}
+
+impl<S> Slot<S> {
+    fn new(state: S) -> Slot<S> {
+        Slot { state, dirty: true, persisted: false }
+    }
+}
+
+/// A change since the last checkpoint, as [`WindowedAggregation::drain_changes`] reports it.
+pub enum StateChange<'a, A> {
+    /// A window's state; `None` once the window has fired and its state is gone.
+    Window(Window, Option<&'a A>),
+    /// A key's open sessions as (start, last event, state); empty once none is open.
+    Sessions(&'a [(EventTime, EventTime, A)]),
+}
+
 pub struct WindowedAggregation<K, A: Aggregate> {
     spec: WindowSpec,
     allowed_lateness_ms: i64,
     /// Tumbling and sliding windows still open, by (end, start).
-    windows: BTreeMap<(EventTime, EventTime), HashMap<K, A>>,
-    sessions: HashMap<K, Sessions<A>>,
+    windows: BTreeMap<(EventTime, EventTime), HashMap<K, Slot<A>>>,
+    sessions: HashMap<K, Slot<Sessions<A>>>,
+    /// Checkpointed state that has fired since: (key, window; none for sessions).
+    removed: Vec<(K, Option<Window>)>,
     /// No session closes before this: advances below it skip the scan of every key.
     next_session_close: EventTime,
     watermark: EventTime,
@@ -36,6 +67,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             allowed_lateness_ms,
             windows: BTreeMap::new(),
             sessions: HashMap::new(),
+            removed: Vec::new(),
             next_session_close: EventTime::MAX,
             watermark: NO_WATERMARK,
             late_dropped: 0,
@@ -54,18 +86,19 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
     /// Adds an event; false if it was late and dropped.
     pub fn add(&mut self, key: K, time: EventTime, value: &A::Input) -> bool {
         if let WindowSpec::Session { gap_ms } = self.spec {
-            let sessions = self.sessions.entry(key).or_insert_with(|| Sessions::new(gap_ms));
+            let slot = self.sessions.entry(key).or_insert_with(|| Slot::new(Sessions::new(gap_ms)));
             // Late only if it would start a session that has already closed; joining an
             // open session is fine.
             let closes_at = time.saturating_add(gap_ms);
-            if !sessions.touches(time)
+            if !slot.state.touches(time)
                 && self.watermark != NO_WATERMARK
                 && closes_at.saturating_add(self.allowed_lateness_ms) <= self.watermark
             {
                 self.late_dropped += 1;
                 return false;
             }
-            sessions.add(time, A::default, |a, b| a.merge(b)).add(value);
+            slot.dirty = true;
+            slot.state.add(time, A::default, |a, b| a.merge(b)).add(value);
             self.next_session_close = self.next_session_close.min(closes_at);
             return true;
         }
@@ -74,7 +107,14 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             if self.fired(window.end) {
                 continue;
             }
-            self.windows.entry((window.end, window.start)).or_default().entry(key.clone()).or_default().add(value);
+            let slot = self
+                .windows
+                .entry((window.end, window.start))
+                .or_default()
+                .entry(key.clone())
+                .or_insert_with(|| Slot::new(A::default()));
+            slot.dirty = true;
+            slot.state.add(value);
             placed = true;
         }
         if !placed {
@@ -92,24 +132,44 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             if self.next_session_close > close_before {
                 return out;
             }
-            for (key, sessions) in self.sessions.iter_mut() {
-                for (start, last, state) in sessions.close(close_before) {
+            for (key, slot) in self.sessions.iter_mut() {
+                let closed = slot.state.close(close_before);
+                if closed.is_empty() {
+                    continue;
+                }
+                slot.dirty = true;
+                for (start, last, state) in closed {
                     // A session's window ends at its last event; it closed at last + gap.
                     out.push((key.clone(), Window { start, end: last }, state.result()));
                 }
             }
-            self.sessions.retain(|_, s| !s.is_empty());
+            let removed = &mut self.removed;
+            self.sessions.retain(|key, slot| {
+                if !slot.state.is_empty() {
+                    return true;
+                }
+                if slot.persisted {
+                    removed.push((key.clone(), None));
+                }
+                false
+            });
             self.next_session_close =
-                self.sessions.values().filter_map(Sessions::next_close).min().unwrap_or(EventTime::MAX);
+                self.sessions.values().filter_map(|s| s.state.next_close()).min().unwrap_or(EventTime::MAX);
         } else {
             while let Some((&(end, start), _)) = self.windows.first_key_value() {
                 if !self.fired(end) {
                     break;
                 }
                 let Some((_, states)) = self.windows.pop_first() else { break };
-                let mut keyed: Vec<(K, A)> = states.into_iter().collect();
+                let window = Window { start, end };
+                let mut keyed: Vec<(K, Slot<A>)> = states.into_iter().collect();
                 keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                out.extend(keyed.into_iter().map(|(key, state)| (key, Window { start, end }, state.result())));
+                for (key, slot) in keyed {
+                    if slot.persisted {
+                        self.removed.push((key.clone(), Some(window)));
+                    }
+                    out.push((key, window, slot.state.result()));
+                }
             }
         }
         out.sort_by(|a, b| (a.1.end, a.1.start).cmp(&(b.1.end, b.1.start)).then_with(|| a.0.cmp(&b.0)));
@@ -119,6 +179,50 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
     /// Keys with open state (for memory figures and inspection).
     pub fn open_state(&self) -> usize {
         self.windows.values().map(HashMap::len).sum::<usize>() + self.sessions.len()
+    }
+
+    /// Reports the state changed since the last call (with `everything`, all open state) and
+    /// the removals of state an earlier call reported, then counts it all as checkpointed.
+    pub fn drain_changes(&mut self, everything: bool, mut report: impl FnMut(&K, StateChange<'_, A>)) {
+        for (key, window) in self.removed.drain(..) {
+            match window {
+                Some(window) => report(&key, StateChange::Window(window, None)),
+                None => report(&key, StateChange::Sessions(&[])),
+            }
+        }
+        for (&(end, start), states) in self.windows.iter_mut() {
+            for (key, slot) in states.iter_mut().filter(|(_, slot)| slot.dirty || everything) {
+                report(key, StateChange::Window(Window { start, end }, Some(&slot.state)));
+                slot.dirty = false;
+                slot.persisted = true;
+            }
+        }
+        for (key, slot) in self.sessions.iter_mut().filter(|(_, slot)| slot.dirty || everything) {
+            report(key, StateChange::Sessions(slot.state.open()));
+            slot.dirty = false;
+            slot.persisted = true;
+        }
+    }
+
+    /// The watermark a checkpoint recorded, before its state is restored.
+    pub fn restore_watermark(&mut self, watermark: EventTime) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// A window's state from a checkpoint.
+    pub fn restore_window(&mut self, key: K, window: Window, state: A) {
+        let slot = Slot { state, dirty: false, persisted: true };
+        self.windows.entry((window.end, window.start)).or_default().insert(key, slot);
+    }
+
+    /// A key's open sessions from a checkpoint, as (start, last event, state).
+    pub fn restore_sessions(&mut self, key: K, open: Vec<(EventTime, EventTime, A)>) {
+        let WindowSpec::Session { gap_ms } = self.spec else { return };
+        let sessions = Sessions::from_open(gap_ms, open);
+        if let Some(close) = sessions.next_close() {
+            self.next_session_close = self.next_session_close.min(close);
+        }
+        self.sessions.insert(key, Slot { state: sessions, dirty: false, persisted: true });
     }
 }
 

@@ -116,6 +116,7 @@ def _start_broker(binary: Path, workdir: Path, settings: list[str]) -> Broker:
             [
                 str(binary), "broker",
                 "--listen", "127.0.0.1:0",
+                "--admin-listen", "127.0.0.1:0",
                 "--data-dir", str(data_dir),
                 "--set", f"num.partitions={DEFAULT_PARTITIONS}",
                 *(arg for setting in settings for arg in ("--set", setting)),

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod groups;
+pub mod jobs;
 pub mod records;
 pub mod transactions;
 
@@ -26,6 +27,8 @@ pub struct TestBroker {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// The admin HTTP API's port (jobs); the same across restarts.
+    admin_port: u16,
     settings: Vec<String>,
 }
 
@@ -33,8 +36,13 @@ impl TestBroker {
     /// Starts a broker with extra broker configs, each `key=value` (passed as `--set`).
     pub fn start(settings: &[&str]) -> TestBroker {
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let mut broker =
-            TestBroker { child: None, dir, port: 0, settings: settings.iter().map(|s| s.to_string()).collect() };
+        let mut broker = TestBroker {
+            child: None,
+            dir,
+            port: 0,
+            admin_port: 0,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        };
         broker.spawn();
         broker
     }
@@ -42,6 +50,11 @@ impl TestBroker {
     /// `host:port` for `bootstrap.servers`; the same across restarts.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `host:port` of the admin HTTP API.
+    pub fn admin(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -99,6 +112,8 @@ impl TestBroker {
             .arg("broker")
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
             .arg("--data-dir")
             .arg(self.data_dir());
         for setting in &self.settings {
@@ -130,6 +145,10 @@ impl TestBroker {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines_rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(address) = line.strip_prefix("sluice admin API listening on ") {
+                        let port = address.rsplit_once(':').and_then(|(_, port)| port.parse().ok());
+                        self.admin_port = port.unwrap_or_else(|| panic!("no port in \"{line}\""));
+                    }
                     if let Some(address) = line.strip_prefix("sluice broker listening on ") {
                         let port = address.rsplit_once(':').and_then(|(_, port)| port.parse().ok());
                         self.port = port.unwrap_or_else(|| panic!("no port in \"{line}\""));

@@ -1,0 +1,157 @@
+//! What a job computes, in the two shapes the runtime runs it in: a per-record step run by
+//! one task per source partition (parse, filter, extract the event time, `key_by`: route
+//! each event to the key group that owns its key), and keyed state run by one task per key
+//! group (windows, aggregates, sessions), whose results a last step combines per round
+//! (e.g. a ranking over every key).
+//!
+//! Invariant: a key always routes to the same key group (the routing hash is fixed), so a
+//! key's state lives in exactly one task and one changelog partition.
+
+use bytes::Bytes;
+
+use crate::source::SourceRecord;
+use crate::watermark::EventTime;
+
+/// Why a record was skipped before it reached any operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not the format the job reads, or fields missing.
+    Malformed,
+    /// An event time that cannot be right (negative, or a day past the wall clock).
+    AbsurdTimestamp,
+}
+
+/// A record a job writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub topic: &'static str,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub timestamp_ms: EventTime,
+}
+
+/// One change of keyed state for an operator's changelog: `None` removes the key.
+pub struct StateRecord {
+    pub operator: usize,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+pub trait Dataflow: Send + Sync + 'static {
+    type Event: Send + 'static;
+    type Result: Send + 'static;
+    type Group: KeyGroup<Event = Self::Event, Result = Self::Result>;
+
+    /// The stateful operators, one changelog each, in the order [`StateRecord::operator`]
+    /// numbers them.
+    fn operators(&self) -> &'static [&'static str];
+
+    /// The topics the job writes.
+    fn output_topics(&self) -> &'static [&'static str];
+
+    /// Turns a record into events, each handed to `route` with its key group (below
+    /// `groups`); returns the record's event time.
+    fn parse(
+        &self,
+        record: &SourceRecord,
+        now_ms: i64,
+        groups: usize,
+        route: &mut dyn FnMut(usize, Self::Event),
+    ) -> Result<EventTime, Rejection>;
+
+    fn new_group(&self) -> Self::Group;
+
+    /// The results every key group produced in one round, combined into records.
+    fn finish(&self, results: Vec<Self::Result>, out: &mut Vec<OutputRecord>);
+}
+
+pub trait KeyGroup: Send + 'static {
+    type Event;
+    type Result;
+
+    /// Applies an event; returns the operators (bit `i` for operator `i`) that dropped it as
+    /// late.
+    fn process(&mut self, event: Self::Event) -> u32;
+
+    /// Moves the watermark and appends the results it completes.
+    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
+
+    /// The state changed since the last checkpoint (with `everything`, all of it).
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>);
+
+    /// Applies one changelog record (the latest for its key) and the checkpoint's watermark.
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String>;
+    fn restore_watermark(&mut self, watermark: EventTime);
+
+    /// Keyed state entries held (windows per key, and keys with sessions).
+    fn open_state(&self) -> usize;
+}
+
+/// The key group of a key: FNV-1a, fixed forever because it decides where state lives.
+pub fn key_group(key: &[u8], groups: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % groups.max(1) as u64) as usize
+}
+
+/// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so
+/// the job's output lands where a Kafka producer would have put it.
+pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_partitions_keys_as_kafka_does() {
+        // Values from Kafka's own partitioner tests (Utils.murmur2 on these strings).
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(&[b'a', b'b', b'c']) as i32, 479470107);
+        assert!((0..4).contains(&kafka_partition(b"u-42", 4)));
+    }
+
+    #[test]
+    fn key_groups_are_stable_and_in_range() {
+        assert_eq!(key_group(b"/products/7", 8), key_group(b"/products/7", 8));
+        assert!((0..8).all(|g| (0..1000).any(|i| key_group(format!("k{i}").as_bytes(), 8) == g)));
+    }
+}

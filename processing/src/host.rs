@@ -1,0 +1,193 @@
+//! The broker's jobs: their definitions, persisted in `jobs.json` in the data directory
+//! (replaced atomically, fsynced) so they start again with the broker, and the running
+//! instances with their status. Submitting checks the definition first; stopping a job
+//! commits what it has done and forgets its definition, keeping its checkpoint (offsets
+//! and changelogs), so submitting it again resumes where it stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sluice_broker::Broker;
+
+use crate::clickstream::{ClickstreamDataflow, Operators};
+use crate::job::JobDefinition;
+use crate::pool::WorkerPool;
+use crate::runtime::{self, JobHandle, JobStatus};
+
+const JOBS_FILE: &str = "jobs.json";
+
+/// Processing settings (`processing.*` keys of the broker config).
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Threads all jobs' tasks share; the rest of the machine is the broker's.
+    pub worker_threads: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Half the cores, at least one: the network and log tasks keep the rest.
+        HostConfig { worker_threads: (cores / 2).max(1) }
+    }
+}
+
+impl HostConfig {
+    /// Applies one `processing.*` key; the message says what is wrong.
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "processing.worker.threads" => {
+                let threads: usize = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("processing.worker.threads must be a number, got \"{value}\""))?;
+                if !(1..=256).contains(&threads) {
+                    return Err(format!("processing.worker.threads must be between 1 and 256, got {threads}"));
+                }
+                self.worker_threads = threads;
+                Ok(())
+            }
+            other => Err(format!("unknown processing config \"{other}\"; known: processing.worker.threads")),
+        }
+    }
+}
+
+/// Why a request about jobs was refused, with the HTTP status that says so.
+#[derive(Debug)]
+pub struct HostError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl HostError {
+    fn new(status: u16, message: impl Into<String>) -> HostError {
+        HostError { status, message: message.into() }
+    }
+}
+
+struct Hosted {
+    definition: JobDefinition,
+    handle: JobHandle,
+}
+
+pub struct JobHost {
+    broker: Arc<Broker>,
+    pool: Arc<WorkerPool>,
+    path: PathBuf,
+    /// Held across a submit or stop, so the file and the running set change together.
+    jobs: Mutex<BTreeMap<String, Hosted>>,
+}
+
+impl JobHost {
+    /// Starts the jobs the data directory's `jobs.json` lists.
+    pub fn start(broker: Arc<Broker>, config: HostConfig) -> Result<Arc<JobHost>, String> {
+        let path = broker.config.data_dir.join(JOBS_FILE);
+        let definitions: Vec<JobDefinition> = match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map_err(|e| format!("{} is damaged ({e}); fix or remove it to start the broker", path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+        };
+        let host = Arc::new(JobHost {
+            pool: WorkerPool::new(config.worker_threads),
+            broker,
+            path,
+            jobs: Mutex::new(BTreeMap::new()),
+        });
+        {
+            let mut jobs = host.jobs.lock();
+            for definition in definitions {
+                if let Err(error) = definition.validate() {
+                    tracing::error!(job = %definition.name, %error, "not starting a stored job");
+                    continue;
+                }
+                tracing::info!(job = %definition.name, "starting job");
+                let handle = host.launch(&definition);
+                jobs.insert(definition.name.clone(), Hosted { definition, handle });
+            }
+        }
+        Ok(host)
+    }
+
+    fn launch(&self, definition: &JobDefinition) -> JobHandle {
+        let dataflow = ClickstreamDataflow { operators: Operators::ALL };
+        runtime::spawn(self.broker.clone(), self.pool.clone(), definition.run_spec(), &definition.kind, dataflow)
+    }
+
+    /// Checks, persists and starts a job. Blocking (creates topics, fsyncs).
+    pub fn submit(&self, text: &[u8]) -> Result<JobStatus, HostError> {
+        let definition = JobDefinition::parse(text).map_err(|e| HostError::new(400, e))?;
+        let mut jobs = self.jobs.lock();
+        if jobs.contains_key(&definition.name) {
+            return Err(HostError::new(409, format!("job \"{}\" is already running", definition.name)));
+        }
+        // Like a producer's first send with auto-create on: the input may come later.
+        let input = definition.input();
+        if self.broker.metadata().topic(input).is_none() {
+            if let Err(err) = self.broker.create_topic(input, -1, Default::default(), false) {
+                if self.broker.metadata().topic(input).is_none() {
+                    return Err(HostError::new(400, format!("cannot create input topic {input}: {}", err.message)));
+                }
+            }
+        }
+        let mut definitions: Vec<JobDefinition> = jobs.values().map(|j| j.definition.clone()).collect();
+        definitions.push(definition.clone());
+        self.persist(&definitions).map_err(|e| HostError::new(500, e))?;
+        let handle = self.launch(&definition);
+        let status = handle.status.lock().clone();
+        tracing::info!(job = %definition.name, "job submitted");
+        jobs.insert(definition.name.clone(), Hosted { definition, handle });
+        Ok(status)
+    }
+
+    /// Stops a job after a last commit and removes its definition.
+    pub fn stop(&self, name: &str) -> Result<JobStatus, HostError> {
+        let mut jobs = self.jobs.lock();
+        if !jobs.contains_key(name) {
+            return Err(HostError::new(404, format!("no job named \"{name}\"")));
+        }
+        let definitions: Vec<JobDefinition> =
+            jobs.values().filter(|j| j.definition.name != name).map(|j| j.definition.clone()).collect();
+        self.persist(&definitions).map_err(|e| HostError::new(500, e))?;
+        let hosted = jobs.remove(name).expect("checked above");
+        let status = hosted.handle.status.clone();
+        hosted.handle.stop();
+        tracing::info!(job = name, "job stopped");
+        let status = status.lock().clone();
+        Ok(status)
+    }
+
+    pub fn list(&self) -> Vec<JobStatus> {
+        self.jobs.lock().values().map(|j| j.handle.status.lock().clone()).collect()
+    }
+
+    pub fn status(&self, name: &str) -> Option<JobStatus> {
+        self.jobs.lock().get(name).map(|j| j.handle.status.lock().clone())
+    }
+
+    /// Stops every job (each commits what it has) without forgetting them: they start
+    /// again with the broker.
+    pub fn shutdown(&self) {
+        let jobs = std::mem::take(&mut *self.jobs.lock());
+        for (_, hosted) in jobs {
+            hosted.handle.stop();
+        }
+        self.pool.shutdown();
+    }
+
+    fn persist(&self, definitions: &[JobDefinition]) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", self.path.display());
+        let text = serde_json::to_vec_pretty(definitions).map_err(|e| e.to_string())?;
+        let temporary = self.path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+        file.write_all(&text).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&temporary, &self.path).map_err(fail)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+        }
+        Ok(())
+    }
+}

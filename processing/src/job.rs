@@ -1,0 +1,115 @@
+//! Job definitions: what a user submits (JSON, over the admin API or from a file) and what
+//! the host persists. A definition is plain data naming a job kind and its parameters, so
+//! that other front ends (a SQL planner) can produce one; it is checked in full before a
+//! job starts, and each problem is reported as one sentence naming the field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clickstream::WATERMARK_BOUND_MS;
+use crate::runtime::RunSpec;
+
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
+/// A partition with no records for this long stops holding the watermark back.
+pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
+/// Commits must finish well inside the job's 60 s transaction timeout.
+const MAX_COMMIT_INTERVAL_MS: u64 = 30_000;
+const MAX_NAME_LEN: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDefinition {
+    pub name: String,
+    /// The built-in job this runs: `clickstream`.
+    pub kind: String,
+    /// The input topic (the clickstream job reads `clicks` unless told otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<i64>,
+}
+
+impl JobDefinition {
+    /// The built-in clickstream job under its own name.
+    pub fn clickstream() -> JobDefinition {
+        JobDefinition {
+            name: "clickstream".into(),
+            kind: "clickstream".into(),
+            input: None,
+            commit_interval_ms: None,
+            idle_timeout_ms: None,
+        }
+    }
+
+    /// Parses and checks a submitted definition.
+    pub fn parse(text: &[u8]) -> Result<JobDefinition, String> {
+        let definition: JobDefinition =
+            serde_json::from_slice(text).map_err(|e| format!("the job definition is not valid: {e}"))?;
+        definition.validate()?;
+        Ok(definition)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(format!("a job name must be 1 to {MAX_NAME_LEN} characters, got {}", name.len()));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(format!("job name \"{name}\" may only use letters, digits, '.', '_' and '-'"));
+        }
+        if self.kind != "clickstream" {
+            return Err(format!("unknown job kind \"{}\"; the built-in kinds are: clickstream", self.kind));
+        }
+        if let Some(input) = &self.input {
+            if input.is_empty() || input.len() > 249 || input.starts_with("__") {
+                return Err(format!("\"{input}\" cannot be a job's input topic"));
+            }
+        }
+        if let Some(ms) = self.commit_interval_ms {
+            if !(10..=MAX_COMMIT_INTERVAL_MS).contains(&ms) {
+                return Err(format!("commit_interval_ms must be between 10 and {MAX_COMMIT_INTERVAL_MS}, got {ms}"));
+            }
+        }
+        if let Some(ms) = self.idle_timeout_ms {
+            if ms < 1 {
+                return Err(format!("idle_timeout_ms must be positive, got {ms}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn input(&self) -> &str {
+        self.input.as_deref().unwrap_or("clicks")
+    }
+
+    pub fn run_spec(&self) -> RunSpec {
+        RunSpec {
+            name: self.name.clone(),
+            input: self.input().to_string(),
+            commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
+            watermark_bound_ms: WATERMARK_BOUND_MS,
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_with_errors_are_refused_with_the_reason() {
+        let ok = JobDefinition::parse(br#"{"name":"clicks-1","kind":"clickstream","commit_interval_ms":200}"#).unwrap();
+        assert_eq!(ok.run_spec().commit_interval_ms, 200);
+        assert_eq!(ok.input(), "clicks");
+        let error = |text: &str| JobDefinition::parse(text.as_bytes()).unwrap_err();
+        assert!(error("{").contains("not valid"));
+        assert!(error(r#"{"name":"a","kind":"clickstream","colour":"red"}"#).contains("unknown field `colour`"));
+        assert!(error(r#"{"kind":"clickstream"}"#).contains("missing field `name`"));
+        assert!(error(r#"{"name":"a b","kind":"clickstream"}"#).contains("may only use"));
+        assert!(error(r#"{"name":"a","kind":"wordcount"}"#).contains("unknown job kind"));
+        assert!(error(r#"{"name":"a","kind":"clickstream","commit_interval_ms":0}"#).contains("commit_interval_ms"));
+        assert!(error(r#"{"name":"a","kind":"clickstream","input":"__consumer_offsets"}"#).contains("input topic"));
+    }
+}

@@ -1,0 +1,659 @@
+//! Runs one job: a driver thread that moves the job through its states and, while it runs,
+//! drives rounds of tasks on the shared worker pool: one source task per input partition
+//! (read in-process, parse, route by key), then one task per key group (keyed state,
+//! windows fired at the job's watermark), then the round's results go to the sink. Every
+//! commit interval a checkpoint writes, in one transaction, the outputs since the last one,
+//! the changed keyed state (changelogs) and the source offsets with the watermark state.
+//!
+//! States: Starting -> Restoring -> Running -> (Stopped | Failed). A failure (a refused
+//! commit, a panicking task, a fenced transaction) drops everything since the last
+//! checkpoint and goes back to Restoring after a backoff: the restored state and offsets
+//! are exactly those of the last commit, so outputs are exactly-once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_broker::group::OffsetCommit;
+use sluice_broker::Broker;
+use sluice_storage::log::now_ms;
+use sluice_storage::Offset;
+
+use crate::changelog::{self, Growth};
+use crate::dataflow::{kafka_partition, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::pool::WorkerPool;
+use crate::sink::TransactionalSink;
+use crate::source::{Isolation, LogSource};
+use crate::watermark::{EventTime, Watermarks, NO_WATERMARK};
+
+/// What a job's runtime needs from its definition.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub name: String,
+    pub input: String,
+    pub commit_interval_ms: u64,
+    pub watermark_bound_ms: i64,
+    pub idle_timeout_ms: i64,
+}
+
+impl RunSpec {
+    pub fn transactional_id(&self) -> String {
+        format!("sluice-job-{}", self.name)
+    }
+
+    /// The consumer group whose committed offsets are the job's source positions (so
+    /// `sluice groups describe` shows its lag like any consumer's).
+    pub fn group(&self) -> String {
+        format!("sluice-job-{}", self.name)
+    }
+}
+
+/// Bytes read from one partition per round: small enough that a round stays short (the
+/// watermark and the stop flag are looked at between rounds), large enough to amortise it.
+const ROUND_BYTES: usize = 512 * 1024;
+/// How long a round that found nothing waits before looking again.
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// A job commits its offsets at least this often even when idle, so that the offsets
+/// retention (`offsets.retention.minutes`) never expires a quiet job's position.
+const KEEPALIVE_COMMIT_MS: i64 = 60 * 60 * 1000;
+/// The transaction timeout the job's producer id is registered with.
+const TRANSACTION_TIMEOUT_MS: i32 = 60_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Starting,
+    Restoring,
+    Running,
+    Failed,
+    Stopped,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    /// The next offset the job reads.
+    pub offset: i64,
+    pub committed_offset: i64,
+    pub log_end_offset: i64,
+    pub lag: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitStatus {
+    pub at_ms: i64,
+    pub watermark: Option<EventTime>,
+    pub records_out: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub input: String,
+    pub key_groups: usize,
+    /// Event time below which every result has been emitted (none before the first).
+    pub watermark: Option<EventTime>,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub malformed_records: u64,
+    pub absurd_timestamps: u64,
+    /// Events dropped as late, per operator.
+    pub late_records: std::collections::BTreeMap<String, u64>,
+    /// Keyed state entries held in memory.
+    pub state_entries: u64,
+    pub partitions: Vec<PartitionStatus>,
+    pub last_commit: Option<CommitStatus>,
+    pub commits: u64,
+    pub restarts: u64,
+}
+
+/// Counters carried in the checkpoint (the offset commit metadata of each partition), so
+/// that a restarted job reports what its committed outputs reflect.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct PartitionCheckpoint {
+    max_ts: Option<EventTime>,
+    watermark: Option<EventTime>,
+    records_in: u64,
+    malformed: u64,
+    absurd: u64,
+    /// Job-wide, on partition 0 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<JobCounters>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct JobCounters {
+    records_out: u64,
+    late: Vec<u64>,
+}
+
+/// A running job as its host sees it.
+pub struct JobHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub status: Arc<Mutex<JobStatus>>,
+}
+
+impl JobHandle {
+    /// Asks the job to stop (it commits what it has) and waits for it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
+
+/// Starts a job's driver thread.
+pub fn spawn<D: Dataflow>(
+    broker: Arc<Broker>,
+    pool: Arc<WorkerPool>,
+    spec: RunSpec,
+    kind: &str,
+    dataflow: D,
+) -> JobHandle {
+    let status = Arc::new(Mutex::new(JobStatus {
+        name: spec.name.clone(),
+        kind: kind.to_string(),
+        state: JobState::Starting,
+        error: None,
+        input: spec.input.clone(),
+        key_groups: 0,
+        watermark: None,
+        records_in: 0,
+        records_out: 0,
+        malformed_records: 0,
+        absurd_timestamps: 0,
+        late_records: Default::default(),
+        state_entries: 0,
+        partitions: Vec::new(),
+        last_commit: None,
+        commits: 0,
+        restarts: 0,
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let driver =
+        Driver { broker, pool, spec, dataflow: Arc::new(dataflow), status: status.clone(), stop: stop.clone() };
+    let thread = std::thread::Builder::new()
+        .name(format!("sluice-job-{}", driver.spec.name))
+        .spawn(move || driver.run())
+        .expect("spawn a job driver thread");
+    JobHandle { stop, thread: Some(thread), status }
+}
+
+struct Driver<D: Dataflow> {
+    broker: Arc<Broker>,
+    pool: Arc<WorkerPool>,
+    spec: RunSpec,
+    dataflow: Arc<D>,
+    status: Arc<Mutex<JobStatus>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<D: Dataflow> Driver<D> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn set_state(&self, state: JobState, error: Option<String>) {
+        let mut status = self.status.lock();
+        status.state = state;
+        status.error = error;
+    }
+
+    /// The state machine's loop: restore and run until stopped; after a failure, back off
+    /// and restore again from the last checkpoint.
+    fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        while !self.stopping() {
+            self.set_state(JobState::Restoring, None);
+            let result = self.restore().and_then(|job| self.run_rounds(job));
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(job = %self.spec.name, %error, "job failed; restarting from its last checkpoint");
+                    {
+                        let mut status = self.status.lock();
+                        status.state = JobState::Failed;
+                        status.error = Some(error);
+                        status.restarts += 1;
+                    }
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until && !self.stopping() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.set_state(JobState::Stopped, None);
+    }
+
+    /// Restoring: fences any earlier instance, then rebuilds keyed state from the
+    /// changelogs and the source positions and watermarks from the committed offsets.
+    fn restore(&self) -> Result<RunningJob<D>, String> {
+        let broker = &self.broker;
+        let partitions = broker
+            .metadata()
+            .topic(&self.spec.input)
+            .map(|t| t.partitions)
+            .ok_or_else(|| format!("input topic {} does not exist", self.spec.input))?;
+        let operators = self.dataflow.operators();
+        let changelogs: Vec<String> = operators.iter().map(|op| changelog::topic(&self.spec.name, op)).collect();
+        let mut groups = partitions;
+        for topic in &changelogs {
+            groups = changelog::ensure(broker, topic, groups)?;
+        }
+        for topic in self.dataflow.output_topics() {
+            if broker.metadata().topic(topic).is_none() {
+                if let Err(err) = broker.create_topic(topic, partitions, Default::default(), false) {
+                    if broker.metadata().topic(topic).is_none() {
+                        return Err(format!("cannot create output topic {topic}: {}", err.message));
+                    }
+                }
+            }
+        }
+        // Opening the sink fences the previous instance and completes or aborts its last
+        // transaction, so what is read below is exactly the last checkpoint.
+        let sink = TransactionalSink::open(broker.clone(), &self.spec.transactional_id(), TRANSACTION_TIMEOUT_MS)
+            .map_err(|e| e.to_string())?;
+
+        let groups = groups as usize;
+        let mut key_groups: Vec<D::Group> = (0..groups).map(|_| self.dataflow.new_group()).collect();
+        let mut records = vec![0u64; groups];
+        for (operator, topic) in changelogs.iter().enumerate() {
+            for (group, state) in key_groups.iter_mut().enumerate() {
+                let restored = changelog::read(broker, topic, group as i32)?;
+                records[group] += restored.records;
+                for (key, value) in &restored.entries {
+                    state.restore(operator, key, value).map_err(|e| format!("{topic} partition {group}: {e}"))?;
+                }
+            }
+        }
+
+        let committed = self.committed_offsets(partitions);
+        let now = now_ms();
+        let mut watermarks =
+            Watermarks::new(partitions as usize, self.spec.watermark_bound_ms, self.spec.idle_timeout_ms);
+        let mut sources = Vec::new();
+        let mut counters = Counters { late: vec![0; operators.len()], ..Counters::default() };
+        for (index, (offset, checkpoint)) in committed.iter().enumerate() {
+            let partition = broker
+                .replicas
+                .partition(&self.spec.input, index as i32)
+                .ok_or_else(|| format!("no partition {index} of {}", self.spec.input))?;
+            let start = offset.unwrap_or(partition.log.log_start_offset().0);
+            sources.push(SourceTask {
+                partition: index,
+                source: LogSource::new(partition.log.clone(), Offset(start), Isolation::ReadCommitted),
+                committed: start,
+                checkpoint: checkpoint.clone().unwrap_or_default(),
+            });
+            if let Some(cp) = checkpoint {
+                if let Some(max_ts) = cp.max_ts {
+                    watermarks.restore(index, max_ts, now);
+                }
+                if let Some(watermark) = cp.watermark {
+                    watermarks.restore_current(watermark);
+                }
+                if let Some(job) = &cp.job {
+                    counters.records_out = job.records_out;
+                    for (total, late) in counters.late.iter_mut().zip(&job.late) {
+                        *total = *late;
+                    }
+                }
+            }
+        }
+        let watermark = watermarks.current();
+        if watermark != NO_WATERMARK {
+            for group in &mut key_groups {
+                group.restore_watermark(watermark);
+            }
+        }
+        {
+            let mut status = self.status.lock();
+            status.key_groups = groups;
+            status.watermark = (watermark != NO_WATERMARK).then_some(watermark);
+        }
+        Ok(RunningJob {
+            sink,
+            sources,
+            groups: key_groups.into_iter().map(Some).collect(),
+            watermarks,
+            changelogs,
+            growth: Growth::new(records),
+            pending_rewrites: Vec::new(),
+            counters,
+            last_commit_ms: now,
+            dirty: false,
+        })
+    }
+
+    /// (offset, checkpoint) per input partition from the job's committed offsets.
+    fn committed_offsets(&self, partitions: i32) -> Vec<(Option<i64>, Option<PartitionCheckpoint>)> {
+        let group = self.broker.groups.group(&self.spec.group());
+        let group = group.as_ref().map(|g| g.lock());
+        (0..partitions)
+            .map(|p| match group.as_ref().and_then(|g| g.offsets.get(&self.spec.input, p)) {
+                Some(committed) => (Some(committed.offset), serde_json::from_str(&committed.metadata).ok()),
+                None => (None, None),
+            })
+            .collect()
+    }
+
+    /// Running: rounds until stopped (then a last checkpoint) or failed.
+    fn run_rounds(&self, mut job: RunningJob<D>) -> Result<(), String> {
+        self.set_state(JobState::Running, None);
+        let interval_ms = self.spec.commit_interval_ms as i64;
+        loop {
+            let stopping = self.stopping();
+            let now = now_ms();
+            let due = stopping
+                || (job.dirty && now - job.last_commit_ms >= interval_ms)
+                || now - job.last_commit_ms >= KEEPALIVE_COMMIT_MS;
+            let read = self.round(&mut job, due)?;
+            if due {
+                self.checkpoint(&mut job)?;
+            }
+            self.publish(&job);
+            if stopping {
+                return Ok(());
+            }
+            if read == 0 {
+                std::thread::sleep(IDLE_WAIT);
+            }
+        }
+    }
+
+    /// One round: sources, then key groups (checkpointing their state when `checkpoint`),
+    /// then the results to the sink. Returns the records read.
+    fn round(&self, job: &mut RunningJob<D>, checkpoint: bool) -> Result<u64, String> {
+        let now = now_ms();
+        let (inbound, read) = self.run_sources(job, now)?;
+        job.dirty |= read > 0;
+        let watermark = job.watermarks.advance(now);
+        let done = self.run_groups(job, inbound, watermark, checkpoint)?;
+        let mut results = Vec::new();
+        let mut state = Vec::new();
+        for group in done {
+            results.extend(group.results);
+            for (total, count) in job.counters.late.iter_mut().zip(group.late) {
+                *total += count;
+            }
+            state.push((group.index, group.state, group.rewrite));
+            job.groups[group.index] = Some(group.group);
+        }
+        let mut records: Vec<OutputRecord> = Vec::new();
+        self.dataflow.finish(results, &mut records);
+        job.counters.records_out += records.len() as u64;
+        job.dirty |= !records.is_empty();
+        for record in records {
+            let partitions = self.broker.metadata().topic(record.topic).map_or(1, |t| t.partitions);
+            let partition = kafka_partition(&record.key, partitions);
+            job.sink.send(record.topic, partition, Some(&record.key), Some(&record.value), record.timestamp_ms);
+        }
+        for (group, changes, rewrite) in state {
+            self.send_state(job, group, changes, rewrite, now);
+        }
+        Ok(read)
+    }
+
+    /// Every source task reads and routes its partition's next records; returns the events
+    /// for each key group and the records read.
+    fn run_sources(&self, job: &mut RunningJob<D>, now: i64) -> Result<(Inbound<D>, u64), String> {
+        let groups = job.groups.len();
+        let dataflow = self.dataflow.clone();
+        let sources = std::mem::take(&mut job.sources);
+        let polled = self.pool.run_all(sources, move |mut task: SourceTask| {
+            let result = task.poll(&*dataflow, groups, now);
+            (task, result)
+        });
+        let mut inbound: Inbound<D> = (0..groups).map(|_| Vec::new()).collect();
+        let mut read = 0;
+        for result in polled {
+            let (task, polled) = result.ok_or("a source task panicked")?;
+            let polled = polled?;
+            read += polled.records;
+            if let Some(max_ts) = polled.max_ts {
+                job.watermarks.observe(task.partition, max_ts, now);
+            }
+            for (group, events) in polled.routed.into_iter().enumerate() {
+                if !events.is_empty() {
+                    inbound[group].push(events);
+                }
+            }
+            job.sources.push(task);
+        }
+        Ok((inbound, read))
+    }
+
+    /// Every key group applies its events, fires what the watermark completes and, at a
+    /// checkpoint, reports its state changes.
+    fn run_groups(
+        &self,
+        job: &mut RunningJob<D>,
+        inbound: Inbound<D>,
+        watermark: EventTime,
+        checkpoint: bool,
+    ) -> Result<Vec<GroupDone<D>>, String> {
+        let work: Vec<GroupWork<D>> = job
+            .groups
+            .iter_mut()
+            .zip(inbound)
+            .enumerate()
+            .map(|(index, (group, inbound))| {
+                let group = group.take().expect("every key group is home between rounds");
+                let rewrite = checkpoint && job.growth.needs_rewrite(index, group.open_state());
+                GroupWork { index, group, inbound, rewrite }
+            })
+            .collect();
+        let operators = self.dataflow.operators().len();
+        let done = self.pool.run_all(work, move |work: GroupWork<D>| work.run(operators, watermark, checkpoint));
+        done.into_iter().map(|d| d.ok_or_else(|| "a key group task panicked".to_string())).collect()
+    }
+
+    /// Queues a key group's state changes for its changelogs; a rewrite remembers where each
+    /// changelog ended before it, to delete what it supersedes once committed.
+    fn send_state(&self, job: &mut RunningJob<D>, group: usize, changes: Vec<StateRecord>, rewrite: bool, now: i64) {
+        job.growth.wrote(group, changes.len() as u64, rewrite);
+        if rewrite {
+            let before: Vec<Offset> = job
+                .changelogs
+                .iter()
+                .map(|t| self.broker.replicas.partition(t, group as i32).map_or(Offset(0), |p| p.log.log_end_offset()))
+                .collect();
+            job.pending_rewrites.push((group, before));
+        }
+        for change in changes {
+            let topic = &job.changelogs[change.operator];
+            job.sink.send(topic, group as i32, Some(&change.key), change.value.as_deref(), now);
+        }
+    }
+
+    /// Commits the outputs, state changes and source offsets sent since the last commit.
+    fn checkpoint(&self, job: &mut RunningJob<D>) -> Result<(), String> {
+        let watermark = job.watermarks.current();
+        let watermark = (watermark != NO_WATERMARK).then_some(watermark);
+        let offsets: Vec<OffsetCommit> = job
+            .sources
+            .iter()
+            .map(|task| {
+                let mut checkpoint = task.checkpoint.clone();
+                checkpoint.max_ts = job.watermarks.max_event_time(task.partition);
+                checkpoint.watermark = watermark;
+                if task.partition == 0 {
+                    checkpoint.job =
+                        Some(JobCounters { records_out: job.counters.records_out, late: job.counters.late.clone() });
+                }
+                OffsetCommit {
+                    topic: self.spec.input.clone(),
+                    partition: task.partition as i32,
+                    offset: task.source.position().0,
+                    leader_epoch: -1,
+                    metadata: serde_json::to_string(&checkpoint).ok(),
+                }
+            })
+            .collect();
+        job.sink.commit(&self.spec.group(), &offsets).map_err(|e| e.to_string())?;
+        for (group, before) in std::mem::take(&mut job.pending_rewrites) {
+            changelog::truncate_before(&self.broker, &job.changelogs, group, &before);
+        }
+        for task in &mut job.sources {
+            task.committed = task.source.position().0;
+        }
+        job.last_commit_ms = now_ms();
+        job.dirty = false;
+        let mut status = self.status.lock();
+        status.commits += 1;
+        status.last_commit =
+            Some(CommitStatus { at_ms: job.last_commit_ms, watermark, records_out: job.counters.records_out });
+        Ok(())
+    }
+
+    /// Copies the job's figures into its status (a short lock, once per round).
+    fn publish(&self, job: &RunningJob<D>) {
+        let watermark = job.watermarks.current();
+        let partitions: Vec<PartitionStatus> = job
+            .sources
+            .iter()
+            .map(|task| {
+                let log_end = self
+                    .broker
+                    .replicas
+                    .partition(&self.spec.input, task.partition as i32)
+                    .map_or(0, |p| p.log.last_stable_offset().0);
+                let offset = task.source.position().0;
+                PartitionStatus {
+                    partition: task.partition as i32,
+                    offset,
+                    committed_offset: task.committed,
+                    log_end_offset: log_end,
+                    lag: (log_end - offset).max(0),
+                }
+            })
+            .collect();
+        let state_entries = job.groups.iter().flatten().map(|g| g.open_state() as u64).sum();
+        let names = self.dataflow.operators();
+        let mut status = self.status.lock();
+        status.watermark = (watermark != NO_WATERMARK).then_some(watermark);
+        status.records_in = job.sources.iter().map(|t| t.checkpoint.records_in).sum();
+        status.malformed_records = job.sources.iter().map(|t| t.checkpoint.malformed).sum();
+        status.absurd_timestamps = job.sources.iter().map(|t| t.checkpoint.absurd).sum();
+        status.records_out = job.counters.records_out;
+        status.late_records = names.iter().map(|n| n.to_string()).zip(job.counters.late.iter().copied()).collect();
+        status.state_entries = state_entries;
+        status.partitions = partitions;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    records_out: u64,
+    late: Vec<u64>,
+}
+
+/// A restored job between rounds.
+struct RunningJob<D: Dataflow> {
+    sink: TransactionalSink,
+    sources: Vec<SourceTask>,
+    /// Each group is taken out for its task during a round and put back after it.
+    groups: Vec<Option<D::Group>>,
+    watermarks: Watermarks,
+    changelogs: Vec<String>,
+    growth: Growth,
+    counters: Counters,
+    /// Groups whose changelogs this checkpoint rewrites, with where each partition ended
+    /// before it.
+    pending_rewrites: Vec<(usize, Vec<Offset>)>,
+    last_commit_ms: i64,
+    /// Something was read or produced since the last commit.
+    dirty: bool,
+}
+
+/// Per key group, the batches of events the source tasks routed to it.
+type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
+
+/// A key group's work in one round.
+struct GroupWork<D: Dataflow> {
+    index: usize,
+    group: D::Group,
+    inbound: Vec<Vec<D::Event>>,
+    rewrite: bool,
+}
+
+struct GroupDone<D: Dataflow> {
+    index: usize,
+    group: D::Group,
+    results: Vec<D::Result>,
+    /// Events dropped as late, per operator.
+    late: Vec<u64>,
+    state: Vec<StateRecord>,
+    rewrite: bool,
+}
+
+impl<D: Dataflow> GroupWork<D> {
+    fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
+        let mut late = vec![0u64; operators];
+        for event in self.inbound.into_iter().flatten() {
+            let mut dropped = self.group.process(event);
+            while dropped != 0 {
+                if let Some(count) = late.get_mut(dropped.trailing_zeros() as usize) {
+                    *count += 1;
+                }
+                dropped &= dropped - 1;
+            }
+        }
+        let mut results = Vec::new();
+        if watermark != NO_WATERMARK {
+            self.group.advance(watermark, &mut results);
+        }
+        let mut state = Vec::new();
+        if checkpoint {
+            self.group.checkpoint(self.rewrite, &mut state);
+        }
+        GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite }
+    }
+}
+
+struct SourceTask {
+    partition: usize,
+    source: LogSource,
+    committed: i64,
+    /// The counters as of the current position.
+    checkpoint: PartitionCheckpoint,
+}
+
+struct Polled<E> {
+    routed: Vec<Vec<E>>,
+    records: u64,
+    max_ts: Option<EventTime>,
+}
+
+impl SourceTask {
+    fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>, String> {
+        let records =
+            self.source.poll(ROUND_BYTES).map_err(|e| format!("cannot read partition {}: {e}", self.partition))?;
+        let mut routed: Vec<Vec<D::Event>> = (0..groups).map(|_| Vec::new()).collect();
+        let mut max_ts: Option<EventTime> = None;
+        for record in &records {
+            let mut route = |group: usize, event| {
+                if let Some(events) = routed.get_mut(group) {
+                    events.push(event);
+                }
+            };
+            match dataflow.parse(record, now, groups, &mut route) {
+                Ok(ts) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
+                Err(Rejection::Malformed) => self.checkpoint.malformed += 1,
+                Err(Rejection::AbsurdTimestamp) => self.checkpoint.absurd += 1,
+            }
+        }
+        self.checkpoint.records_in += records.len() as u64;
+        Ok(Polled { routed, records: records.len() as u64, max_ts })
+    }
+}
