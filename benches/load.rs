@@ -6,11 +6,15 @@
 //!   cargo bench --bench load -- rebalance --consumers 10 --partitions 100 [--protocol consumer]
 //!   cargo bench --bench load -- produce --commits-per-sec 1000   (offset commits alongside)
 //!   cargo bench --bench load -- transactions --records-per-txn 10
+//!   cargo bench --bench load -- clickstream-latency --rate 20000 --seconds 300
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
 //!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
 //! Without `--bootstrap` it starts a release-built `sluice` broker of its own in a temporary
 //! directory. Each run prints one summary line; nothing is asserted.
+
+#[path = "load/clickstream.rs"]
+mod clickstream;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +39,9 @@ struct Cli {
     /// Broker configs (`key=value`) for the harness's own broker.
     #[arg(long = "set", global = true)]
     settings: Vec<String>,
+    /// The admin HTTP API of the broker given with --bootstrap (jobs).
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    admin: String,
     /// Ignored: cargo passes it to every bench target.
     #[arg(long, hide = true, global = true)]
     bench: bool,
@@ -55,6 +62,8 @@ enum Mode {
     Rebalance(RebalanceArgs),
     /// Committed transactions per second from one transactional producer.
     Transactions(TransactionsArgs),
+    /// Latency from append to visible result of the in-broker clickstream job.
+    ClickstreamLatency(clickstream::ClickstreamLatencyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -145,7 +154,8 @@ impl Drop for OwnBroker {
     }
 }
 
-fn start_own_broker(settings: &[String]) -> (OwnBroker, String) {
+/// Starts the harness's broker; returns it with its Kafka and admin addresses.
+fn start_own_broker(settings: &[String]) -> (OwnBroker, String, String) {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -157,13 +167,19 @@ fn start_own_broker(settings: &[String]) -> (OwnBroker, String) {
         .spawn()
         .expect("start sluice");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut admin = String::new();
     let address = loop {
         let line = lines.next().expect("sluice exited before listening").expect("read stdout");
+        if let Some(address) = line.strip_prefix("sluice admin API listening on ") {
+            admin = address.to_string();
+        }
         if let Some(address) = line.strip_prefix("sluice broker listening on ") {
             break address.to_string();
         }
     };
-    (OwnBroker { child, _dir: dir }, address)
+    // Keep draining stdout so the broker never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (OwnBroker { child, _dir: dir }, address, admin)
 }
 
 fn now_ns() -> u64 {
@@ -494,11 +510,11 @@ fn latency(bootstrap: &str, topic: &str, args: &LatencyArgs) {
 
 fn main() {
     let cli = Cli::parse();
-    let (_own, bootstrap) = match &cli.bootstrap {
-        Some(bootstrap) => (None, bootstrap.clone()),
+    let (_own, bootstrap, admin) = match &cli.bootstrap {
+        Some(bootstrap) => (None, bootstrap.clone(), cli.admin.clone()),
         None => {
-            let (broker, address) = start_own_broker(&cli.settings);
-            (Some(broker), address)
+            let (broker, address, admin) = start_own_broker(&cli.settings);
+            (Some(broker), address, admin)
         }
     };
     let topic = format!("load-{}", now_ns());
@@ -558,6 +574,7 @@ fn main() {
                 (committed as usize * args.records_per_txn) as f64 / seconds
             );
         }
+        Mode::ClickstreamLatency(args) => clickstream::run(&bootstrap, &admin, args),
         Mode::Rebalance(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
             let seconds = rebalance(&bootstrap, &topic, args);

@@ -1,12 +1,19 @@
-//! Clickstream job throughput on one core: clicks pre-loaded into a partition log, read back
-//! in-process (`LogSource`) and run through the job's operators (all four outputs). Prints
-//! events per second; nothing is asserted.
+//! Clickstream job figures; nothing is asserted.
+//! - Operators alone on one core: clicks pre-loaded into a partition log, read back
+//!   in-process (`LogSource`) and run through each output's operators.
+//! - The job through the runtime inside a broker (one worker thread), with its
+//!   checkpoints: events per second of wall time and per second of CPU time.
+//! - Memory per million active keys, from the resident set size.
 //!
-//!   cargo bench -p sluice-processing --bench clickstream -- [clicks]    (default 2,000,000)
+//!   cargo bench -p sluice-processing --bench clickstream -- [clicks]    (default 10,000,000)
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use sluice_processing::clickstream::{Clickstream, Operators};
+use bytes::Bytes;
+use sluice_broker::{Broker, BrokerConfig};
+use sluice_processing::clickstream::{Clickstream, ClickstreamDataflow, Operators};
+use sluice_processing::pool::WorkerPool;
+use sluice_processing::runtime::{self, RunSpec};
 use sluice_processing::source::{Isolation, LogSource};
 use sluice_storage::{HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatchBuilder};
 
@@ -39,8 +46,105 @@ fn load(log: &PartitionLog, clicks: u64) {
     log.advance_high_watermark(log.log_end_offset());
 }
 
+/// This process's CPU time (user + system) in seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+const OUTPUTS: [(&str, Operators); 4] = [
+    ("page-views-1m + top-pages-1m", Operators { views_1m: true, views_5m: false, sessions: false }),
+    ("page-views-5m", Operators { views_1m: false, views_5m: true, sessions: false }),
+    ("user-sessions", Operators { views_1m: false, views_5m: false, sessions: true }),
+    ("all four outputs", Operators::ALL),
+];
+
+/// The job run by the runtime over a broker's `clicks` topic, per output.
+fn through_the_runtime(clicks: u64) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    for (key, value) in [("offsets.topic.num.partitions", "1"), ("transaction.state.log.num.partitions", "1")] {
+        config.apply(key, value).expect("config");
+    }
+    let broker = Broker::open(config).expect("broker");
+    broker.create_topic("clicks", 1, [("retention.ms".to_string(), "-1".to_string())].into(), false).expect("topic");
+    let log = broker.replicas.partition("clicks", 0).expect("partition").log.clone();
+    load(&log, clicks);
+    let pool = WorkerPool::new(1);
+    println!("  through the runtime in a broker, one worker thread, a checkpoint every second:");
+    for (index, (name, operators)) in OUTPUTS.into_iter().enumerate() {
+        let spec = RunSpec {
+            name: format!("bench-{index}"),
+            input: "clicks".into(),
+            commit_interval_ms: 1_000,
+            watermark_bound_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            changelog_slack_records: sluice_processing::changelog::REWRITE_SLACK_RECORDS,
+        };
+        let (start, cpu_start) = (Instant::now(), cpu_seconds());
+        let job = runtime::spawn(broker.clone(), pool.clone(), spec, "clickstream", ClickstreamDataflow { operators });
+        let deadline = Instant::now() + Duration::from_secs(3_600);
+        while job.status.lock().records_in < clicks && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (seconds, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+        let out = job.status.lock().records_out;
+        job.stop();
+        println!(
+            "    {name}: {:.2} M events/s, {:.2} M events per CPU-second ({out} results so far)",
+            clicks as f64 / seconds / 1e6,
+            clicks as f64 / cpu / 1e6
+        );
+    }
+    pool.shutdown();
+    broker.shutdown();
+}
+
+/// Resident memory per active key: a million clicks, each a new user on a new page within
+/// one minute, so every operator holds a million keys open. Each output is measured in a
+/// fresh process, so memory freed by the one before does not hide growth.
+fn memory_per_million_keys() {
+    println!("  memory per million active keys (resident set growth, one process each):");
+    for (index, (name, _)) in OUTPUTS.into_iter().enumerate() {
+        let output = std::env::current_exe()
+            .and_then(|exe| std::process::Command::new(exe).args(["--memory-child", &index.to_string()]).output());
+        match output {
+            Ok(output) => println!("    {name}: {}", String::from_utf8_lossy(&output.stdout).trim()),
+            Err(err) => println!("    {name}: cannot run the measurement: {err}"),
+        }
+    }
+}
+
+fn memory_child(index: usize) {
+    let Some((_, operators)) = OUTPUTS.get(index) else { return };
+    let minute = 1_763_700_000_000i64 - 1_763_700_000_000i64 % 60_000;
+    let before = resident_bytes();
+    let mut job = Clickstream::with_operators(1, 60_000, *operators);
+    for i in 0..1_000_000i64 {
+        let value = format!(r#"{{"user_id":"user-{i}","page":"/products/{i}","ts":{}}}"#, minute + i % 50_000);
+        job.process(0, &Bytes::from(value), minute);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    println!("{:.0} MB ({} bytes per key)", grown as f64 / 1e6, grown / 1_000_000);
+    drop(job);
+}
+
 fn main() {
-    let clicks: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2_000_000);
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(index) = args.iter().position(|a| a == "--memory-child") {
+        memory_child(args.get(index + 1).and_then(|i| i.parse().ok()).unwrap_or(0));
+        return;
+    }
+    let clicks: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000_000);
     let dir = tempfile::tempdir().expect("temporary directory");
     let config = LogConfig { retention_ms: None, ..LogConfig::default() };
     let log = PartitionLog::open(dir.path(), config, HandleCache::new(64)).expect("log");
@@ -60,13 +164,8 @@ fn main() {
     let read_secs = start.elapsed().as_secs_f64();
 
     println!("clickstream clicks={clicks} read={:.2} M records/s", read as f64 / read_secs / 1e6);
-    let none = Operators { views_1m: false, views_5m: false, sessions: false };
-    for (name, operators) in [
-        ("page-views-1m + top-pages-1m", Operators { views_1m: true, ..none }),
-        ("page-views-5m", Operators { views_5m: true, ..none }),
-        ("user-sessions", Operators { sessions: true, ..none }),
-        ("all four outputs", Operators::ALL),
-    ] {
+    println!("  operators alone, one thread:");
+    for (name, operators) in OUTPUTS {
         let start = Instant::now();
         let mut source = LogSource::new(log.clone(), Offset(0), Isolation::ReadCommitted);
         let mut job = Clickstream::with_operators(1, 60_000, operators);
@@ -77,12 +176,18 @@ fn main() {
                 break;
             }
             for record in &records {
-                job.process(0, record.value.as_deref().unwrap_or_default(), 1_763_700_000_000);
+                if let Some(value) = &record.value {
+                    job.process(0, value, 1_763_700_000_000);
+                }
             }
             outputs += job.advance(1_763_700_000_000).len();
         }
         outputs += job.finish().len();
         let seconds = start.elapsed().as_secs_f64();
-        println!("  {name}: {:.2} M events/s/core ({outputs} results)", clicks as f64 / seconds / 1e6);
+        println!("    {name}: {:.2} M events/s/core ({outputs} results)", clicks as f64 / seconds / 1e6);
     }
+    drop(log);
+    drop(dir);
+    through_the_runtime(clicks);
+    memory_per_million_keys();
 }

@@ -20,7 +20,7 @@ use crate::source::{Isolation, LogSource};
 /// Changelog records may hold a large state (a popular page's distinct users in a window).
 pub const CHANGELOG_MAX_MESSAGE_BYTES: u32 = 16 * 1024 * 1024;
 /// Records written beyond twice the live state before a group's changelog is rewritten.
-const REWRITE_SLACK_RECORDS: u64 = 10_000;
+pub const REWRITE_SLACK_RECORDS: u64 = 10_000;
 
 pub fn topic(job: &str, operator: &str) -> String {
     format!("{job}-{operator}-changelog")
@@ -89,16 +89,17 @@ pub fn read(broker: &Broker, topic: &str, partition: i32) -> Result<Restored, St
 /// Per key group: records its changelogs hold, to decide when to rewrite them.
 pub struct Growth {
     records: Vec<u64>,
+    slack: u64,
 }
 
 impl Growth {
-    pub fn new(records: Vec<u64>) -> Growth {
-        Growth { records }
+    pub fn new(records: Vec<u64>, slack: u64) -> Growth {
+        Growth { records, slack }
     }
 
     /// Whether `group`'s next checkpoint should write all its live state.
     pub fn needs_rewrite(&self, group: usize, live: usize) -> bool {
-        self.records.get(group).is_some_and(|&written| written > 2 * live as u64 + REWRITE_SLACK_RECORDS)
+        self.records.get(group).is_some_and(|&written| written > 2 * live as u64 + self.slack)
     }
 
     pub fn wrote(&mut self, group: usize, records: u64, rewritten: bool) {

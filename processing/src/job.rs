@@ -90,6 +90,7 @@ impl JobDefinition {
             commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
             watermark_bound_ms: WATERMARK_BOUND_MS,
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            changelog_slack_records: crate::changelog::REWRITE_SLACK_RECORDS,
         }
     }
 }
