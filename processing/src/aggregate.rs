@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+use serde::{Deserialize, Serialize};
+
 pub trait Aggregate: Default {
     type Input: ?Sized;
     type Output;
@@ -13,7 +15,7 @@ pub trait Aggregate: Default {
     fn result(&self) -> Self::Output;
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Count(pub u64);
 
 impl Aggregate for Count {
@@ -30,7 +32,7 @@ impl Aggregate for Count {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sum(pub f64);
 
 impl Aggregate for Sum {
@@ -47,7 +49,7 @@ impl Aggregate for Sum {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Min(pub Option<f64>);
 
 impl Aggregate for Min {
@@ -66,7 +68,7 @@ impl Aggregate for Min {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Max(pub Option<f64>);
 
 impl Aggregate for Max {
@@ -85,7 +87,7 @@ impl Aggregate for Max {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Average {
     sum: f64,
     count: u64,
@@ -108,7 +110,7 @@ impl Aggregate for Average {
 }
 
 /// Exact: every distinct value is kept (the state per key grows with the distinct values).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistinctCount<T: Hash + Eq>(HashSet<T>);
 
 impl<T: Hash + Eq> Default for DistinctCount<T> {
@@ -146,7 +148,7 @@ impl<T: Hash + Eq + Clone> Aggregate for DistinctCount<T> {
 
 /// The `n` most frequent values with their counts, most frequent first, ties broken by
 /// value (ascending), so the result is deterministic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopN<T: Hash + Eq, const N: usize>(HashMap<T, u64>);
 
 impl<T: Hash + Eq, const N: usize> Default for TopN<T, N> {

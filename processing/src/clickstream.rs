@@ -446,8 +446,8 @@ impl Dataflow for ClickstreamDataflow {
         &OPERATORS
     }
 
-    fn output_topics(&self) -> &'static [&'static str] {
-        &OUTPUT_TOPICS
+    fn output_topics(&self) -> Vec<String> {
+        OUTPUT_TOPICS.iter().map(|t| t.to_string()).collect()
     }
 
     fn parse(
@@ -476,7 +476,7 @@ impl Dataflow for ClickstreamDataflow {
     fn finish(&self, results: Vec<Output>, out: &mut Vec<OutputRecord>) {
         for result in assemble(results) {
             out.push(OutputRecord {
-                topic: result.topic(),
+                topic: result.topic().into(),
                 key: Bytes::from(result.key()),
                 value: Bytes::from(result.to_json().to_string()),
                 timestamp_ms: result.timestamp_ms(),

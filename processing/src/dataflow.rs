@@ -24,7 +24,7 @@ pub enum Rejection {
 /// A record a job writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputRecord {
-    pub topic: &'static str,
+    pub topic: std::sync::Arc<str>,
     pub key: Bytes,
     pub value: Bytes,
     pub timestamp_ms: EventTime,
@@ -47,7 +47,7 @@ pub trait Dataflow: Send + Sync + 'static {
     fn operators(&self) -> &'static [&'static str];
 
     /// The topics the job writes.
-    fn output_topics(&self) -> &'static [&'static str];
+    fn output_topics(&self) -> Vec<String>;
 
     /// Turns a record into events, each handed to `route` with its key group (below
     /// `groups`); returns the record's event time.

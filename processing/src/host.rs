@@ -12,6 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sluice_broker::Broker;
 
+use crate::aggregation::AggregationDataflow;
 use crate::clickstream::{ClickstreamDataflow, Operators};
 use crate::job::JobDefinition;
 use crate::pool::WorkerPool;
@@ -104,16 +105,27 @@ impl JobHost {
                     continue;
                 }
                 tracing::info!(job = %definition.name, "starting job");
-                let handle = host.launch(&definition);
-                jobs.insert(definition.name.clone(), Hosted { definition, handle });
+                match host.launch(&definition) {
+                    Ok(handle) => {
+                        jobs.insert(definition.name.clone(), Hosted { definition, handle });
+                    }
+                    Err(error) => tracing::error!(job = %definition.name, %error, "not starting a stored job"),
+                }
             }
         }
         Ok(host)
     }
 
-    fn launch(&self, definition: &JobDefinition) -> JobHandle {
-        let dataflow = ClickstreamDataflow { operators: Operators::ALL };
-        runtime::spawn(self.broker.clone(), self.pool.clone(), definition.run_spec(), &definition.kind, dataflow)
+    fn launch(&self, definition: &JobDefinition) -> Result<JobHandle, String> {
+        let (broker, pool, spec, kind) =
+            (self.broker.clone(), self.pool.clone(), definition.run_spec(), definition.kind.as_str());
+        match &definition.aggregation {
+            Some(aggregation) => {
+                let dataflow = AggregationDataflow::new(aggregation.clone())?;
+                Ok(runtime::spawn(broker, pool, spec, kind, dataflow))
+            }
+            None => Ok(runtime::spawn(broker, pool, spec, kind, ClickstreamDataflow { operators: Operators::ALL })),
+        }
     }
 
     /// Checks, persists and starts a job. Blocking (creates topics, fsyncs).
@@ -135,7 +147,7 @@ impl JobHost {
         let mut definitions: Vec<JobDefinition> = jobs.values().map(|j| j.definition.clone()).collect();
         definitions.push(definition.clone());
         self.persist(&definitions).map_err(|e| HostError::new(500, e))?;
-        let handle = self.launch(&definition);
+        let handle = self.launch(&definition).map_err(|e| HostError::new(400, e))?;
         let status = handle.status.lock().clone();
         tracing::info!(job = %definition.name, "job submitted");
         jobs.insert(definition.name.clone(), Hosted { definition, handle });

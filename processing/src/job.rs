@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregation::AggregationSpec;
 use crate::clickstream::WATERMARK_BOUND_MS;
 use crate::runtime::RunSpec;
 
@@ -15,15 +16,18 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 30_000;
 const MAX_COMMIT_INTERVAL_MS: u64 = 30_000;
 const MAX_NAME_LEN: usize = 64;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobDefinition {
     pub name: String,
-    /// The built-in job this runs: `clickstream`.
+    /// `clickstream` (the built-in job) or `aggregation` (defined by `aggregation`).
     pub kind: String,
     /// The input topic (the clickstream job reads `clicks` unless told otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// What an `aggregation` job computes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<AggregationSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +41,7 @@ impl JobDefinition {
             name: "clickstream".into(),
             kind: "clickstream".into(),
             input: None,
+            aggregation: None,
             commit_interval_ms: None,
             idle_timeout_ms: None,
         }
@@ -58,8 +63,17 @@ impl JobDefinition {
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
             return Err(format!("job name \"{name}\" may only use letters, digits, '.', '_' and '-'"));
         }
-        if self.kind != "clickstream" {
-            return Err(format!("unknown job kind \"{}\"; the built-in kinds are: clickstream", self.kind));
+        match (self.kind.as_str(), &self.aggregation) {
+            ("clickstream", None) => {}
+            ("clickstream", Some(_)) => return Err("a clickstream job takes no \"aggregation\"".into()),
+            ("aggregation", Some(spec)) => {
+                spec.validate().map_err(|e| format!("aggregation: {e}"))?;
+                if self.input.is_none() {
+                    return Err("an aggregation job needs an \"input\" topic".into());
+                }
+            }
+            ("aggregation", None) => return Err("an aggregation job needs its \"aggregation\" definition".into()),
+            (other, _) => return Err(format!("unknown job kind \"{other}\"; the kinds are: clickstream, aggregation")),
         }
         if let Some(input) = &self.input {
             if input.is_empty() || input.len() > 249 || input.starts_with("__") {
@@ -88,7 +102,7 @@ impl JobDefinition {
             name: self.name.clone(),
             input: self.input().to_string(),
             commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
-            watermark_bound_ms: WATERMARK_BOUND_MS,
+            watermark_bound_ms: self.aggregation.as_ref().map_or(WATERMARK_BOUND_MS, |a| a.watermark_bound_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             changelog_slack_records: crate::changelog::REWRITE_SLACK_RECORDS,
         }

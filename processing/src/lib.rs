@@ -10,6 +10,7 @@
 //! job.
 
 pub mod aggregate;
+pub mod aggregation;
 pub mod changelog;
 pub mod clickstream;
 pub mod dataflow;

@@ -254,9 +254,9 @@ impl<D: Dataflow> Driver<D> {
             groups = changelog::ensure(broker, topic, groups)?;
         }
         for topic in self.dataflow.output_topics() {
-            if broker.metadata().topic(topic).is_none() {
-                if let Err(err) = broker.create_topic(topic, partitions, Default::default(), false) {
-                    if broker.metadata().topic(topic).is_none() {
+            if broker.metadata().topic(&topic).is_none() {
+                if let Err(err) = broker.create_topic(&topic, partitions, Default::default(), false) {
+                    if broker.metadata().topic(&topic).is_none() {
                         return Err(format!("cannot create output topic {topic}: {}", err.message));
                     }
                 }
@@ -397,9 +397,9 @@ impl<D: Dataflow> Driver<D> {
         job.counters.records_out += records.len() as u64;
         job.dirty |= !records.is_empty();
         for record in records {
-            let partitions = self.broker.metadata().topic(record.topic).map_or(1, |t| t.partitions);
+            let partitions = self.broker.metadata().topic(&record.topic).map_or(1, |t| t.partitions);
             let partition = kafka_partition(&record.key, partitions);
-            job.sink.send(record.topic, partition, Some(&record.key), Some(&record.value), record.timestamp_ms);
+            job.sink.send(&record.topic, partition, Some(&record.key), Some(&record.value), record.timestamp_ms);
         }
         for (group, changes, rewrite) in state {
             self.send_state(job, group, changes, rewrite, now);

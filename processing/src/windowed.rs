@@ -74,6 +74,10 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
         })
     }
 
+    pub fn is_session(&self) -> bool {
+        matches!(self.spec, WindowSpec::Session { .. })
+    }
+
     /// Events dropped because every window they belong to had already fired.
     pub fn late_dropped(&self) -> u64 {
         self.late_dropped

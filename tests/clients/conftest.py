@@ -27,6 +27,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(r"^sluice broker listening on (\S+:\d+)$")
+ADMIN_LINE = re.compile(r"^sluice admin API listening on (\S+:\d+)$")
 # A debug build on a busy 2-core machine can take a while to open its data dir.
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
@@ -64,6 +65,8 @@ class Broker:
         self.data_dir = data_dir
         self.node_id = 0
         self.default_partitions = DEFAULT_PARTITIONS
+        # host:port of the admin HTTP API (jobs).
+        self.admin = None
 
     def topic(self, prefix: str) -> str:
         """A topic name no other test uses."""
@@ -139,6 +142,7 @@ def _start_broker(binary: Path, workdir: Path, settings: list[str]) -> Broker:
     threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + START_DEADLINE_S
     seen = []
+    admin = None
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -147,9 +151,14 @@ def _start_broker(binary: Path, workdir: Path, settings: list[str]) -> Broker:
             line = None
         if line is not None:
             seen.append(line)
+            admin_match = ADMIN_LINE.match(line)
+            if admin_match:
+                admin = admin_match.group(1)
             match = READY_LINE.match(line)
             if match:
-                return Broker(process, match.group(1), stderr_path, data_dir)
+                running = Broker(process, match.group(1), stderr_path, data_dir)
+                running.admin = admin
+                return running
             continue
         # stdout closed or the deadline passed without the ready line.
         _stop_broker(process)

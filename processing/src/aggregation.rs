@@ -1,0 +1,514 @@
+//! A job defined as data rather than code: JSON records in, filtered, keyed by fields,
+//! windowed by event time, aggregated, and written as JSON, the shape a query such as
+//! `SELECT page, COUNT(*) AS views, COUNT(DISTINCT user_id) AS users FROM clicks
+//! WHERE page LIKE '/products/%' GROUP BY page, TUMBLE(ts, INTERVAL '1' MINUTE)` plans to.
+//! It is the `aggregation` job kind; a SQL front end would produce its [`AggregationSpec`].
+//!
+//! Output: one record per key and window, key = the key fields' values joined by `|`,
+//! value = `{<key fields>, "window_start", "window_end", <aggregates by name>}` (for a
+//! session, `window_end` is its last event, as in the clickstream job).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::aggregate::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
+use crate::clickstream::MAX_FUTURE_MS;
+use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::source::SourceRecord;
+use crate::watermark::EventTime;
+use crate::window::{Window, WindowSpec};
+use crate::windowed::{StateChange, WindowedAggregation};
+
+pub const TOP_N: usize = 10;
+const MAX_AGGREGATES: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationSpec {
+    /// The topic results go to.
+    pub output: String,
+    /// The field holding the event time, in epoch milliseconds.
+    #[serde(default = "default_timestamp_field")]
+    pub timestamp_field: String,
+    /// Out-of-orderness the watermark allows.
+    #[serde(default = "default_watermark_bound")]
+    pub watermark_bound_ms: i64,
+    /// Every condition must hold for a record to count.
+    #[serde(default)]
+    pub filter: Vec<Condition>,
+    /// Fields whose values form the key; none: one key for everything.
+    #[serde(default)]
+    pub key_by: Vec<String>,
+    pub window: WindowDefinition,
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    pub aggregates: Vec<AggregateDefinition>,
+}
+
+fn default_timestamp_field() -> String {
+    "ts".into()
+}
+
+fn default_watermark_bound() -> i64 {
+    5_000
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_with: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowDefinition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tumbling_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_gap_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Function {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Average,
+    DistinctCount,
+    /// The 10 most frequent values with their counts, ties by value.
+    Top,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateDefinition {
+    /// The result's field name.
+    pub name: String,
+    pub function: Function,
+    /// The field aggregated (every function but `count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl WindowDefinition {
+    fn spec(&self) -> Result<WindowSpec, String> {
+        let spec = match (self.tumbling_ms, self.sliding_ms, self.slide_ms, self.session_gap_ms) {
+            (Some(size_ms), None, None, None) => WindowSpec::Tumbling { size_ms },
+            (None, Some(size_ms), Some(slide_ms), None) => WindowSpec::Sliding { size_ms, slide_ms },
+            (None, None, None, Some(gap_ms)) => WindowSpec::Session { gap_ms },
+            _ => {
+                return Err("window must be one of {\"tumbling_ms\"}, {\"sliding_ms\", \"slide_ms\"} or \
+                            {\"session_gap_ms\"}"
+                    .into())
+            }
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl AggregationSpec {
+    /// Checks the definition; the message names the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.output.is_empty() || self.output.len() > 249 || self.output.starts_with("__") {
+            return Err(format!("\"{}\" cannot be an output topic", self.output));
+        }
+        self.window.spec().map_err(|e| format!("window: {e}"))?;
+        if self.watermark_bound_ms < 0 || self.allowed_lateness_ms < 0 {
+            return Err("watermark_bound_ms and allowed_lateness_ms cannot be negative".into());
+        }
+        if self.aggregates.is_empty() || self.aggregates.len() > MAX_AGGREGATES {
+            return Err(format!("a job needs 1 to {MAX_AGGREGATES} aggregates, got {}", self.aggregates.len()));
+        }
+        let reserved = ["window_start", "window_end"];
+        for aggregate in &self.aggregates {
+            if reserved.contains(&aggregate.name.as_str()) || self.key_by.contains(&aggregate.name) {
+                return Err(format!("aggregate name \"{}\" is already an output field", aggregate.name));
+            }
+            if aggregate.function != Function::Count && aggregate.field.is_none() {
+                return Err(format!("aggregate \"{}\" needs a \"field\"", aggregate.name));
+            }
+        }
+        for condition in &self.filter {
+            if condition.equals.is_none() == condition.starts_with.is_none() {
+                return Err(format!(
+                    "the condition on \"{}\" needs exactly one of equals, starts_with",
+                    condition.field
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One aggregate's state.
+#[derive(Serialize, Deserialize)]
+enum Accumulator {
+    Count(Count),
+    Sum(Sum),
+    Min(Min),
+    Max(Max),
+    Average(Average),
+    DistinctCount(DistinctCount<String>),
+    Top(TopN<String, TOP_N>),
+}
+
+impl Accumulator {
+    fn new(function: Function) -> Accumulator {
+        match function {
+            Function::Count => Accumulator::Count(Count::default()),
+            Function::Sum => Accumulator::Sum(Sum::default()),
+            Function::Min => Accumulator::Min(Min::default()),
+            Function::Max => Accumulator::Max(Max::default()),
+            Function::Average => Accumulator::Average(Average::default()),
+            Function::DistinctCount => Accumulator::DistinctCount(DistinctCount::default()),
+            Function::Top => Accumulator::Top(TopN::default()),
+        }
+    }
+
+    fn add(&mut self, value: &Value) {
+        let number = value.as_f64();
+        let text = || match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match self {
+            Accumulator::Count(a) => a.add(&()),
+            Accumulator::Sum(a) => number.into_iter().for_each(|n| a.add(&n)),
+            Accumulator::Min(a) => number.into_iter().for_each(|n| a.add(&n)),
+            Accumulator::Max(a) => number.into_iter().for_each(|n| a.add(&n)),
+            Accumulator::Average(a) => number.into_iter().for_each(|n| a.add(&n)),
+            Accumulator::DistinctCount(a) if !value.is_null() => a.add(&text()),
+            Accumulator::Top(a) if !value.is_null() => a.add(&text()),
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: Accumulator) {
+        match (self, other) {
+            (Accumulator::Count(a), Accumulator::Count(b)) => a.merge(b),
+            (Accumulator::Sum(a), Accumulator::Sum(b)) => a.merge(b),
+            (Accumulator::Min(a), Accumulator::Min(b)) => a.merge(b),
+            (Accumulator::Max(a), Accumulator::Max(b)) => a.merge(b),
+            (Accumulator::Average(a), Accumulator::Average(b)) => a.merge(b),
+            (Accumulator::DistinctCount(a), Accumulator::DistinctCount(b)) => a.merge(b),
+            (Accumulator::Top(a), Accumulator::Top(b)) => a.merge(b),
+            _ => {}
+        }
+    }
+
+    fn result(&self) -> Value {
+        match self {
+            Accumulator::Count(a) => a.result().into(),
+            Accumulator::Sum(a) => a.result().into(),
+            Accumulator::Min(a) => a.result().into(),
+            Accumulator::Max(a) => a.result().into(),
+            Accumulator::Average(a) => a.result().into(),
+            Accumulator::DistinctCount(a) => a.result().into(),
+            Accumulator::Top(a) => a
+                .result()
+                .into_iter()
+                .map(|(value, count)| serde_json::json!({"value": value, "count": count}))
+                .collect(),
+        }
+    }
+}
+
+/// All of a key's aggregates in one window. Empty until its first event, which says which
+/// functions to start (windows are created by `Default`).
+#[derive(Default, Serialize, Deserialize)]
+pub struct Accumulators(Vec<Accumulator>);
+
+/// An event's inputs to each aggregate, with the functions they feed.
+pub struct Inputs {
+    functions: Arc<[Function]>,
+    values: Vec<Value>,
+}
+
+impl Aggregate for Accumulators {
+    type Input = Inputs;
+    type Output = Vec<Value>;
+    fn add(&mut self, inputs: &Inputs) {
+        if self.0.is_empty() {
+            self.0 = inputs.functions.iter().map(|f| Accumulator::new(*f)).collect();
+        }
+        for (accumulator, value) in self.0.iter_mut().zip(&inputs.values) {
+            accumulator.add(value);
+        }
+    }
+    fn merge(&mut self, other: Accumulators) {
+        if self.0.is_empty() {
+            *self = other;
+            return;
+        }
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            a.merge(b);
+        }
+    }
+    fn result(&self) -> Vec<Value> {
+        self.0.iter().map(Accumulator::result).collect()
+    }
+}
+
+pub struct AggregationEvent {
+    key: String,
+    ts: EventTime,
+    inputs: Inputs,
+}
+
+pub struct AggregationDataflow {
+    spec: AggregationSpec,
+    window: WindowSpec,
+    functions: Arc<[Function]>,
+    output: Arc<str>,
+}
+
+impl AggregationDataflow {
+    pub fn new(spec: AggregationSpec) -> Result<AggregationDataflow, String> {
+        spec.validate()?;
+        let window = spec.window.spec()?;
+        let functions: Arc<[Function]> = spec.aggregates.iter().map(|a| a.function).collect();
+        let output = spec.output.as_str().into();
+        Ok(AggregationDataflow { spec, window, functions, output })
+    }
+
+    fn passes(&self, record: &Map<String, Value>) -> bool {
+        self.spec.filter.iter().all(|condition| {
+            let value = record.get(&condition.field);
+            match (&condition.equals, &condition.starts_with) {
+                (Some(expected), _) => value == Some(expected),
+                (None, Some(prefix)) => value.and_then(Value::as_str).is_some_and(|s| s.starts_with(prefix.as_str())),
+                (None, None) => true,
+            }
+        })
+    }
+}
+
+fn key_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Dataflow for AggregationDataflow {
+    type Event = AggregationEvent;
+    type Result = (String, Window, Vec<Value>);
+    type Group = AggregationGroup;
+
+    fn operators(&self) -> &'static [&'static str] {
+        &["aggregate"]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.spec.output.clone()]
+    }
+
+    fn parse(
+        &self,
+        record: &SourceRecord,
+        now_ms: i64,
+        groups: usize,
+        route: &mut dyn FnMut(usize, AggregationEvent),
+    ) -> Result<EventTime, Rejection> {
+        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(value) else {
+            return Err(Rejection::Malformed);
+        };
+        let ts = fields.get(&self.spec.timestamp_field).and_then(Value::as_i64).ok_or(Rejection::Malformed)?;
+        if ts < 0 || ts > now_ms.saturating_add(MAX_FUTURE_MS) {
+            return Err(Rejection::AbsurdTimestamp);
+        }
+        if self.passes(&fields) {
+            let key: Vec<String> =
+                self.spec.key_by.iter().map(|f| fields.get(f).map_or_else(|| "null".into(), key_text)).collect();
+            let key = key.join("|");
+            let values = self
+                .spec
+                .aggregates
+                .iter()
+                .map(|a| a.field.as_ref().and_then(|f| fields.get(f)).cloned().unwrap_or(Value::Null))
+                .collect();
+            let group = key_group(key.as_bytes(), groups);
+            route(group, AggregationEvent { key, ts, inputs: Inputs { functions: self.functions.clone(), values } });
+        }
+        Ok(ts)
+    }
+
+    fn new_group(&self) -> AggregationGroup {
+        let lateness = self.spec.allowed_lateness_ms;
+        let windows = WindowedAggregation::new(self.window, lateness).expect("the definition was validated");
+        AggregationGroup { windows }
+    }
+
+    fn finish(&self, mut results: Vec<(String, Window, Vec<Value>)>, out: &mut Vec<OutputRecord>) {
+        results.sort_by(|a, b| (a.1.end, a.1.start, &a.0).cmp(&(b.1.end, b.1.start, &b.0)));
+        for (key, window, values) in results {
+            let mut value = Map::new();
+            let parts: Vec<&str> = if self.spec.key_by.is_empty() { Vec::new() } else { key.split('|').collect() };
+            for (field, part) in self.spec.key_by.iter().zip(parts) {
+                value.insert(field.clone(), Value::String(part.to_string()));
+            }
+            value.insert("window_start".into(), window.start.into());
+            value.insert("window_end".into(), window.end.into());
+            for (aggregate, result) in self.spec.aggregates.iter().zip(values) {
+                value.insert(aggregate.name.clone(), result);
+            }
+            let timestamp_ms =
+                if matches!(self.window, WindowSpec::Session { .. }) { window.end } else { window.end - 1 };
+            out.push(OutputRecord {
+                topic: self.output.clone(),
+                key: Bytes::from(key),
+                value: Bytes::from(Value::Object(value).to_string()),
+                timestamp_ms,
+            });
+        }
+    }
+}
+
+pub struct AggregationGroup {
+    windows: WindowedAggregation<String, Accumulators>,
+}
+
+impl KeyGroup for AggregationGroup {
+    type Event = AggregationEvent;
+    type Result = (String, Window, Vec<Value>);
+
+    fn process(&mut self, event: AggregationEvent) -> u32 {
+        u32::from(!self.windows.add(event.key, event.ts, &event.inputs))
+    }
+
+    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>) {
+        out.extend(self.windows.advance(watermark));
+    }
+
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+        self.windows.drain_changes(everything, |key, change| {
+            let (key, value) = match change {
+                StateChange::Window(window, state) => {
+                    let mut bytes = Vec::with_capacity(16 + key.len());
+                    bytes.extend_from_slice(&window.end.to_be_bytes());
+                    bytes.extend_from_slice(&window.start.to_be_bytes());
+                    bytes.extend_from_slice(key.as_bytes());
+                    (bytes, state.map(|s| serde_json::to_vec(s).unwrap_or_default()))
+                }
+                StateChange::Sessions(open) => {
+                    let value = (!open.is_empty()).then(|| serde_json::to_vec(open).unwrap_or_default());
+                    (key.as_bytes().to_vec(), value)
+                }
+            };
+            out.push(StateRecord { operator: 0, key, value });
+        });
+    }
+
+    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+        if self.windows.is_session() {
+            let key = String::from_utf8(key.to_vec()).map_err(|_| "a session key is not UTF-8".to_string())?;
+            let open: Vec<(i64, i64, Accumulators)> =
+                serde_json::from_slice(value).map_err(|e| format!("bad session state: {e}"))?;
+            self.windows.restore_sessions(key, open);
+            return Ok(());
+        }
+        if key.len() < 16 {
+            return Err("a window key needs 16 bytes of times".into());
+        }
+        let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
+        let window = Window { end: time(&key[..8]), start: time(&key[8..16]) };
+        let name = String::from_utf8(key[16..].to_vec()).map_err(|_| "a window key is not UTF-8".to_string())?;
+        let state: Accumulators = serde_json::from_slice(value).map_err(|e| format!("bad window state: {e}"))?;
+        self.windows.restore_window(name, window, state);
+        Ok(())
+    }
+
+    fn restore_watermark(&mut self, watermark: EventTime) {
+        self.windows.restore_watermark(watermark);
+    }
+
+    fn open_state(&self) -> usize {
+        self.windows.open_state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Result<AggregationSpec, String> {
+        let spec: AggregationSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        spec.validate().map(|_| spec)
+    }
+
+    #[test]
+    fn definitions_are_checked_field_by_field() {
+        let ok = r#"{"output":"views","key_by":["page"],"window":{"tumbling_ms":60000},
+                     "aggregates":[{"name":"views","function":"count"}]}"#;
+        assert!(spec(ok).is_ok());
+        let both = r#"{"output":"v","window":{"tumbling_ms":1,"session_gap_ms":5},"aggregates":[{"name":"n","function":"count"}]}"#;
+        assert!(spec(both).unwrap_err().contains("window must be one of"));
+        let no_field = r#"{"output":"v","window":{"tumbling_ms":1000},"aggregates":[{"name":"s","function":"sum"}]}"#;
+        assert!(spec(no_field).unwrap_err().contains("needs a \"field\""));
+        let bad_fn = r#"{"output":"v","window":{"tumbling_ms":1000},"aggregates":[{"name":"s","function":"median"}]}"#;
+        assert!(spec(bad_fn).unwrap_err().contains("unknown variant `median`"));
+        let clash =
+            r#"{"output":"v","window":{"tumbling_ms":1000},"aggregates":[{"name":"window_end","function":"count"}]}"#;
+        assert!(spec(clash).unwrap_err().contains("already an output field"));
+    }
+
+    #[test]
+    fn a_windowed_aggregation_filters_keys_and_aggregates_and_its_state_round_trips() {
+        let spec = spec(
+            r#"{"output":"sales","key_by":["region"],"window":{"tumbling_ms":1000},
+                "filter":[{"field":"kind","equals":"sale"}],
+                "aggregates":[{"name":"n","function":"count"},{"name":"total","function":"sum","field":"amount"},
+                              {"name":"avg","function":"average","field":"amount"},
+                              {"name":"buyers","function":"distinct_count","field":"user"},
+                              {"name":"top","function":"top","field":"user"}]}"#,
+        )
+        .unwrap();
+        let dataflow = AggregationDataflow::new(spec).unwrap();
+        let mut group = dataflow.new_group();
+        let events = [
+            r#"{"kind":"sale","region":"eu","amount":10,"user":"a","ts":100}"#,
+            r#"{"kind":"sale","region":"eu","amount":20,"user":"b","ts":200}"#,
+            r#"{"kind":"view","region":"eu","amount":99,"user":"c","ts":300}"#,
+            r#"{"kind":"sale","region":"us","amount":5,"user":"a","ts":400}"#,
+            r#"{"kind":"sale","region":"eu","amount":30,"user":"a","ts":900}"#,
+        ];
+        for (i, text) in events.iter().enumerate() {
+            let record = SourceRecord { offset: i as i64, timestamp_ms: 0, key: None, value: Some(Bytes::from(*text)) };
+            dataflow.parse(&record, 0, 1, &mut |_, event| assert_eq!(group.process(event), 0)).unwrap();
+        }
+        // The state survives a checkpoint and restore into a fresh group.
+        let mut state = Vec::new();
+        group.checkpoint(true, &mut state);
+        let mut restored = dataflow.new_group();
+        for record in &state {
+            restored.restore(0, &record.key, record.value.as_deref().unwrap()).unwrap();
+        }
+        let mut results = Vec::new();
+        restored.advance(1_000, &mut results);
+        assert_eq!(results.len(), 2, "eu and us, one window each");
+        let mut out = Vec::new();
+        dataflow.finish(results, &mut out);
+        let eu: Value = serde_json::from_slice(&out[0].value).unwrap();
+        assert_eq!(&*out[0].topic, "sales");
+        assert_eq!(
+            eu,
+            serde_json::json!({"region":"eu","window_start":0,"window_end":1000,"n":3,"total":60.0,"avg":20.0,
+                               "buyers":2,"top":[{"value":"a","count":2},{"value":"b","count":1}]})
+        );
+    }
+}
