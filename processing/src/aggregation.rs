@@ -323,7 +323,7 @@ impl Dataflow for AggregationDataflow {
         now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, AggregationEvent),
-    ) -> Result<EventTime, Rejection> {
+    ) -> Result<Option<EventTime>, Rejection> {
         let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
         let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(value) else {
             return Err(Rejection::Malformed);
@@ -345,7 +345,7 @@ impl Dataflow for AggregationDataflow {
             let group = key_group(key.as_bytes(), groups);
             route(group, AggregationEvent { key, ts, inputs: Inputs { functions: self.functions.clone(), values } });
         }
-        Ok(ts)
+        Ok(Some(ts))
     }
 
     fn new_group(&self) -> AggregationGroup {

@@ -456,7 +456,7 @@ impl Dataflow for ClickstreamDataflow {
         now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, ClickEvent),
-    ) -> Result<EventTime, Rejection> {
+    ) -> Result<Option<EventTime>, Rejection> {
         let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
         let (ts, page, user) = parse_click(value, now_ms)?;
         let (by_page, by_user) = (key_group(&page, groups), key_group(&user, groups));
@@ -466,7 +466,7 @@ impl Dataflow for ClickstreamDataflow {
             route(by_page, ClickEvent { ts, page: page.clone(), user: user.clone(), views: true, sessions: false });
             route(by_user, ClickEvent { ts, page, user, views: false, sessions: true });
         }
-        Ok(ts)
+        Ok(Some(ts))
     }
 
     fn new_group(&self) -> ClickstreamGroup {

@@ -50,14 +50,14 @@ pub trait Dataflow: Send + Sync + 'static {
     fn output_topics(&self) -> Vec<String>;
 
     /// Turns a record into events, each handed to `route` with its key group (below
-    /// `groups`); returns the record's event time.
+    /// `groups`); returns the record's event time (none when it had no events to time).
     fn parse(
         &self,
         record: &SourceRecord,
         now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, Self::Event),
-    ) -> Result<EventTime, Rejection>;
+    ) -> Result<Option<EventTime>, Rejection>;
 
     fn new_group(&self) -> Self::Group;
 

@@ -651,7 +651,8 @@ impl SourceTask {
                 }
             };
             match dataflow.parse(record, now, groups, &mut route) {
-                Ok(ts) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
+                Ok(Some(ts)) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
+                Ok(None) => {}
                 Err(Rejection::Malformed) => self.checkpoint.malformed += 1,
                 Err(Rejection::AbsurdTimestamp) => self.checkpoint.absurd += 1,
             }

@@ -89,6 +89,12 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
 
     /// Adds an event; false if it was late and dropped.
     pub fn add(&mut self, key: K, time: EventTime, value: &A::Input) -> bool {
+        self.add_with(key, time, |state| state.add(value))
+    }
+
+    /// Adds an event through `update`, applied to the state of each window it falls in;
+    /// false if it was late and dropped.
+    pub fn add_with(&mut self, key: K, time: EventTime, update: impl Fn(&mut A)) -> bool {
         if let WindowSpec::Session { gap_ms } = self.spec {
             let slot = self.sessions.entry(key).or_insert_with(|| Slot::new(Sessions::new(gap_ms)));
             // Late only if it would start a session that has already closed; joining an
@@ -102,7 +108,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
                 return false;
             }
             slot.dirty = true;
-            slot.state.add(time, A::default, |a, b| a.merge(b)).add(value);
+            update(slot.state.add(time, A::default, |a, b| a.merge(b)));
             self.next_session_close = self.next_session_close.min(closes_at);
             return true;
         }
@@ -118,7 +124,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
                 .entry(key.clone())
                 .or_insert_with(|| Slot::new(A::default()));
             slot.dirty = true;
-            slot.state.add(value);
+            update(&mut slot.state);
             placed = true;
         }
         if !placed {
