@@ -126,7 +126,8 @@ fn memory_per_million_keys() {
 
 fn memory_child(index: usize) {
     let Some((_, operators)) = OUTPUTS.get(index) else { return };
-    let minute = 1_763_700_000_000i64 - 1_763_700_000_000i64 % 60_000;
+    // A minute boundary.
+    let minute = 1_763_699_980_000i64;
     let before = resident_bytes();
     let mut job = Clickstream::with_operators(1, 60_000, *operators);
     for i in 0..1_000_000i64 {

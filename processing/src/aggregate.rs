@@ -2,10 +2,11 @@
 //! accumulates values one at a time and merges with another of its kind (session windows
 //! merge; partial aggregates combine), and reports a result without consuming itself.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
+
+use crate::state::{StateMap, StateSet};
 
 pub trait Aggregate: Default {
     type Input: ?Sized;
@@ -111,11 +112,11 @@ impl Aggregate for Average {
 
 /// Exact: every distinct value is kept (the state per key grows with the distinct values).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DistinctCount<T: Hash + Eq>(HashSet<T>);
+pub struct DistinctCount<T: Hash + Eq>(StateSet<T>);
 
 impl<T: Hash + Eq> Default for DistinctCount<T> {
     fn default() -> Self {
-        DistinctCount(HashSet::new())
+        DistinctCount(StateSet::default())
     }
 }
 
@@ -149,11 +150,11 @@ impl<T: Hash + Eq + Clone> Aggregate for DistinctCount<T> {
 /// The `n` most frequent values with their counts, most frequent first, ties broken by
 /// value (ascending), so the result is deterministic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopN<T: Hash + Eq, const N: usize>(HashMap<T, u64>);
+pub struct TopN<T: Hash + Eq, const N: usize>(StateMap<T, u64>);
 
 impl<T: Hash + Eq, const N: usize> Default for TopN<T, N> {
     fn default() -> Self {
-        TopN(HashMap::new())
+        TopN(StateMap::default())
     }
 }
 

@@ -12,7 +12,8 @@
 //! runtime (tests and benchmarks).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
 use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
+use crate::state::StateMap;
 use crate::watermark::{EventTime, Watermarks};
 use crate::window::{Window, WindowSpec};
 use crate::windowed::{StateChange, WindowedAggregation};
@@ -43,48 +45,76 @@ struct Click<'a> {
     ts: i64,
 }
 
-/// A click's fields as slices of the record (copied only when the JSON had escapes).
-fn parse_click(value: &Bytes, now_ms: i64) -> Result<(EventTime, Bytes, Bytes), Rejection> {
+/// A click's page and user as ranges of one buffer: the record's value itself (one
+/// reference count for both, no copy) unless the JSON strings had escapes, in which case
+/// the unescaped text is copied into a buffer of its own.
+#[derive(Clone)]
+struct ClickText {
+    text: Bytes,
+    page: (u32, u32),
+    user: (u32, u32),
+}
+
+impl ClickText {
+    fn page(&self) -> &[u8] {
+        self.text.get(self.page.0 as usize..self.page.1 as usize).unwrap_or_default()
+    }
+
+    fn user(&self) -> &[u8] {
+        self.text.get(self.user.0 as usize..self.user.1 as usize).unwrap_or_default()
+    }
+}
+
+fn parse_click(value: &Bytes, now_ms: i64) -> Result<(EventTime, ClickText), Rejection> {
     let click = serde_json::from_slice::<Click>(value).map_err(|_| Rejection::Malformed)?;
     if click.ts < 0 || click.ts > now_ms.saturating_add(MAX_FUTURE_MS) {
         return Err(Rejection::AbsurdTimestamp);
     }
-    let slice = |text: Cow<str>| match text {
-        Cow::Borrowed(text) => value.slice_ref(text.as_bytes()),
-        Cow::Owned(text) => Bytes::from(text),
+    let range = |part: &str, base: usize| {
+        let start = (part.as_ptr() as usize).wrapping_sub(base);
+        (start as u32, (start + part.len()) as u32)
     };
-    Ok((click.ts, slice(click.page), slice(click.user_id)))
+    let text = match (&click.page, &click.user_id) {
+        (Cow::Borrowed(page), Cow::Borrowed(user)) if value.len() <= u32::MAX as usize => {
+            let base = value.as_ptr() as usize;
+            ClickText { text: value.clone(), page: range(page, base), user: range(user, base) }
+        }
+        (page, user) => {
+            let (page_len, user_len) = (page.len() as u32, user.len() as u32);
+            let text = Bytes::from(format!("{page}{user}"));
+            ClickText { text, page: (0, page_len), user: (page_len, page_len + user_len) }
+        }
+    };
+    Ok((click.ts, text))
 }
 
 /// Page and user names, each stored once: the operators key by these ids, so an event
-/// costs hash lookups rather than allocations. (Grows with the distinct names seen.)
+/// costs a hash lookup rather than an allocation. Names are the bytes of JSON strings, so
+/// UTF-8. (Grows with the distinct names seen.)
 #[derive(Default)]
 struct Names {
-    ids: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
+    ids: StateMap<Arc<[u8]>, u32>,
+    names: Vec<Arc<[u8]>>,
 }
 
 impl Names {
-    fn id(&mut self, name: &str) -> u32 {
+    fn id(&mut self, name: &[u8]) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
         let id = self.names.len() as u32;
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
+        let name: Arc<[u8]> = name.into();
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
         id
     }
 
-    fn id_of_bytes(&mut self, name: &[u8]) -> u32 {
-        // The bytes came from a JSON string, so they are UTF-8; lossy only guards the type.
-        match std::str::from_utf8(name) {
-            Ok(name) => self.id(name),
-            Err(_) => self.id(&String::from_utf8_lossy(name)),
-        }
+    fn bytes(&self, id: u32) -> &[u8] {
+        self.names.get(id as usize).map(|n| &**n).unwrap_or_default()
     }
 
-    fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map(|n| &**n).unwrap_or_default()
+    fn name(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.bytes(id)).into_owned()
     }
 }
 
@@ -233,8 +263,7 @@ pub const OUTPUT_TOPICS: [&str; 4] = ["page-views-1m", "page-views-5m", "user-se
 /// in the same group.
 pub struct ClickEvent {
     ts: EventTime,
-    page: Bytes,
-    user: Bytes,
+    text: ClickText,
     views: bool,
     sessions: bool,
 }
@@ -264,11 +293,11 @@ impl ClickstreamGroup {
 
 /// A window's changelog key: its end and start (big-endian, so keys sort by time), then the
 /// key's name.
-fn window_key(window: Window, name: &str) -> Vec<u8> {
+fn window_key(window: Window, name: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(16 + name.len());
     key.extend_from_slice(&window.end.to_be_bytes());
     key.extend_from_slice(&window.start.to_be_bytes());
-    key.extend_from_slice(name.as_bytes());
+    key.extend_from_slice(name);
     key
 }
 
@@ -293,9 +322,14 @@ impl KeyGroup for ClickstreamGroup {
 
     fn process(&mut self, event: ClickEvent) -> u32 {
         let mut late = 0;
-        let user = self.users.id_of_bytes(&event.user);
-        if event.views {
-            let page = self.pages.id_of_bytes(&event.page);
+        let ops = self.operators;
+        let user = if (event.views && ops.views_1m) || (event.sessions && ops.sessions) {
+            self.users.id(event.text.user())
+        } else {
+            0
+        };
+        if event.views && (ops.views_1m || ops.views_5m) {
+            let page = self.pages.id(event.text.page());
             if self.operators.views_1m && !self.views_1m.add(page, event.ts, &user) {
                 late |= 1 << VIEWS_1M;
             }
@@ -304,7 +338,7 @@ impl KeyGroup for ClickstreamGroup {
             }
         }
         if event.sessions && self.operators.sessions {
-            let page = self.pages.id_of_bytes(&event.page);
+            let page = self.pages.id(event.text.page());
             if !self.sessions.add(user, event.ts, &page) {
                 late |= 1 << SESSIONS;
             }
@@ -315,16 +349,16 @@ impl KeyGroup for ClickstreamGroup {
     fn advance(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
         let (pages, users) = (&self.pages, &self.users);
         for (page, w, (views, unique_users)) in self.views_1m.advance(watermark) {
-            let page = pages.name(page).to_string();
+            let page = pages.name(page);
             out.push(Output::PageViews1m { page, window_start: w.start, window_end: w.end, views, unique_users });
         }
         for (page, w, views) in self.views_5m.advance(watermark) {
-            let page = pages.name(page).to_string();
+            let page = pages.name(page);
             out.push(Output::PageViews5m { page, window_start: w.start, window_end: w.end, views });
         }
         for (user, w, (clicks, distinct_pages)) in self.sessions.advance(watermark) {
             out.push(Output::UserSession {
-                user_id: users.name(user).to_string(),
+                user_id: users.name(user),
                 session_start: w.start,
                 session_end: w.end,
                 clicks,
@@ -344,13 +378,13 @@ impl KeyGroup for ClickstreamGroup {
                     serde_json::to_vec(&serde_json::json!({"views": s.0.0, "users": names(users, &s.1)}))
                         .unwrap_or_default()
                 });
-                out.push(StateRecord { operator: VIEWS_1M, key: window_key(window, pages.name(*page)), value });
+                out.push(StateRecord { operator: VIEWS_1M, key: window_key(window, pages.bytes(*page)), value });
             }
         });
         self.views_5m.drain_changes(everything, |page, change| {
             if let StateChange::Window(window, state) = change {
                 let value = state.map(|s| s.0.to_string().into_bytes());
-                out.push(StateRecord { operator: VIEWS_5M, key: window_key(window, pages.name(*page)), value });
+                out.push(StateRecord { operator: VIEWS_5M, key: window_key(window, pages.bytes(*page)), value });
             }
         });
         self.sessions.drain_changes(everything, |user, change| {
@@ -360,7 +394,7 @@ impl KeyGroup for ClickstreamGroup {
                         open.iter().map(|(start, last, s)| (*start, *last, s.0 .0, names(pages, &s.1))).collect();
                     serde_json::to_vec(&open).unwrap_or_default()
                 });
-                out.push(StateRecord { operator: SESSIONS, key: users.name(*user).as_bytes().to_vec(), value });
+                out.push(StateRecord { operator: SESSIONS, key: users.bytes(*user).to_vec(), value });
             }
         });
     }
@@ -375,24 +409,24 @@ impl KeyGroup for ClickstreamGroup {
                 }
                 let (window, page) = parse_window_key(key)?;
                 let state: State = decode(value, "page-views-1m")?;
-                let users = DistinctCount::from_values(state.users.iter().map(|u| self.users.id(u)));
-                let page = self.pages.id(page);
+                let users = DistinctCount::from_values(state.users.iter().map(|u| self.users.id(u.as_bytes())));
+                let page = self.pages.id(page.as_bytes());
                 self.views_1m.restore_window(page, window, ViewsAndUsers(Count(state.views), users));
             }
             VIEWS_5M => {
                 let (window, page) = parse_window_key(key)?;
                 let views: u64 = decode(value, "page-views-5m")?;
-                let page = self.pages.id(page);
+                let page = self.pages.id(page.as_bytes());
                 self.views_5m.restore_window(page, window, Count(views));
             }
             SESSIONS => {
                 let user = std::str::from_utf8(key).map_err(|_| "a session key is not UTF-8".to_string())?;
-                let user = self.users.id(user);
+                let user = self.users.id(user.as_bytes());
                 let open: Vec<(i64, i64, u64, Vec<String>)> = decode(value, "user-sessions")?;
                 let open = open
                     .into_iter()
                     .map(|(start, last, clicks, pages)| {
-                        let pages = DistinctCount::from_values(pages.iter().map(|p| self.pages.id(p)));
+                        let pages = DistinctCount::from_values(pages.iter().map(|p| self.pages.id(p.as_bytes())));
                         (start, last, ClicksAndPages(Count(clicks), pages))
                     })
                     .collect();
@@ -458,13 +492,18 @@ impl Dataflow for ClickstreamDataflow {
         route: &mut dyn FnMut(usize, ClickEvent),
     ) -> Result<Option<EventTime>, Rejection> {
         let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
-        let (ts, page, user) = parse_click(value, now_ms)?;
-        let (by_page, by_user) = (key_group(&page, groups), key_group(&user, groups));
-        if by_page == by_user {
-            route(by_page, ClickEvent { ts, page, user, views: true, sessions: true });
+        let (ts, text) = parse_click(value, now_ms)?;
+        let ops = self.operators;
+        let (by_page, by_user) = (key_group(text.page(), groups), key_group(text.user(), groups));
+        if !ops.sessions {
+            route(by_page, ClickEvent { ts, text, views: true, sessions: false });
+        } else if !(ops.views_1m || ops.views_5m) {
+            route(by_user, ClickEvent { ts, text, views: false, sessions: true });
+        } else if by_page == by_user {
+            route(by_page, ClickEvent { ts, text, views: true, sessions: true });
         } else {
-            route(by_page, ClickEvent { ts, page: page.clone(), user: user.clone(), views: true, sessions: false });
-            route(by_user, ClickEvent { ts, page, user, views: false, sessions: true });
+            route(by_page, ClickEvent { ts, text: text.clone(), views: true, sessions: false });
+            route(by_user, ClickEvent { ts, text, views: false, sessions: true });
         }
         Ok(Some(ts))
     }
@@ -512,9 +551,9 @@ impl Clickstream {
         match parse_click(value, now_ms) {
             Err(Rejection::Malformed) => self.rejected.malformed += 1,
             Err(Rejection::AbsurdTimestamp) => self.rejected.absurd_timestamp += 1,
-            Ok((ts, page, user)) => {
+            Ok((ts, text)) => {
                 self.watermarks.observe(partition, ts, now_ms);
-                let event = ClickEvent { ts, page, user, views: true, sessions: true };
+                let event = ClickEvent { ts, text, views: true, sessions: true };
                 if self.group.process(event) != 0 {
                     self.rejected.late += 1;
                 }

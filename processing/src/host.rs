@@ -164,6 +164,8 @@ impl JobHost {
             jobs.values().filter(|j| j.definition.name != name).map(|j| j.definition.clone()).collect();
         self.persist(&definitions).map_err(|e| HostError::new(500, e))?;
         let hosted = jobs.remove(name).expect("checked above");
+        // Status requests go on while the job makes its last commit.
+        drop(jobs);
         let status = hosted.handle.status.clone();
         hosted.handle.stop();
         tracing::info!(job = name, "job stopped");

@@ -71,6 +71,9 @@ impl JobDefinition {
                 if self.input.is_none() {
                     return Err("an aggregation job needs an \"input\" topic".into());
                 }
+                if self.input() == spec.output {
+                    return Err("an aggregation job cannot write to its own input topic".into());
+                }
             }
             ("aggregation", None) => return Err("an aggregation job needs its \"aggregation\" definition".into()),
             (other, _) => return Err(format!("unknown job kind \"{other}\"; the kinds are: clickstream, aggregation")),
@@ -78,6 +81,9 @@ impl JobDefinition {
         if let Some(input) = &self.input {
             if input.is_empty() || input.len() > 249 || input.starts_with("__") {
                 return Err(format!("\"{input}\" cannot be a job's input topic"));
+            }
+            if self.kind == "clickstream" && crate::clickstream::OUTPUT_TOPICS.contains(&input.as_str()) {
+                return Err(format!("the clickstream job writes {input}; it cannot read it too"));
             }
         }
         if let Some(ms) = self.commit_interval_ms {

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod watermark;
 pub mod window;
 pub mod windowed;

@@ -216,7 +216,12 @@ impl<D: Dataflow> Driver<D> {
         let mut backoff = Duration::from_millis(200);
         while !self.stopping() {
             self.set_state(JobState::Restoring, None);
-            let result = self.restore().and_then(|job| self.run_rounds(job));
+            // A panic in the driver's own steps is a failure like any other: the job
+            // restarts from its checkpoint rather than dying with its status stuck.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.restore().and_then(|job| self.run_rounds(job))
+            }))
+            .unwrap_or_else(|_| Err("the job's driver panicked".to_string()));
             match result {
                 Ok(()) => break,
                 Err(error) => {

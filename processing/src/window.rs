@@ -53,24 +53,23 @@ impl WindowSpec {
     }
 
     /// The tumbling or sliding windows holding an event at `time` (none for sessions, which
-    /// [`Sessions`] tracks), earliest first.
+    /// [`Sessions`] tracks), earliest first. Allocates nothing: it runs once per event.
+    pub fn windows(&self, time: EventTime) -> impl Iterator<Item = Window> {
+        let (size_ms, slide_ms, count) = match *self {
+            WindowSpec::Tumbling { size_ms } => (size_ms, size_ms, 1),
+            WindowSpec::Sliding { size_ms, slide_ms } => (size_ms, slide_ms, size_ms / slide_ms),
+            WindowSpec::Session { .. } => (1, 1, 0),
+        };
+        let last_start = time - time.rem_euclid(slide_ms);
+        (0..count).rev().map(move |i| {
+            let start = last_start - i * slide_ms;
+            Window { start, end: start.saturating_add(size_ms) }
+        })
+    }
+
+    /// [`WindowSpec::windows`], collected.
     pub fn assign(&self, time: EventTime) -> Vec<Window> {
-        match *self {
-            WindowSpec::Tumbling { size_ms } => {
-                let start = time - time.rem_euclid(size_ms);
-                vec![Window { start, end: start.saturating_add(size_ms) }]
-            }
-            WindowSpec::Sliding { size_ms, slide_ms } => {
-                let last_start = time - time.rem_euclid(slide_ms);
-                let count = size_ms / slide_ms;
-                (0..count)
-                    .rev()
-                    .map(|i| last_start - i * slide_ms)
-                    .map(|start| Window { start, end: start.saturating_add(size_ms) })
-                    .collect()
-            }
-            WindowSpec::Session { .. } => Vec::new(),
-        }
+        self.windows(time).collect()
     }
 }
 

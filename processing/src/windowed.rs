@@ -12,10 +12,11 @@
 //!
 //! [`drain_changes`]: WindowedAggregation::drain_changes
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use crate::aggregate::Aggregate;
+use crate::state::StateMap;
 use crate::watermark::{EventTime, NO_WATERMARK};
 use crate::window::{Sessions, Window, WindowSpec};
 
@@ -46,8 +47,8 @@ pub struct WindowedAggregation<K, A: Aggregate> {
     spec: WindowSpec,
     allowed_lateness_ms: i64,
     /// Tumbling and sliding windows still open, by (end, start).
-    windows: BTreeMap<(EventTime, EventTime), HashMap<K, Slot<A>>>,
-    sessions: HashMap<K, Slot<Sessions<A>>>,
+    windows: BTreeMap<(EventTime, EventTime), StateMap<K, Slot<A>>>,
+    sessions: StateMap<K, Slot<Sessions<A>>>,
     /// Checkpointed state that has fired since: (key, window; none for sessions).
     removed: Vec<(K, Option<Window>)>,
     /// No session closes before this: advances below it skip the scan of every key.
@@ -66,7 +67,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             spec,
             allowed_lateness_ms,
             windows: BTreeMap::new(),
-            sessions: HashMap::new(),
+            sessions: StateMap::default(),
             removed: Vec::new(),
             next_session_close: EventTime::MAX,
             watermark: NO_WATERMARK,
@@ -113,7 +114,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
             return true;
         }
         let mut placed = false;
-        for window in self.spec.assign(time) {
+        for window in self.spec.windows(time) {
             if self.fired(window.end) {
                 continue;
             }
@@ -188,7 +189,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
 
     /// Keys with open state (for memory figures and inspection).
     pub fn open_state(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum::<usize>() + self.sessions.len()
+        self.windows.values().map(StateMap::len).sum::<usize>() + self.sessions.len()
     }
 
     /// Reports the state changed since the last call (with `everything`, all open state) and

@@ -31,7 +31,10 @@ fn broker(dir: &std::path::Path) -> Arc<Broker> {
     broker
 }
 
-fn append(broker: &Broker, partition: i32, records: &[(Option<&[u8]>, Vec<u8>, i64)]) {
+/// (key, value, timestamp) of a record to append.
+type Record<'a> = (Option<&'a [u8]>, Vec<u8>, i64);
+
+fn append(broker: &Broker, partition: i32, records: &[Record]) {
     let log = &broker.replicas.partition("in", partition).unwrap().log;
     let mut builder = RecordBatchBuilder::new(0);
     for (key, value, timestamp) in records {
