@@ -6,7 +6,7 @@
 //!   DELETE /v1/jobs/{name}  stop a job (after a last commit) and forget its definition
 //! Plain HTTP/1.1, one request per connection, JSON in and out; errors are
 //! `{"error": "..."}` with a 4xx/5xx status. Requests are bounded (16 KiB of headers, 1 MiB
-//! of body, 10 s to arrive).
+//! of body, 10 s to arrive, 10 s to send the answer, 64 connections at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +18,17 @@ use tokio::net::{TcpListener, TcpStream};
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait to be accepted (each may hold a 1 MiB body).
+const MAX_CONNECTIONS: usize = 64;
 
 pub async fn serve(listener: TcpListener, host: Arc<JobHost>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
@@ -29,6 +37,7 @@ pub async fn serve(listener: TcpListener, host: Arc<JobHost>, mut shutdown: toki
                     if let Err(error) = handle(stream, host).await {
                         tracing::debug!(%error, "admin connection ended");
                     }
+                    drop(permit);
                 });
             }
             _ = shutdown.changed() => return,
@@ -136,6 +145,13 @@ fn route(host: &JobHost, request: Request) -> (u16, Vec<u8>) {
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(REQUEST_DEADLINE, write_response(stream, status, body)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not take the answer")),
+    }
+}
+
+async fn write_response(stream: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         201 => "Created",

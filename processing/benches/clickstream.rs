@@ -89,6 +89,7 @@ fn through_the_runtime(clicks: u64) {
             watermark_bound_ms: 5_000,
             idle_timeout_ms: 30_000,
             changelog_slack_records: sluice_processing::changelog::REWRITE_SLACK_RECORDS,
+            fingerprint: String::new(),
         };
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
         let job = runtime::spawn(broker.clone(), pool.clone(), spec, "clickstream", ClickstreamDataflow { operators });

@@ -33,6 +33,20 @@ impl Aggregate for Count {
     }
 }
 
+/// A sum that saturates at the largest finite values instead of overflowing to infinity:
+/// state is checkpointed as JSON, which has no infinity, and a sum that could not be
+/// restored would stop the job.
+fn finite_sum(a: f64, b: f64) -> f64 {
+    let sum = a + b;
+    if sum.is_finite() {
+        sum
+    } else if sum.is_nan() {
+        a
+    } else {
+        sum.signum() * f64::MAX
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sum(pub f64);
 
@@ -40,10 +54,10 @@ impl Aggregate for Sum {
     type Input = f64;
     type Output = f64;
     fn add(&mut self, value: &f64) {
-        self.0 += value;
+        self.0 = finite_sum(self.0, *value);
     }
     fn merge(&mut self, other: Sum) {
-        self.0 += other.0;
+        self.0 = finite_sum(self.0, other.0);
     }
     fn result(&self) -> f64 {
         self.0
@@ -98,11 +112,11 @@ impl Aggregate for Average {
     type Input = f64;
     type Output = Option<f64>;
     fn add(&mut self, value: &f64) {
-        self.sum += value;
+        self.sum = finite_sum(self.sum, *value);
         self.count += 1;
     }
     fn merge(&mut self, other: Average) {
-        self.sum += other.sum;
+        self.sum = finite_sum(self.sum, other.sum);
         self.count += other.count;
     }
     fn result(&self) -> Option<f64> {
@@ -206,6 +220,10 @@ mod tests {
         avg.merge(other);
         assert_eq!((sum.result(), min.result(), max.result()), (6.0, Some(-1.0), Some(4.0)));
         assert_eq!(avg.result(), Some(4.0));
+        let mut huge = Sum::default();
+        huge.add(&1e308);
+        huge.add(&1e308);
+        assert_eq!(huge.result(), f64::MAX, "saturates: JSON has no infinity to checkpoint");
         assert_eq!(Average::default().result(), None);
         let mut count = Count::default();
         count.add(&());

@@ -4,9 +4,10 @@
 //! WHERE page LIKE '/products/%' GROUP BY page, TUMBLE(ts, INTERVAL '1' MINUTE)` plans to.
 //! It is the `aggregation` job kind; a SQL front end would produce its [`AggregationSpec`].
 //!
-//! Output: one record per key and window, key = the key fields' values joined by `|`,
-//! value = `{<key fields>, "window_start", "window_end", <aggregates by name>}` (for a
-//! session, `window_end` is its last event, as in the clickstream job).
+//! Output: one record per key and window, value = `{<key fields>, "window_start",
+//! "window_end", <aggregates by name>}` (for a session, `window_end` is its last event, as
+//! in the clickstream job); record key = the key field's value when it is one string, else
+//! the key fields' values as a JSON array.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::aggregate::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
 use crate::clickstream::MAX_FUTURE_MS;
-use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
 use crate::watermark::EventTime;
 use crate::window::{Window, WindowSpec};
@@ -297,13 +298,6 @@ impl AggregationDataflow {
     }
 }
 
-fn key_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 impl Dataflow for AggregationDataflow {
     type Event = AggregationEvent;
     type Result = (String, Window, Vec<Value>);
@@ -333,9 +327,9 @@ impl Dataflow for AggregationDataflow {
             return Err(Rejection::AbsurdTimestamp);
         }
         if self.passes(&fields) {
-            let key: Vec<String> =
-                self.spec.key_by.iter().map(|f| fields.get(f).map_or_else(|| "null".into(), key_text)).collect();
-            let key = key.join("|");
+            // A JSON array of the values: unambiguous, whatever the values hold.
+            let key: Vec<&Value> = self.spec.key_by.iter().map(|f| fields.get(f).unwrap_or(&Value::Null)).collect();
+            let key = serde_json::to_string(&key).map_err(|_| Rejection::Malformed)?;
             let values = self
                 .spec
                 .aggregates
@@ -358,9 +352,13 @@ impl Dataflow for AggregationDataflow {
         results.sort_by(|a, b| (a.1.end, a.1.start, &a.0).cmp(&(b.1.end, b.1.start, &b.0)));
         for (key, window, values) in results {
             let mut value = Map::new();
-            let parts: Vec<&str> = if self.spec.key_by.is_empty() { Vec::new() } else { key.split('|').collect() };
+            let parts: Vec<Value> = serde_json::from_str(&key).unwrap_or_default();
+            let record_key = match parts.as_slice() {
+                [Value::String(text)] => text.clone(),
+                _ => key.clone(),
+            };
             for (field, part) in self.spec.key_by.iter().zip(parts) {
-                value.insert(field.clone(), Value::String(part.to_string()));
+                value.insert(field.clone(), part);
             }
             value.insert("window_start".into(), window.start.into());
             value.insert("window_end".into(), window.end.into());
@@ -371,7 +369,7 @@ impl Dataflow for AggregationDataflow {
                 if matches!(self.window, WindowSpec::Session { .. }) { window.end } else { window.end - 1 };
             out.push(OutputRecord {
                 topic: self.output.clone(),
-                key: Bytes::from(key),
+                key: Bytes::from(record_key),
                 value: Bytes::from(Value::Object(value).to_string()),
                 timestamp_ms,
             });
@@ -395,7 +393,8 @@ impl KeyGroup for AggregationGroup {
         out.extend(self.windows.advance(watermark));
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+        let mut error = None;
         self.windows.drain_changes(everything, |key, change| {
             let (key, value) = match change {
                 StateChange::Window(window, state) => {
@@ -403,15 +402,16 @@ impl KeyGroup for AggregationGroup {
                     bytes.extend_from_slice(&window.end.to_be_bytes());
                     bytes.extend_from_slice(&window.start.to_be_bytes());
                     bytes.extend_from_slice(key.as_bytes());
-                    (bytes, state.map(|s| serde_json::to_vec(s).unwrap_or_default()))
+                    (bytes, state.map(|s| encode_state(s, &mut error)))
                 }
                 StateChange::Sessions(open) => {
-                    let value = (!open.is_empty()).then(|| serde_json::to_vec(open).unwrap_or_default());
+                    let value = (!open.is_empty()).then(|| encode_state(open, &mut error));
                     (key.as_bytes().to_vec(), value)
                 }
             };
             out.push(StateRecord { operator: 0, key, value });
         });
+        error.map_or(Ok(()), Err)
     }
 
     fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
@@ -465,6 +465,27 @@ mod tests {
         let clash =
             r#"{"output":"v","window":{"tumbling_ms":1000},"aggregates":[{"name":"window_end","function":"count"}]}"#;
         assert!(spec(clash).unwrap_err().contains("already an output field"));
+    }
+
+    #[test]
+    fn keys_of_several_fields_never_collide() {
+        let spec = spec(
+            r#"{"output":"o","key_by":["a","b"],"window":{"tumbling_ms":1000},"aggregates":[{"name":"n","function":"count"}]}"#,
+        )
+        .unwrap();
+        let dataflow = AggregationDataflow::new(spec).unwrap();
+        let mut group = dataflow.new_group();
+        for text in [r#"{"a":"x|y","b":"z","ts":1}"#, r#"{"a":"x","b":"y|z","ts":2}"#, r#"{"a":1,"ts":3}"#] {
+            let record = SourceRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(Bytes::from(text)) };
+            dataflow.parse(&record, 0, 1, &mut |_, event| assert_eq!(group.process(event), 0)).unwrap();
+        }
+        let mut results = Vec::new();
+        group.advance(1_000, &mut results);
+        let mut out = Vec::new();
+        dataflow.finish(results, &mut out);
+        let values: Vec<Value> = out.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+        assert_eq!(values.len(), 3, "{values:?}");
+        assert!(values.iter().any(|v| v["a"] == 1 && v["b"].is_null()), "key values keep their types: {values:?}");
     }
 
     #[test]

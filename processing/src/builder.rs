@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
-use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::clickstream::MAX_FUTURE_MS;
+use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
 use crate::watermark::{EventTime, NO_WATERMARK};
 use crate::window::{Window, WindowSpec};
@@ -183,17 +184,27 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
     fn route(
         &self,
         record: &SourceRecord,
+        now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, KeyedElement<K, T>),
     ) -> Result<Option<EventTime>, Rejection> {
         let mut max_ts = None;
+        let mut absurd = false;
         (self.timed.stream.step)(record, &mut |value| {
             let ts = (self.timed.time)(&value);
+            // Time that cannot be right would move the watermark to the end of time.
+            if ts < 0 || ts > now_ms.saturating_add(MAX_FUTURE_MS) {
+                absurd = true;
+                return;
+            }
             max_ts = Some(max_ts.map_or(ts, |m: EventTime| m.max(ts)));
             let key = (self.key)(&value);
             let group = key_group(&serde_json::to_vec(&key).unwrap_or_default(), groups);
             route(group, KeyedElement { key, ts, value });
         })?;
+        if absurd && max_ts.is_none() {
+            return Err(Rejection::AbsurdTimestamp);
+        }
         Ok(max_ts)
     }
 }
@@ -310,11 +321,11 @@ where
     fn parse(
         &self,
         record: &SourceRecord,
-        _now_ms: i64,
+        now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, KeyedElement<K, T>),
     ) -> Result<Option<EventTime>, Rejection> {
-        self.stage.windowed.keyed.route(record, groups, route)
+        self.stage.windowed.keyed.route(record, now_ms, groups, route)
     }
 
     fn new_group(&self) -> Self::Group {
@@ -372,23 +383,23 @@ where
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+        let mut error = None;
         self.windows.drain_changes(everything, |key, change| {
-            let key_json = serde_json::to_vec(key).unwrap_or_default();
+            let key_json = encode_state(key, &mut error);
             let (key, value) = match change {
                 StateChange::Window(window, state) => {
                     let mut bytes = Vec::with_capacity(16 + key_json.len());
                     bytes.extend_from_slice(&window.end.to_be_bytes());
                     bytes.extend_from_slice(&window.start.to_be_bytes());
                     bytes.extend_from_slice(&key_json);
-                    (bytes, state.map(|s| serde_json::to_vec(s).unwrap_or_default()))
+                    (bytes, state.map(|s| encode_state(s, &mut error)))
                 }
-                StateChange::Sessions(open) => {
-                    (key_json, (!open.is_empty()).then(|| serde_json::to_vec(open).unwrap_or_default()))
-                }
+                StateChange::Sessions(open) => (key_json, (!open.is_empty()).then(|| encode_state(open, &mut error))),
             };
             out.push(StateRecord { operator: 0, key, value });
         });
+        error.map_or(Ok(()), Err)
     }
 
     fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
@@ -520,11 +531,11 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJo
     fn parse(
         &self,
         record: &SourceRecord,
-        _now_ms: i64,
+        now_ms: i64,
         groups: usize,
         route: &mut dyn FnMut(usize, KeyedElement<K, T>),
     ) -> Result<Option<EventTime>, Rejection> {
-        self.processed.keyed.route(record, groups, route)
+        self.processed.keyed.route(record, now_ms, groups, route)
     }
 
     fn new_group(&self) -> Self::Group {
@@ -642,28 +653,34 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
     fn advance(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
         out.append(&mut self.pending);
         self.watermark = self.watermark.max(watermark);
-        while let Some((time, key)) = self.timers.first().cloned() {
-            if time > self.watermark {
-                break;
-            }
-            self.timers.pop_first();
-            if let Some(entry) = self.keys.get_mut(&key) {
-                entry.timers.remove(&time);
+        // Only the timers due now: one a callback sets at or below the watermark fires next
+        // round, so a timer that keeps re-registering itself cannot stall the job.
+        let mut due = Vec::new();
+        while self.timers.first().is_some_and(|(time, _)| *time <= self.watermark) {
+            due.extend(self.timers.pop_first());
+        }
+        for (time, key) in due {
+            // A callback of this key may have deleted it meanwhile.
+            let Some(entry) = self.keys.get_mut(&key) else { continue };
+            if !entry.timers.remove(&time) {
+                continue;
             }
             self.with_key(key, out, |function, key, context| function.on_timer(key, time, context));
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+        let mut error = None;
         for key in self.removed.drain(..) {
-            out.push(StateRecord { operator: 0, key: serde_json::to_vec(&key).unwrap_or_default(), value: None });
+            out.push(StateRecord { operator: 0, key: encode_state(&key, &mut error), value: None });
         }
         for (key, entry) in self.keys.iter_mut().filter(|(_, e)| e.dirty || everything) {
-            let value = serde_json::to_vec(&*entry).unwrap_or_default();
-            out.push(StateRecord { operator: 0, key: serde_json::to_vec(key).unwrap_or_default(), value: Some(value) });
+            let value = encode_state(&*entry, &mut error);
+            out.push(StateRecord { operator: 0, key: encode_state(key, &mut error), value: Some(value) });
             entry.dirty = false;
             entry.persisted = true;
         }
+        error.map_or(Ok(()), Err)
     }
 
     fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {

@@ -109,11 +109,13 @@ impl Growth {
     }
 }
 
-/// After a rewrite of `group` is committed: the records before it are superseded.
+/// After a rewrite of `group` is committed: the records before it are superseded. The
+/// rewrite is flushed first, so that whatever the topic's flush policy, the old records are
+/// never gone while their replacement could still be lost.
 pub fn truncate_before(broker: &Broker, topics: &[String], group: usize, before: &[Offset]) {
     for (topic, offset) in topics.iter().zip(before) {
         let Some(partition) = broker.replicas.partition(topic, group as i32) else { continue };
-        if let Err(err) = partition.log.delete_records_before(*offset) {
+        if let Err(err) = partition.log.flush().and_then(|_| partition.log.delete_records_before(*offset)) {
             tracing::warn!(topic, group, error = %err, "cannot delete rewritten changelog records");
         }
     }

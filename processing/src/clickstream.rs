@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
-use crate::dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
 use crate::state::StateMap;
 use crate::watermark::{EventTime, Watermarks};
@@ -367,16 +367,16 @@ impl KeyGroup for ClickstreamGroup {
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
         let (pages, users) = (&self.pages, &self.users);
+        let mut error = None;
         let names = |names: &Names, ids: &DistinctCount<u32>| -> Vec<String> {
             ids.values().map(|id| names.name(*id).to_string()).collect()
         };
         self.views_1m.drain_changes(everything, |page, change| {
             if let StateChange::Window(window, state) = change {
                 let value = state.map(|s| {
-                    serde_json::to_vec(&serde_json::json!({"views": s.0.0, "users": names(users, &s.1)}))
-                        .unwrap_or_default()
+                    encode_state(&serde_json::json!({"views": s.0.0, "users": names(users, &s.1)}), &mut error)
                 });
                 out.push(StateRecord { operator: VIEWS_1M, key: window_key(window, pages.bytes(*page)), value });
             }
@@ -392,11 +392,12 @@ impl KeyGroup for ClickstreamGroup {
                 let value = (!open.is_empty()).then(|| {
                     let open: Vec<(i64, i64, u64, Vec<String>)> =
                         open.iter().map(|(start, last, s)| (*start, *last, s.0 .0, names(pages, &s.1))).collect();
-                    serde_json::to_vec(&open).unwrap_or_default()
+                    encode_state(&open, &mut error)
                 });
                 out.push(StateRecord { operator: SESSIONS, key: users.bytes(*user).to_vec(), value });
             }
         });
+        error.map_or(Ok(()), Err)
     }
 
     fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {

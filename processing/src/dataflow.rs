@@ -76,8 +76,9 @@ pub trait KeyGroup: Send + 'static {
     /// Moves the watermark and appends the results it completes.
     fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
 
-    /// The state changed since the last checkpoint (with `everything`, all of it).
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>);
+    /// The state changed since the last checkpoint (with `everything`, all of it); an error
+    /// if some state cannot be written (the checkpoint then fails rather than lose it).
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String>;
 
     /// Applies one changelog record (the latest for its key) and the checkpoint's watermark.
     fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String>;
@@ -87,14 +88,28 @@ pub trait KeyGroup: Send + 'static {
     fn open_state(&self) -> usize;
 }
 
+/// Serialises state for a changelog as JSON, keeping the first failure in `error` (the
+/// checkpoint then fails) instead of writing a value that could not be restored.
+pub fn encode_state<T: serde::Serialize + ?Sized>(value: &T, error: &mut Option<String>) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| {
+        error.get_or_insert_with(|| format!("state cannot be serialised: {e}"));
+        Vec::new()
+    })
+}
+
 /// The key group of a key: FNV-1a, fixed forever because it decides where state lives.
 pub fn key_group(key: &[u8], groups: usize) -> usize {
+    (fnv1a(key) % groups.max(1) as u64) as usize
+}
+
+/// FNV-1a, 64 bits: stable across processes and versions (unlike the std hasher).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key {
+    for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % groups.max(1) as u64) as usize
+    hash
 }
 
 /// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so

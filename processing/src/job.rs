@@ -103,6 +103,13 @@ impl JobDefinition {
         self.input.as_deref().unwrap_or("clicks")
     }
 
+    /// Identifies what the job computes (kind, input, aggregation), not how often it
+    /// commits: state checkpointed under one fingerprint means nothing under another.
+    pub fn fingerprint(&self) -> String {
+        let semantic = serde_json::json!({"kind": self.kind, "input": self.input(), "aggregation": self.aggregation});
+        format!("{:016x}", crate::dataflow::fnv1a(semantic.to_string().as_bytes()))
+    }
+
     pub fn run_spec(&self) -> RunSpec {
         RunSpec {
             name: self.name.clone(),
@@ -111,6 +118,7 @@ impl JobDefinition {
             watermark_bound_ms: self.aggregation.as_ref().map_or(WATERMARK_BOUND_MS, |a| a.watermark_bound_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             changelog_slack_records: crate::changelog::REWRITE_SLACK_RECORDS,
+            fingerprint: self.fingerprint(),
         }
     }
 }

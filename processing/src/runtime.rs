@@ -39,6 +39,9 @@ pub struct RunSpec {
     /// Changelog records a key group may write beyond twice its live state before its
     /// changelogs are rewritten ([`changelog::REWRITE_SLACK_RECORDS`]).
     pub changelog_slack_records: u64,
+    /// Identifies the job's definition; a checkpoint made by another one is refused (empty:
+    /// not checked).
+    pub fingerprint: String,
 }
 
 impl RunSpec {
@@ -64,6 +67,9 @@ const KEEPALIVE_COMMIT_MS: i64 = 60 * 60 * 1000;
 /// The transaction timeout the job's producer id is registered with.
 const TRANSACTION_TIMEOUT_MS: i32 = 60_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Output and state records held for the next commit: past this a checkpoint comes early,
+/// so catching up on a backlog does not buffer the whole backlog's output in memory.
+const MAX_PENDING_RECORDS: usize = 200_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,6 +134,9 @@ struct PartitionCheckpoint {
     /// Job-wide, on partition 0 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     job: Option<JobCounters>,
+    /// The fingerprint of the definition that made this checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    definition: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -213,9 +222,11 @@ impl<D: Dataflow> Driver<D> {
     /// The state machine's loop: restore and run until stopped; after a failure, back off
     /// and restore again from the last checkpoint.
     fn run(self) {
-        let mut backoff = Duration::from_millis(200);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+        let mut backoff = FIRST_BACKOFF;
         while !self.stopping() {
             self.set_state(JobState::Restoring, None);
+            let started = Instant::now();
             // A panic in the driver's own steps is a failure like any other: the job
             // restarts from its checkpoint rather than dying with its status stuck.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -225,6 +236,10 @@ impl<D: Dataflow> Driver<D> {
             match result {
                 Ok(()) => break,
                 Err(error) => {
+                    // A job that ran a good while before failing starts its backoff afresh.
+                    if started.elapsed() > MAX_BACKOFF * 2 {
+                        backoff = FIRST_BACKOFF;
+                    }
                     tracing::warn!(job = %self.spec.name, %error, "job failed; restarting from its last checkpoint");
                     {
                         let mut status = self.status.lock();
@@ -286,6 +301,24 @@ impl<D: Dataflow> Driver<D> {
         }
 
         let committed = self.committed_offsets(partitions);
+        if committed.iter().all(|(offset, _)| offset.is_none()) && records.iter().any(|&r| r > 0) {
+            // State without positions: reading the input again would count it twice.
+            return Err(format!(
+                "job {} has state in its changelogs but no committed offsets in group {} (expired after \
+                 offsets.retention.minutes?); delete its changelog topics to start it afresh",
+                self.spec.name,
+                self.spec.group()
+            ));
+        }
+        if let Some(other) = committed.iter().filter_map(|(_, cp)| cp.as_ref()?.definition.as_ref()).next() {
+            if !self.spec.fingerprint.is_empty() && *other != self.spec.fingerprint {
+                return Err(format!(
+                    "job {}'s checkpoint was made by a different definition; stop it and start the new \
+                     definition under another name",
+                    self.spec.name
+                ));
+            }
+        }
         let now = now_ms();
         let mut watermarks =
             Watermarks::new(partitions as usize, self.spec.watermark_bound_ms, self.spec.idle_timeout_ms);
@@ -364,6 +397,7 @@ impl<D: Dataflow> Driver<D> {
             let now = now_ms();
             let due = stopping
                 || (job.dirty && now - job.last_commit_ms >= interval_ms)
+                || job.sink.pending() > MAX_PENDING_RECORDS
                 || now - job.last_commit_ms >= KEEPALIVE_COMMIT_MS;
             let read = self.round(&mut job, due)?;
             if due {
@@ -390,6 +424,9 @@ impl<D: Dataflow> Driver<D> {
         let mut results = Vec::new();
         let mut state = Vec::new();
         for group in done {
+            if let Some(error) = group.state_error {
+                return Err(format!("cannot checkpoint key group {}: {error}", group.index));
+            }
             results.extend(group.results);
             for (total, count) in job.counters.late.iter_mut().zip(group.late) {
                 *total += count;
@@ -495,6 +532,7 @@ impl<D: Dataflow> Driver<D> {
                 let mut checkpoint = task.checkpoint.clone();
                 checkpoint.max_ts = job.watermarks.max_event_time(task.partition);
                 checkpoint.watermark = watermark;
+                checkpoint.definition = (!self.spec.fingerprint.is_empty()).then(|| self.spec.fingerprint.clone());
                 if task.partition == 0 {
                     checkpoint.job =
                         Some(JobCounters { records_out: job.counters.records_out, late: job.counters.late.clone() });
@@ -603,6 +641,8 @@ struct GroupDone<D: Dataflow> {
     late: Vec<u64>,
     state: Vec<StateRecord>,
     rewrite: bool,
+    /// State that could not be written: the checkpoint must not commit without it.
+    state_error: Option<String>,
 }
 
 impl<D: Dataflow> GroupWork<D> {
@@ -617,15 +657,13 @@ impl<D: Dataflow> GroupWork<D> {
                 dropped &= dropped - 1;
             }
         }
+        // Always: a group may have results before the first watermark (a process
+        // function's outputs), and they must go out with this round's checkpoint.
         let mut results = Vec::new();
-        if watermark != NO_WATERMARK {
-            self.group.advance(watermark, &mut results);
-        }
+        self.group.advance(watermark, &mut results);
         let mut state = Vec::new();
-        if checkpoint {
-            self.group.checkpoint(self.rewrite, &mut state);
-        }
-        GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite }
+        let state_error = if checkpoint { self.group.checkpoint(self.rewrite, &mut state).err() } else { None };
+        GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite, state_error }
     }
 }
 
@@ -706,6 +744,7 @@ mod tests {
             watermark_bound_ms: 5_000,
             idle_timeout_ms: 600_000,
             changelog_slack_records: slack,
+            fingerprint: "test".into(),
         }
     }
 

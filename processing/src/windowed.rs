@@ -97,17 +97,16 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
     /// false if it was late and dropped.
     pub fn add_with(&mut self, key: K, time: EventTime, update: impl Fn(&mut A)) -> bool {
         if let WindowSpec::Session { gap_ms } = self.spec {
-            let slot = self.sessions.entry(key).or_insert_with(|| Slot::new(Sessions::new(gap_ms)));
             // Late only if it would start a session that has already closed; joining an
-            // open session is fine.
+            // open session is fine. Checked before any state is made for the key.
             let closes_at = time.saturating_add(gap_ms);
-            if !slot.state.touches(time)
-                && self.watermark != NO_WATERMARK
-                && closes_at.saturating_add(self.allowed_lateness_ms) <= self.watermark
-            {
+            let closed =
+                self.watermark != NO_WATERMARK && closes_at.saturating_add(self.allowed_lateness_ms) <= self.watermark;
+            if closed && !self.sessions.get(&key).is_some_and(|s| s.state.touches(time)) {
                 self.late_dropped += 1;
                 return false;
             }
+            let slot = self.sessions.entry(key).or_insert_with(|| Slot::new(Sessions::new(gap_ms)));
             slot.dirty = true;
             update(slot.state.add(time, A::default, |a, b| a.merge(b)));
             self.next_session_close = self.next_session_close.min(closes_at);

@@ -55,6 +55,7 @@ fn run<D: Dataflow>(broker: &Arc<Broker>, job: D, watermark_bound_ms: i64, recor
         watermark_bound_ms,
         idle_timeout_ms: 600_000,
         changelog_slack_records: 10_000,
+        fingerprint: String::new(),
     };
     let handle = runtime::spawn(broker.clone(), pool.clone(), spec, "built", job);
     let deadline = Instant::now() + Duration::from_secs(60);
