@@ -1,5 +1,5 @@
 //! The built-in clickstream job, end to end: clicks produced with librdkafka into 8
-//! partitions, the job run by the broker, its four outputs read back with a read_committed
+//! partitions (lz4-compressed), the job run by the broker, its four outputs read back with a read_committed
 //! consumer and compared with a brute-force reference computed here. The broker is
 //! SIGKILLed a dozen times while the job runs; the outputs must still be exactly the
 //! reference: nothing missing, nothing twice, nothing changed.
@@ -147,7 +147,8 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
     let base = now_ms() - 3 * 60 * MINUTE;
     let base = base - base.rem_euclid(MINUTE);
     let mut rand = Rand(0x5eed_c11c);
-    let producer = common::records::producer(&broker, &[("enable.idempotence", "true")]);
+    // Compressed batches: the job's source decompresses them.
+    let producer = common::records::producer(&broker, &[("enable.idempotence", "true"), ("compression.type", "lz4")]);
     let mut on_time = Vec::new();
     let (mut malformed, mut absurd, mut records) = (0u64, 0u64, 0u64);
     let late_clicks = 16;
