@@ -5,6 +5,7 @@
 mod admin;
 mod allocator;
 mod client;
+mod demo;
 mod groups;
 mod jobs;
 mod run_broker;
@@ -53,6 +54,12 @@ enum Command {
     Transactions {
         #[command(subcommand)]
         command: transactions::TransactionsCommand,
+    },
+    /// Demonstrations in one command: `demo clickstream` starts a broker (or uses a running
+    /// one), produces generated clicks, runs the clickstream job and prints its results.
+    Demo {
+        #[command(subcommand)]
+        command: demo::DemoCommand,
     },
 }
 
@@ -158,6 +165,7 @@ fn main() -> ExitCode {
         Some(Command::Groups { command }) => groups::run(command),
         Some(Command::Transactions { command }) => transactions::run(command),
         Some(Command::Job { command }) => jobs::run(command),
+        Some(Command::Demo { command }) => demo::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
