@@ -278,3 +278,22 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
     let (_, jobs) = admin_request(&broker, "GET", "/v1/jobs", "");
     assert_eq!(jobs, json!([]), "a stopped job does not come back");
 }
+
+#[test]
+fn the_demo_shows_the_top_pages_from_a_running_broker() {
+    let broker = TestBroker::start(&["offsets.topic.num.partitions=1", "transaction.state.log.num.partitions=1"]);
+    // A minute closes at most 65 s in (its end, plus the 5 s watermark bound).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "clickstream", "--duration", "75", "--rate", "500"])
+        .args(["--bootstrap", &broker.bootstrap(), "--admin", &broker.admin()])
+        .output()
+        .expect("run sluice demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let ranking = stdout.split("top pages ").skip(1).find(|part| part.contains(" UTC:\n"));
+    let ranking = ranking.unwrap_or_else(|| panic!("no top pages were shown:\n{stdout}"));
+    assert!(ranking.contains("   1. "), "{ranking}");
+    let status = common::jobs::job_status(&broker, "clickstream");
+    assert_eq!(status["state"], "running", "the demo leaves a broker it did not start running its job");
+    assert!(status["records_in"].as_u64().is_some_and(|n| n > 10_000), "{status:#}");
+}
