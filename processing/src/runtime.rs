@@ -22,11 +22,17 @@ use sluice_storage::log::now_ms;
 use sluice_storage::Offset;
 
 use crate::changelog::{self, Growth};
-use crate::dataflow::{kafka_partition, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
+use crate::dataflow::{kafka_partition, Dataflow, KeyGroup, OutputRecord, StateRecord};
 use crate::pool::WorkerPool;
 use crate::sink::TransactionalSink;
 use crate::source::{Isolation, LogSource};
 use crate::watermark::{EventTime, Watermarks, NO_WATERMARK};
+
+mod status;
+mod tasks;
+
+pub use status::{CommitStatus, JobStatus, PartitionStatus};
+use tasks::{GroupDone, GroupWork, Inbound, SourceTask};
 
 /// What a job's runtime needs from its definition.
 #[derive(Clone, Debug)]
@@ -79,47 +85,6 @@ pub enum JobState {
     Running,
     Failed,
     Stopped,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PartitionStatus {
-    pub partition: i32,
-    /// The next offset the job reads.
-    pub offset: i64,
-    pub committed_offset: i64,
-    pub log_end_offset: i64,
-    pub lag: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct CommitStatus {
-    pub at_ms: i64,
-    pub watermark: Option<EventTime>,
-    pub records_out: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct JobStatus {
-    pub name: String,
-    pub kind: String,
-    pub state: JobState,
-    pub error: Option<String>,
-    pub input: String,
-    pub key_groups: usize,
-    /// Event time below which every result has been emitted (none before the first).
-    pub watermark: Option<EventTime>,
-    pub records_in: u64,
-    pub records_out: u64,
-    pub malformed_records: u64,
-    pub absurd_timestamps: u64,
-    /// Events dropped as late, per operator.
-    pub late_records: std::collections::BTreeMap<String, u64>,
-    /// Keyed state entries held in memory.
-    pub state_entries: u64,
-    pub partitions: Vec<PartitionStatus>,
-    pub last_commit: Option<CommitStatus>,
-    pub commits: u64,
-    pub restarts: u64,
 }
 
 /// Counters carried in the checkpoint (the offset commit metadata of each partition), so
@@ -622,215 +587,5 @@ struct RunningJob<D: Dataflow> {
     dirty: bool,
 }
 
-/// Per key group, the batches of events the source tasks routed to it.
-type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
-
-/// A key group's work in one round.
-struct GroupWork<D: Dataflow> {
-    index: usize,
-    group: D::Group,
-    inbound: Vec<Vec<D::Event>>,
-    rewrite: bool,
-}
-
-struct GroupDone<D: Dataflow> {
-    index: usize,
-    group: D::Group,
-    results: Vec<D::Result>,
-    /// Events dropped as late, per operator.
-    late: Vec<u64>,
-    state: Vec<StateRecord>,
-    rewrite: bool,
-    /// State that could not be written: the checkpoint must not commit without it.
-    state_error: Option<String>,
-}
-
-impl<D: Dataflow> GroupWork<D> {
-    fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
-        let mut late = vec![0u64; operators];
-        for event in self.inbound.into_iter().flatten() {
-            let mut dropped = self.group.process(event);
-            while dropped != 0 {
-                if let Some(count) = late.get_mut(dropped.trailing_zeros() as usize) {
-                    *count += 1;
-                }
-                dropped &= dropped - 1;
-            }
-        }
-        // Always: a group may have results before the first watermark (a process
-        // function's outputs), and they must go out with this round's checkpoint.
-        let mut results = Vec::new();
-        self.group.advance(watermark, &mut results);
-        let mut state = Vec::new();
-        let state_error = if checkpoint { self.group.checkpoint(self.rewrite, &mut state).err() } else { None };
-        GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite, state_error }
-    }
-}
-
-struct SourceTask {
-    partition: usize,
-    source: LogSource,
-    committed: i64,
-    /// The counters as of the current position.
-    checkpoint: PartitionCheckpoint,
-}
-
-struct Polled<E> {
-    routed: Vec<Vec<E>>,
-    records: u64,
-    max_ts: Option<EventTime>,
-}
-
-impl SourceTask {
-    fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>, String> {
-        let records =
-            self.source.poll(ROUND_BYTES).map_err(|e| format!("cannot read partition {}: {e}", self.partition))?;
-        let mut routed: Vec<Vec<D::Event>> = (0..groups).map(|_| Vec::new()).collect();
-        let mut max_ts: Option<EventTime> = None;
-        for record in &records {
-            let mut route = |group: usize, event| {
-                if let Some(events) = routed.get_mut(group) {
-                    events.push(event);
-                }
-            };
-            match dataflow.parse(record, now, groups, &mut route) {
-                Ok(Some(ts)) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
-                Ok(None) => {}
-                Err(Rejection::Malformed) => self.checkpoint.malformed += 1,
-                Err(Rejection::AbsurdTimestamp) => self.checkpoint.absurd += 1,
-            }
-        }
-        self.checkpoint.records_in += records.len() as u64;
-        Ok(Polled { routed, records: records.len() as u64, max_ts })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
-    use bytes::Bytes;
-    use sluice_broker::BrokerConfig;
-    use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
-
-    const MINUTE: i64 = 60_000;
-
-    fn broker(dir: &std::path::Path) -> Arc<Broker> {
-        let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
-        config.apply("offsets.topic.num.partitions", "1").unwrap();
-        config.apply("transaction.state.log.num.partitions", "1").unwrap();
-        Broker::open(config).unwrap()
-    }
-
-    fn click(user: u64, page: u64, ts: i64) -> Bytes {
-        Bytes::from(format!(r#"{{"user_id":"u-{user}","page":"/p/{page}","ts":{ts}}}"#))
-    }
-
-    fn append(broker: &Broker, partition: i32, values: &[Bytes]) {
-        let log = &broker.replicas.partition("clicks", partition).unwrap().log;
-        let mut builder = RecordBatchBuilder::new(now_ms());
-        for value in values {
-            builder.push(now_ms(), None, Some(value), &[]);
-        }
-        log.append(&builder.build().unwrap(), LeaderEpoch(0), now_ms()).unwrap();
-        log.advance_high_watermark(log.log_end_offset());
-    }
-
-    fn spec(slack: u64) -> RunSpec {
-        RunSpec {
-            name: "job".into(),
-            input: "clicks".into(),
-            commit_interval_ms: 20,
-            watermark_bound_ms: 5_000,
-            idle_timeout_ms: 600_000,
-            changelog_slack_records: slack,
-            fingerprint: "test".into(),
-        }
-    }
-
-    /// Runs the job while `feed` appends clicks (returning how many), until it has read
-    /// them all and, if given, committed `watermark`; then stops it.
-    fn run_job(broker: &Arc<Broker>, pool: &Arc<WorkerPool>, feed: impl FnOnce() -> u64, watermark: Option<i64>) {
-        let dataflow = ClickstreamDataflow { operators: Operators::ALL };
-        let job = spawn(broker.clone(), pool.clone(), spec(50), "clickstream", dataflow);
-        let records = feed();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = job.status.lock().clone();
-            let committed = status.last_commit.as_ref().and_then(|c| c.watermark);
-            if status.records_in == records && (watermark.is_none() || committed == watermark) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the job did not finish: {status:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        job.stop();
-    }
-
-    fn committed_outputs(broker: &Broker) -> Vec<String> {
-        let mut out = Vec::new();
-        for topic in OUTPUT_TOPICS {
-            for partition in 0..2 {
-                let log = broker.replicas.partition(topic, partition).unwrap().log.clone();
-                let mut source = LogSource::new(log, Offset(0), Isolation::ReadCommitted);
-                for _ in 0..10_000 {
-                    let records = source.poll(1 << 20).unwrap();
-                    if records.is_empty() {
-                        break;
-                    }
-                    out.extend(records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() {
-        let dir = tempfile::tempdir().unwrap();
-        let broker = broker(dir.path());
-        broker.create_topic("clicks", 2, Default::default(), false).unwrap();
-        let pool = WorkerPool::new(2);
-        let base = 1_000 * MINUTE;
-        let reference = parking_lot::Mutex::new(Clickstream::new(2, 600_000));
-        let records = std::sync::atomic::AtomicU64::new(0);
-        let feed = |partition: i32, values: Vec<Bytes>| {
-            for value in &values {
-                reference.lock().process(partition as usize, value, base);
-            }
-            append(&broker, partition, &values);
-            records.fetch_add(values.len() as u64, Ordering::SeqCst) + values.len() as u64
-        };
-        // Three runs, each stopped and restored, with clicks arriving while they run: enough
-        // checkpoints that the small slack makes key groups rewrite their changelogs.
-        for run in 0..3i64 {
-            let steps = || {
-                let mut total = 0;
-                for step in 0..40i64 {
-                    let ts = base + (run * 40 + step) * 5_000;
-                    for partition in 0..2 {
-                        let values: Vec<Bytes> =
-                            (0..20).map(|i| click((step * 7 + i) as u64 % 60, i as u64 % 9, ts + i)).collect();
-                        total = feed(partition, values);
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                total
-            };
-            run_job(&broker, &pool, steps, None);
-        }
-        let changelog = broker.replicas.partition("job-page-views-1m-changelog", 0).unwrap().log.clone();
-        assert!(changelog.log_start_offset().0 > 0, "a rewrite deleted the records it superseded");
-        // A click far ahead on both partitions closes everything.
-        let end = base + 3 * 40 * 5_000 + 2 * 60 * MINUTE;
-        let flush = || (0..2).map(|partition| feed(partition, vec![click(999, 999, end)])).max().unwrap_or(0);
-        run_job(&broker, &pool, flush, Some(end - 5_000));
-        let mut expected: Vec<String> =
-            reference.lock().advance(base).iter().map(|o| o.to_json().to_string()).collect();
-        expected.sort();
-        assert!(!expected.is_empty());
-        assert_eq!(committed_outputs(&broker), expected);
-        pool.shutdown();
-    }
-}
+mod tests;

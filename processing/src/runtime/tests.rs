@@ -1,0 +1,127 @@
+//! The runtime against a broker opened in-process.
+
+use super::*;
+use crate::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
+use bytes::Bytes;
+use sluice_broker::BrokerConfig;
+use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
+
+const MINUTE: i64 = 60_000;
+
+fn broker(dir: &std::path::Path) -> Arc<Broker> {
+    let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
+    config.apply("offsets.topic.num.partitions", "1").unwrap();
+    config.apply("transaction.state.log.num.partitions", "1").unwrap();
+    Broker::open(config).unwrap()
+}
+
+fn click(user: u64, page: u64, ts: i64) -> Bytes {
+    Bytes::from(format!(r#"{{"user_id":"u-{user}","page":"/p/{page}","ts":{ts}}}"#))
+}
+
+fn append(broker: &Broker, partition: i32, values: &[Bytes]) {
+    let log = &broker.replicas.partition("clicks", partition).unwrap().log;
+    let mut builder = RecordBatchBuilder::new(now_ms());
+    for value in values {
+        builder.push(now_ms(), None, Some(value), &[]);
+    }
+    log.append(&builder.build().unwrap(), LeaderEpoch(0), now_ms()).unwrap();
+    log.advance_high_watermark(log.log_end_offset());
+}
+
+fn spec(slack: u64) -> RunSpec {
+    RunSpec {
+        name: "job".into(),
+        input: "clicks".into(),
+        commit_interval_ms: 20,
+        watermark_bound_ms: 5_000,
+        idle_timeout_ms: 600_000,
+        changelog_slack_records: slack,
+        fingerprint: "test".into(),
+    }
+}
+
+/// Runs the job while `feed` appends clicks (returning how many), until it has read
+/// them all and, if given, committed `watermark`; then stops it.
+fn run_job(broker: &Arc<Broker>, pool: &Arc<WorkerPool>, feed: impl FnOnce() -> u64, watermark: Option<i64>) {
+    let dataflow = ClickstreamDataflow { operators: Operators::ALL };
+    let job = spawn(broker.clone(), pool.clone(), spec(50), "clickstream", dataflow);
+    let records = feed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = job.status.lock().clone();
+        let committed = status.last_commit.as_ref().and_then(|c| c.watermark);
+        if status.records_in == records && (watermark.is_none() || committed == watermark) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {status:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    job.stop();
+}
+
+fn committed_outputs(broker: &Broker) -> Vec<String> {
+    let mut out = Vec::new();
+    for topic in OUTPUT_TOPICS {
+        for partition in 0..2 {
+            let log = broker.replicas.partition(topic, partition).unwrap().log.clone();
+            let mut source = LogSource::new(log, Offset(0), Isolation::ReadCommitted);
+            for _ in 0..10_000 {
+                let records = source.poll(1 << 20).unwrap();
+                if records.is_empty() {
+                    break;
+                }
+                out.extend(records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    broker.create_topic("clicks", 2, Default::default(), false).unwrap();
+    let pool = WorkerPool::new(2);
+    let base = 1_000 * MINUTE;
+    let reference = parking_lot::Mutex::new(Clickstream::new(2, 600_000));
+    let records = std::sync::atomic::AtomicU64::new(0);
+    let feed = |partition: i32, values: Vec<Bytes>| {
+        for value in &values {
+            reference.lock().process(partition as usize, value, base);
+        }
+        append(&broker, partition, &values);
+        records.fetch_add(values.len() as u64, Ordering::SeqCst) + values.len() as u64
+    };
+    // Three runs, each stopped and restored, with clicks arriving while they run: enough
+    // checkpoints that the small slack makes key groups rewrite their changelogs.
+    for run in 0..3i64 {
+        let steps = || {
+            let mut total = 0;
+            for step in 0..40i64 {
+                let ts = base + (run * 40 + step) * 5_000;
+                for partition in 0..2 {
+                    let values: Vec<Bytes> =
+                        (0..20).map(|i| click((step * 7 + i) as u64 % 60, i as u64 % 9, ts + i)).collect();
+                    total = feed(partition, values);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            total
+        };
+        run_job(&broker, &pool, steps, None);
+    }
+    let changelog = broker.replicas.partition("job-page-views-1m-changelog", 0).unwrap().log.clone();
+    assert!(changelog.log_start_offset().0 > 0, "a rewrite deleted the records it superseded");
+    // A click far ahead on both partitions closes everything.
+    let end = base + 3 * 40 * 5_000 + 2 * 60 * MINUTE;
+    let flush = || (0..2).map(|partition| feed(partition, vec![click(999, 999, end)])).max().unwrap_or(0);
+    run_job(&broker, &pool, flush, Some(end - 5_000));
+    let mut expected: Vec<String> = reference.lock().advance(base).iter().map(|o| o.to_json().to_string()).collect();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(committed_outputs(&broker), expected);
+    pool.shutdown();
+}
