@@ -344,10 +344,16 @@ where
         }
     }
 
-    fn finish(&self, mut results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
-        results.sort_by(|a, b| (a.timestamp_ms, &a.key).cmp(&(b.timestamp_ms, &b.key)));
-        out.extend(results);
+    fn finish(&self, results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
+        in_time_order(results, out);
     }
+}
+
+/// A round's results from every key group, by timestamp then key: the output order does
+/// not depend on which group finished first.
+fn in_time_order(mut results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
+    results.sort_by(|a, b| (a.timestamp_ms, &a.key).cmp(&(b.timestamp_ms, &b.key)));
+    out.extend(results);
 }
 
 pub struct WindowGroup<K, T, A: Aggregate, O> {

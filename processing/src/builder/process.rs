@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{key_bytes, Key, Keyed, KeyedElement, SinkFormat};
+use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
 use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
 use crate::watermark::{EventTime, NO_WATERMARK};
@@ -140,9 +140,8 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJo
         }
     }
 
-    fn finish(&self, mut results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
-        results.sort_by(|a, b| (a.timestamp_ms, &a.key).cmp(&(b.timestamp_ms, &b.key)));
-        out.extend(results);
+    fn finish(&self, results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
+        in_time_order(results, out);
     }
 }
 
