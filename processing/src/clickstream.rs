@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
 use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
 use crate::source::SourceRecord;
-use crate::state::StateMap;
+use crate::state::{StateMap, StateSet};
 use crate::watermark::{EventTime, Watermarks};
 use crate::window::{Window, WindowSpec};
 use crate::windowed::{StateChange, WindowedAggregation};
@@ -116,7 +116,27 @@ impl Names {
     fn name(&self, id: u32) -> String {
         String::from_utf8_lossy(self.bytes(id)).into_owned()
     }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Only the names in `live`, renumbered: the new table, and each old id's new id.
+    fn retain(&self, live: &StateSet<u32>) -> (Names, Vec<u32>) {
+        let mut kept = Names::default();
+        let mut renumber = vec![u32::MAX; self.names.len()];
+        for (old, name) in self.names.iter().enumerate() {
+            if live.contains(&(old as u32)) {
+                renumber[old] = kept.id(name);
+            }
+        }
+        (kept, renumber)
+    }
 }
+
+/// Names beyond twice those in use (plus this many) start a renumbering that drops the
+/// unused ones: users and pages whose state is gone would otherwise stay forever.
+const NAMES_SLACK: usize = 100_000;
 
 /// One result, as the job writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +293,9 @@ pub struct ClickstreamGroup {
     operators: Operators,
     pages: Names,
     users: Names,
+    /// Names held (pages and users) above which they are compacted.
+    names_limit: usize,
+    names_slack: usize,
     views_1m: WindowedAggregation<u32, ViewsAndUsers>,
     views_5m: WindowedAggregation<u32, Count>,
     sessions: WindowedAggregation<u32, ClicksAndPages>,
@@ -284,10 +307,43 @@ impl ClickstreamGroup {
             operators,
             pages: Names::default(),
             users: Names::default(),
+            names_limit: NAMES_SLACK,
+            names_slack: NAMES_SLACK,
             views_1m: windowed(WindowSpec::Tumbling { size_ms: MINUTE_MS }),
             views_5m: windowed(WindowSpec::Sliding { size_ms: 5 * MINUTE_MS, slide_ms: MINUTE_MS }),
             sessions: windowed(WindowSpec::Session { gap_ms: SESSION_GAP_MS }),
         }
+    }
+
+    /// Drops the names no state refers to any more and renumbers the rest, once there are
+    /// more than twice as many names as live ones (plus slack): amortised, a constant cost
+    /// per name interned.
+    fn compact_names(&mut self) {
+        if self.pages.len() + self.users.len() <= self.names_limit {
+            return;
+        }
+        let (mut live_pages, mut live_users) = (StateSet::default(), StateSet::default());
+        self.views_1m.for_each(|page, state| {
+            live_pages.insert(*page);
+            live_users.extend(state.into_iter().flat_map(|s| s.1.values().copied()));
+        });
+        self.views_5m.for_each(|page, _| {
+            live_pages.insert(*page);
+        });
+        self.sessions.for_each(|user, state| {
+            live_users.insert(*user);
+            live_pages.extend(state.into_iter().flat_map(|s| s.1.values().copied()));
+        });
+        let (pages, page_ids) = self.pages.retain(&live_pages);
+        let (users, user_ids) = self.users.retain(&live_users);
+        let page = |id: &u32| page_ids.get(*id as usize).copied().unwrap_or(u32::MAX);
+        let user = |id: &u32| user_ids.get(*id as usize).copied().unwrap_or(u32::MAX);
+        self.views_1m.remap(page, |s| s.1 = DistinctCount::from_values(s.1.values().map(user)));
+        self.views_5m.remap(page, |_| {});
+        self.sessions.remap(user, |s| s.1 = DistinctCount::from_values(s.1.values().map(page)));
+        self.pages = pages;
+        self.users = users;
+        self.names_limit = 2 * (self.pages.len() + self.users.len()) + self.names_slack;
     }
 }
 
@@ -347,6 +403,32 @@ impl KeyGroup for ClickstreamGroup {
     }
 
     fn advance(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
+        self.advance_windows(watermark, out);
+        // After firing: the fired windows' names may now be unused.
+        self.compact_names();
+    }
+
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+        self.write_changes(everything, out)
+    }
+
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.restore_state(operator, key, value)
+    }
+
+    fn restore_watermark(&mut self, watermark: EventTime) {
+        self.views_1m.restore_watermark(watermark);
+        self.views_5m.restore_watermark(watermark);
+        self.sessions.restore_watermark(watermark);
+    }
+
+    fn open_state(&self) -> usize {
+        self.views_1m.open_state() + self.views_5m.open_state() + self.sessions.open_state()
+    }
+}
+
+impl ClickstreamGroup {
+    fn advance_windows(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
         let (pages, users) = (&self.pages, &self.users);
         for (page, w, (views, unique_users)) in self.views_1m.advance(watermark) {
             let page = pages.name(page);
@@ -367,7 +449,7 @@ impl KeyGroup for ClickstreamGroup {
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn write_changes(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
         let (pages, users) = (&self.pages, &self.users);
         let mut error = None;
         let names = |names: &Names, ids: &DistinctCount<u32>| -> Vec<String> {
@@ -400,7 +482,7 @@ impl KeyGroup for ClickstreamGroup {
         error.map_or(Ok(()), Err)
     }
 
-    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+    fn restore_state(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
         match operator {
             VIEWS_1M => {
                 #[derive(Deserialize)]
@@ -436,16 +518,6 @@ impl KeyGroup for ClickstreamGroup {
             other => return Err(format!("no operator {other} in the clickstream job")),
         }
         Ok(())
-    }
-
-    fn restore_watermark(&mut self, watermark: EventTime) {
-        self.views_1m.restore_watermark(watermark);
-        self.views_5m.restore_watermark(watermark);
-        self.sessions.restore_watermark(watermark);
-    }
-
-    fn open_state(&self) -> usize {
-        self.views_1m.open_state() + self.views_5m.open_state() + self.sessions.open_state()
     }
 }
 
@@ -645,6 +717,32 @@ mod tests {
                 assert_eq!(top, &ranking);
             }
         }
+    }
+
+    #[test]
+    fn unused_names_are_dropped_without_changing_any_result() {
+        // Users and pages come and go; with a tiny slack the names are compacted often.
+        let run = |slack: usize| {
+            let mut job = Clickstream::new(1, 60_000);
+            job.group.names_slack = slack;
+            job.group.names_limit = slack;
+            let mut out = Vec::new();
+            let mut most_names = 0;
+            for i in 0..30_000i64 {
+                let ts = MINUTE_MS * 1_000 + i * 400;
+                let (user, page) = (format!("u-{}", i / 7), format!("/p/{}", (i / 50) * 3 + i % 3));
+                job.process(0, &click(&user, &page, ts), 0);
+                out.extend(job.advance(0));
+                most_names = most_names.max(job.group.pages.len() + job.group.users.len());
+            }
+            out.extend(job.finish());
+            (out, most_names)
+        };
+        let (compacted, most_compacted) = run(10);
+        let (plain, most_plain) = run(usize::MAX / 4);
+        assert_eq!(compacted, plain);
+        assert!(most_plain > 4_000, "{most_plain}");
+        assert!(most_compacted < most_plain / 2, "{most_compacted} names at most, against {most_plain}");
     }
 
     #[test]

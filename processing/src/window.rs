@@ -97,6 +97,11 @@ impl<S> Sessions<S> {
         &self.open
     }
 
+    /// The open sessions' states, to rewrite in place.
+    pub fn states_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.open.iter_mut().map(|(_, _, state)| state)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }

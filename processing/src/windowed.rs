@@ -191,6 +191,45 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
         self.windows.values().map(StateMap::len).sum::<usize>() + self.sessions.len()
     }
 
+    /// Visits every key with state, and every key whose removal a checkpoint has still to
+    /// write, with each of its states.
+    pub fn for_each(&self, mut visit: impl FnMut(&K, Option<&A>)) {
+        for states in self.windows.values() {
+            for (key, slot) in states {
+                visit(key, Some(&slot.state));
+            }
+        }
+        for (key, slot) in &self.sessions {
+            visit(key, None);
+            for (_, _, state) in slot.state.open() {
+                visit(key, Some(state));
+            }
+        }
+        for (key, _) in &self.removed {
+            visit(key, None);
+        }
+    }
+
+    /// Rewrites every key (keys must stay distinct) and state in place, keeping windows,
+    /// sessions and what the next checkpoint owes: for renumbering interned keys.
+    pub fn remap(&mut self, key: impl Fn(&K) -> K, mut state: impl FnMut(&mut A)) {
+        for states in self.windows.values_mut() {
+            let old = std::mem::take(states);
+            for (k, mut slot) in old {
+                state(&mut slot.state);
+                states.insert(key(&k), slot);
+            }
+        }
+        let old = std::mem::take(&mut self.sessions);
+        for (k, mut slot) in old {
+            slot.state.states_mut().for_each(&mut state);
+            self.sessions.insert(key(&k), slot);
+        }
+        for (k, _) in self.removed.iter_mut() {
+            *k = key(k);
+        }
+    }
+
     /// Reports the state changed since the last call (with `everything`, all open state) and
     /// the removals of state an earlier call reported, then counts it all as checkpointed.
     pub fn drain_changes(&mut self, everything: bool, mut report: impl FnMut(&K, StateChange<'_, A>)) {
