@@ -269,6 +269,13 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
     wait_for_job(&broker, "clickstream", Duration::from_secs(60), "run after a kill", |s| s["state"] == "running");
     let listed = cli(&["job", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("clickstream"));
+    let status = cli(&["job", "status", "clickstream"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("job clickstream (clickstream) running"), "{status}");
+    assert!(status.contains("PARTITION") && status.contains("LAG"), "{status}");
+    let json = cli(&["job", "status", "clickstream", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json prints JSON");
+    assert_eq!(json["input"], "clicks");
 
     let stopped = cli(&["job", "stop", "clickstream"]);
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
