@@ -21,7 +21,7 @@ use kafka_protocol::messages::consumer_protocol_assignment::{self, ConsumerProto
 use kafka_protocol::messages::{ConsumerProtocolSubscription, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::{ConsumerGroup, ConsumerMember};
+use super::{ConsumerGroup, ConsumerMember, MemberIdentity};
 use crate::config::GroupConfig;
 use crate::group::assignor::Assignment;
 use crate::group::classic::ClassicGroup;
@@ -155,32 +155,23 @@ impl ConsumerGroup {
             topics.sort();
             topics.dedup();
             group.targets.insert(m.member_id.clone(), assigned.clone());
-            group.members.insert(
-                m.member_id.clone(),
-                ConsumerMember {
-                    member_id: m.member_id.clone(),
-                    instance_id: m.group_instance_id.clone(),
-                    rack_id: None,
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    member_epoch: classic.generation_id,
-                    previous_member_epoch: classic.generation_id,
-                    subscribed_topic_names: topics,
-                    server_assignor: None,
-                    rebalance_timeout_ms: m.rebalance_timeout_ms,
-                    assigned: assigned.clone(),
-                    pending_revocation: Assignment::new(),
-                    session_deadline: now + Duration::from_millis(m.session_timeout_ms.max(0) as u64),
-                    revocation_deadline: None,
-                    send_assignment: false,
-                    left_temporarily: false,
-                    classic: Some(ClassicMemberInfo {
-                        session_timeout_ms: m.session_timeout_ms,
-                        protocols: m.protocols.clone(),
-                        synced: Some(assigned),
-                    }),
-                },
-            );
+            let identity = MemberIdentity {
+                member_id: m.member_id.clone(),
+                instance_id: m.group_instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+            };
+            let session_deadline = now + Duration::from_millis(m.session_timeout_ms.max(0) as u64);
+            let mut member =
+                ConsumerMember::new(identity, classic.generation_id, m.rebalance_timeout_ms, session_deadline);
+            member.subscribed_topic_names = topics;
+            member.assigned = assigned.clone();
+            member.classic = Some(ClassicMemberInfo {
+                session_timeout_ms: m.session_timeout_ms,
+                protocols: m.protocols.clone(),
+                synced: Some(assigned),
+            });
+            group.members.insert(m.member_id.clone(), member);
         }
         group.refresh_topics(metadata);
         group
@@ -220,28 +211,13 @@ impl ConsumerGroup {
                 }
                 self.static_members.insert(instance.clone(), member_id.clone());
             }
-            self.members.insert(
-                member_id.clone(),
-                ConsumerMember {
-                    member_id: member_id.clone(),
-                    instance_id,
-                    rack_id: None,
-                    client_id: join.client_id.clone(),
-                    client_host: join.client_host.clone(),
-                    member_epoch: 0,
-                    previous_member_epoch: 0,
-                    subscribed_topic_names: Vec::new(),
-                    server_assignor: None,
-                    rebalance_timeout_ms: join.rebalance_timeout_ms,
-                    assigned: Assignment::new(),
-                    pending_revocation: Assignment::new(),
-                    session_deadline: now,
-                    revocation_deadline: None,
-                    send_assignment: false,
-                    left_temporarily: false,
-                    classic: None,
-                },
-            );
+            let identity = MemberIdentity {
+                member_id: member_id.clone(),
+                instance_id,
+                client_id: join.client_id.clone(),
+                client_host: join.client_host.clone(),
+            };
+            self.members.insert(member_id.clone(), ConsumerMember::new(identity, 0, join.rebalance_timeout_ms, now));
             changed = true;
         }
         let member = self.members.get_mut(&member_id).ok_or(ResponseError::UnknownMemberId)?;

@@ -89,6 +89,46 @@ pub struct ConsumerMember {
     pub classic: Option<ClassicMemberInfo>,
 }
 
+/// Who a member is, as its client says when it joins.
+pub struct MemberIdentity {
+    pub member_id: Arc<str>,
+    pub instance_id: Option<Arc<str>>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+impl ConsumerMember {
+    /// A member entering the group at `epoch`: no subscription, nothing assigned, nothing to
+    /// revoke; its session runs until `session_deadline`.
+    pub fn new(
+        identity: MemberIdentity,
+        epoch: i32,
+        rebalance_timeout_ms: i32,
+        session_deadline: Instant,
+    ) -> ConsumerMember {
+        let MemberIdentity { member_id, instance_id, client_id, client_host } = identity;
+        ConsumerMember {
+            member_id,
+            instance_id,
+            rack_id: None,
+            client_id,
+            client_host,
+            member_epoch: epoch,
+            previous_member_epoch: epoch,
+            subscribed_topic_names: Vec::new(),
+            server_assignor: None,
+            rebalance_timeout_ms,
+            assigned: Assignment::new(),
+            pending_revocation: Assignment::new(),
+            session_deadline,
+            revocation_deadline: None,
+            send_assignment: false,
+            left_temporarily: false,
+            classic: None,
+        }
+    }
+}
+
 fn contains(assignment: &Assignment, topic: &Uuid, partition: i32) -> bool {
     assignment.get(topic).is_some_and(|parts| parts.contains(&partition))
 }
@@ -321,28 +361,15 @@ impl ConsumerGroup {
         if let Some(instance) = &instance_id {
             self.static_members.insert(instance.clone(), member_id.clone());
         }
-        self.members.insert(
-            member_id.clone(),
-            ConsumerMember {
-                member_id: member_id.clone(),
-                instance_id,
-                rack_id: None,
-                client_id: request.client_id.clone(),
-                client_host: request.client_host.clone(),
-                member_epoch: JOIN_EPOCH,
-                previous_member_epoch: JOIN_EPOCH,
-                subscribed_topic_names: Vec::new(),
-                server_assignor: None,
-                rebalance_timeout_ms: request.rebalance_timeout_ms.max(0),
-                assigned: Assignment::new(),
-                pending_revocation: Assignment::new(),
-                session_deadline: now,
-                revocation_deadline: None,
-                send_assignment: true,
-                left_temporarily: false,
-                classic: None,
-            },
-        );
+        let identity = MemberIdentity {
+            member_id: member_id.clone(),
+            instance_id,
+            client_id: request.client_id.clone(),
+            client_host: request.client_host.clone(),
+        };
+        let mut member = ConsumerMember::new(identity, JOIN_EPOCH, request.rebalance_timeout_ms.max(0), now);
+        member.send_assignment = true;
+        self.members.insert(member_id.clone(), member);
         Ok(())
     }
 
