@@ -9,13 +9,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::clients::{admin, consumer_config, create_topic, now_ms, REQUEST_DEADLINE};
 use common::records::produce_all;
-use common::TestBroker;
+use common::{run_sluice, CliRun, TestBroker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -26,57 +24,17 @@ const RECORDS: u64 = 60;
 /// Bound on one CLI run, on the consumer joining and leaving, and on the group settling.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct CliRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl CliRun {
-    fn success(self, what: &str) -> CliRun {
-        assert!(self.status.success(), "{what} failed ({}):\n{}\n{}", self.status, self.stdout, self.stderr);
-        self
-    }
-}
-
 /// Runs `sluice groups <args> --bootstrap <broker>`.
 fn sluice_groups(broker: &TestBroker, args: &[&str]) -> CliRun {
     run_groups(&broker.bootstrap(), args)
 }
 
-/// Runs `sluice groups <args> --bootstrap <bootstrap>`, killing it if it outlives `DEADLINE`.
+/// Runs `sluice groups <args> --bootstrap <bootstrap>` within `DEADLINE`.
 fn run_groups(bootstrap: &str, args: &[&str]) -> CliRun {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("groups")
-        .args(args)
-        .args(["--bootstrap", bootstrap])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the sluice binary");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).ok();
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for sluice") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("sluice groups {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    CliRun { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") }
+    let mut full = vec!["groups"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--bootstrap", bootstrap]);
+    run_sluice(&full, DEADLINE)
 }
 
 /// Runs `sluice groups list` until `done` holds for its rows (group -> (state, protocol type)).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::clients::{now_ms, BULK_DEADLINE};
 use common::jobs::{admin_request, read_committed_json, wait_for_job};
-use common::TestBroker;
+use common::{run_sluice, TestBroker};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde_json::{json, Value};
 
@@ -249,17 +249,14 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
     // The admin port stays the same across restarts.
     let admin = broker.admin();
     let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .args(["--admin", &admin])
-            .output()
-            .expect("run sluice job")
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["--admin", &admin]);
+        run_sluice(&full, Duration::from_secs(60))
     };
-    let started = cli(&["job", "start", "clickstream"]);
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    cli(&["job", "start", "clickstream"]).success("sluice job start");
     let again = cli(&["job", "start", "clickstream"]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+    assert!(again.stderr.contains("already running"), "{}", again.stderr);
     wait_for_job(&broker, "clickstream", Duration::from_secs(60), "run", |s| s["state"] == "running");
 
     // Jobs start again with the broker, after a clean stop and after SIGKILL.
@@ -267,18 +264,15 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
     wait_for_job(&broker, "clickstream", Duration::from_secs(60), "run after a restart", |s| s["state"] == "running");
     broker.kill9_and_restart();
     wait_for_job(&broker, "clickstream", Duration::from_secs(60), "run after a kill", |s| s["state"] == "running");
-    let listed = cli(&["job", "list"]);
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("clickstream"));
-    let status = cli(&["job", "status", "clickstream"]);
-    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(cli(&["job", "list"]).success("sluice job list").stdout.contains("clickstream"));
+    let status = cli(&["job", "status", "clickstream"]).success("sluice job status").stdout;
     assert!(status.contains("job clickstream (clickstream) running"), "{status}");
     assert!(status.contains("PARTITION") && status.contains("LAG"), "{status}");
-    let json = cli(&["job", "status", "clickstream", "--json"]);
-    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json prints JSON");
+    let json = cli(&["job", "status", "clickstream", "--json"]).success("sluice job status --json");
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("status --json prints JSON");
     assert_eq!(json["input"], "clicks");
 
-    let stopped = cli(&["job", "stop", "clickstream"]);
-    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    cli(&["job", "stop", "clickstream"]).success("sluice job stop");
     let (code, jobs) = admin_request(&broker, "GET", "/v1/jobs", "");
     assert_eq!((code, jobs), (200, json!([])));
     broker.restart();
@@ -290,13 +284,11 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
 fn the_demo_shows_the_top_pages_from_a_running_broker() {
     let broker = TestBroker::start(&["offsets.topic.num.partitions=1", "transaction.state.log.num.partitions=1"]);
     // A minute closes at most 65 s in (its end, plus the 5 s watermark bound).
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["demo", "clickstream", "--duration", "75", "--rate", "500"])
-        .args(["--bootstrap", &broker.bootstrap(), "--admin", &broker.admin()])
-        .output()
-        .expect("run sluice demo");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (bootstrap, admin) = (broker.bootstrap(), broker.admin());
+    let args =
+        ["demo", "clickstream", "--duration", "75", "--rate", "500", "--bootstrap", &bootstrap, "--admin", &admin];
+    // --duration ends it; the deadline is for a demo that would not stop.
+    let stdout = run_sluice(&args, Duration::from_secs(180)).success("sluice demo clickstream").stdout;
     let ranking = stdout.split("top pages ").skip(1).find(|part| part.contains(" UTC:\n"));
     let ranking = ranking.unwrap_or_else(|| panic!("no top pages were shown:\n{stdout}"));
     assert!(ranking.contains("   1. "), "{ranking}");

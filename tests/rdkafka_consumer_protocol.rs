@@ -10,15 +10,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::clients::{admin, client_config, create_topic, now_ms, REQUEST_DEADLINE};
 use common::groups::{
-    self, committed, log_end_offsets, offset_list, standalone_consumer, wait_for, wait_for_balance, ChildMember,
-    ContinuousProducer, GroupEvent, GroupLog, Member, MemberSpec,
+    self, check_every_record_handled, committed, log_end_offsets, offset_list, standalone_consumer, wait_for,
+    wait_for_balance, ChildMember, ContinuousProducer, GroupEvent, GroupLog, Member, MemberSpec,
 };
 use common::records::produce_all;
 use common::TestBroker;
@@ -92,41 +91,6 @@ fn stop_once_caught_up(
     }
     assert_eq!(committed(&reader, topic, partitions), caught_up, "committed offsets after the members closed");
     log_end
-}
-
-/// Every record acknowledged was handled at least once, each where it was acknowledged, and
-/// every offset below each log end offset was handled. Handling a record again (what a member
-/// handled but had not committed when its partition moved) is allowed but must stay rare: a
-/// group whose commits were lost would read everything again.
-fn check_every_record_handled(log: &GroupLog, deliveries: &[(i32, i64)], log_end: &BTreeMap<i32, i64>) {
-    let consumed = log.consumed();
-    let mut handled_seqs = BTreeSet::new();
-    let mut handled_offsets: BTreeSet<(i32, i64)> = BTreeSet::new();
-    for (member, partition, offset, seq) in &consumed {
-        let acked_at = deliveries.get(*seq as usize).unwrap_or_else(|| panic!("{member} handled unknown record {seq}"));
-        assert_eq!((*partition, *offset), *acked_at, "{member} handled record {seq} where it was acknowledged");
-        handled_seqs.insert(*seq);
-        handled_offsets.insert((*partition, *offset));
-    }
-    let missing: Vec<u64> = (0..deliveries.len() as u64).filter(|seq| !handled_seqs.contains(seq)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} records were never handled, first {:?}",
-        missing.len(),
-        deliveries.len(),
-        &missing[..missing.len().min(20)]
-    );
-    for (partition, end) in log_end {
-        let gaps = (0..*end).filter(|offset| !handled_offsets.contains(&(*partition, *offset))).count();
-        assert_eq!(gaps, 0, "offsets of partition {partition} below {end} never handled");
-    }
-    let repeats = consumed.len() - handled_seqs.len();
-    eprintln!("{} records produced, {} handled, {repeats} of them again", deliveries.len(), consumed.len());
-    assert!(
-        repeats <= deliveries.len() / 4,
-        "{repeats} records handled twice out of {}: members did not resume at the committed offsets",
-        deliveries.len()
-    );
 }
 
 /// Waits until DescribeGroups (through librdkafka) shows `group` as a stable KIP-848 group
@@ -298,37 +262,10 @@ fn a_member_that_closes_leaves_at_once() {
 // ---------------------------------------------------------------------------------------
 // 3. Operator tooling
 
-/// Runs `sluice groups describe <group>`, killing it if it outlives `REQUEST_DEADLINE`.
+/// Runs `sluice groups describe <group>` within `REQUEST_DEADLINE`.
 fn sluice_groups_describe(broker: &TestBroker, group: &str) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["groups", "describe", group, "--bootstrap", &broker.bootstrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the sluice binary");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).ok();
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for sluice") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("sluice groups describe {group} did not finish within {REQUEST_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (status, stdout.join().expect("stdout reader"), stderr.join().expect("stderr reader"))
+    let run = common::run_sluice(&["groups", "describe", group, "--bootstrap", &broker.bootstrap()], REQUEST_DEADLINE);
+    (run.status, run.stdout, run.stderr)
 }
 
 /// What `describe` printed: the summary line, member rows by client id (member id, host,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::clients::{admin, all_topics, client_config, create_topic, now_ms, REQUEST_DEADLINE};
 use common::groups::{
-    self, committed, log_end_offsets, offset_list, standalone_consumer, wait_for, wait_for_balance, ChildMember,
-    ContinuousProducer, GroupEvent, GroupLog, Member, MemberSpec,
+    self, check_every_record_handled, committed, log_end_offsets, offset_list, standalone_consumer, wait_for,
+    wait_for_balance, ChildMember, ContinuousProducer, GroupEvent, GroupLog, Member, MemberSpec,
 };
 use common::records::produce_all;
 use common::TestBroker;
@@ -142,41 +142,6 @@ fn share_a_topic_through_joins_and_a_kill(strategy: &str) -> SharingRun {
     let doubles = log.double_ownership();
     assert!(doubles.is_empty(), "partitions owned by two members at once:\n{}", doubles.join("\n"));
     SharingRun { log, three, four, survivors, marks: [three_mark, four_mark, survivors_mark] }
-}
-
-/// Every record acknowledged was handled at least once, each where it was acknowledged, and
-/// every offset below each log end offset was handled. Re-handling (after a rebalance or the
-/// kill, of what was handled but not yet committed) is allowed but must stay small: a group
-/// that lost its commits would read everything again.
-fn check_every_record_handled(log: &GroupLog, deliveries: &[(i32, i64)], log_end: &BTreeMap<i32, i64>) {
-    let consumed = log.consumed();
-    let mut handled_seqs = BTreeSet::new();
-    let mut handled_offsets: BTreeSet<(i32, i64)> = BTreeSet::new();
-    for (member, partition, offset, seq) in &consumed {
-        let acked_at = deliveries.get(*seq as usize).unwrap_or_else(|| panic!("{member} handled unknown record {seq}"));
-        assert_eq!((*partition, *offset), *acked_at, "{member} handled record {seq} where it was acknowledged");
-        handled_seqs.insert(*seq);
-        handled_offsets.insert((*partition, *offset));
-    }
-    let missing: Vec<u64> = (0..deliveries.len() as u64).filter(|seq| !handled_seqs.contains(seq)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} records were never handled, first {:?}",
-        missing.len(),
-        deliveries.len(),
-        &missing[..missing.len().min(20)]
-    );
-    for (partition, end) in log_end {
-        let gaps = (0..*end).filter(|offset| !handled_offsets.contains(&(*partition, *offset))).count();
-        assert_eq!(gaps, 0, "offsets of partition {partition} below {end} never handled");
-    }
-    let repeats = consumed.len() - handled_seqs.len();
-    eprintln!("{} records produced, {} handled, {repeats} of them again", deliveries.len(), consumed.len());
-    assert!(
-        repeats <= deliveries.len() / 4,
-        "{repeats} records handled twice out of {}: members did not resume at the committed offsets",
-        deliveries.len()
-    );
 }
 
 #[test]

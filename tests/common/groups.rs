@@ -655,3 +655,38 @@ pub fn committed(reader: &BaseConsumer, topic: &str, partitions: i32) -> BTreeMa
 pub fn log_end_offsets(reader: &BaseConsumer, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
     (0..partitions).map(|p| (p, reader.fetch_watermarks(topic, p, REQUEST_DEADLINE).expect("ListOffsets").1)).collect()
 }
+
+/// Every record acknowledged was handled at least once, each where it was acknowledged, and
+/// every offset below each log end offset was handled. Re-handling (after a rebalance or the
+/// kill, of what was handled but not yet committed) is allowed but must stay small: a group
+/// that lost its commits would read everything again.
+pub fn check_every_record_handled(log: &GroupLog, deliveries: &[(i32, i64)], log_end: &BTreeMap<i32, i64>) {
+    let consumed = log.consumed();
+    let mut handled_seqs = BTreeSet::new();
+    let mut handled_offsets: BTreeSet<(i32, i64)> = BTreeSet::new();
+    for (member, partition, offset, seq) in &consumed {
+        let acked_at = deliveries.get(*seq as usize).unwrap_or_else(|| panic!("{member} handled unknown record {seq}"));
+        assert_eq!((*partition, *offset), *acked_at, "{member} handled record {seq} where it was acknowledged");
+        handled_seqs.insert(*seq);
+        handled_offsets.insert((*partition, *offset));
+    }
+    let missing: Vec<u64> = (0..deliveries.len() as u64).filter(|seq| !handled_seqs.contains(seq)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records were never handled, first {:?}",
+        missing.len(),
+        deliveries.len(),
+        &missing[..missing.len().min(20)]
+    );
+    for (partition, end) in log_end {
+        let gaps = (0..*end).filter(|offset| !handled_offsets.contains(&(*partition, *offset))).count();
+        assert_eq!(gaps, 0, "offsets of partition {partition} below {end} never handled");
+    }
+    let repeats = consumed.len() - handled_seqs.len();
+    eprintln!("{} records produced, {} handled, {repeats} of them again", deliveries.len(), consumed.len());
+    assert!(
+        repeats <= deliveries.len() / 4,
+        "{repeats} records handled twice out of {}: members did not resume at the committed offsets",
+        deliveries.len()
+    );
+}

@@ -10,6 +10,7 @@ pub mod records;
 pub mod transactions;
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -202,4 +203,49 @@ impl Drop for TestBroker {
             print_log_tail(&self.log_path());
         }
     }
+}
+
+/// What a run of the `sluice` binary printed, and how it ended.
+pub struct CliRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Fails the test, showing the output, unless the run succeeded.
+    pub fn success(self, what: &str) -> CliRun {
+        assert!(self.status.success(), "{what} failed ({}):\n{}\n{}", self.status, self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs `sluice <args>`, killing it and failing the test if it outlives `limit`. Both pipes
+/// are drained while it runs, so a chatty command never blocks on a full pipe.
+pub fn run_sluice(args: &[&str], limit: Duration) -> CliRun {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sluice binary");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).ok();
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = match wait_with_deadline(&mut child, limit) {
+        Some(status) => status,
+        None => {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("sluice {args:?} did not finish within {limit:?}");
+        }
+    };
+    CliRun { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader") }
 }
