@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(r"^sluice broker listening on (\S+:\d+)$")
@@ -71,6 +72,15 @@ class Broker:
     def topic(self, prefix: str) -> str:
         """A topic name no other test uses."""
         return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def create_topic(self, prefix: str, partitions: int, timeout_s: float = 30.0) -> str:
+        """Creates a topic no other test uses (confluent-kafka's admin client) and returns its
+        name."""
+        name = self.topic(prefix)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "client.id": "sluice-test-admin"})
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=timeout_s)
+        return name
 
     def stored_codecs(self, topic: str) -> dict[str, int]:
         """How many stored record batches of `topic` use each codec, read from the segment files.

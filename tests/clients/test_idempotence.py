@@ -11,7 +11,6 @@ import struct
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaPythonTopicPartition
 
@@ -26,11 +25,7 @@ LOG_OVERHEAD = 12
 
 
 def create_topic(broker, prefix):
-    name = broker.topic(prefix)
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "client.id": "sluice-test-admin"})
-    futures = admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
-    futures[name].result(timeout=DEADLINE_S)
-    return name
+    return broker.create_topic(prefix, PARTITIONS, DEADLINE_S)
 
 
 def record(tag, seq):

@@ -36,7 +36,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KpTopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -62,11 +62,7 @@ def unique(prefix):
 
 
 def create_topic(broker, prefix):
-    name = broker.topic(prefix)
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "client.id": "sluice-test-admin"})
-    futures = admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
-    futures[name].result(timeout=DEADLINE_S)
-    return name
+    return broker.create_topic(prefix, PARTITIONS, DEADLINE_S)
 
 
 def record(tag, seq):
