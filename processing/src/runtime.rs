@@ -403,8 +403,10 @@ impl<D: Dataflow> Driver<D> {
         self.dataflow.finish(results, &mut records);
         job.counters.records_out += records.len() as u64;
         job.dirty |= !records.is_empty();
+        // One metadata snapshot per round, not per record.
+        let metadata = self.broker.metadata();
         for record in records {
-            let partitions = self.broker.metadata().topic(&record.topic).map_or(1, |t| t.partitions);
+            let partitions = metadata.topic(&record.topic).map_or(1, |t| t.partitions);
             let partition = kafka_partition(&record.key, partitions);
             job.sink.send(&record.topic, partition, Some(&record.key), Some(&record.value), record.timestamp_ms);
         }
