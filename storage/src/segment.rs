@@ -262,8 +262,15 @@ impl Segment {
             return false;
         }
         let too_big = self.size + info.size as u64 > u64::from(config.segment_bytes);
+        // As Kafka: the batch's own timestamp against the segment's first, so that records
+        // with old timestamps (a backfill) do not roll a segment per batch; under
+        // LogAppendTime, or without timestamps, the clock's.
+        let batch_timestamp_ms = match config.message_timestamp_type {
+            crate::batch::TimestampType::CreateTime if info.max_timestamp_ms >= 0 => info.max_timestamp_ms,
+            _ => now_ms,
+        };
         let too_old = match (config.segment_ms, self.rolling_timestamp_ms) {
-            (Some(segment_ms), Some(first)) => now_ms.saturating_sub(first) >= segment_ms as i64,
+            (Some(segment_ms), Some(first)) => batch_timestamp_ms.saturating_sub(first) >= segment_ms as i64,
             _ => false,
         };
         let index_full = self.offset_index_entries >= handle.offset_index.capacity()

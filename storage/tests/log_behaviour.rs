@@ -276,6 +276,31 @@ fn segment_ms_rolls_by_age_of_the_first_batch() {
     assert_eq!(log.segment_count(), 2);
 }
 
+/// Kafka compares a batch's own timestamp with the segment's first: records produced today
+/// with last year's timestamps (a backfill) must not roll a segment per batch.
+#[test]
+fn segment_ms_goes_by_the_records_timestamps_not_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { segment_ms: Some(1_000), ..LogConfig::default() });
+    let now = 1_800_000_000_000;
+    for ts in [10_000, 10_300, 10_600, 10_900] {
+        log.append(&batch(ts, 1, 10), LeaderEpoch(0), now).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1, "old timestamps appended now rolled segments");
+    log.append(&batch(11_000, 1, 10), LeaderEpoch(0), now).unwrap();
+    assert_eq!(log.segment_count(), 2, "a batch segment.ms past the first rolls");
+    let log_append_time = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_ms: Some(1_000),
+        message_timestamp_type: TimestampType::LogAppendTime,
+        ..LogConfig::default()
+    };
+    let log = open(log_append_time.path(), config);
+    log.append(&batch(10_000, 1, 10), LeaderEpoch(0), now).unwrap();
+    log.append(&batch(10_000, 1, 10), LeaderEpoch(0), now + 1_000).unwrap();
+    assert_eq!(log.segment_count(), 2, "under LogAppendTime the clock decides");
+}
+
 #[test]
 fn interval_flush_policy_fsyncs_from_maintenance() {
     let dir = tempfile::tempdir().unwrap();
