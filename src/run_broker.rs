@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use sluice_broker::{Broker, BrokerConfig};
+use sluice_broker::{Broker, BrokerConfig, InProcessClient};
 use sluice_processing::host::{HostConfig, JobHost};
 use tokio::net::TcpListener;
 
@@ -136,7 +136,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
         let host = {
             let broker = broker.clone();
-            tokio::task::spawn_blocking(move || JobHost::start(broker, process.host)).await?.map_err(|e| anyhow!(e))?
+            tokio::task::spawn_blocking(move || JobHost::start(InProcessClient::new(broker), process.host))
+                .await?
+                .map_err(|e| anyhow!(e))?
         };
         // Lines scripts and tests can wait for; the broker's comes last.
         println!("sluice admin API listening on {admin_bound}");

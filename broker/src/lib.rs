@@ -9,13 +9,18 @@ pub mod data_dir;
 pub mod dispatch;
 pub mod error;
 pub mod group;
+pub mod in_process;
 pub mod metadata;
 pub mod network;
+pub mod partition;
 pub mod replica_manager;
 pub mod response;
 pub mod topic_config;
+pub mod topic_partition;
 pub mod txn;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
 pub use error::{Error, Result};
+pub use in_process::InProcessClient;
+pub use topic_partition::TopicPartition;

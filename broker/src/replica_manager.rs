@@ -1,95 +1,22 @@
 //! The partitions this broker holds, each a [`PartitionLog`] in `<topic>-<partition>/` under
-//! the data directory. On a single node every partition's leader is this broker, its
-//! leader epoch is 0 and its ISR is itself; the replication issue extends this module.
+//! the data directory: opened at start, added and removed as topics change. On a single node
+//! every partition's leader is this broker, its leader epoch is 0 and its ISR is itself; the
+//! replication issue extends this module.
 //!
-//! Invariant: the high watermark of a partition only moves forward while it is the leader,
-//! and never past the log end offset (the log enforces the latter).
+//! Invariant: startup deletes only directories whose `partition.metadata` proves they are a
+//! deleted topic's; a directory without one is never touched.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use sluice_storage::{HandleCache, LogConfig, PartitionLog};
-use sluice_storage::{Offset, RecordBatch};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::Result;
 use crate::metadata::{ClusterMetadata, TopicMetadata, METADATA_LOG_DIR};
-
-pub struct Partition {
-    pub topic: Arc<str>,
-    pub topic_id: Uuid,
-    pub index: i32,
-    pub log: PartitionLog,
-    /// Long-polling fetches waiting for this partition's high watermark to move; each entry
-    /// is one fetch request's wake-up, held weakly so a finished fetch leaves nothing behind.
-    fetch_waiters: Mutex<Vec<Weak<Notify>>>,
-}
-
-impl Partition {
-    /// A single node never changes leaders, so every partition stays at epoch 0.
-    pub const LEADER_EPOCH: i32 = 0;
-
-    fn new(topic: Arc<str>, topic_id: Uuid, index: i32, log: PartitionLog) -> Partition {
-        Partition { topic, topic_id, index, log, fetch_waiters: Mutex::new(Vec::new()) }
-    }
-
-    /// Commits records up to `end`: the high watermark moves there and fetches waiting on
-    /// this partition wake (only those: a busy partition does not wake every idle poll).
-    pub fn commit(&self, end: Offset) {
-        self.log.advance_high_watermark(end);
-        for waiter in std::mem::take(&mut *self.fetch_waiters.lock()) {
-            if let Some(waiter) = waiter.upgrade() {
-                waiter.notify_one();
-            }
-        }
-    }
-
-    /// Replays every batch of this log in order (what a coordinator does with its internal
-    /// topic at start), then commits it all: everything in such a log was written by the
-    /// broker. A batch that does not decode, or that `apply` cannot take, is reported and
-    /// skipped (a framing error ends the partition) rather than keeping the broker down.
-    /// Returns whether anything was skipped.
-    pub fn replay(&self, mut apply: impl FnMut(&RecordBatch) -> Result<()>) -> Result<bool> {
-        let end = self.log.log_end_offset();
-        let mut offset = self.log.log_start_offset();
-        let mut skipped = false;
-        'read: while offset < end {
-            let read = self.log.read(offset, 1 << 20, end)?;
-            if read.records.is_empty() {
-                break;
-            }
-            for batch in RecordBatch::iter_batches(read.records) {
-                let batch = match batch {
-                    Ok(batch) => batch,
-                    Err(err) => {
-                        tracing::error!(topic = %self.topic, partition = self.index, %err, "unreadable batch; skipping the rest of this partition");
-                        skipped = true;
-                        break 'read;
-                    }
-                };
-                offset = Offset(batch.last_offset() + 1);
-                if let Err(err) = apply(&batch) {
-                    tracing::error!(topic = %self.topic, partition = self.index, offset = batch.base_offset(), %err, "skipping an unreadable batch");
-                    skipped = true;
-                }
-            }
-        }
-        self.commit(end);
-        Ok(skipped)
-    }
-
-    /// Asks for `waiter` to be notified at the next commit. Registering twice is harmless.
-    pub fn register_fetch_waiter(&self, waiter: &Arc<Notify>) {
-        let mut waiters = self.fetch_waiters.lock();
-        waiters.retain(|w| w.strong_count() > 0);
-        if !waiters.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(waiter))) {
-            waiters.push(Arc::downgrade(waiter));
-        }
-    }
-}
+use crate::partition::Partition;
 
 pub struct TopicPartitions {
     pub id: Uuid,
@@ -231,35 +158,5 @@ impl ReplicaManager {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn partition(dir: &Path, index: i32) -> Partition {
-        let log =
-            PartitionLog::open(dir.join(format!("t-{index}")), LogConfig::default(), HandleCache::new(8)).unwrap();
-        Partition::new(Arc::from("t"), Uuid::nil(), index, log)
-    }
-
-    #[tokio::test]
-    async fn a_commit_wakes_only_the_fetches_waiting_on_its_partition() {
-        let dir = tempfile::tempdir().unwrap();
-        let (busy, idle) = (partition(dir.path(), 0), partition(dir.path(), 1));
-        let (on_busy, on_idle) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        busy.register_fetch_waiter(&on_busy);
-        busy.register_fetch_waiter(&on_busy);
-        idle.register_fetch_waiter(&on_idle);
-        busy.commit(Offset(0));
-        // The commit came before the wait: its permit is kept, so the wake-up is not lost.
-        tokio::time::timeout(std::time::Duration::from_secs(5), on_busy.notified()).await.expect("woken");
-        let idle_woken = tokio::time::timeout(std::time::Duration::from_millis(50), on_idle.notified()).await;
-        assert!(idle_woken.is_err(), "a commit on one partition woke a fetch waiting on another");
-        assert!(busy.fetch_waiters.lock().is_empty(), "a commit hands each waiter one wake-up, then forgets it");
-        drop(on_idle);
-        idle.register_fetch_waiter(&Arc::new(Notify::new()));
-        assert_eq!(idle.fetch_waiters.lock().len(), 1, "finished fetches leave nothing behind");
     }
 }

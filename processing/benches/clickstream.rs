@@ -10,16 +10,16 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_broker::{Broker, BrokerConfig};
+use sluice_broker::{Broker, BrokerConfig, InProcessClient};
 use sluice_processing::clickstream::{Clickstream, ClickstreamDataflow, Operators};
 use sluice_processing::pool::WorkerPool;
 use sluice_processing::runtime::{self, RunSpec};
 use sluice_processing::source::{Isolation, LogSource};
-use sluice_storage::{HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatchBuilder};
+use sluice_storage::{Offset, RecordBatchBuilder};
 
 /// Realistic-looking clicks: 100k users, 5k pages (Zipf-ish), a click every 0.1 ms of event
 /// time with up to 4 s of jitter.
-fn load(log: &PartitionLog, clicks: u64) {
+fn load(client: &InProcessClient, clicks: u64) {
     let base = 1_763_700_000_000i64;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand = move || {
@@ -41,9 +41,8 @@ fn load(log: &PartitionLog, clicks: u64) {
             builder.push(ts, Some(format!("u-{user}").as_bytes()), Some(value.as_bytes()), &[]);
             i += 1;
         }
-        log.append(&builder.build().expect("batch"), LeaderEpoch(0), base).expect("append");
+        client.produce("clicks", 0, &builder.build().expect("batch")).expect("append");
     }
-    log.advance_high_watermark(log.log_end_offset());
 }
 
 /// This process's CPU time (user + system) in seconds, from /proc/self/stat.
@@ -69,16 +68,7 @@ const OUTPUTS: [(&str, Operators); 4] = [
 ];
 
 /// The job run by the runtime over a broker's `clicks` topic, per output.
-fn through_the_runtime(clicks: u64) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
-    for (key, value) in [("offsets.topic.num.partitions", "1"), ("transaction.state.log.num.partitions", "1")] {
-        config.apply(key, value).expect("config");
-    }
-    let broker = Broker::open(config).expect("broker");
-    broker.create_topic("clicks", 1, [("retention.ms".to_string(), "-1".to_string())].into(), false).expect("topic");
-    let log = broker.replicas.partition("clicks", 0).expect("partition").log.clone();
-    load(&log, clicks);
+fn through_the_runtime(client: &InProcessClient, clicks: u64) {
     let pool = WorkerPool::new(1);
     println!("  through the runtime in a broker, one worker thread, a checkpoint every second:");
     for (index, (name, operators)) in OUTPUTS.into_iter().enumerate() {
@@ -92,7 +82,7 @@ fn through_the_runtime(clicks: u64) {
             fingerprint: String::new(),
         };
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
-        let job = runtime::spawn(broker.clone(), pool.clone(), spec, "clickstream", ClickstreamDataflow { operators });
+        let job = runtime::spawn(client.clone(), pool.clone(), spec, "clickstream", ClickstreamDataflow { operators });
         let deadline = Instant::now() + Duration::from_secs(3_600);
         while job.status.lock().records_in < clicks && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -107,7 +97,6 @@ fn through_the_runtime(clicks: u64) {
         );
     }
     pool.shutdown();
-    broker.shutdown();
 }
 
 /// Resident memory per active key: a million clicks, each a new user on a new page within
@@ -147,14 +136,21 @@ fn main() {
         return;
     }
     let clicks: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10_000_000);
+    // One broker holds the clicks for every measurement.
     let dir = tempfile::tempdir().expect("temporary directory");
-    let config = LogConfig { retention_ms: None, ..LogConfig::default() };
-    let log = PartitionLog::open(dir.path(), config, HandleCache::new(64)).expect("log");
-    load(&log, clicks);
+    let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    for (key, value) in [("offsets.topic.num.partitions", "1"), ("transaction.state.log.num.partitions", "1")] {
+        config.apply(key, value).expect("config");
+    }
+    let broker = Broker::open(config).expect("broker");
+    let client = InProcessClient::new(broker.clone());
+    client.ensure_topic("clicks", 1, [("retention.ms".to_string(), "-1".to_string())].into()).expect("topic");
+    load(&client, clicks);
+    let reader = || client.reader("clicks", 0).expect("partition");
 
     // Reading alone: the floor of what the job can do.
     let start = Instant::now();
-    let mut source = LogSource::new(log.clone(), Offset(0), Isolation::ReadCommitted);
+    let mut source = LogSource::new(reader(), Offset(0), Isolation::ReadCommitted);
     let mut read = 0u64;
     loop {
         let records = source.poll(4 << 20).expect("poll");
@@ -169,7 +165,7 @@ fn main() {
     println!("  operators alone, one thread:");
     for (name, operators) in OUTPUTS {
         let start = Instant::now();
-        let mut source = LogSource::new(log.clone(), Offset(0), Isolation::ReadCommitted);
+        let mut source = LogSource::new(reader(), Offset(0), Isolation::ReadCommitted);
         let mut job = Clickstream::with_operators(1, 60_000, operators);
         let mut outputs = 0usize;
         loop {
@@ -188,8 +184,8 @@ fn main() {
         let seconds = start.elapsed().as_secs_f64();
         println!("    {name}: {:.2} M events/s/core ({outputs} results)", clicks as f64 / seconds / 1e6);
     }
-    drop(log);
+    through_the_runtime(&client, clicks);
+    broker.shutdown();
     drop(dir);
-    through_the_runtime(clicks);
     memory_per_million_keys();
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use sluice_broker::Broker;
+use sluice_broker::InProcessClient;
 use sluice_storage::Offset;
 
 use crate::source::{Isolation, LogSource};
@@ -28,10 +28,7 @@ pub fn topic(job: &str, operator: &str) -> String {
 
 /// Creates an operator's changelog with `groups` partitions, or returns the partition
 /// count it already has (which then decides the job's key groups).
-pub fn ensure(broker: &Broker, topic: &str, groups: i32) -> Result<i32, String> {
-    if let Some(existing) = broker.metadata().topic(topic) {
-        return Ok(existing.partitions);
-    }
+pub fn ensure(client: &InProcessClient, topic: &str, groups: i32) -> Result<i32, String> {
     let configs: BTreeMap<String, String> = [
         ("retention.ms", "-1".to_string()),
         ("retention.bytes", "-1".to_string()),
@@ -40,13 +37,7 @@ pub fn ensure(broker: &Broker, topic: &str, groups: i32) -> Result<i32, String> 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    match broker.create_topic(topic, groups, configs, false) {
-        Ok(created) => Ok(created.partitions),
-        Err(err) => match broker.metadata().topic(topic) {
-            Some(existing) => Ok(existing.partitions),
-            None => Err(format!("cannot create changelog topic {topic}: {}", err.message)),
-        },
-    }
+    client.ensure_topic(topic, groups, configs).map_err(|err| format!("cannot create changelog topic {topic}: {err}"))
 }
 
 /// The committed state of one changelog partition: the latest value of every live key,
@@ -57,15 +48,10 @@ pub struct Restored {
 }
 
 /// Reads a changelog partition from its start with read_committed.
-pub fn read(broker: &Broker, topic: &str, partition: i32) -> Result<Restored, String> {
-    let log = broker
-        .replicas
-        .partition(topic, partition)
-        .ok_or_else(|| format!("changelog {topic} has no partition {partition}"))?
-        .log
-        .clone();
-    let end = log.last_stable_offset();
-    let mut source = LogSource::new(log.clone(), log.log_start_offset(), Isolation::ReadCommitted);
+pub fn read(client: &InProcessClient, topic: &str, partition: i32) -> Result<Restored, String> {
+    let log = client.reader(topic, partition).map_err(|e| format!("changelog {topic}: {e}"))?;
+    let (start, end) = (log.log_start_offset(), log.last_stable_offset());
+    let mut source = LogSource::new(log, start, Isolation::ReadCommitted);
     let mut entries = HashMap::new();
     let mut records = 0u64;
     // Each poll makes progress (or returns nothing), so this ends at the LSO.
@@ -112,10 +98,9 @@ impl Growth {
 /// After a rewrite of `group` is committed: the records before it are superseded. The
 /// rewrite is flushed first, so that whatever the topic's flush policy, the old records are
 /// never gone while their replacement could still be lost.
-pub fn truncate_before(broker: &Broker, topics: &[String], group: usize, before: &[Offset]) {
+pub fn truncate_before(client: &InProcessClient, topics: &[String], group: usize, before: &[Offset]) {
     for (topic, offset) in topics.iter().zip(before) {
-        let Some(partition) = broker.replicas.partition(topic, group as i32) else { continue };
-        if let Err(err) = partition.log.flush().and_then(|_| partition.log.delete_records_before(*offset)) {
+        if let Err(err) = client.delete_records_before(topic, group as i32, *offset) {
             tracing::warn!(topic, group, error = %err, "cannot delete rewritten changelog records");
         }
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_broker::Broker;
+use sluice_broker::InProcessClient;
 
 use crate::aggregation::AggregationDataflow;
 use crate::clickstream::{ClickstreamDataflow, Operators};
@@ -74,7 +74,7 @@ struct Hosted {
 }
 
 pub struct JobHost {
-    broker: Arc<Broker>,
+    client: InProcessClient,
     pool: Arc<WorkerPool>,
     path: PathBuf,
     /// Held across a submit or stop, so the file and the running set change together.
@@ -83,8 +83,8 @@ pub struct JobHost {
 
 impl JobHost {
     /// Starts the jobs the data directory's `jobs.json` lists.
-    pub fn start(broker: Arc<Broker>, config: HostConfig) -> Result<Arc<JobHost>, String> {
-        let path = broker.config.data_dir.join(JOBS_FILE);
+    pub fn start(client: InProcessClient, config: HostConfig) -> Result<Arc<JobHost>, String> {
+        let path = client.data_dir().join(JOBS_FILE);
         let definitions: Vec<JobDefinition> = match std::fs::read(&path) {
             Ok(text) => serde_json::from_slice(&text)
                 .map_err(|e| format!("{} is damaged ({e}); fix or remove it to start the broker", path.display()))?,
@@ -93,7 +93,7 @@ impl JobHost {
         };
         let host = Arc::new(JobHost {
             pool: WorkerPool::new(config.worker_threads),
-            broker,
+            client,
             path,
             jobs: Mutex::new(BTreeMap::new()),
         });
@@ -117,14 +117,14 @@ impl JobHost {
     }
 
     fn launch(&self, definition: &JobDefinition) -> Result<JobHandle, String> {
-        let (broker, pool, spec, kind) =
-            (self.broker.clone(), self.pool.clone(), definition.run_spec(), definition.kind.as_str());
+        let (client, pool, spec, kind) =
+            (self.client.clone(), self.pool.clone(), definition.run_spec(), definition.kind.as_str());
         match &definition.aggregation {
             Some(aggregation) => {
                 let dataflow = AggregationDataflow::new(aggregation.clone())?;
-                Ok(runtime::spawn(broker, pool, spec, kind, dataflow))
+                Ok(runtime::spawn(client, pool, spec, kind, dataflow))
             }
-            None => Ok(runtime::spawn(broker, pool, spec, kind, ClickstreamDataflow { operators: Operators::ALL })),
+            None => Ok(runtime::spawn(client, pool, spec, kind, ClickstreamDataflow { operators: Operators::ALL })),
         }
     }
 
@@ -137,12 +137,8 @@ impl JobHost {
         }
         // Like a producer's first send with auto-create on: the input may come later.
         let input = definition.input();
-        if self.broker.metadata().topic(input).is_none() {
-            if let Err(err) = self.broker.create_topic(input, -1, Default::default(), false) {
-                if self.broker.metadata().topic(input).is_none() {
-                    return Err(HostError::new(400, format!("cannot create input topic {input}: {}", err.message)));
-                }
-            }
+        if let Err(err) = self.client.ensure_topic(input, -1, Default::default()) {
+            return Err(HostError::new(400, format!("cannot create input topic {input}: {err}")));
         }
         let mut definitions: Vec<JobDefinition> = jobs.values().map(|j| j.definition.clone()).collect();
         definitions.push(definition.clone());

@@ -23,6 +23,8 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod state;
+#[cfg(test)]
+mod test_broker;
 pub mod watermark;
 pub mod window;
 pub mod windowed;

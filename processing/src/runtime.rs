@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_broker::group::OffsetCommit;
-use sluice_broker::Broker;
+use sluice_broker::InProcessClient;
 use sluice_storage::log::now_ms;
 use sluice_storage::Offset;
 
@@ -129,7 +129,7 @@ impl JobHandle {
 
 /// Starts a job's driver thread.
 pub fn spawn<D: Dataflow>(
-    broker: Arc<Broker>,
+    client: InProcessClient,
     pool: Arc<WorkerPool>,
     spec: RunSpec,
     kind: &str,
@@ -156,7 +156,7 @@ pub fn spawn<D: Dataflow>(
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let driver =
-        Driver { broker, pool, spec, dataflow: Arc::new(dataflow), status: status.clone(), stop: stop.clone() };
+        Driver { client, pool, spec, dataflow: Arc::new(dataflow), status: status.clone(), stop: stop.clone() };
     let thread = std::thread::Builder::new()
         .name(format!("sluice-job-{}", driver.spec.name))
         .spawn(move || driver.run())
@@ -165,7 +165,7 @@ pub fn spawn<D: Dataflow>(
 }
 
 struct Driver<D: Dataflow> {
-    broker: Arc<Broker>,
+    client: InProcessClient,
     pool: Arc<WorkerPool>,
     spec: RunSpec,
     dataflow: Arc<D>,
@@ -226,30 +226,24 @@ impl<D: Dataflow> Driver<D> {
     /// Restoring: fences any earlier instance, then rebuilds keyed state from the
     /// changelogs and the source positions and watermarks from the committed offsets.
     fn restore(&self) -> Result<RunningJob<D>, String> {
-        let broker = &self.broker;
-        let partitions = broker
-            .metadata()
-            .topic(&self.spec.input)
-            .map(|t| t.partitions)
+        let client = &self.client;
+        let partitions = client
+            .partition_count(&self.spec.input)
             .ok_or_else(|| format!("input topic {} does not exist", self.spec.input))?;
         let operators = self.dataflow.operators();
         let changelogs: Vec<String> = operators.iter().map(|op| changelog::topic(&self.spec.name, op)).collect();
         let mut groups = partitions;
         for topic in &changelogs {
-            groups = changelog::ensure(broker, topic, groups)?;
+            groups = changelog::ensure(client, topic, groups)?;
         }
         for topic in self.dataflow.output_topics() {
-            if broker.metadata().topic(&topic).is_none() {
-                if let Err(err) = broker.create_topic(&topic, partitions, Default::default(), false) {
-                    if broker.metadata().topic(&topic).is_none() {
-                        return Err(format!("cannot create output topic {topic}: {}", err.message));
-                    }
-                }
-            }
+            client
+                .ensure_topic(&topic, partitions, Default::default())
+                .map_err(|err| format!("cannot create output topic {topic}: {err}"))?;
         }
         // Opening the sink fences the previous instance and completes or aborts its last
         // transaction, so what is read below is exactly the last checkpoint.
-        let sink = TransactionalSink::open(broker.clone(), &self.spec.transactional_id(), TRANSACTION_TIMEOUT_MS)
+        let sink = TransactionalSink::open(client, &self.spec.transactional_id(), TRANSACTION_TIMEOUT_MS)
             .map_err(|e| e.to_string())?;
 
         let groups = groups as usize;
@@ -257,7 +251,7 @@ impl<D: Dataflow> Driver<D> {
         let mut records = vec![0u64; groups];
         for (operator, topic) in changelogs.iter().enumerate() {
             for (group, state) in key_groups.iter_mut().enumerate() {
-                let restored = changelog::read(broker, topic, group as i32)?;
+                let restored = changelog::read(client, topic, group as i32)?;
                 records[group] += restored.records;
                 for (key, value) in &restored.entries {
                     state.restore(operator, key, value).map_err(|e| format!("{topic} partition {group}: {e}"))?;
@@ -290,14 +284,11 @@ impl<D: Dataflow> Driver<D> {
         let mut sources = Vec::new();
         let mut counters = Counters { late: vec![0; operators.len()], ..Counters::default() };
         for (index, (offset, checkpoint)) in committed.iter().enumerate() {
-            let partition = broker
-                .replicas
-                .partition(&self.spec.input, index as i32)
-                .ok_or_else(|| format!("no partition {index} of {}", self.spec.input))?;
-            let start = offset.unwrap_or(partition.log.log_start_offset().0);
+            let reader = client.reader(&self.spec.input, index as i32).map_err(|e| e.to_string())?;
+            let start = offset.unwrap_or(reader.log_start_offset().0);
             sources.push(SourceTask {
                 partition: index,
-                source: LogSource::new(partition.log.clone(), Offset(start), Isolation::ReadCommitted),
+                source: LogSource::new(reader, Offset(start), Isolation::ReadCommitted),
                 committed: start,
                 checkpoint: checkpoint.clone().unwrap_or_default(),
             });
@@ -343,10 +334,10 @@ impl<D: Dataflow> Driver<D> {
 
     /// (offset, checkpoint) per input partition from the job's committed offsets.
     fn committed_offsets(&self, partitions: i32) -> Vec<(Option<i64>, Option<PartitionCheckpoint>)> {
-        let group = self.broker.groups.group(&self.spec.group());
-        let group = group.as_ref().map(|g| g.lock());
-        (0..partitions)
-            .map(|p| match group.as_ref().and_then(|g| g.offsets.get(&self.spec.input, p)) {
+        self.client
+            .committed_offsets(&self.spec.group(), &self.spec.input, partitions)
+            .into_iter()
+            .map(|committed| match committed {
                 Some(committed) => (Some(committed.offset), serde_json::from_str(&committed.metadata).ok()),
                 None => (None, None),
             })
@@ -403,10 +394,17 @@ impl<D: Dataflow> Driver<D> {
         self.dataflow.finish(results, &mut records);
         job.counters.records_out += records.len() as u64;
         job.dirty |= !records.is_empty();
-        // One metadata snapshot per round, not per record.
-        let metadata = self.broker.metadata();
+        // One metadata lookup per topic and round, not per record.
+        let mut partition_counts: Vec<(Arc<str>, i32)> = Vec::new();
         for record in records {
-            let partitions = metadata.topic(&record.topic).map_or(1, |t| t.partitions);
+            let partitions = match partition_counts.iter().find(|(topic, _)| *topic == record.topic) {
+                Some((_, count)) => *count,
+                None => {
+                    let count = self.client.partition_count(&record.topic).unwrap_or(1);
+                    partition_counts.push((record.topic.clone(), count));
+                    count
+                }
+            };
             let partition = kafka_partition(&record.key, partitions);
             job.sink.send(&record.topic, partition, Some(&record.key), Some(&record.value), record.timestamp_ms);
         }
@@ -478,7 +476,7 @@ impl<D: Dataflow> Driver<D> {
             let before: Vec<Offset> = job
                 .changelogs
                 .iter()
-                .map(|t| self.broker.replicas.partition(t, group as i32).map_or(Offset(0), |p| p.log.log_end_offset()))
+                .map(|t| self.client.reader(t, group as i32).map_or(Offset(0), |r| r.log_end_offset()))
                 .collect();
             job.pending_rewrites.push((group, before));
         }
@@ -515,7 +513,7 @@ impl<D: Dataflow> Driver<D> {
             .collect();
         job.sink.commit(&self.spec.group(), &offsets).map_err(|e| e.to_string())?;
         for (group, before) in std::mem::take(&mut job.pending_rewrites) {
-            changelog::truncate_before(&self.broker, &job.changelogs, group, &before);
+            changelog::truncate_before(&self.client, &job.changelogs, group, &before);
         }
         for task in &mut job.sources {
             task.committed = task.source.position().0;
@@ -536,11 +534,7 @@ impl<D: Dataflow> Driver<D> {
             .sources
             .iter()
             .map(|task| {
-                let log_end = self
-                    .broker
-                    .replicas
-                    .partition(&self.spec.input, task.partition as i32)
-                    .map_or(0, |p| p.log.last_stable_offset().0);
+                let log_end = task.source.reader().last_stable_offset().0;
                 let offset = task.source.position().0;
                 PartitionStatus {
                     partition: task.partition as i32,

@@ -8,31 +8,29 @@
 //! left open, so a restarted task cannot have its predecessor's output slip in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use sluice_broker::group::{GroupCoordinator, MemberClaim, OffsetCommit};
-use sluice_broker::replica_manager::Partition;
-use sluice_broker::Broker;
-use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
+use sluice_broker::group::OffsetCommit;
+use sluice_broker::in_process::{ClientError, TransactionalProducer};
+use sluice_broker::{InProcessClient, TopicPartition};
+use sluice_storage::RecordBatchBuilder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The broker refused a step of the transaction (its Kafka error, by name).
-    #[error("transaction {transactional_id}: {step} failed: {error}")]
-    Transaction { transactional_id: String, step: &'static str, error: String },
-    #[error("no partition {partition} of topic {topic}")]
-    UnknownPartition { topic: String, partition: i32 },
+    /// The broker refused a step of the transaction.
+    #[error("transaction {transactional_id}: {source}")]
+    Transaction {
+        transactional_id: String,
+        #[source]
+        source: ClientError,
+    },
     #[error(transparent)]
     Storage(#[from] sluice_storage::Error),
 }
 
 pub struct TransactionalSink {
-    broker: Arc<Broker>,
-    transactional_id: String,
-    producer_id: i64,
-    producer_epoch: i16,
+    producer: TransactionalProducer,
     /// Records of the open transaction, in batches per partition.
-    batches: BTreeMap<(String, i32), Vec<RecordBatchBuilder>>,
+    batches: BTreeMap<TopicPartition, Vec<RecordBatchBuilder>>,
 }
 
 /// A batch is closed at this size, below the default `max.message.bytes` (1 MiB) of the
@@ -42,42 +40,26 @@ const BATCH_BYTES: usize = 900 * 1024;
 impl TransactionalSink {
     /// Takes over `transactional_id`: the previous holder is fenced and its open
     /// transaction aborted. Blocks (the coordinator fsyncs).
-    pub fn open(broker: Arc<Broker>, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalSink, SinkError> {
-        let fail = |step, error: String| SinkError::Transaction {
-            transactional_id: transactional_id.to_string(),
-            step,
-            error,
-        };
-        broker.txns.ensure_state_topic(&broker).map_err(|e| fail("creating __transaction_state", format!("{e:?}")))?;
-        broker
-            .groups
-            .ensure_offsets_topic(&broker)
-            .map_err(|e| fail("creating __consumer_offsets", format!("{e:?}")))?;
-        let (producer_id, producer_epoch) = broker
-            .txns
-            .init_producer_id(&broker, transactional_id, timeout_ms, None)
-            .map_err(|e| fail("InitProducerId", format!("{e:?}")))?;
-        Ok(TransactionalSink {
-            broker,
-            transactional_id: transactional_id.to_string(),
-            producer_id,
-            producer_epoch,
-            batches: BTreeMap::new(),
-        })
+    pub fn open(
+        client: &InProcessClient,
+        transactional_id: &str,
+        timeout_ms: i32,
+    ) -> Result<TransactionalSink, SinkError> {
+        let producer = client
+            .transactional_producer(transactional_id, timeout_ms)
+            .map_err(|source| SinkError::Transaction { transactional_id: transactional_id.to_string(), source })?;
+        Ok(TransactionalSink { producer, batches: BTreeMap::new() })
     }
 
-    fn fail(&self, step: &'static str, error: impl std::fmt::Debug) -> SinkError {
-        SinkError::Transaction { transactional_id: self.transactional_id.clone(), step, error: format!("{error:?}") }
+    fn fail(&self, source: ClientError) -> SinkError {
+        SinkError::Transaction { transactional_id: self.producer.transactional_id().to_string(), source }
     }
 
     /// Adds a record (a tombstone when `value` is `None`) to the open transaction.
     pub fn send(&mut self, topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) {
-        let (producer_id, epoch) = (self.producer_id, self.producer_epoch);
+        let (producer_id, epoch) = self.producer.producer();
         let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
-        let batches = match self.batches.get_mut(&(topic.to_string(), partition)) {
-            Some(batches) => batches,
-            None => self.batches.entry((topic.to_string(), partition)).or_default(),
-        };
+        let batches = self.batches.entry(TopicPartition::new(topic, partition)).or_default();
         if batches.last().is_none_or(|b| !b.is_empty() && b.records_size() + size > BATCH_BYTES) {
             // Sequence -1: written in-process, never retried over a network, so there is
             // nothing to deduplicate (the coordinator's own appends do the same).
@@ -99,47 +81,28 @@ impl TransactionalSink {
     /// broker is aborted (by its timeout, or when the next instance opens the sink): the
     /// caller starts again from the last committed offsets.
     pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<(), SinkError> {
-        let broker = self.broker.clone();
-        let txns = &broker.txns;
-        let (producer_id, epoch) = (self.producer_id, self.producer_epoch);
         let batches = std::mem::take(&mut self.batches);
-        let mut partitions: Vec<(String, i32)> = batches.keys().cloned().collect();
-        let offsets_partition =
-            broker.groups.offsets_partition_for(group).ok_or_else(|| self.fail("offsets", "no __consumer_offsets"))?;
-        if !offsets.is_empty() {
-            partitions.push(offsets_partition.clone());
-        }
-        if partitions.is_empty() {
+        if batches.is_empty() && offsets.is_empty() {
             return Ok(());
         }
-        txns.add_partitions(&broker, &self.transactional_id, producer_id, epoch, partitions)
-            .map_err(|e| self.fail("AddPartitionsToTxn", e))?;
-        for ((topic, index), builders) in batches {
-            let partition: Arc<Partition> = broker
-                .replicas
-                .partition(&topic, index)
-                .ok_or_else(|| SinkError::UnknownPartition { topic: topic.clone(), partition: index })?;
+        let partitions: Vec<TopicPartition> = batches.keys().cloned().collect();
+        let offsets_group = (!offsets.is_empty()).then_some(group);
+        self.producer.add_to_transaction(&partitions, offsets_group).map_err(|e| self.fail(e))?;
+        let mut appended = Vec::new();
+        for (target, builders) in batches {
             for builder in builders {
                 let batch = builder.build()?;
-                let now = sluice_storage::log::now_ms();
-                txns.in_transaction(producer_id, epoch, &topic, index, || {
-                    partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now)
-                })
-                .map_err(|e| self.fail("Produce", e))??;
+                appended.push(self.producer.append(&target.topic, target.partition, &batch).map_err(|e| self.fail(e))?);
             }
+        }
+        // Every record is durable before the transaction's outcome is decided.
+        for append in appended {
+            append.wait_durable()?;
         }
         if !offsets.is_empty() {
-            let pending = txns
-                .in_offsets_transaction(&self.transactional_id, producer_id, epoch, offsets_partition.1, || {
-                    let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
-                    broker.groups.commit_offsets(&broker, group, claim, -1, offsets, Some((producer_id, epoch)))
-                })
-                .map_err(|e| self.fail("TxnOffsetCommit", e))?;
-            if let Some(error) = GroupCoordinator::complete_commit_blocking(pending).into_iter().flatten().next() {
-                return Err(self.fail("TxnOffsetCommit", error));
-            }
+            self.producer.commit_offsets(group, offsets).map_err(|e| self.fail(e))?;
         }
-        txns.end_txn(&broker, &self.transactional_id, producer_id, epoch, true).map_err(|e| self.fail("EndTxn", e))
+        self.producer.commit().map_err(|e| self.fail(e))
     }
 
     /// Drops the records sent since the last commit; nothing of them was written.
@@ -152,12 +115,11 @@ impl TransactionalSink {
 mod tests {
     use super::*;
     use crate::source::{Isolation, LogSource};
-    use sluice_broker::BrokerConfig;
+    use crate::test_broker;
     use sluice_storage::Offset;
 
-    fn read_committed(broker: &Broker, topic: &str, partition: i32) -> Vec<String> {
-        let log = broker.replicas.partition(topic, partition).unwrap().log.clone();
-        let mut source = LogSource::new(log, Offset(0), Isolation::ReadCommitted);
+    fn read_committed(client: &InProcessClient, topic: &str, partition: i32) -> Vec<String> {
+        let mut source = LogSource::new(client.reader(topic, partition).unwrap(), Offset(0), Isolation::ReadCommitted);
         let mut values = Vec::new();
         // A poll reads within one segment (these 1970 timestamps roll one per batch).
         for _ in 0..100 {
@@ -174,54 +136,44 @@ mod tests {
         OffsetCommit { topic: "in".into(), partition: 0, offset, leader_epoch: -1, metadata: None }
     }
 
-    fn committed(broker: &Broker, group: &str) -> Option<i64> {
-        broker.groups.group(group)?.lock().offsets.get("in", 0).map(|c| c.offset)
+    fn committed(client: &InProcessClient, group: &str) -> Option<i64> {
+        client.committed_offsets(group, "in", 1)[0].as_ref().map(|c| c.offset)
     }
 
     #[test]
     fn a_commit_makes_records_and_offsets_visible_together_and_a_successor_fences() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
-        config.apply("offsets.topic.num.partitions", "1").unwrap();
-        config.apply("transaction.state.log.num.partitions", "1").unwrap();
-        let broker = Broker::open(config).unwrap();
-        broker.create_topic("in", 1, Default::default(), false).unwrap();
-        broker.create_topic("out", 2, Default::default(), false).unwrap();
+        let (_broker, client) = test_broker::open(dir.path());
+        client.ensure_topic("in", 1, Default::default()).unwrap();
+        client.ensure_topic("out", 2, Default::default()).unwrap();
 
-        let mut sink = TransactionalSink::open(broker.clone(), "job-a-0", 60_000).unwrap();
+        let mut sink = TransactionalSink::open(&client, "job-a-0", 60_000).unwrap();
         sink.send("out", 0, Some(b"k"), Some(b"one"), 1);
         sink.send("out", 1, None, Some(b"two"), 1);
         sink.send("out", 0, None, Some(b"three"), 1);
-        assert_eq!(read_committed(&broker, "out", 0), Vec::<String>::new(), "nothing before the commit");
+        assert_eq!(read_committed(&client, "out", 0), Vec::<String>::new(), "nothing before the commit");
         sink.commit("job-a", &[offset(42)]).unwrap();
-        assert_eq!(read_committed(&broker, "out", 0), ["one", "three"]);
-        assert_eq!(read_committed(&broker, "out", 1), ["two"]);
-        assert_eq!(committed(&broker, "job-a"), Some(42));
+        assert_eq!(read_committed(&client, "out", 0), ["one", "three"]);
+        assert_eq!(read_committed(&client, "out", 1), ["two"]);
+        assert_eq!(committed(&client, "job-a"), Some(42));
 
         // An instance that wrote but never committed is fenced by its successor, and what
         // it wrote is aborted.
         sink.send("out", 0, None, Some(b"zombie"), 1);
         let batches = std::mem::take(&mut sink.batches);
-        let txns = &broker.txns;
-        txns.add_partitions(&broker, "job-a-0", sink.producer_id, sink.producer_epoch, vec![("out".into(), 0)])
-            .unwrap();
-        for ((topic, index), builder) in
-            batches.into_iter().flat_map(|(k, v)| v.into_iter().map(move |b| (k.clone(), b)))
-        {
-            let partition = broker.replicas.partition(&topic, index).unwrap();
-            let batch = builder.build().unwrap();
-            txns.in_transaction(sink.producer_id, sink.producer_epoch, &topic, index, || {
-                partition.log.append(&batch, LeaderEpoch(0), 1)
-            })
-            .unwrap()
-            .unwrap();
+        sink.producer.add_to_transaction(&[TopicPartition::new("out", 0)], None).unwrap();
+        for (target, builders) in batches {
+            for builder in builders {
+                let append = sink.producer.append(&target.topic, target.partition, &builder.build().unwrap()).unwrap();
+                append.wait_durable().unwrap();
+            }
         }
-        let mut successor = TransactionalSink::open(broker.clone(), "job-a-0", 60_000).unwrap();
+        let mut successor = TransactionalSink::open(&client, "job-a-0", 60_000).unwrap();
         sink.send("out", 0, None, Some(b"late"), 1);
         assert!(sink.commit("job-a", &[offset(99)]).is_err(), "the fenced instance cannot commit");
         successor.send("out", 0, None, Some(b"four"), 1);
         successor.commit("job-a", &[offset(50)]).unwrap();
-        assert_eq!(read_committed(&broker, "out", 0), ["one", "three", "four"]);
-        assert_eq!(committed(&broker, "job-a"), Some(50));
+        assert_eq!(read_committed(&client, "out", 0), ["one", "three", "four"]);
+        assert_eq!(committed(&client, "job-a"), Some(50));
     }
 }

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
-use sluice_storage::{Offset, PartitionLog, RecordBatch};
+use sluice_broker::in_process::PartitionReader;
+use sluice_storage::{Offset, RecordBatch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -28,14 +29,19 @@ pub struct SourceRecord {
 }
 
 pub struct LogSource {
-    log: PartitionLog,
+    log: PartitionReader,
     next: Offset,
     isolation: Isolation,
 }
 
 impl LogSource {
-    pub fn new(log: PartitionLog, start: Offset, isolation: Isolation) -> LogSource {
+    pub fn new(log: PartitionReader, start: Offset, isolation: Isolation) -> LogSource {
         LogSource { log, next: start, isolation }
+    }
+
+    /// The partition read: its offsets, for lag figures.
+    pub fn reader(&self) -> &PartitionReader {
+        &self.log
     }
 
     /// The next offset to read (what a checkpoint records as the source position).
@@ -81,7 +87,7 @@ impl LogSource {
             }
         }
         let mut skipping: HashSet<i64> = HashSet::new();
-        for batch in RecordBatch::iter_batches(read.records) {
+        for batch in RecordBatch::iter_batches(read) {
             let batch = batch?;
             if batch.last_offset() < self.next.0 {
                 continue;
@@ -119,15 +125,19 @@ impl LogSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_storage::{HandleCache, LeaderEpoch, LogConfig, MarkerKind, ProducerId, RecordBatchBuilder};
+    use crate::test_broker;
+    use sluice_broker::TopicPartition;
+    use sluice_storage::RecordBatchBuilder;
 
-    fn batch(producer: Option<(i64, i32)>, values: &[&str]) -> Vec<u8> {
-        let mut builder = RecordBatchBuilder::new(1);
-        if let Some((producer_id, sequence)) = producer {
-            builder = builder.producer(producer_id, 0, sequence).transactional(true);
+    fn batch(producer: Option<(i64, i16, i32)>, values: &[&str]) -> Vec<u8> {
+        // Timestamps of now: older ones would roll a segment per batch (segment.ms).
+        let now = sluice_storage::log::now_ms();
+        let mut builder = RecordBatchBuilder::new(now);
+        if let Some((producer_id, epoch, sequence)) = producer {
+            builder = builder.producer(producer_id, epoch, sequence).transactional(true);
         }
         for v in values {
-            builder.push(1, None, Some(v.as_bytes()), &[]);
+            builder.push(now, None, Some(v.as_bytes()), &[]);
         }
         builder.build().unwrap()
     }
@@ -139,25 +149,29 @@ mod tests {
     #[test]
     fn read_committed_sees_committed_and_plain_records_only_and_stops_at_the_lso() {
         let dir = tempfile::tempdir().unwrap();
-        let log = PartitionLog::open(dir.path(), LogConfig::default(), HandleCache::new(16)).unwrap();
-        let epoch = LeaderEpoch(0);
-        log.append(&batch(None, &["plain-1"]), epoch, 1).unwrap();
-        log.append(&batch(Some((1, 0)), &["a1", "a2"]), epoch, 1).unwrap();
-        log.append(&batch(Some((2, 0)), &["b1"]), epoch, 1).unwrap();
-        log.append(&batch(Some((1, 2)), &["a3"]), epoch, 1).unwrap();
-        log.append_marker(ProducerId(1), 0, MarkerKind::Abort, 0, epoch, 1).unwrap();
-        log.append(&batch(None, &["plain-2"]), epoch, 1).unwrap();
-        log.advance_high_watermark(log.log_end_offset());
-        let mut committed = LogSource::new(log.clone(), Offset(0), Isolation::ReadCommitted);
-        let mut uncommitted = LogSource::new(log.clone(), Offset(0), Isolation::ReadUncommitted);
-        assert_eq!(values(&committed.poll(1 << 20).unwrap()), ["plain-1"], "producer 2 is still open");
+        let (_broker, client) = test_broker::open(dir.path());
+        client.ensure_topic("t", 1, Default::default()).unwrap();
+        let partition = [TopicPartition::new("t", 0)];
+        let (a, b) =
+            (client.transactional_producer("a", 60_000).unwrap(), client.transactional_producer("b", 60_000).unwrap());
+        let ((a_id, a_epoch), (b_id, b_epoch)) = (a.producer(), b.producer());
+        a.add_to_transaction(&partition, None).unwrap();
+        b.add_to_transaction(&partition, None).unwrap();
+        client.produce("t", 0, &batch(None, &["plain-1"])).unwrap();
+        a.append("t", 0, &batch(Some((a_id, a_epoch, 0)), &["a1", "a2"])).unwrap().wait_durable().unwrap();
+        b.append("t", 0, &batch(Some((b_id, b_epoch, 0)), &["b1"])).unwrap().wait_durable().unwrap();
+        a.append("t", 0, &batch(Some((a_id, a_epoch, 2)), &["a3"])).unwrap().wait_durable().unwrap();
+        a.abort().unwrap();
+        client.produce("t", 0, &batch(None, &["plain-2"])).unwrap();
+        let mut committed = LogSource::new(client.reader("t", 0).unwrap(), Offset(0), Isolation::ReadCommitted);
+        let mut uncommitted = LogSource::new(client.reader("t", 0).unwrap(), Offset(0), Isolation::ReadUncommitted);
+        assert_eq!(values(&committed.poll(1 << 20).unwrap()), ["plain-1"], "producer b is still open");
         assert_eq!(values(&uncommitted.poll(1 << 20).unwrap()), ["plain-1", "a1", "a2", "b1", "a3", "plain-2"]);
-        log.append_marker(ProducerId(2), 0, MarkerKind::Commit, 0, epoch, 1).unwrap();
-        log.advance_high_watermark(log.log_end_offset());
+        b.commit().unwrap();
         let rest = committed.poll(1 << 20).unwrap();
         assert_eq!(values(&rest), ["b1", "plain-2"]);
         assert!(rest.windows(2).all(|w| w[0].offset < w[1].offset));
-        assert_eq!(committed.position(), log.log_end_offset());
+        assert_eq!(committed.position(), client.reader("t", 0).unwrap().log_end_offset());
         assert!(committed.poll(1 << 20).unwrap().is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_broker::{Broker, BrokerConfig};
+use sluice_broker::{Broker, BrokerConfig, InProcessClient};
 use sluice_processing::aggregate::{Aggregate, Count};
 use sluice_processing::builder::{source, Context, Json, ProcessFunction, Raw};
 use sluice_processing::dataflow::Dataflow;
@@ -18,35 +18,34 @@ use sluice_processing::pool::WorkerPool;
 use sluice_processing::runtime::{self, RunSpec};
 use sluice_processing::source::{Isolation, LogSource};
 use sluice_processing::window::WindowSpec;
-use sluice_storage::{LeaderEpoch, Offset, RecordBatchBuilder};
+use sluice_storage::{Offset, RecordBatchBuilder};
 
 const PARTITIONS: i32 = 3;
 
-fn broker(dir: &std::path::Path) -> Arc<Broker> {
+fn broker(dir: &std::path::Path) -> (Arc<Broker>, InProcessClient) {
     let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
     config.apply("offsets.topic.num.partitions", "1").unwrap();
     config.apply("transaction.state.log.num.partitions", "1").unwrap();
     let broker = Broker::open(config).unwrap();
-    broker.create_topic("in", PARTITIONS, Default::default(), false).unwrap();
-    broker
+    let client = InProcessClient::new(broker.clone());
+    client.ensure_topic("in", PARTITIONS, Default::default()).unwrap();
+    (broker, client)
 }
 
 /// (key, value, timestamp) of a record to append.
 type Record<'a> = (Option<&'a [u8]>, Vec<u8>, i64);
 
-fn append(broker: &Broker, partition: i32, records: &[Record]) {
-    let log = &broker.replicas.partition("in", partition).unwrap().log;
+fn append(client: &InProcessClient, partition: i32, records: &[Record]) {
     let mut builder = RecordBatchBuilder::new(0);
     for (key, value, timestamp) in records {
         builder.push(*timestamp, *key, Some(value), &[]);
     }
-    log.append(&builder.build().unwrap(), LeaderEpoch(0), 0).unwrap();
-    log.advance_high_watermark(log.log_end_offset());
+    client.produce("in", partition, &builder.build().unwrap()).unwrap();
 }
 
 /// Runs `job` until it has read `records` and committed all it did (with at least
 /// `watermark`), then stops it.
-fn run<D: Dataflow>(broker: &Arc<Broker>, job: D, watermark_bound_ms: i64, records: u64, watermark: i64) {
+fn run<D: Dataflow>(client: &InProcessClient, job: D, watermark_bound_ms: i64, records: u64, watermark: i64) {
     let pool = WorkerPool::new(2);
     let spec = RunSpec {
         name: "built".into(),
@@ -57,7 +56,7 @@ fn run<D: Dataflow>(broker: &Arc<Broker>, job: D, watermark_bound_ms: i64, recor
         changelog_slack_records: 10_000,
         fingerprint: String::new(),
     };
-    let handle = runtime::spawn(broker.clone(), pool.clone(), spec, "built", job);
+    let handle = runtime::spawn(client.clone(), pool.clone(), spec, "built", job);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = handle.status.lock().clone();
@@ -73,11 +72,10 @@ fn run<D: Dataflow>(broker: &Arc<Broker>, job: D, watermark_bound_ms: i64, recor
     pool.shutdown();
 }
 
-fn committed(broker: &Broker, topic: &str) -> Vec<Bytes> {
+fn committed(client: &InProcessClient, topic: &str) -> Vec<Bytes> {
     let mut values = Vec::new();
     for partition in 0..PARTITIONS {
-        let log = broker.replicas.partition(topic, partition).unwrap().log.clone();
-        let mut source = LogSource::new(log, Offset(0), Isolation::ReadCommitted);
+        let mut source = LogSource::new(client.reader(topic, partition).unwrap(), Offset(0), Isolation::ReadCommitted);
         for _ in 0..10_000 {
             let records = source.poll(1 << 20).unwrap();
             if records.is_empty() {
@@ -108,21 +106,21 @@ fn click(user: u64, page: &str, ts: i64) -> Vec<u8> {
 }
 
 /// Clicks `range`, 100 ms apart with up to 3 s of jitter, on the partitions in turn.
-fn clicks(broker: &Broker, range: std::ops::Range<i64>, all: &mut Vec<Click>) -> u64 {
+fn clicks(client: &InProcessClient, range: std::ops::Range<i64>, all: &mut Vec<Click>) -> u64 {
     for i in range.clone() {
         let page = ["/", "/health", "/products/1", "/products/2", "/cart"][(i * 7 % 5) as usize];
         let ts = 600_000 + i * 100 - (i * 37) % 3_000;
         let value = click((i * 13 % 17) as u64, page, ts);
-        append(broker, (i % PARTITIONS as i64) as i32, &[(None, value.clone(), ts)]);
+        append(client, (i % PARTITIONS as i64) as i32, &[(None, value.clone(), ts)]);
         all.push(serde_json::from_slice(&value).unwrap());
     }
     range.count() as u64
 }
 
 /// Closes everything: a click far ahead on every partition.
-fn flush(broker: &Broker, ts: i64) -> u64 {
+fn flush(client: &InProcessClient, ts: i64) -> u64 {
     for partition in 0..PARTITIONS {
-        append(broker, partition, &[(None, click(999, "/flush", ts), ts)]);
+        append(client, partition, &[(None, click(999, "/flush", ts), ts)]);
     }
     PARTITIONS as u64
 }
@@ -130,7 +128,7 @@ fn flush(broker: &Broker, ts: i64) -> u64 {
 #[test]
 fn a_windowed_count_with_stateless_steps_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let (_broker, client) = broker(dir.path());
     let build = || {
         source("in", Json::<Click>::default())
             .filter(|c| c.page != "/health")
@@ -153,12 +151,12 @@ fn a_windowed_count_with_stateless_steps_survives_a_restart() {
     };
     let mut all = Vec::new();
     // Some minutes close in the first run, others are open when it stops.
-    let mut records = clicks(&broker, 0..2_000, &mut all);
-    run(&broker, build(), 5_000, records, 0);
-    records += clicks(&broker, 2_000..4_000, &mut all);
+    let mut records = clicks(&client, 0..2_000, &mut all);
+    run(&client, build(), 5_000, records, 0);
+    records += clicks(&client, 2_000..4_000, &mut all);
     let end = 10_000_000;
-    records += flush(&broker, end);
-    run(&broker, build(), 5_000, records, end - 5_000);
+    records += flush(&client, end);
+    run(&client, build(), 5_000, records, end - 5_000);
 
     let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
     for c in all.iter().filter(|c| c.page != "/health") {
@@ -171,7 +169,7 @@ fn a_windowed_count_with_stateless_steps_survives_a_restart() {
     let expected: Vec<PageCount> =
         expected.into_iter().map(|((page, window_start), views)| PageCount { page, window_start, views }).collect();
     let mut got: Vec<PageCount> =
-        committed(&broker, "page-counts").iter().map(|v| serde_json::from_slice(v).unwrap()).collect();
+        committed(&client, "page-counts").iter().map(|v| serde_json::from_slice(v).unwrap()).collect();
     got.sort();
     assert_eq!(got, expected);
 }
@@ -236,7 +234,7 @@ impl ProcessFunction<String, Click> for Sessions {
 #[test]
 fn a_process_function_with_timers_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let (_broker, client) = broker(dir.path());
     let build = || {
         source("in", Json::<Click>::default())
             .timestamps(|c| c.ts, 5_000)
@@ -253,18 +251,18 @@ fn a_process_function_with_timers_survives_a_restart() {
             let user = (i / 200) * 3 + i % 3;
             let ts = 600_000 + i * 150 - (i * 37) % 3_000;
             let value = click(user as u64, "/", ts);
-            append(&broker, (i % PARTITIONS as i64) as i32, &[(None, value.clone(), ts)]);
+            append(&client, (i % PARTITIONS as i64) as i32, &[(None, value.clone(), ts)]);
             all.push(serde_json::from_slice(&value).unwrap());
             records += 1;
         }
         records
     };
     let records_first = append_clicks(0..1_500, &mut all);
-    run(&broker, build(), 5_000, records_first, 0);
+    run(&client, build(), 5_000, records_first, 0);
     let mut records = append_clicks(1_500..3_000, &mut all);
     let end = 10_000_000;
-    records += flush(&broker, end);
-    run(&broker, build(), 5_000, records, end - 5_000);
+    records += flush(&client, end);
+    run(&client, build(), 5_000, records, end - 5_000);
 
     let mut by_user: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for c in &all {
@@ -290,7 +288,7 @@ fn a_process_function_with_timers_survives_a_restart() {
     }
     expected.sort();
     let mut got: Vec<SessionOut> =
-        committed(&broker, "sessions").iter().map(|v| serde_json::from_slice(v).unwrap()).collect();
+        committed(&client, "sessions").iter().map(|v| serde_json::from_slice(v).unwrap()).collect();
     got.sort();
     assert_eq!(got, expected);
 }
@@ -298,7 +296,7 @@ fn a_process_function_with_timers_survives_a_restart() {
 #[test]
 fn raw_bytes_in_and_out() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let (_broker, client) = broker(dir.path());
     let job = source("in", Raw)
         .filter(|r| r.value.as_ref().is_some_and(|v| !v.is_empty()))
         .timestamps(|r| r.timestamp_ms, 0)
@@ -313,15 +311,15 @@ fn raw_bytes_in_and_out() {
     for (partition, key, value, ts) in
         [(0, "a", "xx", 100), (1, "a", "yyy", 900), (2, "b", "z", 1_500), (0, "a", "", 200)]
     {
-        append(&broker, partition, &[(Some(key.as_bytes()), value.as_bytes().to_vec(), ts)]);
+        append(&client, partition, &[(Some(key.as_bytes()), value.as_bytes().to_vec(), ts)]);
     }
     for partition in 0..PARTITIONS {
-        append(&broker, partition, &[(Some(b"end"), b"!".to_vec(), 100_000)]);
+        append(&client, partition, &[(Some(b"end"), b"!".to_vec(), 100_000)]);
     }
     let bound = job.watermark_bound_ms();
-    run(&broker, job, bound, 7, 100_000);
+    run(&client, job, bound, 7, 100_000);
     let mut got: Vec<String> =
-        committed(&broker, "byte-counts").iter().map(|v| String::from_utf8(v.to_vec()).unwrap()).collect();
+        committed(&client, "byte-counts").iter().map(|v| String::from_utf8(v.to_vec()).unwrap()).collect();
     got.sort();
     assert_eq!(got, ["a@0=5", "b@1000=1"]);
 }

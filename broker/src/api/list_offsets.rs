@@ -14,7 +14,7 @@ use kafka_protocol::messages::RequestHeader;
 use super::leader_partition;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::replica_manager::Partition;
+use crate::partition::Partition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;

@@ -99,7 +99,7 @@ fn describe_topic(topic: &TopicMetadata, node: BrokerId) -> MetadataResponseTopi
             MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_id(node)
-                .with_leader_epoch(crate::replica_manager::Partition::LEADER_EPOCH)
+                .with_leader_epoch(crate::partition::Partition::LEADER_EPOCH)
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })

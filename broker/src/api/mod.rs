@@ -53,7 +53,7 @@ pub(crate) fn leader_partition(
     topic: &str,
     index: i32,
     current_leader_epoch: i32,
-) -> Result<std::sync::Arc<crate::replica_manager::Partition>, kafka_protocol::error::ResponseError> {
+) -> Result<std::sync::Arc<crate::partition::Partition>, kafka_protocol::error::ResponseError> {
     let partition =
         broker.replicas.partition(topic, index).ok_or(kafka_protocol::error::ResponseError::UnknownTopicOrPartition)?;
     check_leader_epoch(current_leader_epoch)?;
@@ -63,7 +63,7 @@ pub(crate) fn leader_partition(
 /// The leader epoch check every partition request carries: -1 means "do not check".
 pub(crate) fn check_leader_epoch(requested: i32) -> Result<(), kafka_protocol::error::ResponseError> {
     use kafka_protocol::error::ResponseError;
-    let current = crate::replica_manager::Partition::LEADER_EPOCH;
+    let current = crate::partition::Partition::LEADER_EPOCH;
     match requested {
         -1 => Ok(()),
         e if e == current => Ok(()),

@@ -9,12 +9,12 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::RequestHeader;
-use sluice_storage::{batch, DurableHandle, LeaderEpoch};
+use sluice_storage::batch;
 
 use super::str_bytes;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::replica_manager::Partition;
+use crate::partition::{Partition, PendingAppend};
 
 fn partition_error(index: i32, code: ResponseError, message: Option<String>) -> PartitionProduceResponse {
     PartitionProduceResponse::default()
@@ -24,14 +24,14 @@ fn partition_error(index: i32, code: ResponseError, message: Option<String>) -> 
         .with_error_message(message.map(str_bytes))
 }
 
-/// Appends one partition's records; returns the response and what to wait on for durability.
+/// Appends one partition's records; returns the response and the append to wait on.
 fn append(
     broker: &Broker,
-    partition: &Partition,
+    partition: &Arc<Partition>,
     index: i32,
     records: Option<&[u8]>,
     now_ms: i64,
-) -> (PartitionProduceResponse, Option<DurableHandle>) {
+) -> (PartitionProduceResponse, Option<PendingAppend>) {
     let Some(records) = records.filter(|r| !r.is_empty()) else {
         return (partition_error(index, ResponseError::CorruptMessage, Some("no record batch".into())), None);
     };
@@ -42,7 +42,7 @@ fn append(
             return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
         }
     }
-    let append = || partition.log.append(records, LeaderEpoch(Partition::LEADER_EPOCH), now_ms);
+    let append = || partition.append(records, now_ms);
     let appended = match batch::peek_producer(records) {
         Some((producer_id, true)) => {
             // KIP-890: a transactional batch only goes into a partition of its producer's
@@ -61,14 +61,14 @@ fn append(
         _ => append(),
     };
     match appended {
-        Ok(outcome) => {
+        Ok(pending) => {
             let log_start_offset = partition.log.log_start_offset().0;
             let response = PartitionProduceResponse::default()
                 .with_index(index)
-                .with_base_offset(outcome.base_offset.0)
-                .with_log_append_time_ms(outcome.log_append_time_ms.unwrap_or(-1))
+                .with_base_offset(pending.base_offset().0)
+                .with_log_append_time_ms(pending.log_append_time_ms().unwrap_or(-1))
                 .with_log_start_offset(log_start_offset);
-            (response, Some(outcome.durable_handle()))
+            (response, Some(pending))
         }
         Err(err) => {
             let code = storage_error_code(&err);
@@ -78,12 +78,11 @@ fn append(
     }
 }
 
-/// An append still waiting for its fsync, and where its response sits.
+/// An append still waiting to be durable, and where its response sits.
 struct PendingDurability {
     topic_index: usize,
     partition_index: usize,
-    partition: Arc<Partition>,
-    durable: DurableHandle,
+    append: PendingAppend,
 }
 
 /// What a produce request gets back.
@@ -122,20 +121,14 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                 match broker.replicas.partition(&name, index) {
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
                     Some(partition) => {
-                        let (response, durable) = append(broker, &partition, index, data.records.as_deref(), now_ms);
-                        match durable {
-                            // One node is its own ISR: without an fsync to wait for, the
-                            // append is committed at once.
-                            Some(durable) if !durable.needs_fsync() => partition.commit(durable.end_offset()),
-                            // With fsync on every append, consumers see it only once it is
-                            // durable, as Kafka flushes before it moves the high watermark.
-                            Some(durable) => pending.push(PendingDurability {
+                        let (response, appended) = append(broker, &partition, index, data.records.as_deref(), now_ms);
+                        // An append that needs no wait is durable, and visible, already.
+                        if let Some(append) = appended.filter(PendingAppend::must_wait) {
+                            pending.push(PendingDurability {
                                 topic_index: responses.len(),
                                 partition_index: partitions.len(),
-                                partition: partition.clone(),
-                                durable,
-                            }),
-                            None => {}
+                                append,
+                            });
                         }
                         response
                     }
@@ -179,18 +172,15 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
 }
 
 /// Waits (on a blocking thread: fsyncs block; group commit lets concurrent producers share
-/// them) until each append is durable, then commits it: the high watermark moves to its end
-/// and long-polling fetches wake. Returns the appends that failed, with the reason.
+/// them) until each append is durable, which makes it visible. Returns the appends that
+/// failed, with the reason.
 async fn wait_durable(pending: Vec<PendingDurability>) -> Vec<(usize, usize, String)> {
     let positions: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic_index, p.partition_index)).collect();
     let waited = tokio::task::spawn_blocking(move || {
         pending
             .into_iter()
-            .filter_map(|p| match p.durable.wait() {
-                Ok(()) => {
-                    p.partition.commit(p.durable.end_offset());
-                    None
-                }
+            .filter_map(|p| match p.append.wait_durable() {
+                Ok(_) => None,
                 Err(err) => {
                     tracing::error!(%err, "append not durable");
                     Some((p.topic_index, p.partition_index, err.to_string()))

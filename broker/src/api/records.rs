@@ -17,7 +17,7 @@ use sluice_storage::Offset;
 use super::{admin_blocking, leader_partition};
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::replica_manager::Partition;
+use crate::partition::Partition;
 
 /// DeleteRecords' "up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::record::{self, RecordKey};
 use super::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::broker::Broker;
-use crate::replica_manager::Partition;
+use crate::partition::Partition;
 
 impl GroupCoordinator {
     /// Stands in for log compaction on `__consumer_offsets` until the log cleaner exists: a
@@ -68,15 +68,12 @@ impl GroupCoordinator {
             // Batches well under the topic's max.message.bytes.
             for chunk in records.chunks(1000) {
                 written += chunk.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>();
-                let (_, _, durable) =
-                    self.append(broker, &group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?;
-                last = Some(durable);
+                last = Some(self.append(broker, &group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?);
             }
         }
         // One log: the last append being durable makes every earlier one durable too.
-        if let Some(durable) = last {
-            durable.wait().map_err(|e| e.to_string())?;
-            partition.commit(durable.end_offset());
+        if let Some(append) = last {
+            append.wait_durable().map_err(|e| e.to_string())?;
         }
         // Whatever the flush policy: the rewrite must be on disk before the only other copy
         // of what it says is deleted.

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
-use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
+use sluice_storage::RecordBatchBuilder;
 
 use crate::broker::Broker;
 use crate::config::GroupConfig;
-use crate::replica_manager::Partition;
+use crate::partition::{Partition, PendingAppend};
 use classic::{ClassicGroup, ClassicState};
 use consumer::ConsumerGroup;
 use offsets::{CommittedOffset, GroupOffsets};
@@ -190,8 +190,7 @@ pub struct OffsetCommit {
 /// Commits written to the log (and visible to OffsetFetch), waiting for durability before
 /// they are acknowledged.
 pub struct PendingCommit {
-    partition: Option<Arc<Partition>>,
-    durable: Option<sluice_storage::DurableHandle>,
+    append: Option<PendingAppend>,
     /// One per requested partition, in request order.
     pub results: Vec<Option<ResponseError>>,
 }
@@ -280,7 +279,7 @@ impl GroupCoordinator {
         broker: &Broker,
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-    ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
+    ) -> Result<PendingAppend, ResponseError> {
         self.append_batch(broker, group, records, None)
     }
 
@@ -291,7 +290,7 @@ impl GroupCoordinator {
         group: &str,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         producer: Option<(i64, i16)>,
-    ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
+    ) -> Result<PendingAppend, ResponseError> {
         let partition = self.offsets_partition(broker, group)?;
         let now_ms = sluice_storage::log::now_ms();
         let mut builder = RecordBatchBuilder::new(now_ms);
@@ -305,14 +304,8 @@ impl GroupCoordinator {
             tracing::error!(%err, "cannot build a {OFFSETS_TOPIC} batch");
             ResponseError::UnknownServerError
         })?;
-        match partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now_ms) {
-            Ok(outcome) => {
-                let durable = outcome.durable_handle();
-                if !durable.needs_fsync() {
-                    partition.commit(durable.end_offset());
-                }
-                Ok((partition, outcome.base_offset.0, durable))
-            }
+        match partition.append(&batch, now_ms) {
+            Ok(pending) => Ok(pending),
             Err(err) => {
                 tracing::error!(group, %err, "cannot write to {OFFSETS_TOPIC}");
                 Err(match err {
@@ -332,6 +325,7 @@ impl GroupCoordinator {
         }
         let key = RecordKey::Group { group: group.id.to_string() }.encode();
         let value = group.classic.snapshot().encode();
+        // Not waited for: visible once durable, like any append, but nobody is answered.
         if self.append(broker, &group.id, &[(key, Some(value))]).is_ok() {
             group.has_record = true;
         }
@@ -348,7 +342,7 @@ impl GroupCoordinator {
         transaction: Option<(i64, i16)>,
     ) -> PendingCommit {
         let MemberClaim { generation_id, member_id, group_instance_id } = claim;
-        let fail = |error| PendingCommit { partition: None, durable: None, results: vec![Some(error); commits.len()] };
+        let fail = |error| PendingCommit { append: None, results: vec![Some(error); commits.len()] };
         // Kafka's records hold the group id as a 16-bit-length string.
         if group_id.len() > i16::MAX as usize {
             return fail(ResponseError::InvalidGroupId);
@@ -405,10 +399,11 @@ impl GroupCoordinator {
         }
         if records.is_empty() {
             drop(locked);
-            return PendingCommit { partition: None, durable: None, results };
+            return PendingCommit { append: None, results };
         }
         match self.append_batch(broker, group_id, &records, transaction) {
-            Ok((partition, base_offset, durable)) => {
+            Ok(append) => {
+                let base_offset = append.base_offset().0;
                 // Applied in log order, under the group's lock: the cache always matches what
                 // the log holds, which the offsets topic's cleanup relies on. Transactional
                 // commits wait for their marker.
@@ -422,14 +417,14 @@ impl GroupCoordinator {
                     }
                 }
                 drop(locked);
-                PendingCommit { partition: Some(partition), durable: Some(durable), results }
+                PendingCommit { append: Some(append), results }
             }
             Err(error) => {
                 for result in results.iter_mut().filter(|r| r.is_none()) {
                     *result = Some(error);
                 }
                 drop(locked);
-                PendingCommit { partition: None, durable: None, results }
+                PendingCommit { append: None, results }
             }
         }
     }
@@ -437,7 +432,7 @@ impl GroupCoordinator {
     /// Waits for a commit's record to be durable (on a blocking thread when that means an
     /// fsync), so that it can be acknowledged.
     pub async fn complete_commit(pending: PendingCommit) -> Vec<Option<ResponseError>> {
-        if pending.durable.as_ref().is_some_and(|d| d.needs_fsync()) {
+        if pending.append.as_ref().is_some_and(PendingAppend::must_wait) {
             let count = pending.results.len();
             return tokio::task::spawn_blocking(move || GroupCoordinator::complete_commit_blocking(pending))
                 .await
@@ -452,20 +447,11 @@ impl GroupCoordinator {
 
     /// [`Self::complete_commit`] for callers on their own threads (in-broker jobs).
     pub fn complete_commit_blocking(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
-        let Some(durable) = pending.durable.take() else { return pending.results };
-        if durable.needs_fsync() {
-            let waited = durable.wait().map_err(|err| err.to_string());
-            if waited.is_ok() {
-                if let Some(partition) = &pending.partition {
-                    partition.commit(durable.end_offset());
-                }
-            }
-            if let Err(err) = waited {
-                tracing::error!(%err, "offset commit not durable");
-                for result in pending.results.iter_mut().filter(|r| r.is_none()) {
-                    *result = Some(ResponseError::KafkaStorageError);
-                }
-                return pending.results;
+        let Some(append) = pending.append.take() else { return pending.results };
+        if let Err(err) = append.wait_durable() {
+            tracing::error!(%err, "offset commit not durable");
+            for result in pending.results.iter_mut().filter(|r| r.is_none()) {
+                *result = Some(ResponseError::KafkaStorageError);
             }
         }
         pending.results
@@ -496,7 +482,8 @@ impl GroupCoordinator {
             records.push((RecordKey::Group { group: group_id.to_string() }.encode(), None));
         }
         if !records.is_empty() {
-            self.append(broker, group_id, &records)?;
+            // Not waited for (the group's lock is held): visible once durable.
+            let _tombstones = self.append(broker, group_id, &records)?;
         }
         locked.classic.mark_dead();
         drop(locked);
@@ -523,7 +510,8 @@ impl GroupCoordinator {
         if records.is_empty() {
             return Ok(());
         }
-        self.append(broker, &group.id, &records)?;
+        // Not waited for (the group's lock is held): visible once durable.
+        let _tombstones = self.append(broker, &group.id, &records)?;
         for (topic, partition) in partitions {
             group.offsets.remove_now(topic, *partition);
         }
@@ -627,7 +615,7 @@ mod tests {
         let commit = OffsetCommit { topic: "t".into(), partition, offset, leader_epoch: 0, metadata: Some("m".into()) };
         let pending = broker.groups.commit_offsets(broker, group, claim, -1, &[commit], None);
         assert_eq!(pending.results, vec![None]);
-        assert!(!pending.durable.as_ref().is_some_and(|d| d.needs_fsync()));
+        assert!(!pending.append.as_ref().is_some_and(PendingAppend::must_wait));
     }
 
     fn committed(broker: &Broker, group: &str, partition: i32) -> Option<i64> {

@@ -19,12 +19,13 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::Mutex;
-use sluice_storage::{LeaderEpoch, MarkerKind, ProducerId, RecordBatchBuilder};
+use sluice_storage::{MarkerKind, RecordBatchBuilder};
 
 use crate::broker::Broker;
 use crate::group::record::partition_for;
 use crate::group::OFFSETS_TOPIC;
-use crate::replica_manager::{Partition, ReplicaManager};
+use crate::partition::PendingAppend;
+use crate::replica_manager::ReplicaManager;
 use record::TxnValue;
 use state::{EndAction, TxnMetadata, TxnState};
 
@@ -137,15 +138,8 @@ impl TransactionCoordinator {
         let mut builder = RecordBatchBuilder::new(now);
         builder.push(now, Some(&record::encode_key(&meta.transactional_id)), Some(&value.encode()), &[]);
         let batch = builder.build().map_err(|_| ResponseError::UnknownServerError)?;
-        let appended = partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now).and_then(|outcome| {
-            outcome.wait_durable()?;
-            Ok(outcome)
-        });
-        match appended {
-            Ok(outcome) => {
-                partition.commit(outcome.durable_handle().end_offset());
-                Ok(())
-            }
+        match partition.append_durable(&batch, now) {
+            Ok(_) => Ok(()),
             Err(err) => {
                 tracing::error!(transactional_id = %meta.transactional_id, %err, "cannot write {TRANSACTION_STATE_TOPIC}");
                 Err(ResponseError::CoordinatorNotAvailable)
@@ -186,21 +180,21 @@ impl TransactionCoordinator {
                     Some(&value_of(&meta).encode()),
                     &[],
                 );
-                let appended = builder.build().map_err(|e| e.to_string()).and_then(|batch| {
-                    partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now).map_err(|e| e.to_string())
-                });
+                let appended = builder
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|batch| partition.append(&batch, now).map_err(|e| e.to_string()));
                 match appended {
-                    Ok(outcome) => last = Some(outcome),
+                    Ok(pending) => last = Some(pending),
                     Err(err) => {
                         tracing::error!(partition = index, %err, "cannot clean up {TRANSACTION_STATE_TOPIC}");
                         return;
                     }
                 }
             }
+            // One log: the last append being durable makes every earlier one durable too.
             let done = match last {
-                Some(outcome) => {
-                    outcome.wait_durable().map(|_| partition.commit(outcome.durable_handle().end_offset()))
-                }
+                Some(pending) => pending.wait_durable().map(|_| ()),
                 None => Ok(()),
             }
             // Whatever the flush policy: the rewrite must be on disk before the records it
@@ -399,14 +393,11 @@ impl TransactionCoordinator {
                 meta.markers_done.insert((topic, index));
                 continue;
             };
-            let producer = ProducerId(meta.producer_id);
-            let leader_epoch = LeaderEpoch(Partition::LEADER_EPOCH);
             let written = partition
-                .log
-                .append_marker(producer, meta.producer_epoch, kind, 0, leader_epoch, now)
-                .and_then(|outcome| outcome.wait_durable().map(|_| outcome));
+                .append_marker(meta.producer_id, meta.producer_epoch, kind, now)
+                .and_then(PendingAppend::wait_durable);
             match written {
-                Ok(outcome) => partition.commit(outcome.durable_handle().end_offset()),
+                Ok(_) => {}
                 // Deleted under the transaction: nobody can read it any more.
                 Err(_) if broker.metadata().topic(&topic).is_none() => {}
                 Err(err) => {

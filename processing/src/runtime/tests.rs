@@ -2,31 +2,13 @@
 
 use super::*;
 use crate::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
+use crate::test_broker;
 use bytes::Bytes;
-use sluice_broker::BrokerConfig;
-use sluice_storage::{LeaderEpoch, RecordBatchBuilder};
 
 const MINUTE: i64 = 60_000;
 
-fn broker(dir: &std::path::Path) -> Arc<Broker> {
-    let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
-    config.apply("offsets.topic.num.partitions", "1").unwrap();
-    config.apply("transaction.state.log.num.partitions", "1").unwrap();
-    Broker::open(config).unwrap()
-}
-
 fn click(user: u64, page: u64, ts: i64) -> Bytes {
     Bytes::from(format!(r#"{{"user_id":"u-{user}","page":"/p/{page}","ts":{ts}}}"#))
-}
-
-fn append(broker: &Broker, partition: i32, values: &[Bytes]) {
-    let log = &broker.replicas.partition("clicks", partition).unwrap().log;
-    let mut builder = RecordBatchBuilder::new(now_ms());
-    for value in values {
-        builder.push(now_ms(), None, Some(value), &[]);
-    }
-    log.append(&builder.build().unwrap(), LeaderEpoch(0), now_ms()).unwrap();
-    log.advance_high_watermark(log.log_end_offset());
 }
 
 fn spec(slack: u64) -> RunSpec {
@@ -43,9 +25,9 @@ fn spec(slack: u64) -> RunSpec {
 
 /// Runs the job while `feed` appends clicks (returning how many), until it has read
 /// them all and, if given, committed `watermark`; then stops it.
-fn run_job(broker: &Arc<Broker>, pool: &Arc<WorkerPool>, feed: impl FnOnce() -> u64, watermark: Option<i64>) {
+fn run_job(client: &InProcessClient, pool: &Arc<WorkerPool>, feed: impl FnOnce() -> u64, watermark: Option<i64>) {
     let dataflow = ClickstreamDataflow { operators: Operators::ALL };
-    let job = spawn(broker.clone(), pool.clone(), spec(50), "clickstream", dataflow);
+    let job = spawn(client.clone(), pool.clone(), spec(50), "clickstream", dataflow);
     let records = feed();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -60,12 +42,12 @@ fn run_job(broker: &Arc<Broker>, pool: &Arc<WorkerPool>, feed: impl FnOnce() -> 
     job.stop();
 }
 
-fn committed_outputs(broker: &Broker) -> Vec<String> {
+fn committed_outputs(client: &InProcessClient) -> Vec<String> {
     let mut out = Vec::new();
     for topic in OUTPUT_TOPICS {
         for partition in 0..2 {
-            let log = broker.replicas.partition(topic, partition).unwrap().log.clone();
-            let mut source = LogSource::new(log, Offset(0), Isolation::ReadCommitted);
+            let mut source =
+                LogSource::new(client.reader(topic, partition).unwrap(), Offset(0), Isolation::ReadCommitted);
             for _ in 0..10_000 {
                 let records = source.poll(1 << 20).unwrap();
                 if records.is_empty() {
@@ -82,8 +64,8 @@ fn committed_outputs(broker: &Broker) -> Vec<String> {
 #[test]
 fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
-    broker.create_topic("clicks", 2, Default::default(), false).unwrap();
+    let (_broker, client) = test_broker::open(dir.path());
+    client.ensure_topic("clicks", 2, Default::default()).unwrap();
     let pool = WorkerPool::new(2);
     let base = 1_000 * MINUTE;
     let reference = parking_lot::Mutex::new(Clickstream::new(2, 600_000));
@@ -92,7 +74,7 @@ fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() 
         for value in &values {
             reference.lock().process(partition as usize, value, base);
         }
-        append(&broker, partition, &values);
+        test_broker::produce(&client, "clicks", partition, &values);
         records.fetch_add(values.len() as u64, Ordering::SeqCst) + values.len() as u64
     };
     // Three runs, each stopped and restored, with clicks arriving while they run: enough
@@ -111,17 +93,17 @@ fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() 
             }
             total
         };
-        run_job(&broker, &pool, steps, None);
+        run_job(&client, &pool, steps, None);
     }
-    let changelog = broker.replicas.partition("job-page-views-1m-changelog", 0).unwrap().log.clone();
+    let changelog = client.reader("job-page-views-1m-changelog", 0).unwrap();
     assert!(changelog.log_start_offset().0 > 0, "a rewrite deleted the records it superseded");
     // A click far ahead on both partitions closes everything.
     let end = base + 3 * 40 * 5_000 + 2 * 60 * MINUTE;
     let flush = || (0..2).map(|partition| feed(partition, vec![click(999, 999, end)])).max().unwrap_or(0);
-    run_job(&broker, &pool, flush, Some(end - 5_000));
+    run_job(&client, &pool, flush, Some(end - 5_000));
     let mut expected: Vec<String> = reference.lock().advance(base).iter().map(|o| o.to_json().to_string()).collect();
     expected.sort();
     assert!(!expected.is_empty());
-    assert_eq!(committed_outputs(&broker), expected);
+    assert_eq!(committed_outputs(&client), expected);
     pool.shutdown();
 }
