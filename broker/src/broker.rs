@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use sluice_storage::{HandleCache, LogConfig};
 use uuid::Uuid;
 
+use crate::clock::{self, Clock};
 use crate::config::BrokerConfig;
 use crate::data_dir::DataDirLock;
 use crate::error::Result;
@@ -51,6 +52,8 @@ pub struct Broker {
     /// Topic defaults: the static config with the dynamic broker configs applied.
     log_defaults: RwLock<LogConfig>,
     pub replicas: ReplicaManager,
+    /// The clock every state machine of the broker reads.
+    pub clock: Arc<dyn Clock>,
     pub groups: GroupCoordinator,
     pub txns: TransactionCoordinator,
     /// The next producer id to hand out, and the end of the block the metadata log has
@@ -121,6 +124,11 @@ fn refuse_internal(name: &str, action: &str) -> Result<(), AdminError> {
 
 impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
+        Broker::open_with_clock(config, clock::system())
+    }
+
+    /// [`Broker::open`] with a clock of the caller's (a test's).
+    pub fn open_with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Broker>> {
         config.validate()?;
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         let cache = HandleCache::new(config.max_open_segments);
@@ -161,6 +169,7 @@ impl Broker {
             metadata: RwLock::new(metadata),
             log_defaults: RwLock::new(defaults),
             replicas,
+            clock,
             groups,
             txns,
             producer_ids: Mutex::new((producer_ids_next, producer_ids_next)),

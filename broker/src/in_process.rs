@@ -16,6 +16,7 @@ use kafka_protocol::error::ResponseError;
 use sluice_storage::{AbortedTxn, Offset};
 
 use crate::broker::Broker;
+use crate::clock::Clock;
 use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
 use crate::partition::{Partition, PendingAppend};
 use crate::topic_partition::TopicPartition;
@@ -54,6 +55,11 @@ pub struct InProcessClient {
 impl InProcessClient {
     pub fn new(broker: Arc<Broker>) -> InProcessClient {
         InProcessClient { broker }
+    }
+
+    /// The broker's clock: what a client's own timeouts and timestamps should read.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.broker.clock.clone()
     }
 
     /// Where the broker keeps its data; a client may keep its own files beside it.
