@@ -4,12 +4,11 @@
 //! is flushed and marked clean).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use sluice_broker::{Broker, BrokerConfig, InProcessClient};
+use sluice_broker::server::Server;
+use sluice_broker::{BrokerConfig, InProcessClient};
 use sluice_processing::host::{HostConfig, JobHost};
 use tokio::net::TcpListener;
 
@@ -63,7 +62,7 @@ struct ProcessConfig {
 
 const DEFAULT_ADMIN_LISTENER: &str = "127.0.0.1:9644";
 
-fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfig, bool)> {
+fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfig)> {
     let mut config = BrokerConfig::default();
     let mut process = ProcessConfig {
         admin_listener: DEFAULT_ADMIN_LISTENER.parse().expect("the default admin address parses"),
@@ -93,7 +92,6 @@ fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfi
     if let Some(dir) = &args.data_dir {
         settings.push(("log.dirs".into(), dir.display().to_string()));
     }
-    let mut advertised_set = false;
     for (key, value) in settings {
         if key == "admin.listener" {
             process.admin_listener = value.trim().parse().map_err(|_| {
@@ -104,28 +102,15 @@ fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfi
         } else {
             config.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
         }
-        advertised_set |= key == "advertised.listeners";
     }
-    Ok((config, process, advertised_set))
+    Ok((config, process))
 }
 
 pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
-    let (mut config, process, advertised_set) = build_config(&args)?;
+    let (config, process) = build_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(config.listener)
-            .await
-            .with_context(|| format!("cannot listen on {} (is another broker running there?)", config.listener))?;
-        let bound = listener.local_addr()?;
-        if !advertised_set {
-            // Clients cannot connect to a wildcard address, as Kafka's own check says.
-            anyhow::ensure!(
-                !bound.ip().is_unspecified(),
-                "listening on {bound} needs --advertise host:port (the address clients should connect to)"
-            );
-            config.advertised_host = bound.ip().to_string();
-            config.advertised_port = bound.port();
-        }
+        // Bound first, so that a port in use fails before the data directory is opened.
         let admin_listener = TcpListener::bind(process.admin_listener).await.with_context(|| {
             format!(
                 "cannot listen on {} for the admin API (is another broker running? set --admin-listen)",
@@ -133,55 +118,31 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             )
         })?;
         let admin_bound = admin_listener.local_addr()?;
-        let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
-        let host = {
-            let broker = broker.clone();
-            tokio::task::spawn_blocking(move || JobHost::start(InProcessClient::new(broker), process.host))
-                .await?
-                .map_err(|e| anyhow!(e))?
+        let server = Server::start(config).await?;
+        let client = InProcessClient::new(server.broker().clone());
+        let host = match tokio::task::spawn_blocking(move || JobHost::start(client, process.host)).await? {
+            Ok(host) => host,
+            Err(err) => {
+                server.shutdown().await;
+                return Err(anyhow!(err));
+            }
         };
         // Lines scripts and tests can wait for; the broker's comes last.
         println!("sluice admin API listening on {admin_bound}");
-        println!("sluice broker listening on {bound}");
-        tracing::info!(%bound, "broker ready");
+        println!("sluice broker listening on {}", server.local_addr());
 
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(sluice_broker::network::serve(broker.clone(), listener, shutdown_rx.clone()));
-        let group_timers = tokio::spawn(sluice_broker::group::run_timers(broker.clone(), shutdown_rx.clone()));
-        let txn_timers = tokio::spawn(sluice_broker::txn::run_timers(broker.clone(), shutdown_rx.clone()));
-        let admin = tokio::spawn(crate::admin::serve(admin_listener, host.clone(), shutdown_rx.clone()));
-        let maintenance = tokio::spawn(maintain(broker.clone(), shutdown_rx));
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin = tokio::spawn(crate::admin::serve(admin_listener, host.clone(), admin_stopped));
         wait_for_signal().await?;
         tracing::info!("shutting down");
-        shutdown_tx.send(true).ok();
+        stop_admin.send(true).ok();
         admin.await.ok();
         // Jobs commit what they have while the coordinators can still take it.
         tokio::task::spawn_blocking(move || host.shutdown()).await?;
-        server.await.ok();
-        maintenance.await.ok();
-        group_timers.await.ok();
-        txn_timers.await.ok();
-        tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+        server.shutdown().await;
         tracing::info!("shut down cleanly");
         Ok(())
     })
-}
-
-/// Log upkeep once a second: `flush.ms` flushes, retention, checkpoints.
-async fn maintain(broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let broker = broker.clone();
-                if tokio::task::spawn_blocking(move || broker.maintain_logs()).await.is_err() {
-                    tracing::error!("log maintenance panicked");
-                }
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

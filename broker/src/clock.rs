@@ -15,6 +15,13 @@ pub struct Now {
     pub wall_ms: i64,
 }
 
+impl Now {
+    /// The reading `by` later.
+    pub fn after(self, by: Duration) -> Now {
+        Now { instant: self.instant + by, wall_ms: self.wall_ms.saturating_add(by.as_millis() as i64) }
+    }
+}
+
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Now;
 

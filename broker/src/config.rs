@@ -15,6 +15,9 @@ pub struct BrokerConfig {
     /// `advertised.listeners`: host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// Whether `advertised.listeners` was given. If not, the server advertises the address
+    /// its listener bound, as Kafka advertises `listeners` by default.
+    pub advertised_listeners_set: bool,
     /// `log.dirs`: one data directory.
     pub data_dir: PathBuf,
     /// `node.id`.
@@ -32,13 +35,26 @@ pub struct BrokerConfig {
     pub max_open_segments: usize,
     /// The group coordinator's limits and timers.
     pub groups: GroupConfig,
+    /// The transaction coordinator's settings.
+    pub transactions: TransactionConfig,
+}
+
+/// The transaction coordinator's settings, under Kafka's names and with Kafka's defaults.
+#[derive(Clone, Debug)]
+pub struct TransactionConfig {
     /// `transaction.max.timeout.ms`: the longest transaction timeout a producer may ask for.
-    pub transaction_max_timeout_ms: i32,
+    pub max_timeout_ms: i32,
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
-    pub transaction_state_partitions: i32,
+    pub state_partitions: i32,
     /// `transaction.state.log.segment.bytes` (16 MiB here: the coordinator's cleanup frees
     /// whole segments, see `txn::TransactionCoordinator::clean_state_topic`).
-    pub transaction_state_segment_bytes: u32,
+    pub state_segment_bytes: u32,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        TransactionConfig { max_timeout_ms: 900_000, state_partitions: 50, state_segment_bytes: 16 << 20 }
+    }
 }
 
 /// The group coordinator's settings, under Kafka's names and with Kafka's defaults.
@@ -96,6 +112,7 @@ impl Default for BrokerConfig {
             listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            advertised_listeners_set: false,
             data_dir: PathBuf::from("./sluice-data"),
             node_id: 0,
             num_partitions: 1,
@@ -104,9 +121,7 @@ impl Default for BrokerConfig {
             log_defaults: LogConfig::default(),
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
             groups: GroupConfig::default(),
-            transaction_max_timeout_ms: 900_000,
-            transaction_state_partitions: 50,
-            transaction_state_segment_bytes: 16 << 20,
+            transactions: TransactionConfig::default(),
         }
     }
 }
@@ -262,6 +277,7 @@ impl BrokerConfig {
                 let (host, port) = parse_host_port(key, value)?;
                 self.advertised_host = host;
                 self.advertised_port = port;
+                self.advertised_listeners_set = true;
             }
             "log.dirs" => {
                 if value.contains(',') {
@@ -291,10 +307,10 @@ impl BrokerConfig {
                 self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
             }
             "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
-            "transaction.max.timeout.ms" => self.transaction_max_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
-            "transaction.state.log.num.partitions" => self.transaction_state_partitions = int(1, 1000)? as i32,
+            "transaction.max.timeout.ms" => self.transactions.max_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
+            "transaction.state.log.num.partitions" => self.transactions.state_partitions = int(1, 1000)? as i32,
             "transaction.state.log.segment.bytes" => {
-                self.transaction_state_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
+                self.transactions.state_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
             }
             "producer.id.expiration.ms" => self.log_defaults.producer_id_expiration_ms = int(1, i64::MAX)?,
             "offsets.topic.segment.bytes" => {

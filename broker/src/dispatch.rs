@@ -1,71 +1,201 @@
-//! Request dispatch: the table of APIs this broker implements (which is also exactly what
-//! ApiVersions advertises), and the step from a request frame to a response frame. Each API
-//! family's handlers live in their own module under `api/`.
+//! Request dispatch: one table of the APIs this broker implements, each with the versions
+//! of it that work and its handler. ApiVersions advertises exactly that table, and dispatch
+//! serves from it: a frame's header is read, its API and version checked against the
+//! table, and its entry decodes the request, runs the handler (one function of the API
+//! family's module under `api/`) and encodes the response.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::api;
 use crate::broker::Broker;
-use crate::network::{peek_header, ConnectionState};
-use crate::response;
+use crate::connection::ConnectionState;
+use crate::response::{respond, Outcome};
 
-/// An implemented API and the versions of it that work.
+/// One request on its way to its handler: the header is decoded, the body not yet.
+pub(crate) struct Call<'a> {
+    api_key: ApiKey,
+    broker: &'a Arc<Broker>,
+    conn: &'a mut ConnectionState,
+    header: RequestHeader,
+    body: Bytes,
+}
+
+impl Call<'_> {
+    fn decode<T: Decodable>(&mut self) -> Result<T, Outcome> {
+        let version = self.header.request_api_version;
+        T::decode(&mut self.body, version)
+            .map_err(|err| Outcome::Close(format!("malformed {:?} v{version} request: {err}", self.api_key)))
+    }
+
+    fn reply<T: Encodable>(&self, body: &T) -> Outcome {
+        self.reply_spliced(body, &[])
+    }
+
+    /// A response whose record sets (`splice`, slices of the log) are sent as they are.
+    fn reply_spliced<T: Encodable>(&self, body: &T, splice: &[Bytes]) -> Outcome {
+        let header = &self.header;
+        respond(self.api_key, header.request_api_version, header.correlation_id, body, splice)
+    }
+}
+
+type Handler = for<'a> fn(Call<'a>) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// An implemented API, the versions of it that work, and its handler.
 pub struct ApiSpec {
     pub key: ApiKey,
     pub min_version: i16,
     pub max_version: i16,
+    handler: Handler,
 }
 
-const fn spec(key: ApiKey, min_version: i16, max_version: i16) -> ApiSpec {
-    ApiSpec { key, min_version, max_version }
+/// One table entry: `$request` is decoded from the call, then `$body` (which has `$call`
+/// and the decoded `$req` in scope) answers it.
+macro_rules! api {
+    ($key:ident, $min:expr, $max:expr, $request:ty, |$call:ident, $req:ident| $body:expr) => {{
+        fn handler<'a>(mut $call: Call<'a>) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+            Box::pin(async move {
+                let $req: $request = match $call.decode() {
+                    Ok(request) => request,
+                    Err(outcome) => return outcome,
+                };
+                $body
+            })
+        }
+        ApiSpec { key: ApiKey::$key, min_version: $min, max_version: $max, handler }
+    }};
 }
 
-/// What ApiVersions advertises. Minimum versions are the oldest the protocol crate decodes
-/// (Kafka 4.0 dropped the same ones, KIP-896).
+/// What ApiVersions advertises and dispatch serves. Minimum versions are the oldest the
+/// protocol crate decodes (Kafka 4.0 dropped the same ones, KIP-896).
 pub const APIS: &[ApiSpec] = &[
-    spec(ApiKey::Produce, 3, 11),
-    spec(ApiKey::Fetch, 4, 16),
-    spec(ApiKey::ListOffsets, 1, 8),
-    spec(ApiKey::Metadata, 0, 12),
-    spec(ApiKey::ApiVersions, 0, 4),
-    spec(ApiKey::CreateTopics, 2, 7),
-    spec(ApiKey::DeleteTopics, 1, 6),
-    spec(ApiKey::CreatePartitions, 0, 3),
-    spec(ApiKey::DescribeConfigs, 1, 4),
-    spec(ApiKey::IncrementalAlterConfigs, 0, 1),
-    spec(ApiKey::AlterConfigs, 0, 2),
-    spec(ApiKey::DescribeCluster, 0, 1),
-    spec(ApiKey::DeleteRecords, 0, 2),
-    spec(ApiKey::OffsetForLeaderEpoch, 2, 4),
-    spec(ApiKey::FindCoordinator, 0, 5),
-    spec(ApiKey::JoinGroup, 0, 9),
-    spec(ApiKey::SyncGroup, 0, 5),
-    spec(ApiKey::Heartbeat, 0, 4),
-    spec(ApiKey::LeaveGroup, 0, 5),
-    spec(ApiKey::OffsetCommit, 2, 9),
-    spec(ApiKey::OffsetFetch, 1, 9),
-    spec(ApiKey::ListGroups, 0, 5),
-    spec(ApiKey::DescribeGroups, 0, 5),
-    spec(ApiKey::DeleteGroups, 0, 2),
-    spec(ApiKey::OffsetDelete, 0, 0),
-    spec(ApiKey::ConsumerGroupHeartbeat, 0, 1),
-    spec(ApiKey::ConsumerGroupDescribe, 0, 1),
-    spec(ApiKey::InitProducerId, 0, 5),
-    spec(ApiKey::AddPartitionsToTxn, 0, 5),
-    spec(ApiKey::AddOffsetsToTxn, 0, 4),
-    spec(ApiKey::EndTxn, 0, 4),
-    spec(ApiKey::TxnOffsetCommit, 0, 4),
-    spec(ApiKey::DescribeProducers, 0, 0),
-    spec(ApiKey::DescribeTransactions, 0, 0),
-    spec(ApiKey::ListTransactions, 0, 1),
+    api!(Produce, 3, 11, ProduceRequest, |call, req| {
+        match api::produce::handle(call.broker, &call.header, req).await {
+            api::produce::ProduceReply::Respond(response) => call.reply(&response),
+            api::produce::ProduceReply::NoResponse => Outcome::NoResponse,
+            api::produce::ProduceReply::Close(reason) => Outcome::Close(reason),
+        }
+    }),
+    api!(Fetch, 4, 16, FetchRequest, |call, req| {
+        let (response, records) = api::fetch::handle(call.broker, &call.header, req).await;
+        call.reply_spliced(&response, &records)
+    }),
+    api!(ListOffsets, 1, 8, ListOffsetsRequest, |call, req| call.reply(&api::list_offsets::handle(
+        call.broker,
+        &call.header,
+        req
+    ))),
+    api!(Metadata, 0, 12, MetadataRequest, |call, req| call
+        .reply(&api::metadata::handle(call.broker, &call.header, req).await)),
+    api!(ApiVersions, 0, 4, ApiVersionsRequest, |call, req| {
+        let response = api::api_versions::handle(call.conn, &call.header, req, &advertised_versions());
+        call.reply(&response)
+    }),
+    api!(CreateTopics, 2, 7, CreateTopicsRequest, |call, req| call
+        .reply(&api::topics::create_topics(call.broker, &call.header, req).await)),
+    api!(DeleteTopics, 1, 6, DeleteTopicsRequest, |call, req| call
+        .reply(&api::topics::delete_topics(call.broker, &call.header, req).await)),
+    api!(CreatePartitions, 0, 3, CreatePartitionsRequest, |call, req| {
+        call.reply(&api::topics::create_partitions(call.broker, &call.header, req).await)
+    }),
+    api!(DescribeConfigs, 1, 4, DescribeConfigsRequest, |call, req| {
+        call.reply(&api::configs::describe_configs(call.broker, &call.header, req))
+    }),
+    api!(IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest, |call, req| {
+        call.reply(&api::configs::incremental_alter_configs(call.broker, &call.header, req).await)
+    }),
+    api!(AlterConfigs, 0, 2, AlterConfigsRequest, |call, req| {
+        call.reply(&api::configs::alter_configs(call.broker, &call.header, req).await)
+    }),
+    api!(DescribeCluster, 0, 1, DescribeClusterRequest, |call, req| {
+        call.reply(&api::cluster::describe_cluster(call.broker, &call.header, req))
+    }),
+    api!(DeleteRecords, 0, 2, DeleteRecordsRequest, |call, req| {
+        call.reply(&api::records::delete_records(call.broker, &call.header, req).await)
+    }),
+    api!(OffsetForLeaderEpoch, 2, 4, OffsetForLeaderEpochRequest, |call, req| {
+        call.reply(&api::records::offset_for_leader_epoch(call.broker, &call.header, req))
+    }),
+    api!(FindCoordinator, 0, 5, FindCoordinatorRequest, |call, req| {
+        call.reply(&api::coordinator::find_coordinator(call.broker, &call.header, req).await)
+    }),
+    api!(JoinGroup, 0, 9, JoinGroupRequest, |call, req| {
+        let response = api::group::join_group(call.broker, call.conn, &call.header, req).await;
+        call.reply(&response)
+    }),
+    api!(SyncGroup, 0, 5, SyncGroupRequest, |call, req| call
+        .reply(&api::group::sync_group(call.broker, &call.header, req).await)),
+    api!(Heartbeat, 0, 4, HeartbeatRequest, |call, req| call.reply(&api::group::heartbeat(
+        call.broker,
+        &call.header,
+        req
+    ))),
+    api!(LeaveGroup, 0, 5, LeaveGroupRequest, |call, req| call.reply(&api::group::leave_group(
+        call.broker,
+        &call.header,
+        req
+    ))),
+    api!(OffsetCommit, 2, 9, OffsetCommitRequest, |call, req| {
+        call.reply(&api::offsets::offset_commit(call.broker, &call.header, req).await)
+    }),
+    api!(OffsetFetch, 1, 9, OffsetFetchRequest, |call, req| call.reply(&api::offsets::offset_fetch(
+        call.broker,
+        &call.header,
+        req
+    ))),
+    api!(ListGroups, 0, 5, ListGroupsRequest, |call, req| call.reply(&api::group::list_groups(
+        call.broker,
+        &call.header,
+        req
+    ))),
+    api!(DescribeGroups, 0, 5, DescribeGroupsRequest, |call, req| {
+        call.reply(&api::group::describe_groups(call.broker, &call.header, req))
+    }),
+    api!(DeleteGroups, 0, 2, DeleteGroupsRequest, |call, req| {
+        call.reply(&api::group::delete_groups(call.broker, &call.header, req).await)
+    }),
+    api!(OffsetDelete, 0, 0, OffsetDeleteRequest, |call, req| {
+        call.reply(&api::offsets::offset_delete(call.broker, &call.header, req).await)
+    }),
+    api!(ConsumerGroupHeartbeat, 0, 1, ConsumerGroupHeartbeatRequest, |call, req| {
+        let response = api::consumer_group::consumer_group_heartbeat(call.broker, call.conn, &call.header, req).await;
+        call.reply(&response)
+    }),
+    api!(ConsumerGroupDescribe, 0, 1, ConsumerGroupDescribeRequest, |call, req| {
+        call.reply(&api::consumer_group::consumer_group_describe(call.broker, &call.header, req))
+    }),
+    api!(InitProducerId, 0, 5, InitProducerIdRequest, |call, req| {
+        call.reply(&api::txn::init_producer_id(call.broker, &call.header, req).await)
+    }),
+    api!(AddPartitionsToTxn, 0, 5, AddPartitionsToTxnRequest, |call, req| {
+        call.reply(&api::txn::add_partitions_to_txn(call.broker, &call.header, req).await)
+    }),
+    api!(AddOffsetsToTxn, 0, 4, AddOffsetsToTxnRequest, |call, req| {
+        call.reply(&api::txn::add_offsets_to_txn(call.broker, &call.header, req).await)
+    }),
+    api!(EndTxn, 0, 4, EndTxnRequest, |call, req| call.reply(&api::txn::end_txn(call.broker, &call.header, req).await)),
+    api!(TxnOffsetCommit, 0, 4, TxnOffsetCommitRequest, |call, req| {
+        call.reply(&api::txn::txn_offset_commit(call.broker, &call.header, req).await)
+    }),
+    api!(DescribeProducers, 0, 0, DescribeProducersRequest, |call, req| {
+        call.reply(&api::txn_describe::describe_producers(call.broker, &call.header, req))
+    }),
+    api!(DescribeTransactions, 0, 0, DescribeTransactionsRequest, |call, req| {
+        call.reply(&api::txn_describe::describe_transactions(call.broker, &call.header, req).await)
+    }),
+    api!(ListTransactions, 0, 1, ListTransactionsRequest, |call, req| {
+        call.reply(&api::txn_describe::list_transactions(call.broker, &call.header, req).await)
+    }),
 ];
 
+/// The table as ApiVersions lists it.
 pub fn advertised_versions() -> Vec<ApiVersion> {
     APIS.iter()
         .map(|api| {
@@ -77,18 +207,10 @@ pub fn advertised_versions() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub enum Outcome {
-    Respond(Vec<Bytes>),
-    /// Produce with acks=0 gets no response.
-    NoResponse,
-    Close(String),
-}
-
-fn respond<T: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &T, splice: &[Bytes]) -> Outcome {
-    match response::encode(api_key, version, correlation_id, body, splice) {
-        Ok(chunks) => Outcome::Respond(chunks),
-        Err(err) => Outcome::Close(format!("cannot encode {api_key:?} v{version} response: {err}")),
-    }
+/// Reads the fixed start of a request header: api key, api version, correlation id.
+fn peek_header(frame: &[u8]) -> Option<(i16, i16, i32)> {
+    let mut buf = frame.get(..8)?;
+    Some((buf.get_i16(), buf.get_i16(), buf.get_i32()))
 }
 
 pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Bytes) -> Outcome {
@@ -124,91 +246,13 @@ pub async fn handle(broker: &Arc<Broker>, conn: &mut ConnectionState, frame: Byt
         Ok(header) => header,
         Err(err) => return Outcome::Close(format!("malformed {api_key:?} v{version} request header: {err}")),
     };
-    let request = match RequestKind::decode(api_key, &mut body, version) {
-        Ok(request) => request,
-        Err(err) => return Outcome::Close(format!("malformed {api_key:?} v{version} request: {err}")),
-    };
-    let reply = |body: &dyn ErasedEncodable, splice: &[Bytes]| body.respond(api_key, version, correlation_id, splice);
-    match request {
-        RequestKind::ApiVersions(req) => reply(&api::api_versions::handle(conn, &header, req), &[]),
-        RequestKind::Metadata(req) => reply(&api::metadata::handle(broker, &header, req).await, &[]),
-        RequestKind::Produce(req) => match api::produce::handle(broker, &header, req).await {
-            api::produce::ProduceReply::Respond(response) => reply(&response, &[]),
-            api::produce::ProduceReply::NoResponse => Outcome::NoResponse,
-            api::produce::ProduceReply::Close(reason) => Outcome::Close(reason),
-        },
-        RequestKind::Fetch(req) => {
-            let (response, records) = api::fetch::handle(broker, &header, req).await;
-            reply(&response, &records)
-        }
-        RequestKind::ListOffsets(req) => reply(&api::list_offsets::handle(broker, &header, req), &[]),
-        RequestKind::CreateTopics(req) => reply(&api::topics::create_topics(broker, &header, req).await, &[]),
-        RequestKind::DeleteTopics(req) => reply(&api::topics::delete_topics(broker, &header, req).await, &[]),
-        RequestKind::CreatePartitions(req) => reply(&api::topics::create_partitions(broker, &header, req).await, &[]),
-        RequestKind::DescribeConfigs(req) => reply(&api::configs::describe_configs(broker, &header, req), &[]),
-        RequestKind::IncrementalAlterConfigs(req) => {
-            reply(&api::configs::incremental_alter_configs(broker, &header, req).await, &[])
-        }
-        RequestKind::AlterConfigs(req) => reply(&api::configs::alter_configs(broker, &header, req).await, &[]),
-        RequestKind::DescribeCluster(req) => reply(&api::cluster::describe_cluster(broker, &header, req), &[]),
-        RequestKind::DeleteRecords(req) => reply(&api::records::delete_records(broker, &header, req).await, &[]),
-        RequestKind::OffsetForLeaderEpoch(req) => {
-            reply(&api::records::offset_for_leader_epoch(broker, &header, req), &[])
-        }
-        RequestKind::FindCoordinator(req) => {
-            reply(&api::coordinator::find_coordinator(broker, &header, req).await, &[])
-        }
-        RequestKind::JoinGroup(req) => reply(&api::group::join_group(broker, conn, &header, req).await, &[]),
-        RequestKind::SyncGroup(req) => reply(&api::group::sync_group(broker, &header, req).await, &[]),
-        RequestKind::Heartbeat(req) => reply(&api::group::heartbeat(broker, &header, req), &[]),
-        RequestKind::LeaveGroup(req) => reply(&api::group::leave_group(broker, &header, req), &[]),
-        RequestKind::ListGroups(req) => reply(&api::group::list_groups(broker, &header, req), &[]),
-        RequestKind::DescribeGroups(req) => reply(&api::group::describe_groups(broker, &header, req), &[]),
-        RequestKind::DeleteGroups(req) => reply(&api::group::delete_groups(broker, &header, req).await, &[]),
-        RequestKind::OffsetCommit(req) => reply(&api::offsets::offset_commit(broker, &header, req).await, &[]),
-        RequestKind::OffsetFetch(req) => reply(&api::offsets::offset_fetch(broker, &header, req), &[]),
-        RequestKind::OffsetDelete(req) => reply(&api::offsets::offset_delete(broker, &header, req).await, &[]),
-        RequestKind::ConsumerGroupHeartbeat(req) => {
-            reply(&api::consumer_group::consumer_group_heartbeat(broker, conn, &header, req).await, &[])
-        }
-        RequestKind::ConsumerGroupDescribe(req) => {
-            reply(&api::consumer_group::consumer_group_describe(broker, &header, req), &[])
-        }
-        RequestKind::InitProducerId(req) => reply(&api::txn::init_producer_id(broker, &header, req).await, &[]),
-        RequestKind::AddPartitionsToTxn(req) => {
-            reply(&api::txn::add_partitions_to_txn(broker, &header, req).await, &[])
-        }
-        RequestKind::AddOffsetsToTxn(req) => reply(&api::txn::add_offsets_to_txn(broker, &header, req).await, &[]),
-        RequestKind::EndTxn(req) => reply(&api::txn::end_txn(broker, &header, req).await, &[]),
-        RequestKind::TxnOffsetCommit(req) => reply(&api::txn::txn_offset_commit(broker, &header, req).await, &[]),
-        RequestKind::DescribeProducers(req) => reply(&api::txn_describe::describe_producers(broker, &header, req), &[]),
-        RequestKind::DescribeTransactions(req) => {
-            reply(&api::txn_describe::describe_transactions(broker, &header, req).await, &[])
-        }
-        RequestKind::ListTransactions(req) => {
-            reply(&api::txn_describe::list_transactions(broker, &header, req).await, &[])
-        }
-        // Only APIs in the table get here, and each has an arm above.
-        _ => Outcome::Close(format!("no handler for {api_key:?}")),
-    }
-}
-
-/// Lets the dispatch table treat every response type alike.
-trait ErasedEncodable {
-    fn respond(&self, api_key: ApiKey, version: i16, correlation_id: i32, splice: &[Bytes]) -> Outcome;
-}
-
-impl<T: Encodable> ErasedEncodable for T {
-    fn respond(&self, api_key: ApiKey, version: i16, correlation_id: i32, splice: &[Bytes]) -> Outcome {
-        respond(api_key, version, correlation_id, self, splice)
-    }
+    (spec.handler)(Call { api_key, broker, conn, header, body }).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{Buf, BytesMut};
-    use kafka_protocol::messages::*;
+    use bytes::BytesMut;
 
     fn default_request(key: ApiKey) -> RequestKind {
         match key {

@@ -83,7 +83,7 @@ impl InProcessClient {
         if let Some(count) = self.partition_count(topic) {
             return Ok(count);
         }
-        match self.broker.create_topic(topic, partitions, configs, false) {
+        match self.broker.controller.create_topic(topic, partitions, configs, false) {
             Ok(created) => Ok(created.partitions),
             Err(err) => self
                 .partition_count(topic)
@@ -139,12 +139,10 @@ impl InProcessClient {
         timeout_ms: i32,
     ) -> Result<TransactionalProducer, ClientError> {
         let broker = &self.broker;
-        broker.txns.ensure_state_topic(broker).map_err(refused("creating __transaction_state"))?;
-        broker.groups.ensure_offsets_topic(broker).map_err(refused("creating __consumer_offsets"))?;
-        let (producer_id, producer_epoch) = broker
-            .txns
-            .init_producer_id(broker, transactional_id, timeout_ms, None)
-            .map_err(refused("InitProducerId"))?;
+        broker.txns.ensure_state_topic().map_err(refused("creating __transaction_state"))?;
+        broker.groups.ensure_offsets_topic().map_err(refused("creating __consumer_offsets"))?;
+        let (producer_id, producer_epoch) =
+            broker.txns.init_producer_id(transactional_id, timeout_ms, None).map_err(refused("InitProducerId"))?;
         Ok(TransactionalProducer {
             client: self.clone(),
             transactional_id: transactional_id.to_string(),
@@ -215,7 +213,7 @@ impl TransactionalProducer {
         offsets_group: Option<&str>,
     ) -> Result<(), ClientError> {
         let broker = &self.client.broker;
-        let mut pairs: Vec<(String, i32)> = partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect();
+        let mut pairs = partitions.to_vec();
         if let Some(group) = offsets_group {
             let offsets = broker.groups.offsets_partition_for(group).ok_or(ClientError::Refused {
                 step: "AddOffsetsToTxn",
@@ -228,7 +226,7 @@ impl TransactionalProducer {
         }
         broker
             .txns
-            .add_partitions(broker, &self.transactional_id, self.producer_id, self.producer_epoch, pairs)
+            .add_partitions(&self.transactional_id, self.producer_id, self.producer_epoch, pairs)
             .map_err(refused("AddPartitionsToTxn"))
     }
 
@@ -251,16 +249,17 @@ impl TransactionalProducer {
     /// they count once the transaction commits.
     pub fn commit_offsets(&self, group: &str, offsets: &[OffsetCommit]) -> Result<(), ClientError> {
         let broker = &self.client.broker;
-        let (_, offsets_partition) = broker
+        let offsets_partition = broker
             .groups
             .offsets_partition_for(group)
-            .ok_or(ClientError::Refused { step: "TxnOffsetCommit", code: ResponseError::CoordinatorNotAvailable })?;
+            .ok_or(ClientError::Refused { step: "TxnOffsetCommit", code: ResponseError::CoordinatorNotAvailable })?
+            .partition;
         let producer = (self.producer_id, self.producer_epoch);
         let pending = broker
             .txns
             .in_offsets_transaction(&self.transactional_id, producer.0, producer.1, offsets_partition, || {
                 let claim = MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
-                broker.groups.commit_offsets(broker, group, claim, -1, offsets, Some(producer))
+                broker.groups.commit_offsets(group, claim, -1, offsets, Some(producer))
             })
             .map_err(refused("TxnOffsetCommit"))?;
         match GroupCoordinator::complete_commit_blocking(pending).into_iter().flatten().next() {
@@ -284,7 +283,7 @@ impl TransactionalProducer {
         let broker = &self.client.broker;
         broker
             .txns
-            .end_txn(broker, &self.transactional_id, self.producer_id, self.producer_epoch, commit)
+            .end_txn(&self.transactional_id, self.producer_id, self.producer_epoch, commit)
             .map_err(refused("EndTxn"))
     }
 }

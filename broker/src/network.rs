@@ -6,13 +6,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::broker::Broker;
-use crate::dispatch::{self, Outcome};
+use crate::connection::ConnectionState;
+use crate::dispatch;
+use crate::response::Outcome;
 
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -37,14 +39,6 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: wat
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// What one connection remembers between requests.
-#[derive(Default)]
-pub struct ConnectionState {
-    pub peer: Option<SocketAddr>,
-    /// From ApiVersions v3+, for logs about what a client asked for.
-    pub client_software: Option<String>,
 }
 
 async fn handle_connection(
@@ -86,10 +80,4 @@ async fn handle_connection(
             }
         }
     }
-}
-
-/// Reads the fixed start of a request header: api key, api version, correlation id.
-pub fn peek_header(frame: &[u8]) -> Option<(i16, i16, i32)> {
-    let mut buf = frame.get(..8)?;
-    Some((buf.get_i16(), buf.get_i16(), buf.get_i32()))
 }

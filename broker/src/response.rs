@@ -106,6 +106,28 @@ pub fn encode<T: Encodable>(
     Ok(chunks)
 }
 
+/// What a request gets back.
+pub enum Outcome {
+    Respond(Vec<Bytes>),
+    /// Produce with acks=0 gets no response.
+    NoResponse,
+    Close(String),
+}
+
+/// Encodes a response frame, or closes the connection if it cannot be encoded.
+pub fn respond<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+    splice: &[Bytes],
+) -> Outcome {
+    match encode(api_key, version, correlation_id, body, splice) {
+        Ok(chunks) => Outcome::Respond(chunks),
+        Err(err) => Outcome::Close(format!("cannot encode {api_key:?} v{version} response: {err}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

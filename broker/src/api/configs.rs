@@ -23,8 +23,9 @@ use kafka_protocol::messages::incremental_alter_configs_response::{
 use kafka_protocol::messages::RequestHeader;
 
 use super::{admin_blocking, str_bytes};
-use crate::broker::{AdminError, Broker};
+use crate::broker::Broker;
 use crate::config::DYNAMIC_KEYS;
+use crate::controller::AdminError;
 use crate::topic_config;
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -95,7 +96,7 @@ fn describe_topic(
     let topic = metadata.topic(name).ok_or_else(|| {
         AdminError::new(ResponseError::UnknownTopicOrPartition, format!("topic \"{name}\" does not exist"))
     })?;
-    let config = broker.topic_log_config(&topic.configs)?;
+    let config = broker.controller.topic_log_config(&topic.configs)?;
     Ok(topic_config::describe(&config)
         .into_iter()
         .map(|(key, value)| {
@@ -110,7 +111,7 @@ fn describe_broker(
     name: &str,
     synonyms: bool,
 ) -> Result<Vec<DescribeConfigsResourceResult>, AdminError> {
-    let config = broker.effective_config();
+    let config = broker.controller.effective_config();
     let dynamic = broker.metadata().broker_configs.clone();
     if !name.is_empty() && name != config.node_id.to_string() {
         return Err(AdminError::new(
@@ -231,12 +232,12 @@ fn alter_resource(
     validate_only: bool,
 ) -> Result<(), AdminError> {
     match resource_type {
-        RESOURCE_TOPIC => broker.alter_topic_configs(name, change, validate_only),
+        RESOURCE_TOPIC => broker.controller.alter_topic_configs(name, change, validate_only),
         RESOURCE_BROKER if !name.is_empty() && name != broker.config.node_id.to_string() => Err(AdminError::new(
             ResponseError::InvalidRequest,
             format!("this is broker {}, not {name}", broker.config.node_id),
         )),
-        RESOURCE_BROKER => broker.alter_broker_configs(change, validate_only),
+        RESOURCE_BROKER => broker.controller.alter_broker_configs(change, validate_only),
         other => Err(AdminError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
     }
 }

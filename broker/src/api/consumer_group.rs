@@ -3,7 +3,6 @@
 //! in `group::consumer`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
@@ -16,11 +15,11 @@ use kafka_protocol::messages::RequestHeader;
 use super::coordinator::ensure_group_coordinator;
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
+use crate::connection::ConnectionState;
 use crate::group::assignor::Assignment;
 use crate::group::consumer::{encode_assignment, ConsumerGroup, HeartbeatRequest};
 use crate::group::Group;
 use crate::metadata::ClusterMetadata;
-use crate::network::ConnectionState;
 
 /// Without `include_authorized_operations`.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
@@ -70,14 +69,15 @@ pub async fn consumer_group_heartbeat(
     let metadata = broker.metadata();
     let result = {
         let mut group = group.lock();
-        let result = match group.as_consumer_group(&metadata, Instant::now()) {
-            Ok(consumer) => consumer.heartbeat(beat, Instant::now(), &metadata, config),
+        let now = broker.clock.now();
+        let result = match group.as_consumer_group(&metadata, now) {
+            Ok(consumer) => consumer.heartbeat(beat, now, &metadata, config),
             Err(error) => {
                 return fail(error, &format!("group {group_id} has classic members and cannot switch protocol now"));
             }
         };
         // An upgraded classic group leaves an empty record behind.
-        broker.groups.persist_if_dirty(broker, &mut group);
+        broker.groups.persist_if_dirty(&mut group);
         result
     };
     if let Some((error, message)) = result.error {
@@ -131,7 +131,7 @@ pub fn consumer_group_describe(
                 .with_authorized_operations(OPERATIONS_NOT_REQUESTED);
             let group = broker.groups.group(group_id.0.as_str());
             let group = group.as_ref().map(|g| g.lock());
-            let Some(consumer) = group.as_ref().and_then(|g| g.consumer.as_ref()) else {
+            let Some(consumer) = group.as_ref().and_then(|g| g.consumer()) else {
                 let message = format!("group {} is not a consumer group", group_id.0.as_str());
                 return base
                     .with_error_code(ResponseError::GroupIdNotFound.code())

@@ -22,7 +22,7 @@ pub(crate) async fn ensure_group_coordinator(broker: &Arc<Broker>) -> Result<(),
         return Ok(());
     }
     let broker = broker.clone();
-    tokio::task::spawn_blocking(move || broker.groups.ensure_offsets_topic(&broker))
+    tokio::task::spawn_blocking(move || broker.groups.ensure_offsets_topic())
         .await
         .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
 }
@@ -33,7 +33,7 @@ pub(crate) async fn ensure_transaction_coordinator(broker: &Arc<Broker>) -> Resu
         return Ok(());
     }
     let broker = broker.clone();
-    tokio::task::spawn_blocking(move || broker.txns.ensure_state_topic(&broker))
+    tokio::task::spawn_blocking(move || broker.txns.ensure_state_topic())
         .await
         .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
 }

@@ -3,7 +3,7 @@
 //! `group::classic`; these functions translate versions and wait for rebalances.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
@@ -29,10 +29,10 @@ use tokio::sync::oneshot;
 use super::coordinator::ensure_group_coordinator;
 use super::str_bytes;
 use crate::broker::Broker;
+use crate::connection::ConnectionState;
 use crate::group::classic::{ClassicState, JoinRequest, JoinResult, Reply, SyncResult};
 use crate::group::consumer::ClassicJoin;
-use crate::group::Group;
-use crate::network::ConnectionState;
+use crate::group::{Group, Membership};
 
 /// DescribeGroups v3+ without `include_authorized_operations`.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
@@ -125,11 +125,12 @@ pub async fn join_group(
     };
     let reply = {
         let mut group = group.lock();
-        let reply = match group.as_classic_group() {
-            Some(classic) => classic.join(join, Instant::now(), config),
+        let now = broker.clock.now();
+        let reply = match group.as_classic_group(now) {
+            Some(classic) => classic.join(join, now, config),
             None => Reply::Now(join_consumer_group(broker, &mut group, join, version)),
         };
-        broker.groups.persist_if_dirty(broker, &mut group);
+        broker.groups.persist_if_dirty(&mut group);
         reply
     };
     let timeout = Duration::from_millis(rebalance_timeout_ms.max(request.session_timeout_ms).max(0) as u64);
@@ -140,7 +141,7 @@ pub async fn join_group(
 /// A classic member joining a KIP-848 group during a rolling upgrade: answered at once,
 /// with no leader (the coordinator assigns).
 fn join_consumer_group(broker: &Broker, group: &mut Group, join: JoinRequest, version: i16) -> JoinResult {
-    let Some(consumer) = group.consumer.as_mut() else {
+    let Some(consumer) = group.consumer_mut() else {
         return JoinResult::error(ResponseError::CoordinatorNotAvailable, &join.member_id);
     };
     if join.protocol_type != "consumer" {
@@ -165,7 +166,7 @@ fn join_consumer_group(broker: &Broker, group: &mut Group, join: JoinRequest, ve
         protocols: join.protocols,
     };
     let metadata = broker.metadata();
-    match consumer.classic_join(classic_join, Instant::now(), &metadata, &broker.groups.config) {
+    match consumer.classic_join(classic_join, broker.clock.now(), &metadata, &broker.groups.config) {
         Ok((generation_id, protocol_name)) => JoinResult {
             error: None,
             generation_id,
@@ -202,32 +203,34 @@ pub async fn sync_group(broker: &Arc<Broker>, _header: &RequestHeader, request: 
     let assignments = request.assignments.into_iter().map(|a| (text(&a.member_id), a.assignment)).collect();
     let (reply, timeout) = {
         let mut group = group.lock();
-        if let Some(consumer) = group.consumer.as_mut() {
-            let metadata = broker.metadata();
-            return sync_response(match consumer.classic_sync(&member_id, request.generation_id, &metadata) {
-                Ok((assignment, protocol_name)) => SyncResult {
-                    error: None,
-                    protocol_type: Some("consumer".into()),
-                    protocol_name: Some(protocol_name),
-                    assignment,
-                },
-                Err(error) => SyncResult::error(error),
-            });
-        }
-        let reply = group.classic.sync(
+        let classic = match &mut group.membership {
+            Membership::Consumer(consumer) => {
+                let metadata = broker.metadata();
+                return sync_response(match consumer.classic_sync(&member_id, request.generation_id, &metadata) {
+                    Ok((assignment, protocol_name)) => SyncResult {
+                        error: None,
+                        protocol_type: Some("consumer".into()),
+                        protocol_name: Some(protocol_name),
+                        assignment,
+                    },
+                    Err(error) => SyncResult::error(error),
+                });
+            }
+            Membership::Classic(classic) => classic,
+        };
+        let reply = classic.sync(
             &member_id,
             instance.as_deref(),
             request.generation_id,
             (protocol_type.as_deref(), protocol_name.as_deref()),
             assignments,
-            Instant::now(),
+            broker.clock.now(),
         );
-        broker.groups.persist_if_dirty(broker, &mut group);
-        let timeout = group
-            .classic
+        let timeout = classic
             .members()
             .find(|m| *m.member_id == member_id)
             .map_or(0, |m| m.rebalance_timeout_ms.max(m.session_timeout_ms));
+        broker.groups.persist_if_dirty(&mut group);
         (reply, Duration::from_millis(timeout.max(0) as u64))
     };
     sync_response(wait_reply(reply, timeout, || SyncResult::error(ResponseError::RebalanceInProgress)).await)
@@ -241,21 +244,21 @@ pub fn heartbeat(broker: &Arc<Broker>, _header: &RequestHeader, request: Heartbe
         Some(group) => {
             let instance = request.group_instance_id.as_ref().map(text);
             let mut group = group.lock();
-            if let Some(consumer) = group.consumer.as_mut() {
-                return HeartbeatResponse::default().with_error_code(
-                    consumer
-                        .classic_heartbeat(request.member_id.as_str(), request.generation_id, Instant::now())
-                        .err()
-                        .map_or(0, |e| e.code()),
-                );
-            }
-            let result = group.classic.heartbeat(
-                request.member_id.as_str(),
-                instance.as_deref(),
-                request.generation_id,
-                Instant::now(),
-            );
-            broker.groups.persist_if_dirty(broker, &mut group);
+            let now = broker.clock.now();
+            let result = match &mut group.membership {
+                Membership::Consumer(consumer) => {
+                    return HeartbeatResponse::default().with_error_code(
+                        consumer
+                            .classic_heartbeat(request.member_id.as_str(), request.generation_id, now)
+                            .err()
+                            .map_or(0, |e| e.code()),
+                    );
+                }
+                Membership::Classic(classic) => {
+                    classic.heartbeat(request.member_id.as_str(), instance.as_deref(), request.generation_id, now)
+                }
+            };
+            broker.groups.persist_if_dirty(&mut group);
             result
         }
     };
@@ -281,17 +284,18 @@ pub fn leave_group(broker: &Arc<Broker>, header: &RequestHeader, request: LeaveG
     if let (Some(group), None) = (&group, top_level) {
         let mut group = group.lock();
         let config = &broker.groups.config;
+        let now = broker.clock.now();
         for (member_id, instance) in &leaving {
-            let result = match group.consumer.as_mut() {
-                Some(consumer) => consumer.classic_leave(member_id, instance.as_deref()),
-                None => group.classic.leave(member_id, instance.as_deref(), Instant::now(), config),
+            let result = match &mut group.membership {
+                Membership::Consumer(consumer) => consumer.classic_leave(member_id, instance.as_deref(), now),
+                Membership::Classic(classic) => classic.leave(member_id, instance.as_deref(), now, config),
             };
             if result.is_ok() {
                 tracing::info!(group = group_id, member = member_id, "member left the group");
             }
             results.push(result.err());
         }
-        broker.groups.persist_if_dirty(broker, &mut group);
+        broker.groups.persist_if_dirty(&mut group);
     }
     if version < 3 {
         let error = top_level.or(results.first().copied().flatten());
@@ -354,11 +358,13 @@ pub fn describe_groups(
                 return base.with_group_state(str_bytes(ClassicState::Dead.name()));
             };
             let group = group.lock();
-            if let Some(consumer) = &group.consumer {
-                let metadata = broker.metadata();
-                return super::consumer_group::describe_as_classic(base, &group, consumer, &metadata);
-            }
-            let classic = &group.classic;
+            let classic = match &group.membership {
+                Membership::Consumer(consumer) => {
+                    let metadata = broker.metadata();
+                    return super::consumer_group::describe_as_classic(base, &group, consumer, &metadata);
+                }
+                Membership::Classic(classic) => classic,
+            };
             // Member metadata and assignments are only meaningful once the group is stable.
             let stable = classic.state == ClassicState::Stable;
             let protocol = if stable { classic.protocol_name.clone().unwrap_or_default() } else { String::new() };
@@ -398,7 +404,7 @@ pub async fn delete_groups(
         names
             .into_iter()
             .map(|group_id| {
-                let result = broker.groups.delete_group(broker, group_id.0.as_str());
+                let result = broker.groups.delete_group(group_id.0.as_str());
                 if result.is_ok() {
                     tracing::info!(group = group_id.0.as_str(), "deleted group");
                 }

@@ -11,7 +11,8 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, RequestHeader};
 
 use super::{str_bytes, topic_name};
-use crate::broker::{validate_topic_name, Broker};
+use crate::broker::Broker;
+use crate::controller::validate_topic_name;
 use crate::metadata::TopicMetadata;
 
 /// Kafka's "authorized operations not requested" value.
@@ -75,7 +76,7 @@ async fn topic_by_name(broker: &Arc<Broker>, name: &str, auto_create: bool, node
     let (creator, owned) = (broker.clone(), name.to_string());
     let created = tokio::task::spawn_blocking(move || {
         let partitions = creator.config.num_partitions;
-        creator.create_topic(&owned, partitions, Default::default(), false)
+        creator.controller.create_topic(&owned, partitions, Default::default(), false)
     })
     .await;
     match created {
@@ -107,7 +108,7 @@ fn describe_topic(topic: &TopicMetadata, node: BrokerId) -> MetadataResponseTopi
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
         .with_topic_id(topic.id)
-        .with_is_internal(crate::broker::is_internal_topic(&topic.name))
+        .with_is_internal(crate::internal_topics::is_internal_topic(&topic.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }

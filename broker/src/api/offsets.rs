@@ -24,7 +24,9 @@ use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::group::consumer::decode_subscription;
 use crate::group::offsets::CommittedOffset;
+use crate::group::Membership;
 use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
+use crate::topic_partition::TopicPartition;
 
 pub async fn offset_commit(
     broker: &Arc<Broker>,
@@ -55,7 +57,7 @@ pub async fn offset_commit(
             member_id: request.member_id.as_str(),
             group_instance_id: request.group_instance_id.as_ref().map(|s| s.as_str()),
         };
-        let pending = broker.groups.commit_offsets(broker, &group_id, claim, request.retention_time_ms, &commits, None);
+        let pending = broker.groups.commit_offsets(&group_id, claim, request.retention_time_ms, &commits, None);
         GroupCoordinator::complete_commit(pending).await
     };
     let mut results = results.into_iter();
@@ -121,12 +123,12 @@ fn group_offsets(broker: &Broker, group_id: &str, topics: Option<Vec<(String, Ve
             .collect(),
         None => {
             let mut by_topic: FetchedTopics = Vec::new();
-            for ((topic, partition), committed) in group.iter().flat_map(|g| g.offsets.iter()) {
-                if by_topic.last().is_none_or(|(t, _)| t != topic) {
-                    by_topic.push((topic.clone(), Vec::new()));
+            for (tp, committed) in group.iter().flat_map(|g| g.offsets.iter()) {
+                if by_topic.last().is_none_or(|(t, _)| *t != tp.topic) {
+                    by_topic.push((tp.topic.clone(), Vec::new()));
                 }
                 if let Some((_, partitions)) = by_topic.last_mut() {
-                    partitions.push((*partition, fetched(Some(committed))));
+                    partitions.push((tp.partition, fetched(Some(committed))));
                 }
             }
             by_topic
@@ -214,7 +216,7 @@ fn check_fetching_member(
     let member_id = member_id?;
     let group = broker.groups.group(group_id)?;
     let group = group.lock();
-    let consumer = group.consumer.as_ref()?;
+    let consumer = group.consumer()?;
     consumer.validate_member_epoch(member_id, member_epoch).err()
 }
 
@@ -240,15 +242,14 @@ pub async fn offset_delete(
         }
         // A live consumer group keeps the offsets of topics it subscribes to; any other
         // live group keeps all of them.
-        let subscribed: Option<Vec<String>> = if group.is_empty() {
-            Some(Vec::new())
-        } else if let Some(consumer) = &group.consumer {
-            Some(consumer.subscribed_topics().into_iter().collect())
-        } else if group.protocol_type() == "consumer" {
-            let protocol = group.classic.protocol_name.clone();
-            Some(group.classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol.as_deref()))).collect())
-        } else {
-            None
+        let subscribed: Option<Vec<String>> = match &group.membership {
+            _ if group.is_empty() => Some(Vec::new()),
+            Membership::Consumer(consumer) => Some(consumer.subscribed_topics().into_iter().collect()),
+            Membership::Classic(classic) if group.protocol_type() == "consumer" => {
+                let protocol = classic.protocol_name.as_deref();
+                Some(classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol))).collect())
+            }
+            Membership::Classic(_) => None,
         };
         let Some(subscribed) = subscribed else {
             return OffsetDeleteResponse::default().with_error_code(ResponseError::NonEmptyGroup.code());
@@ -267,7 +268,7 @@ pub async fn offset_delete(
                         if subscribed.contains(&name) {
                             (p.partition_index, Some(ResponseError::GroupSubscribedToTopic))
                         } else {
-                            deletable.push((name.clone(), p.partition_index));
+                            deletable.push(TopicPartition::new(name.clone(), p.partition_index));
                             (p.partition_index, None)
                         }
                     })
@@ -275,7 +276,7 @@ pub async fn offset_delete(
                 (name, partitions)
             })
             .collect();
-        let failure = broker.groups.delete_offsets(broker, &mut group, &deletable).err();
+        let failure = broker.groups.delete_offsets(&mut group, &deletable).err();
         let topics = topics
             .into_iter()
             .map(|(name, partitions)| {

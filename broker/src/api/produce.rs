@@ -110,7 +110,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                     ResponseError::InvalidRequiredAcks,
                     Some(format!("acks must be -1, 0 or 1, got {acks}")),
                 )
-            } else if crate::broker::is_internal_topic(&name) {
+            } else if crate::internal_topics::is_internal_topic(&name) {
                 // Kafka's answer to a client writing the coordinator's own records.
                 partition_error(
                     index,

@@ -16,7 +16,8 @@ use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, Del
 use kafka_protocol::messages::RequestHeader;
 
 use super::{admin_blocking, str_bytes, topic_name};
-use crate::broker::{AdminError, Broker};
+use crate::broker::Broker;
+use crate::controller::AdminError;
 use crate::topic_config;
 
 /// `config_source` for a topic config set on the topic, and for a broker default.
@@ -71,8 +72,8 @@ fn create_one(
         let Some(value) = &config.value else { continue };
         configs.insert(config.name.as_str().to_string(), value.as_str().to_string());
     }
-    let created = broker.create_topic(name, partitions, configs, validate_only)?;
-    let log_config = broker.topic_log_config(&created.configs)?;
+    let created = broker.controller.create_topic(name, partitions, configs, validate_only)?;
+    let log_config = broker.controller.topic_log_config(&created.configs)?;
     let described = topic_config::describe(&log_config)
         .into_iter()
         .map(|(key, value)| {
@@ -161,7 +162,7 @@ pub async fn delete_topics(
                     let err = repeated_error(&target);
                     return result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)));
                 }
-                match broker.delete_topic(&target) {
+                match broker.controller.delete_topic(&target) {
                     Ok(id) => result.with_topic_id(id),
                     Err(err) => {
                         result.with_error_code(err.code.code()).with_error_message(Some(str_bytes(err.message)))
@@ -190,7 +191,7 @@ pub async fn create_partitions(
                 let grown = if repeated.contains(topic.name.0.as_str()) {
                     Err(repeated_error(topic.name.0.as_str()))
                 } else {
-                    broker.create_partitions(topic.name.0.as_str(), topic.count, validate_only)
+                    broker.controller.create_partitions(topic.name.0.as_str(), topic.count, validate_only)
                 };
                 match grown {
                     Ok(()) => result,

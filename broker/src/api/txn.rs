@@ -26,6 +26,7 @@ use kafka_protocol::messages::{ProducerId, RequestHeader};
 use super::coordinator::ensure_group_coordinator;
 use crate::broker::Broker;
 use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
+use crate::topic_partition::TopicPartition;
 
 /// PRODUCER_FENCED exists from these versions on (KIP-588); older clients get
 /// INVALID_PRODUCER_EPOCH for the same situation.
@@ -70,11 +71,8 @@ pub async fn init_producer_id(
     // A producer without a transactional id always gets a new id (also when it asks for an
     // epoch bump after an error, KIP-360): nothing can fence it, so nothing is lost.
     let result = blocking(broker, move |broker| match transactional_id {
-        None => broker.allocate_producer_id().map(|id| (id, 0)).map_err(|err| {
-            tracing::error!(error = %err.message, "cannot allocate a producer id");
-            ResponseError::CoordinatorNotAvailable
-        }),
-        Some(id) => broker.txns.init_producer_id(broker, &id, timeout_ms, expected),
+        None => broker.txns.new_producer_id().map(|id| (id, 0)),
+        Some(id) => broker.txns.init_producer_id(&id, timeout_ms, expected),
     })
     .await
     .map_err(|error| fencing_code(error, version, 4));
@@ -121,9 +119,11 @@ fn add_partitions(
     verify_only: bool,
     version: i16,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
-    let partitions: Vec<(String, i32)> =
-        topics.iter().flat_map(|t| t.partitions.iter().map(move |&p| (t.name.0.as_str().to_string(), p))).collect();
-    let unknown = |(topic, partition): &(String, i32)| broker.replicas.partition(topic, *partition).is_none();
+    let partitions: Vec<TopicPartition> = topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |&p| TopicPartition::new(t.name.0.as_str(), p)))
+        .collect();
+    let unknown = |tp: &TopicPartition| broker.replicas.partition(&tp.topic, tp.partition).is_none();
     if partitions.iter().any(unknown) {
         return topics
             .iter()
@@ -132,8 +132,7 @@ fn add_partitions(
                     .partitions
                     .iter()
                     .map(|&index| {
-                        let name = topic.name.0.as_str().to_string();
-                        let code = if unknown(&(name, index)) {
+                        let code = if unknown(&TopicPartition::new(topic.name.0.as_str(), index)) {
                             ResponseError::UnknownTopicOrPartition
                         } else {
                             ResponseError::OperationNotAttempted
@@ -150,11 +149,11 @@ fn add_partitions(
             .collect();
     }
     let result = if verify_only {
-        partitions.iter().try_for_each(|(topic, partition)| {
-            broker.txns.verify_produce(producer_id, producer_epoch, topic, *partition)
-        })
+        partitions
+            .iter()
+            .try_for_each(|tp| broker.txns.verify_produce(producer_id, producer_epoch, &tp.topic, tp.partition))
     } else {
-        broker.txns.add_partitions(broker, transactional_id, producer_id, producer_epoch, partitions)
+        broker.txns.add_partitions(transactional_id, producer_id, producer_epoch, partitions)
     };
     topic_results(topics, &result.map_err(|error| fencing_code(error, version, 2)))
 }
@@ -216,7 +215,6 @@ pub async fn add_offsets_to_txn(
             .offsets_partition_for(request.group_id.0.as_str())
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
         broker.txns.add_partitions(
-            broker,
             request.transactional_id.0.as_str(),
             request.producer_id.0,
             request.producer_epoch,
@@ -232,7 +230,6 @@ pub async fn end_txn(broker: &Arc<Broker>, header: &RequestHeader, request: EndT
     let (producer_id, producer_epoch) = (request.producer_id, request.producer_epoch);
     let result = blocking(broker, move |broker| {
         broker.txns.end_txn(
-            broker,
             request.transactional_id.0.as_str(),
             request.producer_id.0,
             request.producer_epoch,
@@ -281,14 +278,17 @@ pub async fn txn_offset_commit(
             let pending = blocking(broker, move |broker| {
                 let (transactional_id, group_id, producer_id, epoch, generation_id, member_id, instance) =
                     request_for_check;
-                let (_, partition) =
-                    broker.groups.offsets_partition_for(&group_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
+                let partition = broker
+                    .groups
+                    .offsets_partition_for(&group_id)
+                    .ok_or(ResponseError::CoordinatorNotAvailable)?
+                    .partition;
                 // KIP-890: the group's offsets partition must be in the ongoing transaction,
                 // checked and written under the transaction's lock.
                 broker.txns.in_offsets_transaction(&transactional_id, producer_id, epoch, partition, || {
                     let claim =
                         MemberClaim { generation_id, member_id: &member_id, group_instance_id: instance.as_deref() };
-                    broker.groups.commit_offsets(broker, &group_id, claim, -1, &commits, Some((producer_id, epoch)))
+                    broker.groups.commit_offsets(&group_id, claim, -1, &commits, Some((producer_id, epoch)))
                 })
             })
             .await;

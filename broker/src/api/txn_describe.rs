@@ -82,8 +82,8 @@ fn describe_transactions_now(broker: &Broker, request: DescribeTransactionsReque
             };
             let meta = txn.lock();
             let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-            for (topic, partition) in &meta.partitions {
-                by_topic.entry(topic).or_default().push(*partition);
+            for tp in &meta.partitions {
+                by_topic.entry(&tp.topic).or_default().push(tp.partition);
             }
             let topics = by_topic
                 .into_iter()

@@ -6,9 +6,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::record::{self, RecordKey};
-use super::{GroupCoordinator, OFFSETS_TOPIC};
-use crate::broker::Broker;
+use super::coordinator::GroupCoordinator;
+use super::record::RecordKey;
+use crate::internal_topics::{partition_for, OFFSETS_TOPIC};
 use crate::partition::Partition;
 
 impl GroupCoordinator {
@@ -18,10 +18,10 @@ impl GroupCoordinator {
     /// segments wholly before the rewrite are deleted. The cache always matches the log
     /// (commits are applied under the group's lock in log order), so the rewrite holds
     /// everything the deleted records said. Blocking: it waits for an fsync.
-    pub fn clean_offsets_topic(&self, broker: &Broker) {
+    pub fn clean_offsets_topic(&self) {
         let partitions = self.offsets_partitions.load(Ordering::Acquire);
         for index in 0..partitions {
-            let Some(partition) = broker.replicas.partition(OFFSETS_TOPIC, index) else { continue };
+            let Some(partition) = self.replicas.partition(OFFSETS_TOPIC, index) else { continue };
             if self.damaged.lock().contains(&index) {
                 continue;
             }
@@ -30,7 +30,7 @@ impl GroupCoordinator {
             if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes.max(live) {
                 continue;
             }
-            match self.rewrite_partition(broker, index, &partition) {
+            match self.rewrite_partition(index, &partition) {
                 Ok(bytes) => {
                     self.live_bytes.lock().insert(index, bytes);
                 }
@@ -39,7 +39,7 @@ impl GroupCoordinator {
         }
     }
 
-    fn rewrite_partition(&self, broker: &Broker, index: i32, partition: &Partition) -> Result<u64, String> {
+    fn rewrite_partition(&self, index: i32, partition: &Partition) -> Result<u64, String> {
         let partitions = self.offsets_partitions.load(Ordering::Acquire);
         let start = partition.log.log_end_offset();
         // Checked after `start` is fixed: a transactional commit appended since is at or
@@ -52,23 +52,23 @@ impl GroupCoordinator {
         let mut last = None;
         for group in self.groups() {
             let group = group.lock();
-            if group.is_dead() || record::partition_for(&group.id, partitions) != index {
+            if group.is_dead() || partition_for(&group.id, partitions) != index {
                 continue;
             }
             let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
             if group.has_record {
                 let key = RecordKey::Group { group: group.id.to_string() }.encode();
-                records.push((key, Some(group.classic.snapshot().encode())));
+                records.push((key, Some(group.record().encode())));
             }
-            for ((topic, partition), committed) in group.offsets.iter() {
+            for (tp, committed) in group.offsets.iter() {
                 let key =
-                    RecordKey::Offset { group: group.id.to_string(), topic: topic.clone(), partition: *partition };
+                    RecordKey::Offset { group: group.id.to_string(), topic: tp.topic.clone(), partition: tp.partition };
                 records.push((key.encode(), Some(committed.to_value().encode())));
             }
             // Batches well under the topic's max.message.bytes.
             for chunk in records.chunks(1000) {
                 written += chunk.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>();
-                last = Some(self.append(broker, &group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?);
+                last = Some(self.append(&group.id, chunk).map_err(|e| format!("rewrite failed: {e:?}"))?);
             }
         }
         // One log: the last append being durable makes every earlier one durable too.

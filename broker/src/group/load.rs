@@ -9,43 +9,45 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::classic::ClassicGroup;
+use super::coordinator::GroupCoordinator;
 use super::offsets::CommittedOffset;
 use super::record::{GroupValue, OffsetValue, RecordKey};
-use super::{txn_offsets, Group, GroupCoordinator, OFFSETS_TOPIC};
-use crate::replica_manager::ReplicaManager;
+use super::state::Group;
+use super::txn_offsets;
+use crate::clock::Now;
+use crate::internal_topics::OFFSETS_TOPIC;
 
 impl GroupCoordinator {
     /// Rebuilds every group from `__consumer_offsets`, if it exists: the last record per key
     /// wins and tombstones delete. A record that does not decode is logged and skipped.
-    pub fn load(&self, replicas: &ReplicaManager, partitions: i32) -> crate::Result<()> {
+    pub(crate) fn load(&self, partitions: i32) -> crate::Result<()> {
         let started = Instant::now();
+        let now = self.clock.now();
         let mut groups: HashMap<String, Group> = HashMap::new();
         let mut records = 0u64;
         for index in 0..partitions {
-            let Some(partition) = replicas.partition(OFFSETS_TOPIC, index) else { continue };
+            let Some(partition) = self.replicas.partition(OFFSETS_TOPIC, index) else { continue };
             let mut open_txns = txn_offsets::OpenTxns::default();
             let skipped = partition.replay(|batch| {
                 if batch.is_control() || batch.is_transactional() {
-                    return open_txns.replay(&mut groups, batch);
+                    return open_txns.replay(&mut groups, batch, now);
                 }
                 for record in batch.records()? {
                     let record = record?;
                     records += 1;
-                    replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref());
+                    replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref(), now);
                 }
                 Ok(())
             })?;
             if skipped {
                 self.damaged.lock().insert(index);
             }
-            open_txns.leave_pending(&mut groups);
+            open_txns.leave_pending(&mut groups, now);
         }
-        let now = Instant::now();
         let mut map = self.groups.lock();
         for (id, mut group) in groups {
             if group.has_record || !group.offsets.is_empty() || !group.pending_txn.is_empty() {
-                group.classic.tick(now, &self.config);
+                group.tick(now, &self.config);
                 map.insert(Arc::from(id), Arc::new(Mutex::new(group)));
             }
         }
@@ -61,6 +63,7 @@ pub(crate) fn replay(
     record_offset: i64,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
+    now: Now,
 ) {
     let Some(key) = key else { return };
     let key = match RecordKey::decode(key) {
@@ -72,7 +75,7 @@ pub(crate) fn replay(
         }
     };
     let group_id = key.group().to_string();
-    let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Arc::from(group_id.as_str())));
+    let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Arc::from(group_id.as_str()), now.wall_ms));
     match (key, value) {
         (RecordKey::Offset { topic, partition, .. }, Some(value)) => match OffsetValue::decode(value) {
             Ok(value) => group.offsets.apply(&topic, partition, CommittedOffset::from_value(value, record_offset)),
@@ -80,15 +83,9 @@ pub(crate) fn replay(
         },
         (RecordKey::Offset { topic, partition, .. }, None) => group.offsets.remove(&topic, partition, record_offset),
         (RecordKey::Group { .. }, Some(value)) => match GroupValue::decode(value) {
-            Ok(value) => {
-                group.classic = ClassicGroup::restore(value, Instant::now());
-                group.has_record = true;
-            }
+            Ok(value) => group.restore_record(Some(value), now),
             Err(err) => tracing::warn!(record_offset, %err, "skipping a record of {OFFSETS_TOPIC}"),
         },
-        (RecordKey::Group { .. }, None) => {
-            group.classic = ClassicGroup::new();
-            group.has_record = false;
-        }
+        (RecordKey::Group { .. }, None) => group.restore_record(None, now),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::record::OffsetValue;
+use crate::topic_partition::TopicPartition;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -44,15 +45,15 @@ impl CommittedOffset {
 /// Committed offsets by topic and partition, ordered so that "all offsets" reads in order.
 #[derive(Debug, Default)]
 pub struct GroupOffsets {
-    offsets: BTreeMap<(String, i32), CommittedOffset>,
+    offsets: BTreeMap<TopicPartition, CommittedOffset>,
 }
 
 impl GroupOffsets {
     pub fn get(&self, topic: &str, partition: i32) -> Option<&CommittedOffset> {
-        self.offsets.get(&(topic.to_string(), partition))
+        self.offsets.get(&TopicPartition::new(topic, partition))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&(String, i32), &CommittedOffset)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicPartition, &CommittedOffset)> {
         self.offsets.iter()
     }
 
@@ -62,7 +63,7 @@ impl GroupOffsets {
 
     /// Applies a commit unless a later record already set this partition.
     pub fn apply(&mut self, topic: &str, partition: i32, committed: CommittedOffset) {
-        let key = (topic.to_string(), partition);
+        let key = TopicPartition::new(topic, partition);
         match self.offsets.get(&key) {
             Some(existing) if existing.record_offset > committed.record_offset => {}
             _ => {
@@ -73,14 +74,14 @@ impl GroupOffsets {
 
     /// Applies a tombstone unless a later record set the partition again.
     pub fn remove(&mut self, topic: &str, partition: i32, record_offset: i64) {
-        let key = (topic.to_string(), partition);
+        let key = TopicPartition::new(topic, partition);
         if self.offsets.get(&key).is_some_and(|existing| existing.record_offset <= record_offset) {
             self.offsets.remove(&key);
         }
     }
 
     pub fn remove_now(&mut self, topic: &str, partition: i32) -> Option<CommittedOffset> {
-        self.offsets.remove(&(topic.to_string(), partition))
+        self.offsets.remove(&TopicPartition::new(topic, partition))
     }
 
     /// Offsets past their expiry (KIP-211): an explicit expiry time wins; otherwise a group
@@ -93,7 +94,7 @@ impl GroupOffsets {
         retention_ms: i64,
         empty_since_ms: Option<i64>,
         simple: bool,
-    ) -> Vec<(String, i32)> {
+    ) -> Vec<TopicPartition> {
         self.offsets
             .iter()
             .filter(|(_, c)| match (c.expire_timestamp_ms, empty_since_ms) {
@@ -140,7 +141,7 @@ mod tests {
         offsets.apply("t", 0, committed(1, 0, 1_000));
         offsets.apply("t", 1, CommittedOffset { expire_timestamp_ms: Some(5_000), ..committed(1, 1, 1_000) });
         // A group with members keeps offsets without an explicit expiry.
-        assert_eq!(offsets.expired(6_000, 100, None, false), vec![("t".to_string(), 1)]);
+        assert_eq!(offsets.expired(6_000, 100, None, false), vec![TopicPartition::new("t", 1)]);
         // Empty since 2000 with 10s retention: kept until 12000.
         assert_eq!(offsets.expired(11_000, 10_000, Some(2_000), false).len(), 1);
         assert_eq!(offsets.expired(12_000, 10_000, Some(2_000), false).len(), 2);

@@ -38,6 +38,20 @@ pub struct GroupValue {
     pub members: Vec<MemberValue>,
 }
 
+impl GroupValue {
+    /// A group without members (`state_timestamp_ms` -1: unknown).
+    pub fn empty(protocol_type: &str, generation_id: i32, state_timestamp_ms: i64) -> GroupValue {
+        GroupValue {
+            protocol_type: protocol_type.to_string(),
+            generation_id,
+            protocol_name: None,
+            leader: None,
+            current_state_timestamp_ms: state_timestamp_ms,
+            members: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemberValue {
     pub member_id: String,
@@ -55,14 +69,6 @@ pub struct MemberValue {
 pub struct DecodeError(pub String);
 
 type Decoded<T> = Result<T, DecodeError>;
-
-/// Kafka's partition for a group: `abs(groupId.hashCode()) % partitions` with Java's
-/// `String.hashCode` over UTF-16 code units, so a group lands where Kafka would put it.
-pub fn partition_for(group: &str, partitions: i32) -> i32 {
-    let hash = group.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)));
-    // Kafka's Utils.abs: masks the sign bit (so i32::MIN maps to 0, not to itself).
-    (hash & 0x7fff_ffff) % partitions.max(1)
-}
 
 fn put_string(out: &mut Vec<u8>, s: &str) {
     // Group ids, topics and metadata are bounded well below i16::MAX by the request checks.
@@ -291,21 +297,6 @@ fn get_bytes(buf: &mut &[u8]) -> Decoded<Bytes> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn partition_for_matches_java_string_hash_code() {
-        // Java: "test-group".hashCode() == -1140442376... computed here by the same rule;
-        // the fixed points below are Java's values.
-        assert_eq!(partition_for("", 50), 0);
-        // "a".hashCode() = 97
-        assert_eq!(partition_for("a", 50), 97 % 50);
-        // "hello".hashCode() = 99162322
-        assert_eq!(partition_for("hello", 50), 99162322 % 50);
-        // "polygenelubricants".hashCode() = Integer.MIN_VALUE: abs() masks it to 0.
-        assert_eq!(partition_for("polygenelubricants", 50), 0);
-        // Non-ASCII hashes UTF-16 units: "é" is 0xE9.
-        assert_eq!(partition_for("é", 1000), 0xE9);
-    }
 
     #[test]
     fn tombstone_keys_and_unknown_versions() {

@@ -9,9 +9,13 @@ use std::sync::Arc;
 
 use sluice_storage::RecordBatch;
 
+use super::coordinator::GroupCoordinator;
 use super::offsets::CommittedOffset;
-use super::record::{self, OffsetValue, RecordKey};
-use super::{Group, GroupCoordinator, OFFSETS_TOPIC};
+use super::record::{OffsetValue, RecordKey};
+use super::state::Group;
+use crate::clock::Now;
+use crate::internal_topics::{partition_for, OFFSETS_TOPIC};
+use crate::topic_partition::TopicPartition;
 
 /// Transactional offset records read so far in one partition, by producer id.
 #[derive(Default)]
@@ -30,19 +34,24 @@ fn marker_is_commit(batch: &RecordBatch) -> Option<bool> {
     }
 }
 
-fn group_entry<'a>(groups: &'a mut HashMap<String, Group>, id: &str) -> &'a mut Group {
-    groups.entry(id.to_string()).or_insert_with(|| Group::new(Arc::from(id)))
+fn group_entry<'a>(groups: &'a mut HashMap<String, Group>, id: &str, now: Now) -> &'a mut Group {
+    groups.entry(id.to_string()).or_insert_with(|| Group::new(Arc::from(id), now.wall_ms))
 }
 
 impl OpenTxns {
     /// A transactional batch or a marker, read back at load.
-    pub(super) fn replay(&mut self, groups: &mut HashMap<String, Group>, batch: &RecordBatch) -> crate::Result<()> {
+    pub(super) fn replay(
+        &mut self,
+        groups: &mut HashMap<String, Group>,
+        batch: &RecordBatch,
+        now: Now,
+    ) -> crate::Result<()> {
         let producer_id = batch.producer_id();
         if batch.is_control() {
             let Some(commit) = marker_is_commit(batch) else { return Ok(()) };
             for (group, topic, partition, committed) in self.by_producer.remove(&producer_id).unwrap_or_default() {
                 if commit {
-                    group_entry(groups, &group).offsets.apply(&topic, partition, committed);
+                    group_entry(groups, &group, now).offsets.apply(&topic, partition, committed);
                 }
             }
             return Ok(());
@@ -59,10 +68,10 @@ impl OpenTxns {
     }
 
     /// Transactions still open at the end of the log stay pending in their groups.
-    pub(super) fn leave_pending(self, groups: &mut HashMap<String, Group>) {
+    pub(super) fn leave_pending(self, groups: &mut HashMap<String, Group>, now: Now) {
         for (producer_id, entries) in self.by_producer {
             for (group, topic, partition, committed) in entries {
-                group_entry(groups, &group)
+                group_entry(groups, &group, now)
                     .pending_txn
                     .entry(producer_id)
                     .or_default()
@@ -79,7 +88,7 @@ impl GroupCoordinator {
         let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
         for group in self.groups() {
             let mut group = group.lock();
-            if record::partition_for(&group.id, partitions) != partition {
+            if partition_for(&group.id, partitions) != partition {
                 continue;
             }
             let Some(entries) = group.pending_txn.remove(&producer_id) else { continue };
@@ -96,13 +105,13 @@ impl GroupCoordinator {
         let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
         self.groups().iter().any(|group| {
             let group = group.lock();
-            !group.pending_txn.is_empty() && record::partition_for(&group.id, partitions) == partition
+            !group.pending_txn.is_empty() && partition_for(&group.id, partitions) == partition
         })
     }
 
     /// The offsets partition a group's transactional offsets go to (AddOffsetsToTxn).
-    pub fn offsets_partition_for(&self, group_id: &str) -> Option<(String, i32)> {
+    pub fn offsets_partition_for(&self, group_id: &str) -> Option<TopicPartition> {
         let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
-        (partitions > 0).then(|| (OFFSETS_TOPIC.to_string(), record::partition_for(group_id, partitions)))
+        (partitions > 0).then(|| TopicPartition::new(OFFSETS_TOPIC, partition_for(group_id, partitions)))
     }
 }

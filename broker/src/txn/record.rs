@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use bytes::{Buf, BufMut};
 
 use super::state::TxnState;
+use crate::topic_partition::TopicPartition;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnValue {
@@ -15,7 +16,7 @@ pub struct TxnValue {
     pub producer_epoch: i16,
     pub timeout_ms: i32,
     pub state: TxnState,
-    pub partitions: BTreeSet<(String, i32)>,
+    pub partitions: BTreeSet<TopicPartition>,
     pub last_update_ms: i64,
     pub start_ms: i64,
 }
@@ -55,7 +56,7 @@ impl TxnValue {
         out.put_i8(self.state.code());
         // Partitions grouped by topic, as Kafka's schema has them.
         let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
-        for (topic, partition) in &self.partitions {
+        for TopicPartition { topic, partition } in &self.partitions {
             match topics.last_mut() {
                 Some((t, parts)) if *t == topic.as_str() => parts.push(*partition),
                 _ => topics.push((topic, vec![*partition])),
@@ -98,7 +99,7 @@ impl TxnValue {
                     return Err(DecodeError(format!("partition count {count} does not fit the record")));
                 }
                 for _ in 0..count {
-                    partitions.insert((topic.clone(), get_i32(&mut buf)?));
+                    partitions.insert(TopicPartition::new(topic.clone(), get_i32(&mut buf)?));
                 }
             }
         }
@@ -163,7 +164,9 @@ mod tests {
             producer_epoch: 3,
             timeout_ms: 60_000,
             state: TxnState::Ongoing,
-            partitions: [("a".to_string(), 0), ("a".to_string(), 2), ("b".to_string(), 1)].into_iter().collect(),
+            partitions: [TopicPartition::new("a", 0), TopicPartition::new("a", 2), TopicPartition::new("b", 1)]
+                .into_iter()
+                .collect(),
             last_update_ms: 5,
             start_ms: 4,
         };

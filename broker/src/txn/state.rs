@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 
 use kafka_protocol::error::ResponseError;
 
+use crate::topic_partition::TopicPartition;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnState {
     Empty,
@@ -90,7 +92,7 @@ pub struct TxnMetadata {
     pub producer_epoch: i16,
     pub timeout_ms: i32,
     pub state: TxnState,
-    pub partitions: BTreeSet<(String, i32)>,
+    pub partitions: BTreeSet<TopicPartition>,
     pub start_ms: i64,
     pub last_update_ms: i64,
     /// In memory only: the producer id and epoch a client-requested bump (KIP-360) moved
@@ -99,7 +101,7 @@ pub struct TxnMetadata {
     pub last_producer: Option<(i64, i16)>,
     /// In memory only: partitions whose marker for the current decision is written, so a
     /// retry after a failed marker does not write them again.
-    pub markers_done: BTreeSet<(String, i32)>,
+    pub markers_done: BTreeSet<TopicPartition>,
 }
 
 impl TxnMetadata {
@@ -120,7 +122,7 @@ impl TxnMetadata {
     /// AddPartitionsToTxn / AddOffsetsToTxn: the transaction is (or becomes) ongoing.
     pub fn add_partitions(
         &mut self,
-        partitions: impl IntoIterator<Item = (String, i32)>,
+        partitions: impl IntoIterator<Item = TopicPartition>,
         now_ms: i64,
     ) -> Result<(), ResponseError> {
         match self.state {
@@ -204,12 +206,12 @@ mod tests {
     fn a_transaction_goes_ongoing_prepares_and_completes() {
         let mut t = txn();
         assert_eq!(t.prepare_end(true, 1), Err(ResponseError::InvalidTxnState));
-        t.add_partitions([("a".into(), 0)], 2).unwrap();
+        t.add_partitions([TopicPartition::new("a", 0)], 2).unwrap();
         assert_eq!((t.state, t.start_ms), (TxnState::Ongoing, 2));
-        t.add_partitions([("a".into(), 1)], 3).unwrap();
+        t.add_partitions([TopicPartition::new("a", 1)], 3).unwrap();
         assert_eq!(t.partitions.len(), 2);
         assert_eq!(t.prepare_end(true, 4), Ok(EndAction::WriteMarkers));
-        assert_eq!(t.add_partitions([("b".into(), 0)], 5), Err(ResponseError::ConcurrentTransactions));
+        assert_eq!(t.add_partitions([TopicPartition::new("b", 0)], 5), Err(ResponseError::ConcurrentTransactions));
         t.complete(6);
         assert_eq!(t.state, TxnState::CompleteCommit);
         assert_eq!(t.prepare_end(true, 7), Ok(EndAction::AlreadyDone));
@@ -219,7 +221,7 @@ mod tests {
     #[test]
     fn fencing_bumps_the_epoch_and_aborts_what_is_open() {
         let mut t = txn();
-        t.add_partitions([("a".into(), 0)], 1).unwrap();
+        t.add_partitions([TopicPartition::new("a", 0)], 1).unwrap();
         assert!(t.fence(2));
         assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
         assert_eq!(t.check_producer(7, 0), Err(ResponseError::ProducerFenced));

@@ -1,5 +1,6 @@
 //! The classic group state machine driven through joins, syncs, heartbeats, leaves and time.
 use super::*;
+use crate::clock::{Clock, SystemClock};
 
 fn config() -> GroupConfig {
     GroupConfig { initial_rebalance_delay_ms: 0, min_session_timeout_ms: 10, ..GroupConfig::default() }
@@ -35,7 +36,7 @@ fn later<T>(reply: Reply<T>) -> oneshot::Receiver<T> {
 }
 
 /// A member through MEMBER_ID_REQUIRED and its join; returns its id and the pending reply.
-fn join_new(group: &mut ClassicGroup, now: Instant) -> (String, oneshot::Receiver<JoinResult>) {
+fn join_new(group: &mut ClassicGroup, now: Now) -> (String, oneshot::Receiver<JoinResult>) {
     let first = now_result(group.join(request("", None, &["range"]), now, &config()));
     assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
     assert!(!first.member_id.is_empty());
@@ -45,8 +46,8 @@ fn join_new(group: &mut ClassicGroup, now: Instant) -> (String, oneshot::Receive
 
 #[test]
 fn first_member_leads_and_syncs_to_stable() {
-    let now = Instant::now();
-    let mut group = ClassicGroup::new();
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
     let (id, mut rx) = join_new(&mut group, now);
     let joined = rx.try_recv().expect("a lone member completes the join at once");
     assert_eq!((joined.error, joined.generation_id, joined.leader.as_str()), (None, 1, id.as_str()));
@@ -60,8 +61,8 @@ fn first_member_leads_and_syncs_to_stable() {
 
 #[test]
 fn a_new_member_rebalances_and_stale_generations_are_fenced() {
-    let now = Instant::now();
-    let mut group = ClassicGroup::new();
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
     let (a, _) = join_new(&mut group, now);
     let _ = group.sync(&a, None, 1, (None, None), vec![], now);
     let (b, mut b_rx) = join_new(&mut group, now);
@@ -87,8 +88,8 @@ fn a_new_member_rebalances_and_stale_generations_are_fenced() {
 
 #[test]
 fn a_silent_member_expires_and_the_rest_rebalance() {
-    let now = Instant::now();
-    let mut group = ClassicGroup::new();
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
     let (a, _) = join_new(&mut group, now);
     let _ = group.sync(&a, None, 1, (None, None), vec![], now);
     let (b, _b_rx) = join_new(&mut group, now);
@@ -97,9 +98,9 @@ fn a_silent_member_expires_and_the_rest_rebalance() {
     let _ = group.sync(&b, None, 2, (None, None), vec![], now);
     assert_eq!(group.state, ClassicState::Stable);
     // a keeps heartbeating, b goes silent.
-    let later_time = now + Duration::from_millis(6_000);
+    let later_time = now.after(Duration::from_millis(6_000));
     group.heartbeat(&a, None, 2, later_time).unwrap();
-    group.tick(now + Duration::from_millis(10_001), &config());
+    group.tick(now.after(Duration::from_millis(10_001)), &config());
     assert!(!group.has_member(&b));
     assert_eq!(group.state, ClassicState::PreparingRebalance);
     let mut rx = later(group.join(request(&a, None, &["range"]), later_time, &config()));
@@ -108,8 +109,8 @@ fn a_silent_member_expires_and_the_rest_rebalance() {
 
 #[test]
 fn a_static_member_rejoins_a_stable_group_without_a_rebalance() {
-    let now = Instant::now();
-    let mut group = ClassicGroup::new();
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
     let mut rx = later(group.join(request("", Some("i1"), &["range"]), now, &config()));
     let first = rx.try_recv().unwrap();
     let _ = group.sync(&first.member_id, Some("i1"), 1, (None, None), vec![(first.member_id.clone(), "X".into())], now);
@@ -139,8 +140,8 @@ fn a_static_member_rejoins_a_stable_group_without_a_rebalance() {
 
 #[test]
 fn protocols_must_overlap_and_the_most_preferred_common_one_wins() {
-    let now = Instant::now();
-    let mut group = ClassicGroup::new();
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
     let mut rx = later(group.join(request("", Some("a"), &["roundrobin", "range"]), now, &config()));
     let a = rx.try_recv().unwrap().member_id;
     let refused = now_result(group.join(request("", Some("b"), &["sticky"]), now, &config()));

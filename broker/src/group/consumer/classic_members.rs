@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -22,6 +22,7 @@ use kafka_protocol::messages::{ConsumerProtocolSubscription, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use super::{ConsumerGroup, ConsumerMember, MemberIdentity};
+use crate::clock::Now;
 use crate::config::GroupConfig;
 use crate::group::assignor::Assignment;
 use crate::group::classic::ClassicGroup;
@@ -130,7 +131,7 @@ pub fn encode_assignment(assignment: &Assignment, metadata: &ClusterMetadata) ->
 impl ConsumerGroup {
     /// A stable classic consumer group as a consumer group: every member keeps its
     /// partitions, and its generation becomes its member epoch.
-    pub fn from_classic(classic: &ClassicGroup, metadata: &ClusterMetadata, now: Instant) -> ConsumerGroup {
+    pub fn from_classic(classic: &ClassicGroup, metadata: &ClusterMetadata, now: Now) -> ConsumerGroup {
         let mut group = ConsumerGroup {
             group_epoch: classic.generation_id,
             assignment_epoch: classic.generation_id,
@@ -161,7 +162,7 @@ impl ConsumerGroup {
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
             };
-            let session_deadline = now + Duration::from_millis(m.session_timeout_ms.max(0) as u64);
+            let session_deadline = now.instant + Duration::from_millis(m.session_timeout_ms.max(0) as u64);
             let mut member =
                 ConsumerMember::new(identity, classic.generation_id, m.rebalance_timeout_ms, session_deadline);
             member.subscribed_topic_names = topics;
@@ -182,7 +183,7 @@ impl ConsumerGroup {
     pub fn classic_join(
         &mut self,
         join: ClassicJoin,
-        now: Instant,
+        now: Now,
         metadata: &ClusterMetadata,
         config: &GroupConfig,
     ) -> Result<(i32, String), ResponseError> {
@@ -207,7 +208,7 @@ impl ConsumerGroup {
                 // A static member back under a new id replaces its old self, which would
                 // otherwise keep its partitions until its session ran out.
                 if let Some(previous) = self.static_members.get(instance).cloned() {
-                    self.remove_member(&previous);
+                    self.remove_member(&previous, now.wall_ms);
                 }
                 self.static_members.insert(instance.clone(), member_id.clone());
             }
@@ -217,11 +218,12 @@ impl ConsumerGroup {
                 client_id: join.client_id.clone(),
                 client_host: join.client_host.clone(),
             };
-            self.members.insert(member_id.clone(), ConsumerMember::new(identity, 0, join.rebalance_timeout_ms, now));
+            self.members
+                .insert(member_id.clone(), ConsumerMember::new(identity, 0, join.rebalance_timeout_ms, now.instant));
             changed = true;
         }
         let member = self.members.get_mut(&member_id).ok_or(ResponseError::UnknownMemberId)?;
-        member.session_deadline = now + Duration::from_millis(join.session_timeout_ms.max(0) as u64);
+        member.session_deadline = now.instant + Duration::from_millis(join.session_timeout_ms.max(0) as u64);
         member.rebalance_timeout_ms = join.rebalance_timeout_ms;
         changed |= member.subscribed_topic_names != topics;
         member.subscribed_topic_names = topics;
@@ -265,19 +267,14 @@ impl ConsumerGroup {
 
     /// Heartbeat from a classic member: alive; REBALANCE_IN_PROGRESS when its assignment
     /// has to change (it must rejoin to give partitions up or to take new ones).
-    pub fn classic_heartbeat(
-        &mut self,
-        member_id: &str,
-        generation_id: i32,
-        now: Instant,
-    ) -> Result<(), ResponseError> {
+    pub fn classic_heartbeat(&mut self, member_id: &str, generation_id: i32, now: Now) -> Result<(), ResponseError> {
         // Its epoch only moves in JoinGroup, so its commits with its generation stay valid
         // until it rejoins.
         let assignment_epoch = self.assignment_epoch;
         let target = self.targets.get(member_id).cloned().unwrap_or_default();
         let member = self.classic_member(member_id, generation_id)?;
         let session_ms = member.classic.as_ref().map_or(0, |info| info.session_timeout_ms);
-        member.session_deadline = now + Duration::from_millis(session_ms.max(0) as u64);
+        member.session_deadline = now.instant + Duration::from_millis(session_ms.max(0) as u64);
         let synced = member.classic.as_ref().and_then(|info| info.synced.as_ref());
         let settled = member.member_epoch == assignment_epoch
             && member.pending_revocation.is_empty()
@@ -291,7 +288,7 @@ impl ConsumerGroup {
     }
 
     /// LeaveGroup for a classic member, by member id or instance id.
-    pub fn classic_leave(&mut self, member_id: &str, instance_id: Option<&str>) -> Result<(), ResponseError> {
+    pub fn classic_leave(&mut self, member_id: &str, instance_id: Option<&str>, now: Now) -> Result<(), ResponseError> {
         let target: Arc<str> = match instance_id {
             Some(instance) => self.static_members.get(instance).cloned().ok_or(ResponseError::UnknownMemberId)?,
             None => Arc::from(member_id),
@@ -299,7 +296,7 @@ impl ConsumerGroup {
         if self.members.get(&target).is_none_or(|m| m.classic.is_none()) {
             return Err(ResponseError::UnknownMemberId);
         }
-        self.remove_member(&target);
+        self.remove_member(&target, now.wall_ms);
         self.bump_epoch();
         Ok(())
     }

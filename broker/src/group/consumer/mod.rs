@@ -18,6 +18,7 @@ mod classic_members;
 pub use classic_members::{decode_subscription, encode_assignment, ClassicJoin, ClassicMemberInfo};
 
 use super::assignor::{self, Assignment, AssignorMember};
+use crate::clock::Now;
 use crate::config::GroupConfig;
 use crate::metadata::ClusterMetadata;
 
@@ -215,7 +216,7 @@ impl ConsumerGroup {
     pub fn heartbeat(
         &mut self,
         mut request: HeartbeatRequest,
-        now: Instant,
+        now: Now,
         metadata: &ClusterMetadata,
         config: &GroupConfig,
     ) -> HeartbeatResult {
@@ -264,7 +265,7 @@ impl ConsumerGroup {
         }
         let mut changed = false;
         if let Some(member) = self.members.get_mut(&member_id) {
-            member.session_deadline = now + Duration::from_millis(config.consumer_session_timeout_ms as u64);
+            member.session_deadline = now.instant + Duration::from_millis(config.consumer_session_timeout_ms as u64);
             if request.rebalance_timeout_ms >= 0 {
                 member.rebalance_timeout_ms = request.rebalance_timeout_ms;
             }
@@ -305,7 +306,7 @@ impl ConsumerGroup {
         &mut self,
         member_id: &Arc<str>,
         request: &HeartbeatRequest,
-        now: Instant,
+        now: Now,
         config: &GroupConfig,
     ) -> Result<(), HeartbeatResult> {
         let invalid =
@@ -367,7 +368,7 @@ impl ConsumerGroup {
             client_id: request.client_id.clone(),
             client_host: request.client_host.clone(),
         };
-        let mut member = ConsumerMember::new(identity, JOIN_EPOCH, request.rebalance_timeout_ms.max(0), now);
+        let mut member = ConsumerMember::new(identity, JOIN_EPOCH, request.rebalance_timeout_ms.max(0), now.instant);
         member.send_assignment = true;
         self.members.insert(member_id.clone(), member);
         Ok(())
@@ -390,8 +391,8 @@ impl ConsumerGroup {
         self.members.insert(member_id, member);
     }
 
-    fn leave(&mut self, member_id: &Arc<str>, _now: Instant, _config: &GroupConfig) -> HeartbeatResult {
-        if self.remove_member(member_id) {
+    fn leave(&mut self, member_id: &Arc<str>, now: Now, _config: &GroupConfig) -> HeartbeatResult {
+        if self.remove_member(member_id, now.wall_ms) {
             self.bump_epoch();
             HeartbeatResult {
                 error: None,
@@ -404,11 +405,12 @@ impl ConsumerGroup {
         }
     }
 
-    fn leave_temporarily(&mut self, member_id: &Arc<str>, now: Instant, config: &GroupConfig) -> HeartbeatResult {
+    fn leave_temporarily(&mut self, member_id: &Arc<str>, now: Now, config: &GroupConfig) -> HeartbeatResult {
         match self.members.get_mut(member_id) {
             Some(member) if member.instance_id.is_some() => {
                 member.left_temporarily = true;
-                member.session_deadline = now + Duration::from_millis(config.consumer_session_timeout_ms as u64);
+                member.session_deadline =
+                    now.instant + Duration::from_millis(config.consumer_session_timeout_ms as u64);
                 HeartbeatResult {
                     error: None,
                     member_id: member_id.to_string(),
@@ -428,7 +430,7 @@ impl ConsumerGroup {
         }
     }
 
-    fn remove_member(&mut self, member_id: &str) -> bool {
+    fn remove_member(&mut self, member_id: &str, now_ms: i64) -> bool {
         let Some(member) = self.members.remove(member_id) else { return false };
         if let Some(instance) = &member.instance_id {
             if self.static_members.get(instance).is_some_and(|id| &**id == member_id) {
@@ -438,7 +440,7 @@ impl ConsumerGroup {
         self.owners.retain(|_, owner| &**owner != member_id);
         self.targets.remove(member_id);
         if self.members.is_empty() {
-            self.empty_since_ms = Some(sluice_storage::log::now_ms());
+            self.empty_since_ms = Some(now_ms);
         }
         true
     }
@@ -482,7 +484,7 @@ impl ConsumerGroup {
 
     /// Moves one member towards its target: first it revokes what it must give up (and the
     /// epoch waits); once it confirms, it gets what is free and the new epoch.
-    fn reconcile(&mut self, member_id: &Arc<str>, owned: Option<&Assignment>, now: Instant) {
+    fn reconcile(&mut self, member_id: &Arc<str>, owned: Option<&Assignment>, now: Now) {
         let target = self.targets.get(member_id).cloned().unwrap_or_default();
         let assignment_epoch = self.assignment_epoch;
         let Some(member) = self.members.get_mut(member_id) else { return };
@@ -510,7 +512,8 @@ impl ConsumerGroup {
                 }
                 member.pending_revocation.entry(topic).or_default().insert(partition);
             }
-            member.revocation_deadline = Some(now + Duration::from_millis(member.rebalance_timeout_ms.max(0) as u64));
+            member.revocation_deadline =
+                Some(now.instant + Duration::from_millis(member.rebalance_timeout_ms.max(0) as u64));
             member.send_assignment = true;
             return;
         }
@@ -532,16 +535,16 @@ impl ConsumerGroup {
     }
 
     /// Expires members whose session lapsed and fences those that did not revoke in time.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn tick(&mut self, now: Now) {
         let gone: Vec<Arc<str>> = self
             .members
             .values()
-            .filter(|m| m.session_deadline <= now || m.revocation_deadline.is_some_and(|d| d <= now))
+            .filter(|m| m.session_deadline <= now.instant || m.revocation_deadline.is_some_and(|d| d <= now.instant))
             .map(|m| m.member_id.clone())
             .collect();
         for member_id in &gone {
             tracing::info!(member = %member_id, "consumer group member expired or failed to revoke in time");
-            self.remove_member(member_id);
+            self.remove_member(member_id, now.wall_ms);
         }
         if !gone.is_empty() {
             self.bump_epoch();
@@ -552,6 +555,7 @@ impl ConsumerGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
     use crate::metadata::MetadataRecord;
 
     fn metadata(partitions: i32) -> (ClusterMetadata, Uuid) {
@@ -589,7 +593,7 @@ mod tests {
     fn a_second_member_gets_partitions_only_after_the_first_revokes_them() {
         let (metadata, _) = metadata(4);
         let config = GroupConfig::default();
-        let now = Instant::now();
+        let now = SystemClock.now();
         let mut group = ConsumerGroup::default();
         let a = group.heartbeat(join("a"), now, &metadata, &config);
         assert_eq!((a.error, a.member_epoch), (None, 1));
@@ -618,13 +622,13 @@ mod tests {
     fn a_member_that_leaves_or_expires_frees_its_partitions() {
         let (metadata, _) = metadata(2);
         let config = GroupConfig::default();
-        let now = Instant::now();
+        let now = SystemClock.now();
         let mut group = ConsumerGroup::default();
         group.heartbeat(join("a"), now, &metadata, &config);
         group.heartbeat(join("b"), now, &metadata, &config);
         let left = group.heartbeat(beat("b", -1, None), now, &metadata, &config);
         assert_eq!(left.member_epoch, -1);
-        let later = now + Duration::from_millis(config.consumer_session_timeout_ms as u64 + 1);
+        let later = now.after(Duration::from_millis(config.consumer_session_timeout_ms as u64 + 1));
         group.tick(later);
         assert!(group.is_empty());
     }

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Now;
+
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
@@ -180,15 +182,11 @@ fn new_member_id(prefix: &str) -> Arc<str> {
     Arc::from(format!("{prefix}-{}", uuid::Uuid::new_v4()))
 }
 
-fn wall_clock_ms() -> i64 {
-    sluice_storage::log::now_ms()
-}
-
 impl ClassicGroup {
-    pub fn new() -> ClassicGroup {
+    pub fn new(now_ms: i64) -> ClassicGroup {
         ClassicGroup {
             state: ClassicState::Empty,
-            state_timestamp_ms: wall_clock_ms(),
+            state_timestamp_ms: now_ms,
             generation_id: 0,
             protocol_type: None,
             protocol_name: None,
@@ -202,14 +200,20 @@ impl ClassicGroup {
         }
     }
 
+    /// An empty group that continues another's generations (a consumer group's epochs, once
+    /// its last member left): whoever joins next gets a newer generation than any before.
+    pub fn empty_after(generation_id: i32, now_ms: i64) -> ClassicGroup {
+        ClassicGroup { generation_id, ..ClassicGroup::new(now_ms) }
+    }
+
     /// A group as its last record left it: members are given a fresh session to come back.
-    pub fn restore(value: GroupValue, now: Instant) -> ClassicGroup {
-        let mut group = ClassicGroup::new();
+    pub fn restore(value: GroupValue, now: Now) -> ClassicGroup {
+        let mut group = ClassicGroup::new(now.wall_ms);
         group.generation_id = value.generation_id;
         group.protocol_type = Some(value.protocol_type.clone()).filter(|t| !t.is_empty());
         group.protocol_name = value.protocol_name.clone();
         group.state_timestamp_ms =
-            if value.current_state_timestamp_ms > 0 { value.current_state_timestamp_ms } else { wall_clock_ms() };
+            if value.current_state_timestamp_ms > 0 { value.current_state_timestamp_ms } else { now.wall_ms };
         for m in value.members {
             let member_id: Arc<str> = Arc::from(m.member_id);
             let group_instance_id: Option<Arc<str>> = m.group_instance_id.map(Arc::from);
@@ -229,7 +233,7 @@ impl ClassicGroup {
                 assignment: m.assignment,
                 awaiting_join: None,
                 awaiting_sync: None,
-                heartbeat_deadline: now + Duration::from_millis(m.session_timeout_ms.max(0) as u64),
+                heartbeat_deadline: now.instant + Duration::from_millis(m.session_timeout_ms.max(0) as u64),
             };
             group.members.insert(member_id, member);
         }
@@ -280,13 +284,13 @@ impl ClassicGroup {
         self.members.contains_key(member_id)
     }
 
-    fn transition(&mut self, state: ClassicState) {
+    fn transition(&mut self, state: ClassicState, now_ms: i64) {
         self.state = state;
-        self.state_timestamp_ms = wall_clock_ms();
+        self.state_timestamp_ms = now_ms;
     }
 
     /// Deletion: whoever still waits is told the coordinator moved on.
-    pub fn mark_dead(&mut self) {
+    pub fn mark_dead(&mut self, now_ms: i64) {
         for member in self.members.values_mut() {
             if let Some(tx) = member.awaiting_join.take() {
                 let _ = tx.send(JoinResult::error(ResponseError::CoordinatorNotAvailable, &member.member_id));
@@ -298,19 +302,19 @@ impl ClassicGroup {
         self.members.clear();
         self.static_members.clear();
         self.pending_members.clear();
-        self.transition(ClassicState::Dead);
+        self.transition(ClassicState::Dead, now_ms);
     }
 
     /// The members move to a KIP-848 consumer group: this group is left empty (its record
     /// too, once persisted), keeping its generation.
-    pub fn clear_members(&mut self) {
+    pub fn clear_members(&mut self, now_ms: i64) {
         self.members.clear();
         self.static_members.clear();
         self.pending_members.clear();
         self.leader_id = None;
         self.rebalance_deadline = None;
         self.initial_delay = None;
-        self.transition(ClassicState::Empty);
+        self.transition(ClassicState::Empty, now_ms);
         self.dirty = true;
     }
 
@@ -331,361 +335,6 @@ impl ClassicGroup {
     }
 
     /// Protocol names every current member supports.
-    fn supported_protocols(&self) -> Vec<&str> {
-        let mut members = self.members.values();
-        let Some(first) = members.next() else { return Vec::new() };
-        let mut names: Vec<&str> = first.protocols.iter().map(|(n, _)| n.as_str()).collect();
-        for member in members {
-            names.retain(|name| member.protocols.iter().any(|(n, _)| n == name));
-        }
-        names
-    }
-
-    fn check_protocols(&self, request: &JoinRequest) -> Result<(), ResponseError> {
-        if request.protocol_type.is_empty() || request.protocols.is_empty() {
-            return Err(ResponseError::InconsistentGroupProtocol);
-        }
-        if self.members.is_empty() {
-            return Ok(());
-        }
-        let supported = self.supported_protocols();
-        let compatible = self.protocol_type.as_deref() == Some(request.protocol_type.as_str())
-            && request.protocols.iter().any(|(name, _)| supported.contains(&name.as_str()));
-        if compatible {
-            Ok(())
-        } else {
-            Err(ResponseError::InconsistentGroupProtocol)
-        }
-    }
-
-    pub fn join(&mut self, request: JoinRequest, now: Instant, config: &GroupConfig) -> Reply<JoinResult> {
-        let fail = |error, member_id: &str| Reply::Now(JoinResult::error(error, member_id));
-        if self.state == ClassicState::Dead {
-            return fail(ResponseError::CoordinatorNotAvailable, &request.member_id);
-        }
-        if request.session_timeout_ms < config.min_session_timeout_ms
-            || request.session_timeout_ms > config.max_session_timeout_ms
-        {
-            return fail(ResponseError::InvalidSessionTimeout, &request.member_id);
-        }
-        if request.protocols.iter().map(|(name, metadata)| name.len() + metadata.len()).sum::<usize>()
-            > MAX_MEMBER_METADATA_BYTES
-        {
-            return fail(ResponseError::InvalidRequest, &request.member_id);
-        }
-        if let Err(error) = self.check_protocols(&request) {
-            return fail(error, &request.member_id);
-        }
-        if request.member_id.is_empty() {
-            return self.join_new_member(request, now, config);
-        }
-        let member_id: Arc<str> = Arc::from(request.member_id.as_str());
-        if self.pending_members.remove(&member_id).is_some() {
-            return self.add_member_and_join(member_id, request, now, config);
-        }
-        if let Err(error) = self.validate_member(&member_id, request.group_instance_id.as_deref()) {
-            return fail(error, &request.member_id);
-        }
-        self.join_known_member(member_id, request, now, config)
-    }
-
-    fn is_full(&self, config: &GroupConfig) -> bool {
-        self.members.len() + self.pending_members.len() >= config.max_size
-    }
-
-    fn join_new_member(&mut self, request: JoinRequest, now: Instant, config: &GroupConfig) -> Reply<JoinResult> {
-        if let Some(instance) = request.group_instance_id.as_deref() {
-            if let Some(old_id) = self.static_members.get(instance).cloned() {
-                return self.replace_static_member(old_id, request, now, config);
-            }
-        }
-        if self.is_full(config) {
-            return Reply::Now(JoinResult::error(ResponseError::GroupMaxSizeReached, ""));
-        }
-        let member_id = new_member_id(request.group_instance_id.as_deref().unwrap_or(&request.client_id));
-        // Static members are known by their instance id and skip the extra round trip.
-        if request.require_known_member_id && request.group_instance_id.is_none() {
-            let deadline = now + Duration::from_millis(request.session_timeout_ms as u64);
-            self.pending_members.insert(member_id.clone(), deadline);
-            return Reply::Now(JoinResult::error(ResponseError::MemberIdRequired, &member_id));
-        }
-        self.add_member_and_join(member_id, request, now, config)
-    }
-
-    fn add_member_and_join(
-        &mut self,
-        member_id: Arc<str>,
-        request: JoinRequest,
-        now: Instant,
-        config: &GroupConfig,
-    ) -> Reply<JoinResult> {
-        let group_instance_id: Option<Arc<str>> = request.group_instance_id.as_deref().map(Arc::from);
-        if let Some(instance) = &group_instance_id {
-            self.static_members.insert(instance.clone(), member_id.clone());
-        }
-        if self.members.is_empty() {
-            self.protocol_type = Some(request.protocol_type.clone());
-        }
-        let (tx, rx) = oneshot::channel();
-        let member = Member {
-            member_id: member_id.clone(),
-            group_instance_id,
-            client_id: request.client_id,
-            client_host: request.client_host,
-            session_timeout_ms: request.session_timeout_ms,
-            rebalance_timeout_ms: request.rebalance_timeout_ms,
-            protocol_type: request.protocol_type,
-            protocols: request.protocols,
-            assignment: Bytes::new(),
-            awaiting_join: Some(tx),
-            awaiting_sync: None,
-            heartbeat_deadline: now + Duration::from_millis(request.session_timeout_ms as u64),
-        };
-        self.members.insert(member_id.clone(), member);
-        if self.leader_id.is_none() {
-            self.leader_id = Some(member_id);
-        }
-        match self.state {
-            ClassicState::PreparingRebalance => {
-                if let Some(delay) = &mut self.initial_delay {
-                    let delay_ms = Duration::from_millis(config.initial_rebalance_delay_ms);
-                    delay.deadline = (now + delay_ms).min(delay.limit);
-                }
-                self.maybe_complete_join(now);
-            }
-            _ => self.prepare_rebalance(now, config),
-        }
-        Reply::Later(rx)
-    }
-
-    /// KIP-345: a static member came back under a new member id. The old id is fenced; a
-    /// stable group hands the member its assignment without a rebalance.
-    fn replace_static_member(
-        &mut self,
-        old_id: Arc<str>,
-        request: JoinRequest,
-        now: Instant,
-        config: &GroupConfig,
-    ) -> Reply<JoinResult> {
-        let Some(mut member) = self.members.remove(&old_id) else {
-            return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, ""));
-        };
-        let instance = member.group_instance_id.clone().unwrap_or_else(|| Arc::from(""));
-        let new_id = new_member_id(&instance);
-        if let Some(tx) = member.awaiting_join.take() {
-            let _ = tx.send(JoinResult::error(ResponseError::FencedInstanceId, &old_id));
-        }
-        if let Some(tx) = member.awaiting_sync.take() {
-            let _ = tx.send(SyncResult::error(ResponseError::FencedInstanceId));
-        }
-        let protocols_changed = member.protocols != request.protocols;
-        let supports_skip_assignment = request.supports_skip_assignment;
-        member.member_id = new_id.clone();
-        member.client_id = request.client_id.clone();
-        member.client_host = request.client_host.clone();
-        member.session_timeout_ms = request.session_timeout_ms;
-        member.rebalance_timeout_ms = request.rebalance_timeout_ms;
-        member.protocols = request.protocols.clone();
-        member.heartbeat_deadline = now + member.session_timeout();
-        self.members.insert(new_id.clone(), member);
-        self.static_members.insert(instance, new_id.clone());
-        if self.leader_id.as_deref() == Some(&*old_id) {
-            self.leader_id = Some(new_id.clone());
-        }
-        self.dirty = true;
-        match self.state {
-            ClassicState::Stable if !protocols_changed => {
-                let is_leader = self.leader_id.as_deref() == Some(&*new_id);
-                if is_leader && !supports_skip_assignment {
-                    // Before v9 a leader would recompute the assignment: name the old id as
-                    // leader, so the member acts as a follower and syncs the stored one.
-                    let mut result = self.join_result(&new_id, false, false);
-                    result.leader = old_id.to_string();
-                    return Reply::Now(result);
-                }
-                Reply::Now(self.join_result(&new_id, is_leader, is_leader))
-            }
-            _ => {
-                let (tx, rx) = oneshot::channel();
-                if let Some(member) = self.members.get_mut(&new_id) {
-                    member.awaiting_join = Some(tx);
-                }
-                if self.state == ClassicState::PreparingRebalance {
-                    self.maybe_complete_join(now);
-                } else {
-                    self.prepare_rebalance(now, config);
-                }
-                Reply::Later(rx)
-            }
-        }
-    }
-
-    fn join_known_member(
-        &mut self,
-        member_id: Arc<str>,
-        request: JoinRequest,
-        now: Instant,
-        config: &GroupConfig,
-    ) -> Reply<JoinResult> {
-        let state = self.state;
-        let is_leader = self.leader_id.as_deref() == Some(&*member_id);
-        let Some(member) = self.members.get_mut(&member_id) else {
-            return Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
-        };
-        let unchanged = member.protocols == request.protocols;
-        match state {
-            // A member that lost its join response asks again: same answer, no rebalance.
-            ClassicState::CompletingRebalance if unchanged => {
-                Reply::Now(self.join_result(&member_id, is_leader, false))
-            }
-            // A follower rejoining a stable group with the same metadata changes nothing; the
-            // leader rejoining means it wants a new assignment (e.g. topics changed).
-            ClassicState::Stable if unchanged && !is_leader => Reply::Now(self.join_result(&member_id, false, false)),
-            ClassicState::PreparingRebalance | ClassicState::CompletingRebalance | ClassicState::Stable => {
-                let (tx, rx) = oneshot::channel();
-                member.protocols = request.protocols;
-                member.session_timeout_ms = request.session_timeout_ms;
-                member.rebalance_timeout_ms = request.rebalance_timeout_ms;
-                member.heartbeat_deadline = now + member.session_timeout();
-                if let Some(old) = member.awaiting_join.replace(tx) {
-                    let _ = old.send(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
-                }
-                if state == ClassicState::PreparingRebalance {
-                    self.maybe_complete_join(now);
-                } else {
-                    self.prepare_rebalance(now, config);
-                }
-                Reply::Later(rx)
-            }
-            ClassicState::Empty | ClassicState::Dead => {
-                Reply::Now(JoinResult::error(ResponseError::UnknownMemberId, &member_id))
-            }
-        }
-    }
-
-    /// The current generation as `member_id` sees it.
-    fn join_result(&self, member_id: &Arc<str>, with_members: bool, skip_assignment: bool) -> JoinResult {
-        JoinResult {
-            error: None,
-            generation_id: self.generation_id,
-            protocol_type: self.protocol_type.clone(),
-            protocol_name: self.protocol_name.clone(),
-            leader: self.leader_id.as_deref().unwrap_or_default().to_string(),
-            member_id: member_id.to_string(),
-            members: if with_members { self.joined_members() } else { Vec::new() },
-            skip_assignment,
-        }
-    }
-
-    fn joined_members(&self) -> Vec<JoinedMember> {
-        self.members
-            .values()
-            .map(|m| JoinedMember {
-                member_id: m.member_id.clone(),
-                group_instance_id: m.group_instance_id.clone(),
-                metadata: m.metadata(self.protocol_name.as_deref()),
-            })
-            .collect()
-    }
-
-    fn max_rebalance_timeout(&self) -> Duration {
-        let ms = self.members.values().map(|m| m.rebalance_timeout_ms.max(m.session_timeout_ms)).max().unwrap_or(0);
-        Duration::from_millis(ms.max(0) as u64)
-    }
-
-    fn prepare_rebalance(&mut self, now: Instant, config: &GroupConfig) {
-        if self.state == ClassicState::CompletingRebalance {
-            for member in self.members.values_mut() {
-                if let Some(tx) = member.awaiting_sync.take() {
-                    let _ = tx.send(SyncResult::error(ResponseError::RebalanceInProgress));
-                }
-            }
-        }
-        let from_empty = self.state == ClassicState::Empty;
-        self.transition(ClassicState::PreparingRebalance);
-        let timeout = self.max_rebalance_timeout();
-        self.rebalance_deadline = Some(now + timeout);
-        self.initial_delay = (from_empty && config.initial_rebalance_delay_ms > 0).then(|| InitialDelay {
-            deadline: now + Duration::from_millis(config.initial_rebalance_delay_ms).min(timeout),
-            limit: now + timeout,
-        });
-        self.maybe_complete_join(now);
-    }
-
-    fn maybe_complete_join(&mut self, now: Instant) {
-        let all_joined = self.members.values().all(|m| m.awaiting_join.is_some()) && self.pending_members.is_empty();
-        if self.state == ClassicState::PreparingRebalance && self.initial_delay.is_none() && all_joined {
-            self.complete_join(now);
-        }
-    }
-
-    /// Ends the join phase: members that did not rejoin are out, the generation moves on,
-    /// a protocol is chosen and every joined member gets its answer (the leader with the
-    /// member list to assign).
-    fn complete_join(&mut self, now: Instant) {
-        let missing: Vec<Arc<str>> =
-            self.members.values().filter(|m| m.awaiting_join.is_none()).map(|m| m.member_id.clone()).collect();
-        for member_id in missing {
-            self.remove_member_entry(&member_id);
-        }
-        self.initial_delay = None;
-        self.generation_id = self.generation_id.wrapping_add(1).max(1);
-        if self.members.is_empty() {
-            self.protocol_name = None;
-            self.leader_id = None;
-            self.rebalance_deadline = None;
-            self.transition(ClassicState::Empty);
-            self.dirty = true;
-            return;
-        }
-        self.protocol_name = self.select_protocol();
-        if self.leader_id.as_ref().is_none_or(|leader| !self.members.contains_key(leader)) {
-            self.leader_id = self.members.keys().next().cloned();
-        }
-        self.transition(ClassicState::CompletingRebalance);
-        self.rebalance_deadline = Some(now + self.max_rebalance_timeout());
-        let leader = self.leader_id.clone();
-        let members = self.joined_members();
-        let result = JoinResult {
-            error: None,
-            generation_id: self.generation_id,
-            protocol_type: self.protocol_type.clone(),
-            protocol_name: self.protocol_name.clone(),
-            leader: leader.as_deref().unwrap_or_default().to_string(),
-            member_id: String::new(),
-            members: Vec::new(),
-            skip_assignment: false,
-        };
-        for member in self.members.values_mut() {
-            member.heartbeat_deadline = now + member.session_timeout();
-            member.assignment = Bytes::new();
-            if let Some(tx) = member.awaiting_join.take() {
-                let mut reply = result.clone();
-                reply.member_id = member.member_id.to_string();
-                if leader.as_ref() == Some(&member.member_id) {
-                    reply.members = members.clone();
-                }
-                let _ = tx.send(reply);
-            }
-        }
-    }
-
-    /// The protocol all members support that most members prefer; ties go to the leader's
-    /// (or first member's) order of preference.
-    fn select_protocol(&self) -> Option<String> {
-        let supported = self.supported_protocols();
-        let mut votes: HashMap<&str, usize> = HashMap::new();
-        for member in self.members.values() {
-            if let Some((name, _)) = member.protocols.iter().find(|(n, _)| supported.contains(&n.as_str())) {
-                *votes.entry(name.as_str()).or_default() += 1;
-            }
-        }
-        let order = self.leader_id.as_ref().and_then(|l| self.members.get(l)).or_else(|| self.members.values().next());
-        let order: Vec<&str> = order.map(|m| m.protocols.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
-        let best = votes.values().copied().max()?;
-        order.into_iter().find(|name| votes.get(name) == Some(&best)).map(str::to_string)
-    }
-
     fn remove_member_entry(&mut self, member_id: &str) {
         if let Some(member) = self.members.remove(member_id) {
             if let Some(instance) = &member.group_instance_id {
@@ -711,7 +360,7 @@ impl ClassicGroup {
         }
     }
 
-    fn after_members_removed(&mut self, now: Instant, config: &GroupConfig) {
+    fn after_members_removed(&mut self, now: Now, config: &GroupConfig) {
         match self.state {
             ClassicState::Stable | ClassicState::CompletingRebalance => self.prepare_rebalance(now, config),
             ClassicState::PreparingRebalance => self.maybe_complete_join(now),
@@ -726,7 +375,7 @@ impl ClassicGroup {
         generation_id: i32,
         protocol: (Option<&str>, Option<&str>),
         assignments: Vec<(String, Bytes)>,
-        now: Instant,
+        now: Now,
     ) -> Reply<SyncResult> {
         let fail = |error| Reply::Now(SyncResult::error(error));
         if self.state == ClassicState::Dead {
@@ -754,17 +403,17 @@ impl ClassicGroup {
             ClassicState::PreparingRebalance => fail(ResponseError::RebalanceInProgress),
             ClassicState::Stable => {
                 let Some(member) = self.members.get_mut(member_id) else { return fail(ResponseError::UnknownMemberId) };
-                member.heartbeat_deadline = now + member.session_timeout();
+                member.heartbeat_deadline = now.instant + member.session_timeout();
                 let assignment = member.assignment.clone();
                 Reply::Now(result(assignment))
             }
             ClassicState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
                 let Some(member) = self.members.get_mut(member_id) else { return fail(ResponseError::UnknownMemberId) };
-                member.heartbeat_deadline = now + member.session_timeout();
+                member.heartbeat_deadline = now.instant + member.session_timeout();
                 member.awaiting_sync = Some(tx);
                 if self.leader_id.as_deref() == Some(member_id) {
-                    self.complete_sync(assignments);
+                    self.complete_sync(assignments, now.wall_ms);
                 }
                 Reply::Later(rx)
             }
@@ -774,12 +423,12 @@ impl ClassicGroup {
 
     /// The leader's assignment arrived: the group is stable and every member waiting in
     /// SyncGroup gets its share (a member the leader left out gets an empty assignment).
-    fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>) {
+    fn complete_sync(&mut self, assignments: Vec<(String, Bytes)>, now_ms: i64) {
         let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
         for member in self.members.values_mut() {
             member.assignment = assignments.remove(&*member.member_id).unwrap_or_default();
         }
-        self.transition(ClassicState::Stable);
+        self.transition(ClassicState::Stable, now_ms);
         self.rebalance_deadline = None;
         self.dirty = true;
         let (protocol_type, protocol_name) = (self.protocol_type.clone(), self.protocol_name.clone());
@@ -800,7 +449,7 @@ impl ClassicGroup {
         member_id: &str,
         group_instance_id: Option<&str>,
         generation_id: i32,
-        now: Instant,
+        now: Now,
     ) -> Result<(), ResponseError> {
         match self.state {
             ClassicState::Dead => return Err(ResponseError::CoordinatorNotAvailable),
@@ -819,9 +468,9 @@ impl ClassicGroup {
     }
 
     /// A sign of life from a member (heartbeat, offset commit).
-    pub fn touch(&mut self, member_id: &str, now: Instant) {
+    pub fn touch(&mut self, member_id: &str, now: Now) {
         if let Some(member) = self.members.get_mut(member_id) {
-            member.heartbeat_deadline = now + member.session_timeout();
+            member.heartbeat_deadline = now.instant + member.session_timeout();
         }
     }
 
@@ -830,7 +479,7 @@ impl ClassicGroup {
         &mut self,
         member_id: &str,
         group_instance_id: Option<&str>,
-        now: Instant,
+        now: Now,
         config: &GroupConfig,
     ) -> Result<(), ResponseError> {
         if self.state == ClassicState::Dead {
@@ -861,16 +510,16 @@ impl ClassicGroup {
 
     /// Timers: pending ids and silent members expire, and a join or sync phase that ran out
     /// of time ends with whoever made it.
-    pub fn tick(&mut self, now: Instant, config: &GroupConfig) {
+    pub fn tick(&mut self, now: Now, config: &GroupConfig) {
         if self.state == ClassicState::Dead {
             return;
         }
         let pending_before = self.pending_members.len();
-        self.pending_members.retain(|_, deadline| *deadline > now);
+        self.pending_members.retain(|_, deadline| *deadline > now.instant);
         let expired: Vec<Arc<str>> = self
             .members
             .values()
-            .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none() && m.heartbeat_deadline <= now)
+            .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none() && m.heartbeat_deadline <= now.instant)
             .map(|m| m.member_id.clone())
             .collect();
         for member_id in &expired {
@@ -883,7 +532,7 @@ impl ClassicGroup {
         } else if self.pending_members.len() != pending_before {
             self.maybe_complete_join(now);
         }
-        if self.initial_delay.as_ref().is_some_and(|delay| delay.deadline <= now) {
+        if self.initial_delay.as_ref().is_some_and(|delay| delay.deadline <= now.instant) {
             self.initial_delay = None;
             self.maybe_complete_join(now);
             if self.state == ClassicState::PreparingRebalance
@@ -892,7 +541,7 @@ impl ClassicGroup {
                 self.complete_join(now);
             }
         }
-        if self.rebalance_deadline.is_some_and(|deadline| deadline <= now) {
+        if self.rebalance_deadline.is_some_and(|deadline| deadline <= now.instant) {
             match self.state {
                 ClassicState::PreparingRebalance => self.complete_join(now),
                 ClassicState::CompletingRebalance => {
@@ -914,11 +563,7 @@ impl ClassicGroup {
     }
 }
 
-impl Default for ClassicGroup {
-    fn default() -> Self {
-        ClassicGroup::new()
-    }
-}
+mod join;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,217 @@
+//! The server's life cycle: bind the Kafka listener, open the broker, serve connections,
+//! run the timers (group sessions and rebalances, transaction timeouts, internal-topic
+//! cleanup) and log maintenance, and shut it all down in order. A process (the `sluice`
+//! binary) starts one; a test may start several in one process, each on its own port and
+//! data directory, on the caller's tokio runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::group::coordinator::TICK_INTERVAL;
+use crate::network;
+
+/// How often `__consumer_offsets` and `__transaction_state` are checked for cleanup.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often transaction timeouts (and markers that failed) are looked at.
+const TRANSACTION_TICK: Duration = Duration::from_secs(1);
+/// How often every log gets its upkeep (`flush.ms` flushes, retention, checkpoints).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address} (is another broker running there?): {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "listening on {0} needs advertised.listeners (--advertise host:port): the address clients should connect to"
+    )]
+    WildcardAdvertised(SocketAddr),
+    #[error(transparent)]
+    Broker(#[from] crate::error::Error),
+    #[error("opening the broker failed: {0}")]
+    Open(String),
+}
+
+/// A running broker: its listener, its timers and its maintenance.
+pub struct Server {
+    broker: Arc<Broker>,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `listeners`, opens the broker in `log.dirs` and starts serving. Without
+    /// `advertised.listeners`, clients are told the address actually bound (port 0 picks a
+    /// free one). Call from within a multi-threaded tokio runtime.
+    pub async fn start(mut config: BrokerConfig) -> Result<Server, ServerError> {
+        let address = config.listener;
+        let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { address, source })?;
+        if !config.advertised_listeners_set {
+            // Clients cannot connect to a wildcard address, as Kafka's own check says.
+            if local_addr.ip().is_unspecified() {
+                return Err(ServerError::WildcardAdvertised(local_addr));
+            }
+            config.advertised_host = local_addr.ip().to_string();
+            config.advertised_port = local_addr.port();
+        }
+        let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+            .await
+            .map_err(|join| ServerError::Open(join.to_string()))??;
+        let (shutdown, stop) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(network::serve(broker.clone(), listener, stop.clone())),
+            tokio::spawn(group_timers(broker.clone(), stop.clone())),
+            tokio::spawn(transaction_timers(broker.clone(), stop.clone())),
+            tokio::spawn(maintenance(broker.clone(), stop)),
+        ];
+        tracing::info!(%local_addr, "broker ready");
+        Ok(Server { broker, local_addr, shutdown, tasks })
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The address the Kafka listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and serving connections, stops the timers, then flushes every log
+    /// and marks it clean. Whatever runs on top of the broker (jobs) should have stopped
+    /// first, while the coordinators could still take its last commits.
+    pub async fn shutdown(self) {
+        self.shutdown.send(true).ok();
+        for task in self.tasks {
+            task.await.ok();
+        }
+        let broker = self.broker;
+        if tokio::task::spawn_blocking(move || broker.shutdown()).await.is_err() {
+            tracing::error!("the broker's shutdown panicked");
+        }
+    }
+}
+
+/// Group timers every [`TICK_INTERVAL`] (sessions, rebalance deadlines, offset expiry), and
+/// the offsets topic's cleanup every [`CLEANUP_INTERVAL`].
+async fn group_timers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_cleanup = Instant::now() + CLEANUP_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !broker.groups.is_ready() {
+                    continue;
+                }
+                broker.groups.tick();
+                if Instant::now() >= next_cleanup {
+                    let groups = broker.groups.clone();
+                    if tokio::task::spawn_blocking(move || groups.clean_offsets_topic()).await.is_err() {
+                        tracing::error!("__consumer_offsets cleanup panicked");
+                    }
+                    next_cleanup = Instant::now() + CLEANUP_INTERVAL;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Aborts timed-out transactions every second, and cleans `__transaction_state` up every
+/// [`CLEANUP_INTERVAL`].
+async fn transaction_timers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TRANSACTION_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_cleanup = Instant::now() + CLEANUP_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if !broker.txns.is_ready() {
+                    continue;
+                }
+                let clean = Instant::now() >= next_cleanup;
+                if clean {
+                    next_cleanup = Instant::now() + CLEANUP_INTERVAL;
+                }
+                let broker = broker.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    broker.txns.abort_timed_out();
+                    if clean {
+                        broker.txns.clean_state_topic();
+                    }
+                });
+                if work.await.is_err() {
+                    tracing::error!("transaction timers panicked");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Log upkeep every [`MAINTENANCE_INTERVAL`]: `flush.ms` flushes, retention, checkpoints.
+async fn maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let broker = broker.clone();
+                if tokio::task::spawn_blocking(move || broker.maintain_logs()).await.is_err() {
+                    tracing::error!("log maintenance panicked");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> BrokerConfig {
+        let mut config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
+        config.apply("listeners", "127.0.0.1:0").unwrap();
+        config
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn several_servers_run_in_one_process_and_each_advertises_its_own_port() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Server::start(config(a.path())).await.unwrap();
+        let second = Server::start(config(b.path())).await.unwrap();
+        assert_ne!(first.local_addr(), second.local_addr());
+        for server in [&first, &second] {
+            assert_eq!(server.broker().config.advertised_port, server.local_addr().port());
+            tokio::net::TcpStream::connect(server.local_addr()).await.expect("the listener accepts");
+        }
+        let taken = BrokerConfig { listener: first.local_addr(), ..config(b.path()) };
+        assert!(matches!(Server::start(taken).await, Err(ServerError::Bind { .. })));
+        first.shutdown().await;
+        second.shutdown().await;
+        // A clean shutdown released the data directory.
+        Server::start(config(a.path())).await.unwrap().shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wildcard_listener_needs_an_advertised_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wildcard = config(dir.path());
+        wildcard.apply("listeners", "0.0.0.0:0").unwrap();
+        assert!(matches!(Server::start(wildcard).await, Err(ServerError::WildcardAdvertised(_))));
+    }
+}
