@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_broker::data_dir::DataDirLock;
+use sluice_broker::DataDirLock;
 use sluice_storage::{HandleCache, LogConfig, Offset, PartitionLog, RecordBatch};
 
 #[global_allocator]

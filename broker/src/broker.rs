@@ -21,14 +21,14 @@ use crate::txn::{MarkerWriter, TransactionCoordinator};
 
 pub struct Broker {
     /// The static config this broker was started with.
-    pub config: BrokerConfig,
+    pub(crate) config: BrokerConfig,
     _data_dir_lock: DataDirLock,
-    pub controller: Arc<Controller>,
-    pub replicas: Arc<ReplicaManager>,
-    pub groups: Arc<GroupCoordinator>,
-    pub txns: TransactionCoordinator,
+    pub(crate) controller: Arc<Controller>,
+    pub(crate) replicas: Arc<ReplicaManager>,
+    pub(crate) groups: Arc<GroupCoordinator>,
+    pub(crate) txns: TransactionCoordinator,
     /// The clock every state machine of the broker reads.
-    pub clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Broker {
@@ -134,19 +134,19 @@ mod tests {
         broker.controller.create_topic("pinned", 1, pinned, false).unwrap();
 
         let dynamic = BTreeMap::from([("log.retention.ms".to_string(), "1000".to_string())]);
-        broker.controller.set_broker_configs(dynamic, false).unwrap();
+        broker.controller.alter_broker_configs(|_| Ok(dynamic), false).unwrap();
         let retention = |topic: &str| broker.replicas.partition(topic, 0).unwrap().log.config().retention_ms;
         assert_eq!(retention("clicks"), Some(1000));
         assert_eq!(retention("pinned"), Some(5000), "a topic override still wins");
 
         let err = broker
             .controller
-            .set_broker_configs(BTreeMap::from([("listeners".into(), "127.0.0.1:1".into())]), false)
+            .alter_broker_configs(|_| Ok(BTreeMap::from([("listeners".into(), "127.0.0.1:1".into())])), false)
             .unwrap_err();
         assert!(err.message.contains("listeners"), "{}", err.message);
         let err = broker
             .controller
-            .set_broker_configs(BTreeMap::from([("log.segment.bytes".into(), "tiny".into())]), false)
+            .alter_broker_configs(|_| Ok(BTreeMap::from([("log.segment.bytes".into(), "tiny".into())])), false)
             .unwrap_err();
         assert!(err.message.contains("log.segment.bytes"), "{}", err.message);
         assert_eq!(retention("clicks"), Some(1000), "a refused change changes nothing");

@@ -253,17 +253,10 @@ impl BrokerConfig {
     /// Applies one `key = value` (a Kafka broker config name); the error names the key and
     /// what is allowed.
     pub fn apply(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
-        let int = |min: i64, max: i64| -> std::result::Result<i64, String> {
-            let parsed: i64 = value.trim().parse().map_err(|_| format!("{key} must be an integer, got \"{value}\""))?;
-            if parsed < min || parsed > max {
-                return Err(format!("{key} must be between {min} and {max}, got {parsed}"));
-            }
-            Ok(parsed)
-        };
-        // Topic defaults share their parsing (and their messages) with topic configs.
-        let topic_key = |topic_key: &str, config: &mut LogConfig| {
-            crate::topic_config::apply(config, topic_key, value).map_err(|msg| msg.replacen(topic_key, key, 1))
-        };
+        let setting = Setting { key, value };
+        if self.groups.apply(&setting)? || self.transactions.apply(&setting)? || apply_topic_default(self, &setting)? {
+            return Ok(());
+        }
         match key {
             "listeners" => {
                 let (host, port) = parse_host_port(key, value)?;
@@ -285,65 +278,117 @@ impl BrokerConfig {
                 }
                 self.data_dir = PathBuf::from(value.trim());
             }
-            "node.id" => self.node_id = int(0, i64::from(i32::MAX))? as i32,
-            "num.partitions" => self.num_partitions = int(1, 100_000)? as i32,
-            "auto.create.topics.enable" => {
-                self.auto_create_topics_enable = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("auto.create.topics.enable must be true or false, got \"{value}\"")),
-                }
+            "node.id" => self.node_id = setting.int(0, i64::from(i32::MAX))? as i32,
+            "num.partitions" => self.num_partitions = setting.int(1, 100_000)? as i32,
+            "auto.create.topics.enable" => self.auto_create_topics_enable = setting.boolean()?,
+            "socket.request.max.bytes" => {
+                self.socket_request_max_bytes = setting.int(1024, i64::from(i32::MAX))? as usize
             }
-            "socket.request.max.bytes" => self.socket_request_max_bytes = int(1024, i64::from(i32::MAX))? as usize,
-            "max.open.segments" => self.max_open_segments = int(16, 1 << 20)? as usize,
-            "group.initial.rebalance.delay.ms" => self.groups.initial_rebalance_delay_ms = int(0, 3_600_000)? as u64,
-            "group.min.session.timeout.ms" => self.groups.min_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
-            "group.max.session.timeout.ms" => self.groups.max_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
-            "group.max.size" => self.groups.max_size = int(1, i64::from(i32::MAX))? as usize,
-            "group.consumer.heartbeat.interval.ms" => {
-                self.groups.consumer_heartbeat_interval_ms = int(1, i64::from(i32::MAX))? as i32
-            }
-            "group.consumer.session.timeout.ms" => {
-                self.groups.consumer_session_timeout_ms = int(1, i64::from(i32::MAX))? as i32
-            }
-            "offsets.topic.num.partitions" => self.groups.offsets_topic_partitions = int(1, 1000)? as i32,
-            "transaction.max.timeout.ms" => self.transactions.max_timeout_ms = int(1, i64::from(i32::MAX))? as i32,
-            "transaction.state.log.num.partitions" => self.transactions.state_partitions = int(1, 1000)? as i32,
-            "transaction.state.log.segment.bytes" => {
-                self.transactions.state_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
-            }
-            "producer.id.expiration.ms" => self.log_defaults.producer_id_expiration_ms = int(1, i64::MAX)?,
-            "offsets.topic.segment.bytes" => {
-                self.groups.offsets_topic_segment_bytes = int(64 << 10, i64::from(i32::MAX))? as u32
-            }
-            "offset.metadata.max.bytes" => {
-                self.groups.offset_metadata_max_bytes = int(0, i64::from(i16::MAX))? as usize
-            }
-            "offsets.retention.minutes" => {
-                self.groups.offsets_retention_ms = int(1, i64::MAX / 60_000)? * 60_000;
-            }
-            "offsets.retention.check.interval.ms" => {
-                self.groups.offsets_retention_check_interval_ms = int(1, i64::MAX)? as u64
-            }
-            "log.segment.bytes" => topic_key("segment.bytes", &mut self.log_defaults)?,
-            "log.roll.ms" => topic_key("segment.ms", &mut self.log_defaults)?,
-            "log.index.size.max.bytes" => topic_key("segment.index.bytes", &mut self.log_defaults)?,
-            "log.index.interval.bytes" => topic_key("index.interval.bytes", &mut self.log_defaults)?,
-            "log.retention.ms" => topic_key("retention.ms", &mut self.log_defaults)?,
-            "log.retention.hours" => {
-                let hours = int(-1, i64::MAX / 3_600_000)?;
-                let ms = if hours < 0 { -1 } else { hours * 3_600_000 };
-                crate::topic_config::apply(&mut self.log_defaults, "retention.ms", &ms.to_string())?;
-            }
-            "log.retention.bytes" => topic_key("retention.bytes", &mut self.log_defaults)?,
-            "message.max.bytes" => topic_key("max.message.bytes", &mut self.log_defaults)?,
-            "log.message.timestamp.type" => topic_key("message.timestamp.type", &mut self.log_defaults)?,
-            "log.flush.interval.messages" => topic_key("flush.messages", &mut self.log_defaults)?,
-            "log.flush.interval.ms" => topic_key("flush.ms", &mut self.log_defaults)?,
+            "max.open.segments" => self.max_open_segments = setting.int(16, 1 << 20)? as usize,
             other => return Err(format!("unknown broker config \"{other}\"; supported keys are {}", KEYS.join(", "))),
         }
         Ok(())
     }
+}
+
+/// One `key = value` being applied, parsed with messages that name the key.
+struct Setting<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+impl Setting<'_> {
+    fn int(&self, min: i64, max: i64) -> std::result::Result<i64, String> {
+        let (key, value) = (self.key, self.value);
+        let parsed: i64 = value.trim().parse().map_err(|_| format!("{key} must be an integer, got \"{value}\""))?;
+        if parsed < min || parsed > max {
+            return Err(format!("{key} must be between {min} and {max}, got {parsed}"));
+        }
+        Ok(parsed)
+    }
+
+    fn boolean(&self) -> std::result::Result<bool, String> {
+        match self.value.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("{} must be true or false, got \"{}\"", self.key, self.value)),
+        }
+    }
+}
+
+impl GroupConfig {
+    /// Applies a group coordinator key; false if `setting` is not one.
+    fn apply(&mut self, setting: &Setting) -> std::result::Result<bool, String> {
+        const I32_MAX: i64 = i32::MAX as i64;
+        match setting.key {
+            "group.initial.rebalance.delay.ms" => self.initial_rebalance_delay_ms = setting.int(0, 3_600_000)? as u64,
+            "group.min.session.timeout.ms" => self.min_session_timeout_ms = setting.int(1, I32_MAX)? as i32,
+            "group.max.session.timeout.ms" => self.max_session_timeout_ms = setting.int(1, I32_MAX)? as i32,
+            "group.max.size" => self.max_size = setting.int(1, I32_MAX)? as usize,
+            "group.consumer.heartbeat.interval.ms" => {
+                self.consumer_heartbeat_interval_ms = setting.int(1, I32_MAX)? as i32
+            }
+            "group.consumer.session.timeout.ms" => self.consumer_session_timeout_ms = setting.int(1, I32_MAX)? as i32,
+            "offsets.topic.num.partitions" => self.offsets_topic_partitions = setting.int(1, 1000)? as i32,
+            "offsets.topic.segment.bytes" => self.offsets_topic_segment_bytes = setting.int(64 << 10, I32_MAX)? as u32,
+            "offset.metadata.max.bytes" => {
+                self.offset_metadata_max_bytes = setting.int(0, i64::from(i16::MAX))? as usize
+            }
+            "offsets.retention.minutes" => self.offsets_retention_ms = setting.int(1, i64::MAX / 60_000)? * 60_000,
+            "offsets.retention.check.interval.ms" => {
+                self.offsets_retention_check_interval_ms = setting.int(1, i64::MAX)? as u64
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl TransactionConfig {
+    /// Applies a transaction coordinator key; false if `setting` is not one.
+    fn apply(&mut self, setting: &Setting) -> std::result::Result<bool, String> {
+        match setting.key {
+            "transaction.max.timeout.ms" => self.max_timeout_ms = setting.int(1, i64::from(i32::MAX))? as i32,
+            "transaction.state.log.num.partitions" => self.state_partitions = setting.int(1, 1000)? as i32,
+            "transaction.state.log.segment.bytes" => {
+                self.state_segment_bytes = setting.int(64 << 10, i64::from(i32::MAX))? as u32
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Applies a topic default (`log.*`, `message.max.bytes`, `producer.id.expiration.ms`);
+/// false if `setting` is not one. They share their parsing (and their messages) with the
+/// topic configs of the same meaning.
+fn apply_topic_default(config: &mut BrokerConfig, setting: &Setting) -> std::result::Result<bool, String> {
+    let topic_key = match setting.key {
+        "log.segment.bytes" => "segment.bytes",
+        "log.roll.ms" => "segment.ms",
+        "log.index.size.max.bytes" => "segment.index.bytes",
+        "log.index.interval.bytes" => "index.interval.bytes",
+        "log.retention.ms" => "retention.ms",
+        "log.retention.bytes" => "retention.bytes",
+        "message.max.bytes" => "max.message.bytes",
+        "log.message.timestamp.type" => "message.timestamp.type",
+        "log.flush.interval.messages" => "flush.messages",
+        "log.flush.interval.ms" => "flush.ms",
+        "log.retention.hours" => {
+            let hours = setting.int(-1, i64::MAX / 3_600_000)?;
+            let ms = if hours < 0 { -1 } else { hours * 3_600_000 };
+            crate::topic_config::apply(&mut config.log_defaults, "retention.ms", &ms.to_string())?;
+            return Ok(true);
+        }
+        "producer.id.expiration.ms" => {
+            config.log_defaults.producer_id_expiration_ms = setting.int(1, i64::MAX)?;
+            return Ok(true);
+        }
+        _ => return Ok(false),
+    };
+    crate::topic_config::apply(&mut config.log_defaults, topic_key, setting.value)
+        .map_err(|msg| msg.replacen(topic_key, setting.key, 1))?;
+    Ok(true)
 }
 
 #[cfg(test)]

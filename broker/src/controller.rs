@@ -137,12 +137,6 @@ impl Controller {
         config
     }
 
-    /// Replaces the dynamic broker configs, and re-applies every topic's config on top of the
-    /// new defaults. Every topic must still resolve under them, or nothing changes.
-    pub fn set_broker_configs(&self, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), AdminError> {
-        self.alter_broker_configs(|_| Ok(configs), validate_only)
-    }
-
     /// Changes the dynamic broker configs to what `alter` makes of the current ones, under
     /// the metadata lock (see `alter_topic_configs`).
     pub fn alter_broker_configs(
@@ -355,11 +349,6 @@ impl InternalTopics {
     /// count. Blocking: the metadata record is fsynced.
     pub fn ensure(&self, name: &str, partitions: i32, segment_bytes: u32) -> Result<i32, ResponseError> {
         self.controller.ensure_internal_topic(name, partitions, segment_bytes)
-    }
-
-    /// The topic's partition count, if it exists.
-    pub fn partitions(&self, name: &str) -> Option<i32> {
-        self.controller.metadata().topic(name).map(|t| t.partitions)
     }
 }
 

@@ -38,7 +38,3 @@ pub fn storage_error_code(err: &StorageError) -> ResponseError {
         }
     }
 }
-
-pub fn code(err: ResponseError) -> i16 {
-    err.code()
-}

@@ -17,8 +17,11 @@ use sluice_storage::{AbortedTxn, Offset};
 
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::group::{GroupCoordinator, MemberClaim, OffsetCommit};
-use crate::partition::{Partition, PendingAppend};
+pub use crate::group::OffsetCommit;
+pub use crate::partition::{DurableAppend, PendingAppend};
+
+use crate::group::{GroupCoordinator, MemberClaim};
+use crate::partition::Partition;
 use crate::topic_partition::TopicPartition;
 
 /// Why an in-process call failed.
@@ -106,7 +109,7 @@ impl InProcessClient {
     /// offset.
     pub fn produce(&self, topic: &str, partition: i32, batch: &[u8]) -> Result<Offset, ClientError> {
         let partition = self.partition(topic, partition)?;
-        Ok(partition.append_durable(batch, sluice_storage::log::now_ms())?.base_offset)
+        Ok(partition.append_durable(batch, self.broker.clock.now_ms())?.base_offset)
     }
 
     /// Removes the records of a partition below `offset`, once everything above it is on
@@ -235,7 +238,7 @@ impl TransactionalProducer {
     /// readable (read_committed) when the transaction commits.
     pub fn append(&self, topic: &str, partition: i32, batch: &[u8]) -> Result<PendingAppend, ClientError> {
         let target = self.client.partition(topic, partition)?;
-        let now = sluice_storage::log::now_ms();
+        let now = self.client.broker.clock.now_ms();
         let appended = self
             .client
             .broker

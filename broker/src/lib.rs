@@ -1,31 +1,38 @@
-//! Sluice's Kafka broker: the network, the protocol handlers, cluster metadata and the
-//! partitions a node holds. Protocol types come from the `kafka-protocol` crate; storage is
-//! `sluice-storage`. The broker knows nothing of stream-processing jobs.
+//! Sluice's Kafka broker: the network, the protocol handlers, cluster metadata, the
+//! partitions a node holds and the group and transaction coordinators. Protocol types come
+//! from the `kafka-protocol` crate; storage is `sluice-storage`. The broker knows nothing of
+//! stream-processing jobs.
+//!
+//! What other crates use: a [`server::Server`] (a running broker, started by the binary or
+//! by tests), [`Broker`] with its [`BrokerConfig`], the [`InProcessClient`] through which
+//! jobs reach the broker, the [`clock`], and [`DataDirLock`] for tools that open a stopped
+//! broker's logs.
 
-pub mod api;
-pub mod broker;
+mod api;
+mod broker;
 pub mod clock;
-pub mod config;
-pub mod connection;
-pub mod controller;
-pub mod data_dir;
-pub mod dispatch;
-pub mod error;
-pub mod group;
+mod config;
+mod connection;
+mod controller;
+mod data_dir;
+mod dispatch;
+mod error;
+mod group;
 pub mod in_process;
-pub mod internal_topics;
-pub mod metadata;
-pub mod network;
-pub mod partition;
-pub mod replica_manager;
-pub mod response;
+mod internal_topics;
+mod metadata;
+mod network;
+mod partition;
+mod replica_manager;
+mod response;
 pub mod server;
-pub mod topic_config;
-pub mod topic_partition;
-pub mod txn;
+mod topic_config;
+mod topic_partition;
+mod txn;
 
 pub use broker::Broker;
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, GroupConfig, TransactionConfig};
+pub use data_dir::DataDirLock;
 pub use error::{Error, Result};
 pub use in_process::InProcessClient;
 pub use topic_partition::TopicPartition;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sluice_broker::group::OffsetCommit;
+use sluice_broker::in_process::OffsetCommit;
 use sluice_broker::InProcessClient;
 use sluice_storage::log::now_ms;
 use sluice_storage::Offset;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_broker::group::OffsetCommit;
+use sluice_broker::in_process::OffsetCommit;
 use sluice_broker::in_process::{ClientError, TransactionalProducer};
 use sluice_broker::{InProcessClient, TopicPartition};
 use sluice_storage::RecordBatchBuilder;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::check_leader_epoch;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
+use crate::partition::Partition;
 
 /// Fetch waits are bounded even if a client asks for longer.
 const MAX_WAIT_MS: i32 = 300_000;
@@ -62,109 +63,138 @@ fn read_once(
     request: &FetchRequest,
     wake: Option<&Arc<Notify>>,
 ) -> (FetchResponse, Vec<Bytes>, usize, bool) {
-    let mut budget = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
-    let read_committed = request.isolation_level == READ_COMMITTED;
     let metadata = broker.metadata();
-    let mut all_records = Vec::new();
-    let mut total = 0usize;
-    let mut any_error = false;
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        // From v13 topics are named by id.
-        let name = if version >= 13 {
-            metadata.topic_by_id(&topic.topic_id).map(|t| t.name.clone())
-        } else {
-            Some(topic.topic.0.as_str().to_string())
-        };
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for wanted in &topic.partitions {
-            let mut data = PartitionData::default()
-                .with_partition_index(wanted.partition)
-                .with_high_watermark(-1)
-                .with_last_stable_offset(-1)
-                .with_log_start_offset(-1)
-                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
-                .with_records(Some(Bytes::new()));
-            // By id (v13+), the partition must still belong to that topic: a topic deleted and
-            // recreated under the same name has a new id.
-            let partition = name
-                .as_deref()
-                .and_then(|name| broker.replicas.partition(name, wanted.partition))
-                .filter(|p| version < 13 || p.topic_id == topic.topic_id);
-            let Some(partition) = partition else {
-                let code = if version >= 13 && name.is_none() {
-                    ResponseError::UnknownTopicId
-                } else {
-                    ResponseError::UnknownTopicOrPartition
-                };
-                partitions.push(data.with_error_code(code.code()));
-                any_error = true;
-                continue;
+    let mut pass = Pass {
+        broker,
+        version,
+        read_committed: request.isolation_level == READ_COMMITTED,
+        wake,
+        budget: if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX },
+        records: Vec::new(),
+        total: 0,
+        any_error: false,
+    };
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            // From v13 topics are named by id.
+            let name = if version >= 13 {
+                metadata.topic_by_id(&topic.topic_id).map(|t| t.name.clone())
+            } else {
+                Some(topic.topic.0.as_str().to_string())
             };
-            if let Err(code) = check_leader_epoch(wanted.current_leader_epoch) {
-                partitions.push(data.with_error_code(code.code()));
-                any_error = true;
-                continue;
-            }
-            if let Some(wake) = wake {
-                partition.register_fetch_waiter(wake);
-            }
-            let high_watermark = partition.log.high_watermark();
-            let last_stable_offset = partition.log.last_stable_offset();
-            let limit = if read_committed { last_stable_offset } else { high_watermark };
-            // read_committed consumers drop the records of aborted transactions themselves:
-            // they get the list of those overlapping what they may read.
-            let aborted = read_committed.then(|| {
-                partition
-                    .log
-                    .aborted_transactions(Offset(wanted.fetch_offset), limit)
-                    .into_iter()
-                    .map(|a| {
-                        AbortedTransaction::default()
-                            .with_producer_id(ProducerId(a.producer_id))
-                            .with_first_offset(a.first_offset)
-                    })
-                    .collect()
-            });
-            data = data
-                .with_high_watermark(high_watermark.0)
-                .with_last_stable_offset(last_stable_offset.0)
-                .with_log_start_offset(partition.log.log_start_offset().0)
-                .with_aborted_transactions(aborted);
-            if budget == 0 {
-                // KIP-74: once the response is full, later partitions come back empty.
-                partitions.push(data);
-                continue;
-            }
-            let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(budget);
-            match partition.log.read(Offset(wanted.fetch_offset), max_bytes, limit) {
-                // KIP-74: only the first partition with data may exceed the response budget (so
-                // a large batch can always make progress); later ones wait for the next fetch.
-                Ok(read) if !all_records.is_empty() && read.records.len() > budget => {
-                    budget = 0;
-                    data = data.with_log_start_offset(read.log_start_offset.0);
-                }
-                Ok(read) => {
-                    budget = budget.saturating_sub(read.records.len());
-                    total += read.records.len();
-                    if !read.records.is_empty() {
-                        all_records.push(read.records.clone());
-                    }
-                    data = data.with_log_start_offset(read.log_start_offset.0).with_records(Some(read.records));
-                }
-                Err(err) => {
-                    data = data.with_error_code(storage_error_code(&err).code());
-                    any_error = true;
-                }
-            }
-            partitions.push(data);
-        }
-        topics.push(
+            let partitions =
+                topic.partitions.iter().map(|wanted| pass.read_partition(name.as_deref(), topic, wanted)).collect();
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
                 .with_topic_id(topic.topic_id)
-                .with_partitions(partitions),
-        );
+                .with_partitions(partitions)
+        })
+        .collect();
+    (FetchResponse::default().with_responses(topics), pass.records, pass.total, pass.any_error)
+}
+
+/// What one pass over the partitions has gathered so far.
+struct Pass<'a> {
+    broker: &'a Broker,
+    version: i16,
+    read_committed: bool,
+    wake: Option<&'a Arc<Notify>>,
+    /// Bytes the response may still carry (`max_bytes`, KIP-74).
+    budget: usize,
+    records: Vec<Bytes>,
+    total: usize,
+    any_error: bool,
+}
+
+impl Pass<'_> {
+    /// The partition a fetch names, if this broker leads it at the epoch the client expects.
+    fn partition(
+        &self,
+        name: Option<&str>,
+        topic: &FetchTopic,
+        wanted: &FetchPartition,
+    ) -> Result<Arc<Partition>, ResponseError> {
+        // By id (v13+), the partition must still belong to that topic: a topic deleted and
+        // recreated under the same name has a new id.
+        let partition = name
+            .and_then(|name| self.broker.replicas.partition(name, wanted.partition))
+            .filter(|p| self.version < 13 || p.topic_id == topic.topic_id);
+        let Some(partition) = partition else {
+            return Err(if self.version >= 13 && name.is_none() {
+                ResponseError::UnknownTopicId
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            });
+        };
+        check_leader_epoch(wanted.current_leader_epoch)?;
+        Ok(partition)
     }
-    (FetchResponse::default().with_responses(topics), all_records, total, any_error)
+
+    fn read_partition(&mut self, name: Option<&str>, topic: &FetchTopic, wanted: &FetchPartition) -> PartitionData {
+        let data = PartitionData::default()
+            .with_partition_index(wanted.partition)
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1)
+            .with_log_start_offset(-1)
+            .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+            .with_records(Some(Bytes::new()));
+        let partition = match self.partition(name, topic, wanted) {
+            Ok(partition) => partition,
+            Err(code) => {
+                self.any_error = true;
+                return data.with_error_code(code.code());
+            }
+        };
+        if let Some(wake) = self.wake {
+            partition.register_fetch_waiter(wake);
+        }
+        let high_watermark = partition.log.high_watermark();
+        let last_stable_offset = partition.log.last_stable_offset();
+        let limit = if self.read_committed { last_stable_offset } else { high_watermark };
+        // read_committed consumers drop the records of aborted transactions themselves:
+        // they get the list of those overlapping what they may read.
+        let aborted = self.read_committed.then(|| {
+            let aborted = partition.log.aborted_transactions(Offset(wanted.fetch_offset), limit);
+            aborted
+                .into_iter()
+                .map(|a| {
+                    AbortedTransaction::default()
+                        .with_producer_id(ProducerId(a.producer_id))
+                        .with_first_offset(a.first_offset)
+                })
+                .collect()
+        });
+        let data = data
+            .with_high_watermark(high_watermark.0)
+            .with_last_stable_offset(last_stable_offset.0)
+            .with_log_start_offset(partition.log.log_start_offset().0)
+            .with_aborted_transactions(aborted);
+        if self.budget == 0 {
+            // KIP-74: once the response is full, later partitions come back empty.
+            return data;
+        }
+        let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(self.budget);
+        match partition.log.read(Offset(wanted.fetch_offset), max_bytes, limit) {
+            // KIP-74: only the first partition with data may exceed the response budget (so
+            // a large batch can always make progress); later ones wait for the next fetch.
+            Ok(read) if !self.records.is_empty() && read.records.len() > self.budget => {
+                self.budget = 0;
+                data.with_log_start_offset(read.log_start_offset.0)
+            }
+            Ok(read) => {
+                self.budget = self.budget.saturating_sub(read.records.len());
+                self.total += read.records.len();
+                if !read.records.is_empty() {
+                    self.records.push(read.records.clone());
+                }
+                data.with_log_start_offset(read.log_start_offset.0).with_records(Some(read.records))
+            }
+            Err(err) => {
+                self.any_error = true;
+                data.with_error_code(storage_error_code(&err).code())
+            }
+        }
+    }
 }

@@ -15,5 +15,5 @@ pub mod record;
 pub mod state;
 mod txn_offsets;
 
-pub use coordinator::{GroupCoordinator, MemberClaim, OffsetCommit, PendingCommit};
+pub use coordinator::{GroupCoordinator, MemberClaim, OffsetCommit};
 pub use state::{Group, Membership};

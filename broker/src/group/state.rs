@@ -56,13 +56,6 @@ impl Group {
         }
     }
 
-    pub fn classic(&self) -> Option<&ClassicGroup> {
-        match &self.membership {
-            Membership::Classic(classic) => Some(classic),
-            Membership::Consumer(_) => None,
-        }
-    }
-
     pub fn consumer(&self) -> Option<&ConsumerGroup> {
         match &self.membership {
             Membership::Consumer(consumer) => Some(consumer),

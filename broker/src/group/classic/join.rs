@@ -121,7 +121,6 @@ impl ClassicGroup {
             client_host: request.client_host,
             session_timeout_ms: request.session_timeout_ms,
             rebalance_timeout_ms: request.rebalance_timeout_ms,
-            protocol_type: request.protocol_type,
             protocols: request.protocols,
             assignment: Bytes::new(),
             awaiting_join: Some(tx),

@@ -127,7 +127,6 @@ pub struct Member {
     pub client_host: String,
     pub session_timeout_ms: i32,
     pub rebalance_timeout_ms: i32,
-    pub protocol_type: String,
     /// In the member's order of preference.
     pub protocols: Vec<(String, Bytes)>,
     pub assignment: Bytes,
@@ -228,7 +227,6 @@ impl ClassicGroup {
                 client_host: m.client_host,
                 session_timeout_ms: m.session_timeout_ms,
                 rebalance_timeout_ms: m.rebalance_timeout_ms,
-                protocol_type: value.protocol_type.clone(),
                 protocols,
                 assignment: m.assignment,
                 awaiting_join: None,
@@ -280,6 +278,7 @@ impl ClassicGroup {
         self.members.is_empty()
     }
 
+    #[cfg(test)]
     pub fn has_member(&self, member_id: &str) -> bool {
         self.members.contains_key(member_id)
     }
@@ -303,19 +302,6 @@ impl ClassicGroup {
         self.static_members.clear();
         self.pending_members.clear();
         self.transition(ClassicState::Dead, now_ms);
-    }
-
-    /// The members move to a KIP-848 consumer group: this group is left empty (its record
-    /// too, once persisted), keeping its generation.
-    pub fn clear_members(&mut self, now_ms: i64) {
-        self.members.clear();
-        self.static_members.clear();
-        self.pending_members.clear();
-        self.leader_id = None;
-        self.rebalance_deadline = None;
-        self.initial_delay = None;
-        self.transition(ClassicState::Empty, now_ms);
-        self.dirty = true;
     }
 
     /// Checks the caller is the member it claims to be, static members included.

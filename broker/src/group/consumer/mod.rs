@@ -169,10 +169,6 @@ impl ConsumerGroup {
         self.members.is_empty()
     }
 
-    pub fn member(&self, member_id: &str) -> Option<&ConsumerMember> {
-        self.members.get(member_id)
-    }
-
     /// Kafka's consumer group states: Empty, Reconciling (some member has not caught up
     /// with the target), Stable.
     pub fn state_name(&self) -> &'static str {
@@ -263,26 +259,7 @@ impl ConsumerGroup {
                 }
             }
         }
-        let mut changed = false;
-        if let Some(member) = self.members.get_mut(&member_id) {
-            member.session_deadline = now.instant + Duration::from_millis(config.consumer_session_timeout_ms as u64);
-            if request.rebalance_timeout_ms >= 0 {
-                member.rebalance_timeout_ms = request.rebalance_timeout_ms;
-            }
-            if let Some(rack) = request.rack_id.take() {
-                member.rack_id = Some(rack);
-            }
-            if let Some(mut topics) = request.subscribed_topic_names.take() {
-                topics.sort();
-                topics.dedup();
-                changed |= topics != member.subscribed_topic_names;
-                member.subscribed_topic_names = topics;
-            }
-            if let Some(assignor) = request.server_assignor.take() {
-                changed |= member.server_assignor.as_deref() != Some(assignor.as_str());
-                member.server_assignor = Some(assignor);
-            }
-        }
+        let mut changed = self.update_member(&member_id, &mut request, now, config);
         changed |= epoch == JOIN_EPOCH;
         changed |= self.refresh_topics(metadata);
         if changed {
@@ -300,6 +277,37 @@ impl ConsumerGroup {
             member_epoch: member.member_epoch,
             assignment: send.then(|| member.assigned.clone()),
         }
+    }
+
+    /// Takes what a heartbeat says of its member (its session goes on; timeouts, rack,
+    /// subscription and assignor as given); true if the target assignment must change.
+    fn update_member(
+        &mut self,
+        member_id: &str,
+        request: &mut HeartbeatRequest,
+        now: Now,
+        config: &GroupConfig,
+    ) -> bool {
+        let Some(member) = self.members.get_mut(member_id) else { return false };
+        let mut changed = false;
+        member.session_deadline = now.instant + Duration::from_millis(config.consumer_session_timeout_ms as u64);
+        if request.rebalance_timeout_ms >= 0 {
+            member.rebalance_timeout_ms = request.rebalance_timeout_ms;
+        }
+        if let Some(rack) = request.rack_id.take() {
+            member.rack_id = Some(rack);
+        }
+        if let Some(mut topics) = request.subscribed_topic_names.take() {
+            topics.sort();
+            topics.dedup();
+            changed |= topics != member.subscribed_topic_names;
+            member.subscribed_topic_names = topics;
+        }
+        if let Some(assignor) = request.server_assignor.take() {
+            changed |= member.server_assignor.as_deref() != Some(assignor.as_str());
+            member.server_assignor = Some(assignor);
+        }
+        changed
     }
 
     fn join(
