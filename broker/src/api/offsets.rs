@@ -97,13 +97,13 @@ fn unstable_partitions(
     broker: &Broker,
     group_id: &str,
     require_stable: bool,
-) -> std::collections::HashSet<(String, i32)> {
+) -> std::collections::HashSet<TopicPartition> {
     if !require_stable {
         return Default::default();
     }
     let Some(group) = broker.groups.group(group_id) else { return Default::default() };
     let group = group.lock();
-    group.pending_txn.values().flatten().map(|(topic, partition, _)| (topic.clone(), *partition)).collect()
+    group.pending_txn.values().flatten().map(|(tp, _)| tp.clone()).collect()
 }
 
 /// One group's offsets: all of them (`None`) or the partitions asked for.
@@ -161,7 +161,7 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
                             .into_iter()
                             .map(|(index, (offset, epoch, metadata))| {
                                 let error = unstable
-                                    .contains(&(topic.clone(), index))
+                                    .contains(&TopicPartition::new(topic.clone(), index))
                                     .then_some(ResponseError::UnstableOffsetCommit);
                                 OffsetFetchResponsePartitions::default()
                                     .with_error_code(error.map_or(0, |e| e.code()))
@@ -190,8 +190,9 @@ pub fn offset_fetch(broker: &Arc<Broker>, header: &RequestHeader, request: Offse
             let partitions = partitions
                 .into_iter()
                 .map(|(index, (offset, epoch, metadata))| {
-                    let error =
-                        unstable.contains(&(topic.clone(), index)).then_some(ResponseError::UnstableOffsetCommit);
+                    let error = unstable
+                        .contains(&TopicPartition::new(topic.clone(), index))
+                        .then_some(ResponseError::UnstableOffsetCommit);
                     OffsetFetchResponsePartition::default()
                         .with_error_code(error.map_or(0, |e| e.code()))
                         .with_partition_index(index)

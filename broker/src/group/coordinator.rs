@@ -298,9 +298,7 @@ impl GroupCoordinator {
         for (i, (tp, mut committed)) in entries.into_iter().enumerate() {
             committed.record_offset = base_offset + i as i64;
             match transaction {
-                Some((producer_id, _)) => {
-                    group.pending_txn.entry(producer_id).or_default().push((tp.topic, tp.partition, committed))
-                }
+                Some((producer_id, _)) => group.pending_txn.entry(producer_id).or_default().push((tp, committed)),
                 None => group.offsets.apply(&tp.topic, tp.partition, committed),
             }
         }

@@ -19,6 +19,7 @@ use super::record::GroupValue;
 use crate::clock::Now;
 use crate::config::GroupConfig;
 use crate::metadata::ClusterMetadata;
+use crate::topic_partition::TopicPartition;
 
 /// How a group's members coordinate.
 #[derive(Debug)]
@@ -40,7 +41,7 @@ pub struct Group {
     dead: bool,
     /// Offsets committed inside transactions (TxnOffsetCommit), by producer id, until the
     /// transaction's marker applies (commit) or drops (abort) them.
-    pub pending_txn: HashMap<i64, Vec<(String, i32, CommittedOffset)>>,
+    pub pending_txn: HashMap<i64, Vec<(TopicPartition, CommittedOffset)>>,
 }
 
 impl Group {

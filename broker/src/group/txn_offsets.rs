@@ -20,7 +20,8 @@ use crate::topic_partition::TopicPartition;
 /// Transactional offset records read so far in one partition, by producer id.
 #[derive(Default)]
 pub(super) struct OpenTxns {
-    by_producer: HashMap<i64, Vec<(String, String, i32, CommittedOffset)>>,
+    /// (group, partition, offset) of each transactional commit read.
+    by_producer: HashMap<i64, Vec<(String, TopicPartition, CommittedOffset)>>,
 }
 
 /// Whether a control batch is a commit marker (`None` if it is not a marker).
@@ -49,9 +50,9 @@ impl OpenTxns {
         let producer_id = batch.producer_id();
         if batch.is_control() {
             let Some(commit) = marker_is_commit(batch) else { return Ok(()) };
-            for (group, topic, partition, committed) in self.by_producer.remove(&producer_id).unwrap_or_default() {
+            for (group, tp, committed) in self.by_producer.remove(&producer_id).unwrap_or_default() {
                 if commit {
-                    group_entry(groups, &group, now).offsets.apply(&topic, partition, committed);
+                    group_entry(groups, &group, now).offsets.apply(&tp.topic, tp.partition, committed);
                 }
             }
             return Ok(());
@@ -62,7 +63,11 @@ impl OpenTxns {
             let Some(Ok(Some(RecordKey::Offset { group, topic, partition }))) = key else { continue };
             let Some(Ok(value)) = record.value.as_deref().map(OffsetValue::decode) else { continue };
             let committed = CommittedOffset::from_value(value, record.offset);
-            self.by_producer.entry(producer_id).or_default().push((group, topic, partition, committed));
+            self.by_producer.entry(producer_id).or_default().push((
+                group,
+                TopicPartition::new(topic, partition),
+                committed,
+            ));
         }
         Ok(())
     }
@@ -70,12 +75,8 @@ impl OpenTxns {
     /// Transactions still open at the end of the log stay pending in their groups.
     pub(super) fn leave_pending(self, groups: &mut HashMap<String, Group>, now: Now) {
         for (producer_id, entries) in self.by_producer {
-            for (group, topic, partition, committed) in entries {
-                group_entry(groups, &group, now)
-                    .pending_txn
-                    .entry(producer_id)
-                    .or_default()
-                    .push((topic, partition, committed));
+            for (group, tp, committed) in entries {
+                group_entry(groups, &group, now).pending_txn.entry(producer_id).or_default().push((tp, committed));
             }
         }
     }
@@ -93,8 +94,8 @@ impl GroupCoordinator {
             }
             let Some(entries) = group.pending_txn.remove(&producer_id) else { continue };
             if commit {
-                for (topic, index, committed) in entries {
-                    group.offsets.apply(&topic, index, committed);
+                for (tp, committed) in entries {
+                    group.offsets.apply(&tp.topic, tp.partition, committed);
                 }
             }
         }

@@ -315,7 +315,9 @@ impl ClassicGroup {
             self.remove_member_entry(&member_id);
         }
         self.initial_delay = None;
+        let previous = self.generation_id;
         self.generation_id = self.generation_id.wrapping_add(1).max(1);
+        debug_assert!(self.generation_id > previous || previous == i32::MAX, "generations only grow");
         if self.members.is_empty() {
             self.protocol_name = None;
             self.leader_id = None;

@@ -267,6 +267,7 @@ impl ConsumerGroup {
         }
         let owned = request.owned.take();
         self.reconcile(&member_id, owned.as_ref(), now);
+        debug_assert!(self.ownership_is_consistent(), "a partition is owned by two members");
         let Some(member) = self.members.get_mut(&member_id) else {
             return HeartbeatResult::error(ResponseError::UnknownMemberId, "unknown member", &member_id, epoch);
         };
@@ -540,6 +541,16 @@ impl ConsumerGroup {
             member.member_epoch = assignment_epoch;
             member.send_assignment = true;
         }
+    }
+
+    /// The invariant: every partition a member holds (assigned or awaiting revocation) is
+    /// owned by that member, and by no other.
+    fn ownership_is_consistent(&self) -> bool {
+        self.members.values().all(|m| {
+            partitions(&m.assigned)
+                .chain(partitions(&m.pending_revocation))
+                .all(|key| self.owners.get(&key).is_some_and(|owner| **owner == *m.member_id))
+        })
     }
 
     /// Expires members whose session lapsed and fences those that did not revoke in time.
