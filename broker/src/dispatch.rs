@@ -301,9 +301,9 @@ mod tests {
         }
     }
 
-    /// Everything ApiVersions advertises has a handler, at every version, and its response
-    /// decodes with nothing left over: an arm forgotten in the dispatch `match` would close
-    /// the connection of every client that uses the API.
+    /// Everything ApiVersions advertises is answered at every version, and its response
+    /// decodes with nothing left over: a handler that decoded or encoded the wrong type would
+    /// close the connection of every client that uses the API.
     #[tokio::test]
     async fn every_advertised_api_and_version_gets_a_well_formed_response() {
         let dir = tempfile::tempdir().unwrap();
