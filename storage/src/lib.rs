@@ -15,6 +15,7 @@ pub mod flush;
 pub mod handle_cache;
 pub mod index;
 pub mod log;
+mod offset;
 pub mod producer_state;
 pub mod record;
 pub mod recovery;
@@ -28,33 +29,7 @@ pub use config::{FlushPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use handle_cache::HandleCache;
 pub use log::{AppendOutcome, DurableHandle, PartitionLog, ReadResult};
+pub use offset::{LeaderEpoch, Offset};
 pub use producer_state::{MarkerKind, ProducerId};
 pub use record::{Header, Record, RecordBatch, Records};
 pub use txn_index::AbortedTxn;
-
-/// A position in a partition's log. Offsets are dense: every record gets the next one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Offset(pub i64);
-
-impl Offset {
-    pub const ZERO: Offset = Offset(0);
-
-    pub fn value(self) -> i64 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for Offset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// The epoch of the partition leader that appended a batch, stamped into each batch header.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LeaderEpoch(pub i32);
-
-impl LeaderEpoch {
-    /// Kafka's "no epoch" value.
-    pub const NONE: LeaderEpoch = LeaderEpoch(-1);
-}

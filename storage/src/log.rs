@@ -23,8 +23,8 @@ use crate::retention;
 use crate::segment::{Segment, NO_TIMESTAMP};
 
 mod transactions;
+use crate::offset::{LeaderEpoch, Offset};
 use crate::txn_index::{self, AbortedTxn};
-use crate::{LeaderEpoch, Offset};
 
 /// How often `maintain` rewrites the checkpoint (Kafka's
 /// `log.flush.offset.checkpoint.interval.ms`).

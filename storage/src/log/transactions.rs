@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use super::{now_ms, LogState, PartitionLog};
+use super::{now_ms, AppendOutcome, LogState, PartitionLog};
 use crate::error::Result;
+use crate::offset::{LeaderEpoch, Offset};
 use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState};
 use crate::record::RecordBatch;
 use crate::txn_index::{self, AbortedTxn};
-use crate::{AppendOutcome, LeaderEpoch, Offset};
 
 /// The kind of a stored control batch's marker, from its first record's key.
 fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
