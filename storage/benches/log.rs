@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use sluice_storage::batch::HEADER_SIZE;
+use sluice_storage::format::HEADER_SIZE;
 use sluice_storage::{
     checkpoint, log, FlushPolicy, HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatch,
     RecordBatchBuilder,

@@ -5,31 +5,26 @@
 //! [`bytes::Bytes`] slices of memory-mapped segment files. This crate knows nothing of the
 //! network: the broker and the stream processor both build on it.
 
-pub mod batch;
-pub mod batch_builder;
 pub mod checkpoint;
-pub mod compression;
 pub mod config;
 pub mod error;
 pub mod flush;
+pub mod format;
 pub mod handle_cache;
 pub mod index;
 pub mod log;
 mod offset;
 pub mod producer_state;
-pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod txn_index;
 
-pub use batch::{BatchInfo, Compression, TimestampType};
-pub use batch_builder::RecordBatchBuilder;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{Error, Result};
+pub use format::{BatchInfo, Compression, Header, Record, RecordBatch, RecordBatchBuilder, Records, TimestampType};
 pub use handle_cache::HandleCache;
 pub use log::{AppendOutcome, DurableHandle, PartitionLog, ReadResult};
 pub use offset::{LeaderEpoch, Offset};
 pub use producer_state::{MarkerKind, ProducerId};
-pub use record::{Header, Record, RecordBatch, Records};
 pub use txn_index::AbortedTxn;

@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::batch::{self, BatchInfo, TimestampType};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::flush::{Flusher, SyncError, SyncTarget};
+use crate::format::{self, BatchInfo, TimestampType};
 use crate::handle_cache::HandleCache;
 use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState, SequenceCheck};
 use crate::recovery;
@@ -261,7 +261,7 @@ impl PartitionLog {
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
         }
-        let info = batch::validate(batch, config.max_decompressed_batch_bytes)?;
+        let info = format::validate(batch, config.max_decompressed_batch_bytes)?;
         if info.is_control && marker.is_none() {
             return Err(Error::InvalidRecord("control batches are written only by the transaction coordinator".into()));
         }
@@ -301,7 +301,7 @@ impl PartitionLog {
         if state.active().should_roll(&active, &info, base_offset, &config, now_ms) {
             self.roll(&mut state, &config)?;
         }
-        let header = batch::stamp_header(
+        let header = format::stamp_header(
             batch,
             base_offset,
             leader_epoch.0,
@@ -313,7 +313,7 @@ impl PartitionLog {
             &self.inner.cache,
             &config,
             &header,
-            &batch[batch::HEADER_SIZE..],
+            &batch[format::HEADER_SIZE..],
             &info,
             base_offset,
             stored_max_timestamp_ms,
@@ -770,7 +770,7 @@ impl PartitionLog {
             let mut expected = segment.base_offset;
             for item in segment.headers_from(&handle, 0) {
                 let (position, header) = item?;
-                batch::check_crc(&handle.slice(position, header.size))
+                format::check_crc(&handle.slice(position, header.size))
                     .map_err(|err| segment.corrupt(position, err.to_string()))?;
                 if header.base_offset != expected {
                     let reason =
@@ -791,7 +791,7 @@ impl PartitionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch_builder::RecordBatchBuilder;
+    use crate::format::RecordBatchBuilder;
 
     fn batch(size: usize) -> Vec<u8> {
         let mut builder = RecordBatchBuilder::new(0);

@@ -14,8 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::Path;
 
-use crate::batch::BatchInfo;
 use crate::error::{Error, Result};
+use crate::format::{BatchInfo, RecordBatch};
 
 /// How many recent batches per producer are kept for duplicate detection: Kafka's number,
 /// matching the most requests a client keeps in flight with idempotence
@@ -79,8 +79,8 @@ impl From<&BatchInfo> for ProducerBatch {
     }
 }
 
-impl From<&crate::record::RecordBatch> for ProducerBatch {
-    fn from(batch: &crate::record::RecordBatch) -> ProducerBatch {
+impl From<&RecordBatch> for ProducerBatch {
+    fn from(batch: &RecordBatch) -> ProducerBatch {
         ProducerBatch {
             producer_id: batch.producer_id(),
             producer_epoch: batch.producer_epoch(),

@@ -7,10 +7,10 @@
 use std::fs;
 use std::path::Path;
 
-use crate::batch;
 use crate::checkpoint::Checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
+use crate::format;
 use crate::handle_cache::HandleCache;
 use crate::segment::{self, OpenSegment, Segment, SegmentPaths, NO_TIMESTAMP};
 
@@ -268,8 +268,8 @@ fn rebuild_from_scan(
     let mut bad = None;
     while position < scanned_size {
         let rest = handle.slice(position, (scanned_size - position) as usize);
-        let checked = if recovery_point.is_some() { batch::check_crc(&rest) } else { batch::check_framing(&rest) };
-        let problem = match checked.and_then(|_| batch::read_stored_header(&rest)) {
+        let checked = if recovery_point.is_some() { format::check_crc(&rest) } else { format::check_framing(&rest) };
+        let problem = match checked.and_then(|_| format::read_stored_header(&rest)) {
             // Offsets are dense (no compaction yet): each batch starts where the last ended.
             Ok(header) if header.base_offset != segment.next_offset => Some(format!(
                 "batch base offset {} where offset {} was expected",

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::MmapOptions;
 
-use crate::batch::{self, BatchInfo, StoredHeader, HEADER_SIZE};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
+use crate::format::{self, BatchInfo, RecordBatch, StoredHeader, HEADER_SIZE};
 use crate::handle_cache::{HandleCache, HandleSlot};
 use crate::index::{OffsetIndex, TimeIndex};
-use crate::record::RecordBatch;
 
 pub const LOG_SUFFIX: &str = "log";
 pub const OFFSET_INDEX_SUFFIX: &str = "index";
@@ -594,7 +593,7 @@ impl Iterator for HeaderScan<'_> {
         }
         let position = self.position;
         let rest = self.handle.slice(position, (self.end - position) as usize);
-        match batch::read_stored_header(&rest) {
+        match format::read_stored_header(&rest) {
             Ok(header) => {
                 self.position += header.size as u64;
                 Some(Ok((position, header)))

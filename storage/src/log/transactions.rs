@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use super::{now_ms, AppendOutcome, LogState, PartitionLog};
 use crate::error::Result;
+use crate::format::{RecordBatch, RecordBatchBuilder};
 use crate::offset::{LeaderEpoch, Offset};
 use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState};
-use crate::record::RecordBatch;
 use crate::txn_index::{self, AbortedTxn};
 
 /// The kind of a stored control batch's marker, from its first record's key.
@@ -33,7 +33,7 @@ impl PartitionLog {
         leader_epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendOutcome> {
-        let mut builder = crate::RecordBatchBuilder::new(now_ms)
+        let mut builder = RecordBatchBuilder::new(now_ms)
             .producer(producer_id.0, producer_epoch, -1)
             .transactional(true)
             .control(true);
