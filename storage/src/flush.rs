@@ -203,7 +203,7 @@ mod tests {
     fn every_waiter_is_released() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000000000000000000.log"), b"").unwrap();
-        let paths = crate::segment::SegmentPaths::new(dir.path(), 0);
+        let paths = crate::segment_files::SegmentPaths::new(dir.path(), 0);
         let handle = Arc::new(crate::segment::OpenSegment::open_for_test(&paths));
         let flusher = Arc::new(Flusher::new(0));
         let end = Arc::new(AtomicI64::new(0));

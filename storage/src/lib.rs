@@ -18,6 +18,7 @@ pub mod producer_state;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+mod segment_files;
 pub mod txn_index;
 
 pub use config::{FlushPolicy, LogConfig};

@@ -12,7 +12,8 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::handle_cache::HandleCache;
-use crate::segment::{self, OpenSegment, Segment, SegmentPaths, NO_TIMESTAMP};
+use crate::segment::{OpenSegment, Segment, NO_TIMESTAMP};
+use crate::segment_files::{self, SegmentPaths};
 
 pub(crate) struct Loaded {
     pub segments: Vec<Segment>,
@@ -29,18 +30,16 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>> {
         let entry = entry.map_err(Error::io("list log directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".truncating") || name.ends_with(".tmp") {
+        if segment_files::is_leftover(name) {
             fs::remove_file(entry.path()).map_err(Error::io("remove leftover file", entry.path()))?;
             continue;
         }
-        let Some((stem, suffix)) = name.split_once('.') else { continue };
-        let Ok(base) = stem.parse::<i64>() else { continue };
-        if stem.len() != 20 || base < 0 {
-            continue;
-        }
+        let Some((base, suffix)) = segment_files::parse_file_name(name) else { continue };
         match suffix {
-            segment::LOG_SUFFIX => bases.push(base),
-            segment::OFFSET_INDEX_SUFFIX | segment::TIME_INDEX_SUFFIX => index_files.push((base, entry.path())),
+            segment_files::LOG_SUFFIX => bases.push(base),
+            segment_files::OFFSET_INDEX_SUFFIX | segment_files::TIME_INDEX_SUFFIX => {
+                index_files.push((base, entry.path()))
+            }
             _ => {}
         }
     }
