@@ -16,7 +16,6 @@ pub mod log;
 mod offset;
 pub mod producer_state;
 pub mod recovery;
-pub mod retention;
 pub mod segment;
 mod segment_files;
 pub mod txn_index;
