@@ -382,7 +382,7 @@ impl Broker {
 
     /// Periodic upkeep of every log: flushes due under `flush.ms`, retention, checkpoints.
     pub fn maintain_logs(&self) {
-        let now = sluice_storage::log::now_ms();
+        let now = sluice_storage::now_ms();
         for partition in self.replicas.all_partitions() {
             if let Err(err) = partition.log.maintain(now) {
                 tracing::error!(topic = %partition.topic, partition = partition.index, %err, "log maintenance failed");

@@ -121,7 +121,7 @@ impl TransactionalSink {
                 .ok_or_else(|| SinkError::UnknownPartition { topic: topic.clone(), partition: index })?;
             for builder in builders {
                 let batch = builder.build()?;
-                let now = sluice_storage::log::now_ms();
+                let now = sluice_storage::now_ms();
                 txns.in_transaction(producer_id, epoch, &topic, index, || {
                     partition.log.append(&batch, LeaderEpoch(Partition::LEADER_EPOCH), now)
                 })

@@ -152,7 +152,7 @@ pub(crate) struct Segment {
 }
 
 /// Timestamp of a segment with no timestamped records, as in Kafka.
-pub const NO_TIMESTAMP: i64 = -1;
+pub(crate) const NO_TIMESTAMP: i64 = -1;
 
 impl Segment {
     /// Creates a new, empty active segment on disk.

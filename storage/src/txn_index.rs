@@ -40,7 +40,7 @@ fn i64_at(bytes: &[u8], at: usize) -> i64 {
 }
 
 /// Appends one entry (not fsynced: the owner syncs before it relies on it).
-pub fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
+pub(crate) fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
     let mut file =
         OpenOptions::new().create(true).append(true).open(path).map_err(Error::io("open txn index", path))?;
     file.write_all(&encode(entry)).map_err(Error::io("append to txn index", path))
@@ -49,7 +49,7 @@ pub fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
 /// The entries in a file, and whether it held whole entries only (false after a torn write:
 /// the owner rewrites it, or later appends would be misaligned). A torn last entry (a crash
 /// mid-write) is ignored, and so is an entry of an unknown version. A missing file has none.
-pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
+pub(crate) fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), true)),
@@ -73,7 +73,7 @@ pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
 }
 
 /// Replaces a file's entries (after a truncation); an empty list removes the file.
-pub fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
+pub(crate) fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
     if entries.is_empty() {
         return match fs::remove_file(path) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove txn index", path)(err)),

@@ -97,7 +97,7 @@ pub enum ProduceReply {
 
 pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> ProduceReply {
     let acks = request.acks;
-    let now_ms = sluice_storage::log::now_ms();
+    let now_ms = sluice_storage::now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pending = Vec::new();
     for topic in request.topic_data {

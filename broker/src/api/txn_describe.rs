@@ -125,7 +125,7 @@ pub async fn list_transactions(
 fn list_transactions_now(broker: &Broker, request: ListTransactionsRequest) -> ListTransactionsResponse {
     let (known, unknown): (Vec<_>, Vec<_>) =
         request.state_filters.iter().partition(|f| STATES.iter().any(|s| s.name() == f.as_str()));
-    let now = sluice_storage::log::now_ms();
+    let now = sluice_storage::now_ms();
     let mut states: Vec<list_transactions_response::TransactionState> = broker
         .txns
         .all()

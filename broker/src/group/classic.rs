@@ -181,7 +181,7 @@ fn new_member_id(prefix: &str) -> Arc<str> {
 }
 
 fn wall_clock_ms() -> i64 {
-    sluice_storage::log::now_ms()
+    sluice_storage::now_ms()
 }
 
 impl ClassicGroup {

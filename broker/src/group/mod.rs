@@ -293,7 +293,7 @@ impl GroupCoordinator {
         producer: Option<(i64, i16)>,
     ) -> Result<(Arc<Partition>, i64, sluice_storage::DurableHandle), ResponseError> {
         let partition = self.offsets_partition(broker, group)?;
-        let now_ms = sluice_storage::log::now_ms();
+        let now_ms = sluice_storage::now_ms();
         let mut builder = RecordBatchBuilder::new(now_ms);
         if let Some((producer_id, producer_epoch)) = producer {
             builder = builder.producer(producer_id, producer_epoch, -1).transactional(true);
@@ -369,7 +369,7 @@ impl GroupCoordinator {
             }
         }
         locked.classic.touch(member_id, Instant::now());
-        let now_ms = sluice_storage::log::now_ms();
+        let now_ms = sluice_storage::now_ms();
         let expire_timestamp_ms = (retention_time_ms >= 0).then(|| now_ms.saturating_add(retention_time_ms));
         let mut results = Vec::with_capacity(commits.len());
         let mut entries = Vec::new();
@@ -556,7 +556,7 @@ impl GroupCoordinator {
     }
 
     pub fn expire_offsets(&self, broker: &Broker) {
-        let now_ms = sluice_storage::log::now_ms();
+        let now_ms = sluice_storage::now_ms();
         let mut emptied = Vec::new();
         let mut expired_total = 0;
         for group in self.groups() {

@@ -34,7 +34,7 @@ pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 const MAX_EPOCH: i16 = i16::MAX - 1;
 
 fn now_ms() -> i64 {
-    sluice_storage::log::now_ms()
+    sluice_storage::now_ms()
 }
 
 #[derive(Default)]

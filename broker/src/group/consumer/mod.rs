@@ -438,7 +438,7 @@ impl ConsumerGroup {
         self.owners.retain(|_, owner| &**owner != member_id);
         self.targets.remove(member_id);
         if self.members.is_empty() {
-            self.empty_since_ms = Some(sluice_storage::log::now_ms());
+            self.empty_since_ms = Some(sluice_storage::now_ms());
         }
         true
     }
