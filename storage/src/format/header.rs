@@ -1,8 +1,6 @@
 //! The record batch (magic 2) header: field positions and readers, framing and CRC-32C checks,
-//! peeks at the producer fields, and the rewrite that stamps a batch with its base offset and
-//! leader epoch. The field readers assume a whole header: every entry point that takes
-//! untrusted bytes checks framing (or at least the header's length) before it reads a field.
-//!
+//! producer peeks, and the stamp of base offset and leader epoch. The field readers assume a
+//! whole header: every entry point that takes untrusted bytes checks the length first.
 //! Layout (big-endian): base offset i64 @0, length i32 @8, leader epoch i32 @12, magic i8 @16,
 //! CRC-32C u32 @17 (over bytes 21..end), attributes, offsets, timestamps and producer fields,
 //! record count i32 @57, records @61. Offset and epoch lie outside the CRC: stamping is free.

@@ -1,11 +1,8 @@
-//! The Kafka record format (magic 2), below the log: the batch header layout and the stamping
-//! of offsets into it, compression, validation of a batch as a producer sent it, zero-copy
-//! reading of stored batches and their records, and the batch builder. It knows nothing of
-//! segments or logs. Nothing here trusts its input: every length is checked before use and
-//! every decode returns a `Result`.
-//!
-//! Layers, each using only those before it: `compression` and `header` (leaves), `records`,
-//! then `validate` and `builder`.
+//! The Kafka record format (magic 2), below the log and knowing nothing of segments: the batch
+//! header and the stamping of offsets into it (`header`), compression, zero-copy reading of
+//! stored batches and their records (`records`), validation of a produced batch, and the
+//! batch builder. Each file uses only those before it in that list. Nothing here trusts its
+//! input: every length is checked before use and every decode returns a `Result`.
 
 mod builder;
 mod compression;

@@ -1,11 +1,8 @@
-//! The partition log: an ordered list of segments, the last one active, behind one lock.
-//! The append path is in `append`, reads and lookups in `read`, the tail cut of a replica in
-//! `truncate`, deletion from the front in `retention`, upkeep and shutdown in `maintenance`,
-//! and the producer side (idempotence, transactions) in `transactions`.
-//!
+//! The partition log: an ordered list of segments, the last one active, behind one lock; its
+//! paths are `append`, `read`, `truncate`, `retention`, `maintenance` and `transactions`.
 //! Invariants: offsets are dense and increasing; `log_start_offset <= high_watermark <=
-//! log_end_offset`; the last stable offset never passes the high watermark; readers never see
-//! bytes past the committed end of a segment; an append either lands whole or leaves the log
+//! log_end_offset`, and the last stable offset never passes the high watermark; readers never
+//! see bytes past the committed end of a segment; an append lands whole or leaves the log
 //! unchanged.
 
 use std::path::{Path, PathBuf};
@@ -46,7 +43,8 @@ struct LogState {
     log_start_offset: i64,
     high_watermark: i64,
     last_flush_ms: i64,
-    /// Set by a clean shutdown; later appends are refused so the clean marker stays true.
+    /// Set by a clean shutdown (later appends are refused, so the clean marker stays true) and
+    /// by `mark_deleted`.
     closed: bool,
     /// Idempotent producers' sequence state, as of the log end offset.
     producers: ProducerState,
