@@ -60,7 +60,7 @@ pub(crate) enum SyncError {
     /// its append may be gone, and the offsets may hold someone else's records.
     Truncated,
     /// Finding what to sync failed (opening the active segment).
-    Target(crate::Error),
+    Target(crate::error::Error),
 }
 
 impl Flusher {
@@ -114,7 +114,7 @@ impl Flusher {
 
     /// Blocks until every offset below `offset` is durable, fsyncing as the leader when no
     /// one else is. `target` snapshots the log end and active segment for a leader.
-    pub fn sync_to(&self, offset: i64, target: impl Fn() -> crate::Result<SyncTarget>) -> Result<(), SyncError> {
+    pub fn sync_to(&self, offset: i64, target: impl Fn() -> crate::error::Result<SyncTarget>) -> Result<(), SyncError> {
         let mut state = self.state.lock();
         let truncations_at_start = state.truncations;
         loop {
@@ -158,7 +158,7 @@ impl Flusher {
     /// A leader's fsyncs for its round, made without the lock: the rolled segments (and the
     /// directory, for their successors' entries), then the active segment. Returns the end
     /// offset the round made durable.
-    fn run_round(&self, target: impl Fn() -> crate::Result<SyncTarget>) -> Result<i64, SyncError> {
+    fn run_round(&self, target: impl Fn() -> crate::error::Result<SyncTarget>) -> Result<i64, SyncError> {
         let target = target().map_err(SyncError::Target)?;
         self.state.lock().round_end = target.end_offset;
         for rolled in &target.rolled {

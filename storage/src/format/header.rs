@@ -100,7 +100,7 @@ pub(super) fn compute_crc(batch: &[u8]) -> u32 {
 }
 
 /// Checks framing and the stored CRC-32C of the batch at the start of `buf`; returns its size.
-pub fn check_crc(buf: &[u8]) -> Result<usize> {
+pub(crate) fn check_crc(buf: &[u8]) -> Result<usize> {
     let size = check_framing(buf)?;
     let stored = read_u32(buf, CRC_AT);
     let computed = compute_crc(&buf[..size]);

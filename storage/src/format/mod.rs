@@ -12,9 +12,10 @@ mod validate;
 
 pub use builder::RecordBatchBuilder;
 pub use compression::Compression;
-pub use header::{check_crc, check_framing, peek_producer, peek_producer_epoch, TimestampType, HEADER_SIZE};
-pub use records::{BatchIter, Header, Headers, Record, RecordBatch, Records, MAX_DECOMPRESSED_BATCH_BYTES};
+pub use header::{check_framing, peek_producer, peek_producer_epoch, TimestampType, HEADER_SIZE};
+pub use records::{BatchIter, Header, Headers, Record, RecordBatch, Records};
 pub use validate::BatchInfo;
 
-pub(crate) use header::{read_stored_header, stamp_header, StoredHeader};
+pub(crate) use header::{check_crc, read_stored_header, stamp_header, StoredHeader};
+pub(crate) use records::MAX_DECOMPRESSED_BATCH_BYTES;
 pub(crate) use validate::validate;

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// Decompressed batches larger than this are refused, so a small "zip bomb" batch cannot
 /// make a reader allocate without bound. 64 MiB is 64 times Kafka's default
 /// `max.message.bytes`, above the ratios real records compress by (JSON under zstd: ~10x).
-pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
+pub(crate) const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
 
 fn invalid(what: &str) -> Error {
     Error::InvalidRecord(what.to_string())

@@ -75,6 +75,8 @@ impl PartitionLog {
         self.append_batch(batch, leader_epoch, now_ms, None)
     }
 
+    /// Appends a producer's batch or, with `marker`, the coordinator's transaction marker (a
+    /// control batch: only this way may one be written).
     pub(super) fn append_batch(
         &self,
         batch: &[u8],

@@ -1,7 +1,7 @@
 //! The rest of a log's life: periodic upkeep (the `flush.ms` flush, the fsync of rolled
 //! segments, retention, producer expiry and the checkpoint), clean shutdown, and the stop
-//! before its directory is deleted. The checkpoint is written only by `write_checkpoint`,
-//! one writer at a time, and a deleted log's files are never touched again.
+//! before its directory is deleted. The checkpoint has one writer at a time
+//! (`write_checkpoint`), and none once the log is marked deleted.
 
 use super::{now_ms, PartitionLog};
 use crate::checkpoint::{self, Checkpoint};

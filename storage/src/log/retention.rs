@@ -1,7 +1,7 @@
 //! Deleting from the front of the log: retention by `retention.ms` and `retention.bytes`, and
 //! DeleteRecords. Only whole segments go, oldest first, never the active one, and never one
 //! holding offsets at or above the high watermark (a consumer may not have been allowed to
-//! read them yet). The log start offset only moves up, and never past the high watermark.
+//! read them yet). Both only move the log start offset up, and never past the high watermark.
 
 use super::{LogState, PartitionLog};
 use crate::checkpoint;
