@@ -36,11 +36,11 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Now {
-        Now { instant: Instant::now(), wall_ms: sluice_storage::log::now_ms() }
+        Now { instant: Instant::now(), wall_ms: sluice_storage::now_ms() }
     }
 
     fn now_ms(&self) -> i64 {
-        sluice_storage::log::now_ms()
+        sluice_storage::now_ms()
     }
 }
 

@@ -189,7 +189,7 @@ impl MetadataLog {
         for record in &records {
             next.apply(record.clone())?;
         }
-        let now = sluice_storage::log::now_ms();
+        let now = sluice_storage::now_ms();
         let mut builder = RecordBatchBuilder::new(now);
         for record in &records {
             let value = serde_json::to_vec(record).map_err(|e| Error::Metadata(e.to_string()))?;

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_broker::in_process::OffsetCommit;
 use sluice_broker::InProcessClient;
-use sluice_storage::log::now_ms;
+use sluice_storage::now_ms;
 use sluice_storage::Offset;
 
 use crate::changelog::{self, Growth};

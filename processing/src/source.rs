@@ -131,7 +131,7 @@ mod tests {
 
     fn batch(producer: Option<(i64, i16, i32)>, values: &[&str]) -> Vec<u8> {
         // Timestamps of now: older ones would roll a segment per batch (segment.ms).
-        let now = sluice_storage::log::now_ms();
+        let now = sluice_storage::now_ms();
         let mut builder = RecordBatchBuilder::new(now);
         if let Some((producer_id, epoch, sequence)) = producer {
             builder = builder.producer(producer_id, epoch, sequence).transactional(true);

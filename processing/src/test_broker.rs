@@ -18,7 +18,7 @@ pub(crate) fn open(dir: &std::path::Path) -> (Arc<Broker>, InProcessClient) {
 
 /// Produces `values` (no keys) to a partition as one batch.
 pub(crate) fn produce(client: &InProcessClient, topic: &str, partition: i32, values: &[Bytes]) {
-    let now = sluice_storage::log::now_ms();
+    let now = sluice_storage::now_ms();
     let mut builder = RecordBatchBuilder::new(now);
     for value in values {
         builder.push(now, None, Some(value), &[]);

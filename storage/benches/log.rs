@@ -11,10 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use sluice_storage::batch::HEADER_SIZE;
+use sluice_storage::format::HEADER_SIZE;
 use sluice_storage::{
-    checkpoint, log, FlushPolicy, HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatch,
-    RecordBatchBuilder,
+    checkpoint, FlushPolicy, HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatch, RecordBatchBuilder,
 };
 use tempfile::TempDir;
 
@@ -78,7 +77,7 @@ fn fill(log: &PartitionLog, batch: &[u8], bytes: usize, now_ms: i64) {
 }
 
 fn bench_append(c: &mut Criterion) {
-    let now_ms = log::now_ms();
+    let now_ms = sluice_storage::now_ms();
     let mut group = c.benchmark_group("append");
     group.sample_size(20);
     for (name, max_bytes) in [("1MiB", 1 << 20), ("16KiB", 16 << 10)] {
@@ -154,7 +153,7 @@ fn run_appenders(log: &PartitionLog, batch: &[u8], appenders: usize, appends_eac
 }
 
 fn bench_durable_append(c: &mut Criterion) {
-    let now_ms = log::now_ms();
+    let now_ms = sluice_storage::now_ms();
     let batch = batch_up_to(RECORD_BYTES + HEADER_SIZE + RECORD_OVERHEAD_BYTES_MAX, now_ms);
     let mut group = c.benchmark_group("durable_append");
     group.sample_size(10);
@@ -205,7 +204,7 @@ fn read_all(log: &PartitionLog, end: Offset, mut visit: impl FnMut(&RecordBatch)
 fn bench_read(c: &mut Criterion) {
     let mut fixture = None;
     let mut setup = || {
-        let now_ms = log::now_ms();
+        let now_ms = sluice_storage::now_ms();
         let scratch = ScratchLog::open(LogConfig::default());
         fill(&scratch.log, &batch_up_to(16 << 10, now_ms), SCAN_LOG_BYTES, now_ms);
         scratch
@@ -243,7 +242,7 @@ fn next_random(state: &mut u64) -> u64 {
 fn timestamped_log() -> (ScratchLog, i64) {
     let config = LogConfig { segment_bytes: TIMEINDEX_SEGMENT_BYTES, ..LogConfig::default() };
     let scratch = ScratchLog::open(config);
-    let start_ms = log::now_ms();
+    let start_ms = sluice_storage::now_ms();
     let value = [0x5a; 100];
     for batch_index in 0..TIMEINDEX_BATCHES {
         let first_ms = start_ms + batch_index * TIMEINDEX_RECORDS_PER_BATCH;
@@ -283,7 +282,7 @@ fn bench_timeindex(c: &mut Criterion) {
 /// A log of `SCAN_LOG_BYTES` in several segments, flushed but not closed: an unclean stop.
 /// Returns its directory and its log end offset.
 fn unclean_log() -> (TempDir, Offset) {
-    let now_ms = log::now_ms();
+    let now_ms = sluice_storage::now_ms();
     let scratch = ScratchLog::open(recovery_config());
     fill(&scratch.log, &batch_up_to(16 << 10, now_ms), SCAN_LOG_BYTES, now_ms);
     // On disk and in the page cache, so the first recovery does not pay for write-back.

@@ -27,7 +27,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn encode(&self) -> [u8; SIZE] {
+    pub(crate) fn encode(&self) -> [u8; SIZE] {
         let mut out = [0u8; SIZE];
         out[..4].copy_from_slice(MAGIC);
         out[4] = VERSION;
@@ -40,7 +40,7 @@ impl Checkpoint {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Checkpoint> {
         if bytes.len() != SIZE || &bytes[..4] != MAGIC || bytes[4] != VERSION {
             return None;
         }
@@ -80,7 +80,7 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>> {
 }
 
 /// Atomically replaces the checkpoint in `dir`.
-pub fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+pub(crate) fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let mut file = File::create(&tmp).map_err(Error::io("create checkpoint", &tmp))?;
@@ -91,6 +91,6 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
 }
 
 /// fsyncs a directory so that created, renamed or deleted entries in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", PathBuf::from(dir)))
 }

@@ -1,9 +1,8 @@
 //! Per-log configuration, with Kafka's topic config names and defaults, and the flush policy
 //! that decides what an acknowledged append survives.
 
-use crate::batch::TimestampType;
 use crate::error::{Error, Result};
-use crate::record::MAX_DECOMPRESSED_BATCH_BYTES;
+use crate::format::{TimestampType, MAX_DECOMPRESSED_BATCH_BYTES};
 
 /// When appended data is forced to disk, and therefore what an acknowledged append survives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

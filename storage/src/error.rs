@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::Offset;
+use crate::offset::Offset;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

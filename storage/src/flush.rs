@@ -60,7 +60,7 @@ pub(crate) enum SyncError {
     /// its append may be gone, and the offsets may hold someone else's records.
     Truncated,
     /// Finding what to sync failed (opening the active segment).
-    Target(crate::Error),
+    Target(crate::error::Error),
 }
 
 impl Flusher {
@@ -114,7 +114,7 @@ impl Flusher {
 
     /// Blocks until every offset below `offset` is durable, fsyncing as the leader when no
     /// one else is. `target` snapshots the log end and active segment for a leader.
-    pub fn sync_to(&self, offset: i64, target: impl Fn() -> crate::Result<SyncTarget>) -> Result<(), SyncError> {
+    pub fn sync_to(&self, offset: i64, target: impl Fn() -> crate::error::Result<SyncTarget>) -> Result<(), SyncError> {
         let mut state = self.state.lock();
         let truncations_at_start = state.truncations;
         loop {
@@ -148,45 +148,57 @@ impl Flusher {
             let truncations = state.truncations;
             drop(state);
 
-            let result = target().map_err(SyncError::Target).and_then(|target| {
-                self.state.lock().round_end = target.end_offset;
-                for rolled in &target.rolled {
-                    rolled.make_durable().map_err(|err| SyncError::Failed(err.to_string()))?;
-                }
-                if !target.rolled.is_empty() {
-                    crate::checkpoint::sync_dir(&target.dir).map_err(|err| SyncError::Failed(err.to_string()))?;
-                }
-                target.active.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
-                Ok(target.end_offset)
-            });
-
+            let result = self.run_round(&target);
             state = self.state.lock();
-            state.syncing = false;
-            match &result {
-                Ok(end_offset) => {
-                    state.fsyncs += 1;
-                    if state.truncations == truncations {
-                        state.durable_offset = state.durable_offset.max(*end_offset);
-                    }
-                    self.rounds[(round % 2) as usize].notify_all();
-                    if state.waiting[((round + 1) % 2) as usize] > 0 {
-                        self.rounds[((round + 1) % 2) as usize].notify_one();
-                    }
+            self.end_round(&mut state, round, truncations, &result);
+            result?;
+        }
+    }
+
+    /// A leader's fsyncs for its round, made without the lock: the rolled segments (and the
+    /// directory, for their successors' entries), then the active segment. Returns the end
+    /// offset the round made durable.
+    fn run_round(&self, target: impl Fn() -> crate::error::Result<SyncTarget>) -> Result<i64, SyncError> {
+        let target = target().map_err(SyncError::Target)?;
+        self.state.lock().round_end = target.end_offset;
+        for rolled in &target.rolled {
+            rolled.make_durable().map_err(|err| SyncError::Failed(err.to_string()))?;
+        }
+        if !target.rolled.is_empty() {
+            crate::checkpoint::sync_dir(&target.dir).map_err(|err| SyncError::Failed(err.to_string()))?;
+        }
+        target.active.sync_data().map_err(|err| SyncError::Failed(err.to_string()))?;
+        Ok(target.end_offset)
+    }
+
+    /// Ends round `round` under the lock: its waiters are released and one waiter of the next
+    /// round is woken to lead it; a failed fsync fails the log and releases everyone.
+    fn end_round(&self, state: &mut FlushState, round: u64, truncations: u64, result: &Result<i64, SyncError>) {
+        state.syncing = false;
+        match result {
+            Ok(end_offset) => {
+                state.fsyncs += 1;
+                // A truncation during the round may have removed offsets it covered.
+                if state.truncations == truncations {
+                    state.durable_offset = state.durable_offset.max(*end_offset);
                 }
-                Err(SyncError::Failed(reason)) => {
-                    tracing::error!(%reason, "fsync failed; the log refuses further writes until it is reopened and recovered");
-                    state.failed = Some(reason.clone());
-                    self.rounds.iter().for_each(|round| {
-                        round.notify_all();
-                    });
-                }
-                Err(SyncError::Target(_) | SyncError::Truncated) => {
-                    self.rounds.iter().for_each(|round| {
-                        round.notify_all();
-                    });
+                self.rounds[(round % 2) as usize].notify_all();
+                if state.waiting[((round + 1) % 2) as usize] > 0 {
+                    self.rounds[((round + 1) % 2) as usize].notify_one();
                 }
             }
-            result?;
+            Err(SyncError::Failed(reason)) => {
+                tracing::error!(%reason, "fsync failed; the log refuses further writes until it is reopened and recovered");
+                state.failed = Some(reason.clone());
+                self.rounds.iter().for_each(|round| {
+                    round.notify_all();
+                });
+            }
+            Err(SyncError::Target(_) | SyncError::Truncated) => {
+                self.rounds.iter().for_each(|round| {
+                    round.notify_all();
+                });
+            }
         }
     }
 }
@@ -203,7 +215,7 @@ mod tests {
     fn every_waiter_is_released() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000000000000000000.log"), b"").unwrap();
-        let paths = crate::segment::SegmentPaths::new(dir.path(), 0);
+        let paths = crate::segment_files::SegmentPaths::new(dir.path(), 0);
         let handle = Arc::new(crate::segment::OpenSegment::open_for_test(&paths));
         let flusher = Arc::new(Flusher::new(0));
         let end = Arc::new(AtomicI64::new(0));

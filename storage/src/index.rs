@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 
-pub const OFFSET_ENTRY_SIZE: usize = 8;
-pub const TIME_ENTRY_SIZE: usize = 12;
+pub(crate) const OFFSET_ENTRY_SIZE: usize = 8;
+pub(crate) const TIME_ENTRY_SIZE: usize = 12;
 
 /// One index file: its mapping and capacity. Entry counts live with the segment.
 pub(crate) struct IndexFile {
@@ -154,6 +154,12 @@ impl OffsetIndex {
     }
 
     pub fn append(&self, slot: usize, offset: i64, position: u32) {
+        debug_assert!(
+            slot.checked_sub(1)
+                .and_then(|previous| self.entry(previous))
+                .is_none_or(|(o, p)| o < offset && p < position),
+            "offset index entries must increase: ({offset}, {position}) after slot {slot}"
+        );
         let relative = (offset - self.base_offset) as u32;
         let mut entry = [0u8; OFFSET_ENTRY_SIZE];
         entry[..4].copy_from_slice(&relative.to_be_bytes());
@@ -216,6 +222,12 @@ impl TimeIndex {
     }
 
     pub fn append(&self, slot: usize, timestamp_ms: i64, offset: i64) {
+        debug_assert!(
+            slot.checked_sub(1)
+                .and_then(|previous| self.entry(previous))
+                .is_none_or(|(ts, o)| ts < timestamp_ms && o <= offset),
+            "time index entries must increase: ({timestamp_ms}, {offset}) after slot {slot}"
+        );
         let mut entry = [0u8; TIME_ENTRY_SIZE];
         entry[..8].copy_from_slice(&timestamp_ms.to_be_bytes());
         entry[8..].copy_from_slice(&((offset - self.base_offset) as u32).to_be_bytes());
@@ -236,9 +248,7 @@ impl TimeIndex {
             .map(|raw| self.base_offset + i64::from(split_time_entry(raw).1))
             .unwrap_or(self.base_offset)
     }
-}
 
-impl TimeIndex {
     /// Number of the first `entries` entries whose offset is below `offset`.
     pub fn count_below(&self, entries: usize, offset: i64) -> usize {
         self.file.partition_point::<12>(

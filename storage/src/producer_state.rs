@@ -1,28 +1,23 @@
-//! Idempotent producers' state in one partition: per producer id, its epoch and the
-//! sequence ranges (with their offsets) of its last five batches, as Kafka keeps them. A
-//! retried batch is recognised and answered with its original offsets; a gap in sequence
-//! numbers or an old epoch is refused before anything is written.
-//!
-//! Transactional producers also have an ongoing transaction here from their first
-//! transactional batch until the coordinator's commit or abort marker: the earliest such
-//! first offset is where the last stable offset stops.
-//!
-//! The state is rebuilt from the log's batch headers on open, starting from a snapshot
-//! (`producer.snapshot`) that covers the log up to an offset known to be durable.
+//! Idempotent and transactional producers' state in one partition, as Kafka keeps it: per
+//! producer id its epoch, the sequence ranges (with offsets) of its last five batches, and its
+//! open transaction. A retried batch is answered with its original offsets; a sequence gap or
+//! an old epoch is refused before anything is written; the earliest open transaction bounds
+//! the last stable offset. Snapshots (`producer.snapshot`) cover the log up to an offset
+//! known to be durable; the rest is rebuilt from the log's batches at open.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::Path;
 
-use crate::batch::BatchInfo;
 use crate::error::{Error, Result};
+use crate::format::{BatchInfo, RecordBatch};
 
 /// How many recent batches per producer are kept for duplicate detection: Kafka's number,
 /// matching the most requests a client keeps in flight with idempotence
 /// (`max.in.flight.requests.per.connection` <= 5).
-pub const RETAINED_BATCHES: usize = 5;
+pub(crate) const RETAINED_BATCHES: usize = 5;
 
-/// Kafka's "no sequence" and "no epoch" values.
+/// Kafka's "no sequence" value.
 const NO_SEQUENCE: i32 = -1;
 
 /// A producer id, as InitProducerId hands it out.
@@ -57,7 +52,7 @@ impl ProducerEntry {
 
 /// The producer fields of a batch header.
 #[derive(Clone, Copy, Debug)]
-pub struct ProducerBatch {
+pub(crate) struct ProducerBatch {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
@@ -79,8 +74,8 @@ impl From<&BatchInfo> for ProducerBatch {
     }
 }
 
-impl From<&crate::record::RecordBatch> for ProducerBatch {
-    fn from(batch: &crate::record::RecordBatch) -> ProducerBatch {
+impl From<&RecordBatch> for ProducerBatch {
+    fn from(batch: &RecordBatch) -> ProducerBatch {
         ProducerBatch {
             producer_id: batch.producer_id(),
             producer_epoch: batch.producer_epoch(),
@@ -94,7 +89,7 @@ impl From<&crate::record::RecordBatch> for ProducerBatch {
 
 /// What an idempotent batch's sequence check decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SequenceCheck {
+pub(crate) enum SequenceCheck {
     /// Not an idempotent batch (no producer id): nothing to check.
     NotIdempotent,
     /// Append it.
@@ -169,7 +164,7 @@ impl ProducerState {
     /// Kafka's checks for a batch about to be appended: the epoch must not go backwards, a
     /// retry of one of the last five batches is a duplicate, and otherwise the sequence
     /// must follow on (or start at 0 with a new epoch).
-    pub fn check(&self, info: &ProducerBatch) -> Result<SequenceCheck> {
+    pub(crate) fn check(&self, info: &ProducerBatch) -> Result<SequenceCheck> {
         if info.producer_id < 0 || info.is_control {
             return Ok(SequenceCheck::NotIdempotent);
         }
@@ -225,7 +220,7 @@ impl ProducerState {
 
     /// Checks a transaction marker from the coordinator: it may not come from an epoch
     /// older than the producer's.
-    pub fn check_marker(&self, producer_id: ProducerId, epoch: i16) -> Result<()> {
+    pub(crate) fn check_marker(&self, producer_id: ProducerId, epoch: i16) -> Result<()> {
         match self.producers.get(&producer_id) {
             Some(entry) if epoch < entry.epoch => {
                 Err(Error::InvalidProducerEpoch { producer_id: producer_id.0, epoch, current: entry.epoch })
@@ -236,7 +231,7 @@ impl ProducerState {
 
     /// Ends the producer's open transaction with a marker at `marker_offset`. An abort that
     /// closes a transaction with records here returns it, for the aborted-transaction index.
-    pub fn complete_txn(
+    pub(crate) fn complete_txn(
         &mut self,
         producer_id: ProducerId,
         epoch: i16,
@@ -261,7 +256,7 @@ impl ProducerState {
     }
 
     /// Records an appended batch (or one replayed from the log at recovery).
-    pub fn update(&mut self, info: &ProducerBatch, first_offset: i64, now_ms: i64) {
+    pub(crate) fn update(&mut self, info: &ProducerBatch, first_offset: i64, now_ms: i64) {
         if info.producer_id < 0 || info.is_control {
             return;
         }
@@ -297,7 +292,7 @@ impl ProducerState {
 
     /// Forgets producers idle since before `cutoff_ms` (`producer.id.expiration.ms`), except
     /// those with an open transaction (only its marker may end it).
-    pub fn expire(&mut self, cutoff_ms: i64) -> usize {
+    pub(crate) fn expire(&mut self, cutoff_ms: i64) -> usize {
         let before = self.producers.len();
         self.producers.retain(|_, entry| entry.last_append_ms >= cutoff_ms || entry.current_txn_first_offset.is_some());
         before - self.producers.len()
@@ -305,14 +300,14 @@ impl ProducerState {
 }
 
 /// The snapshot file in a partition's directory.
-pub const SNAPSHOT_FILE: &str = "producer.snapshot";
+pub(crate) const SNAPSHOT_FILE: &str = "producer.snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SLPRODS2";
 /// Bounds what a damaged file can make the reader allocate.
 const MAX_SNAPSHOT_PRODUCERS: usize = 10_000_000;
 
 /// Writes the state as of `offset` (every batch below it, none at or above): temporary
 /// file, fsync, rename, directory fsync, so a crash leaves the old snapshot or the new one.
-pub fn write_snapshot(dir: &Path, offset: i64, state: &ProducerState) -> Result<()> {
+pub(crate) fn write_snapshot(dir: &Path, offset: i64, state: &ProducerState) -> Result<()> {
     let mut body = Vec::with_capacity(16 + state.producers.len() * 64);
     body.extend_from_slice(&offset.to_be_bytes());
     body.extend_from_slice(&(state.producers.len() as u64).to_be_bytes());
@@ -344,7 +339,7 @@ pub fn write_snapshot(dir: &Path, offset: i64, state: &ProducerState) -> Result<
 
 /// The snapshot and the offset it covers, or `None` if there is none or it is damaged
 /// (then the state is rebuilt from the whole log, which is always correct).
-pub fn read_snapshot(dir: &Path) -> Option<(i64, ProducerState)> {
+pub(crate) fn read_snapshot(dir: &Path) -> Option<(i64, ProducerState)> {
     let path = dir.join(SNAPSHOT_FILE);
     let bytes = std::fs::read(&path).ok()?;
     let parsed = parse_snapshot(&bytes);

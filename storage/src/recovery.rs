@@ -7,12 +7,13 @@
 use std::fs;
 use std::path::Path;
 
-use crate::batch;
 use crate::checkpoint::Checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
+use crate::format::{self, StoredHeader};
 use crate::handle_cache::HandleCache;
-use crate::segment::{self, OpenSegment, Segment, SegmentPaths, NO_TIMESTAMP};
+use crate::segment::{OpenSegment, Segment, NO_TIMESTAMP};
+use crate::segment_files::{self, SegmentPaths};
 
 pub(crate) struct Loaded {
     pub segments: Vec<Segment>,
@@ -29,18 +30,16 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>> {
         let entry = entry.map_err(Error::io("list log directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".truncating") || name.ends_with(".tmp") {
+        if segment_files::is_leftover(name) {
             fs::remove_file(entry.path()).map_err(Error::io("remove leftover file", entry.path()))?;
             continue;
         }
-        let Some((stem, suffix)) = name.split_once('.') else { continue };
-        let Ok(base) = stem.parse::<i64>() else { continue };
-        if stem.len() != 20 || base < 0 {
-            continue;
-        }
+        let Some((base, suffix)) = segment_files::parse_file_name(name) else { continue };
         match suffix {
-            segment::LOG_SUFFIX => bases.push(base),
-            segment::OFFSET_INDEX_SUFFIX | segment::TIME_INDEX_SUFFIX => index_files.push((base, entry.path())),
+            segment_files::LOG_SUFFIX => bases.push(base),
+            segment_files::OFFSET_INDEX_SUFFIX | segment_files::TIME_INDEX_SUFFIX => {
+                index_files.push((base, entry.path()))
+            }
             _ => {}
         }
     }
@@ -264,55 +263,7 @@ fn rebuild_from_scan(
     segment.next_offset = segment.next_offset.max(base);
     segment.size = 0;
     let handle = segment.handle_covering(cache, config, scanned_size as usize)?;
-    let mut position = 0u64;
-    let mut bad = None;
-    while position < scanned_size {
-        let rest = handle.slice(position, (scanned_size - position) as usize);
-        let checked = if recovery_point.is_some() { batch::check_crc(&rest) } else { batch::check_framing(&rest) };
-        let problem = match checked.and_then(|_| batch::read_stored_header(&rest)) {
-            // Offsets are dense (no compaction yet): each batch starts where the last ended.
-            Ok(header) if header.base_offset != segment.next_offset => Some(format!(
-                "batch base offset {} where offset {} was expected",
-                header.base_offset, segment.next_offset
-            )),
-            Ok(header) => {
-                segment.index_batch(
-                    &handle,
-                    config,
-                    position,
-                    header.base_offset,
-                    header.size,
-                    header.max_timestamp_ms,
-                    header.base_offset,
-                );
-                if segment.rolling_timestamp_ms.is_none() {
-                    segment.rolling_timestamp_ms = Some(header.max_timestamp_ms);
-                }
-                segment.next_offset = header.next_offset();
-                position += header.size as u64;
-                segment.size = position;
-                None
-            }
-            Err(err) => Some(err.to_string()),
-        };
-        if let Some(reason) = problem {
-            match recovery_point {
-                Some(point) if segment.next_offset < point => {
-                    return Err(segment.corrupt(
-                        position,
-                        format!(
-                            "{reason} (below the recovery point {point}, so this data was acknowledged as durable)"
-                        ),
-                    ));
-                }
-                Some(_) => {
-                    bad = Some((position, reason));
-                    break;
-                }
-                None => return Err(segment.corrupt(position, reason)),
-            }
-        }
-    }
+    let bad = index_batches(&mut segment, &handle, config, scanned_size, recovery_point)?;
     segment.refine_offset_of_max_timestamp(&handle);
     drop(handle);
     if recovery_point.is_some() && bad.is_none() {
@@ -326,4 +277,64 @@ fn rebuild_from_scan(
         segment.close(cache, config)?;
     }
     Ok((segment, bad))
+}
+
+/// Indexes the batches of a segment being rebuilt, from its start up to `scanned_size`, each
+/// checked first (its CRC too, with a recovery point). The first bad batch past the recovery
+/// point is returned as (position, reason), with everything before it indexed.
+fn index_batches(
+    segment: &mut Segment,
+    handle: &OpenSegment,
+    config: &LogConfig,
+    scanned_size: u64,
+    recovery_point: Option<i64>,
+) -> Result<Option<(u64, String)>> {
+    let mut position = 0u64;
+    while position < scanned_size {
+        let rest = handle.slice(position, (scanned_size - position) as usize);
+        let reason = match check_batch(&rest, segment.next_offset, recovery_point.is_some()) {
+            Ok(header) => {
+                segment.index_batch(
+                    handle,
+                    config,
+                    position,
+                    header.base_offset,
+                    header.size,
+                    header.max_timestamp_ms,
+                    header.base_offset,
+                );
+                if segment.rolling_timestamp_ms.is_none() {
+                    segment.rolling_timestamp_ms = Some(header.max_timestamp_ms);
+                }
+                segment.next_offset = header.next_offset();
+                position += header.size as u64;
+                segment.size = position;
+                continue;
+            }
+            Err(reason) => reason,
+        };
+        return match recovery_point {
+            Some(point) if segment.next_offset < point => Err(segment.corrupt(
+                position,
+                format!("{reason} (below the recovery point {point}, so this data was acknowledged as durable)"),
+            )),
+            Some(_) => Ok(Some((position, reason))),
+            None => Err(segment.corrupt(position, reason)),
+        };
+    }
+    Ok(None)
+}
+
+/// The header of the batch at the start of `rest` if the batch is sound (its framing, and
+/// its CRC when `check_crc`) and starts at `expected_offset`; otherwise why it is not.
+fn check_batch(rest: &[u8], expected_offset: i64, check_crc: bool) -> std::result::Result<StoredHeader, String> {
+    let checked = if check_crc { format::check_crc(rest) } else { format::check_framing(rest) };
+    match checked.and_then(|_| format::read_stored_header(rest)) {
+        // Offsets are dense (no compaction yet): each batch starts where the last ended.
+        Ok(header) if header.base_offset != expected_offset => {
+            Err(format!("batch base offset {} where offset {expected_offset} was expected", header.base_offset))
+        }
+        Ok(header) => Ok(header),
+        Err(err) => Err(err.to_string()),
+    }
 }

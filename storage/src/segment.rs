@@ -13,20 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::MmapOptions;
 
-use crate::batch::{self, BatchInfo, StoredHeader, HEADER_SIZE};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
+use crate::format::{self, BatchInfo, RecordBatch, StoredHeader, HEADER_SIZE};
 use crate::handle_cache::{HandleCache, HandleSlot};
 use crate::index::{OffsetIndex, TimeIndex};
-use crate::record::RecordBatch;
-
-pub const LOG_SUFFIX: &str = "log";
-pub const OFFSET_INDEX_SUFFIX: &str = "index";
-pub const TIME_INDEX_SUFFIX: &str = "timeindex";
-
-pub fn file_name(base_offset: i64, suffix: &str) -> String {
-    format!("{base_offset:020}.{suffix}")
-}
+use crate::segment_files::SegmentPaths;
 
 /// The open files and mappings of a segment, shared by everyone using it at the moment.
 pub(crate) struct OpenSegment {
@@ -139,26 +131,6 @@ fn write_all_vectored_at(file: &File, bufs: [&[u8]; 2], position: u64) -> std::i
     Ok(())
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct SegmentPaths {
-    pub log: PathBuf,
-    pub offset_index: PathBuf,
-    pub time_index: PathBuf,
-    /// Aborted transactions whose abort marker is in this segment (only if there are any).
-    pub txn_index: PathBuf,
-}
-
-impl SegmentPaths {
-    pub fn new(dir: &Path, base_offset: i64) -> SegmentPaths {
-        SegmentPaths {
-            log: dir.join(file_name(base_offset, LOG_SUFFIX)),
-            offset_index: dir.join(file_name(base_offset, OFFSET_INDEX_SUFFIX)),
-            time_index: dir.join(file_name(base_offset, TIME_INDEX_SUFFIX)),
-            txn_index: dir.join(file_name(base_offset, crate::txn_index::TXN_INDEX_SUFFIX)),
-        }
-    }
-}
-
 /// What is known of a segment without opening it. Mutated only under the log's write lock.
 pub(crate) struct Segment {
     pub base_offset: i64,
@@ -176,11 +148,11 @@ pub(crate) struct Segment {
     bytes_since_index_entry: u64,
     pub active: bool,
     pub paths: SegmentPaths,
-    pub slot: Arc<HandleSlot>,
+    pub slot: Arc<HandleSlot<OpenSegment>>,
 }
 
 /// Timestamp of a segment with no timestamped records, as in Kafka.
-pub const NO_TIMESTAMP: i64 = -1;
+pub(crate) const NO_TIMESTAMP: i64 = -1;
 
 impl Segment {
     /// Creates a new, empty active segment on disk.
@@ -523,7 +495,7 @@ impl Segment {
             Some((position, header)) => (position, header.base_offset),
             None => return Ok(()),
         };
-        let tmp = self.paths.log.with_extension("log.truncating");
+        let tmp = self.paths.truncating_log();
         fs::write(&tmp, handle.slice(0, cut as usize)).map_err(Error::io("write truncated segment", &tmp))?;
         File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::io("fsync truncated segment", &tmp))?;
         fs::rename(&tmp, &self.paths.log).map_err(Error::io("replace truncated segment", &self.paths.log))?;
@@ -601,7 +573,7 @@ impl Iterator for HeaderScan<'_> {
         }
         let position = self.position;
         let rest = self.handle.slice(position, (self.end - position) as usize);
-        match batch::read_stored_header(&rest) {
+        match format::read_stored_header(&rest) {
             Ok(header) => {
                 self.position += header.size as u64;
                 Some(Ok((position, header)))

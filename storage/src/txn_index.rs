@@ -6,11 +6,11 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::segment_files::{TMP_SUFFIX, TXN_INDEX_SUFFIX};
 
-pub const TXN_INDEX_SUFFIX: &str = "txnindex";
 const ENTRY_SIZE: usize = 34;
 const ENTRY_VERSION: i16 = 0;
 
@@ -21,10 +21,6 @@ pub struct AbortedTxn {
     /// The abort marker's offset.
     pub last_offset: i64,
     pub last_stable_offset: i64,
-}
-
-pub fn path(dir: &Path, base_offset: i64) -> PathBuf {
-    dir.join(crate::segment::file_name(base_offset, TXN_INDEX_SUFFIX))
 }
 
 fn encode(entry: &AbortedTxn) -> [u8; ENTRY_SIZE] {
@@ -44,21 +40,16 @@ fn i64_at(bytes: &[u8], at: usize) -> i64 {
 }
 
 /// Appends one entry (not fsynced: the owner syncs before it relies on it).
-pub fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
+pub(crate) fn append(path: &Path, entry: &AbortedTxn) -> Result<()> {
     let mut file =
         OpenOptions::new().create(true).append(true).open(path).map_err(Error::io("open txn index", path))?;
     file.write_all(&encode(entry)).map_err(Error::io("append to txn index", path))
 }
 
-/// The entries in a file; a torn last entry (a crash mid-write) is ignored, and so is an
-/// entry of an unknown version. A missing file has none.
-pub fn read(path: &Path) -> Result<Vec<AbortedTxn>> {
-    read_checked(path).map(|(entries, _)| entries)
-}
-
-/// [`read`], and whether the file held whole entries only (false after a torn write: the
-/// owner rewrites it, or later appends would be misaligned).
-pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
+/// The entries in a file, and whether it held whole entries only (false after a torn write:
+/// the owner rewrites it, or later appends would be misaligned). A torn last entry (a crash
+/// mid-write) is ignored, and so is an entry of an unknown version. A missing file has none.
+pub(crate) fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), true)),
@@ -82,14 +73,14 @@ pub fn read_checked(path: &Path) -> Result<(Vec<AbortedTxn>, bool)> {
 }
 
 /// Replaces a file's entries (after a truncation); an empty list removes the file.
-pub fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
+pub(crate) fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
     if entries.is_empty() {
         return match fs::remove_file(path) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove txn index", path)(err)),
             _ => Ok(()),
         };
     }
-    let tmp = path.with_extension(format!("{TXN_INDEX_SUFFIX}.tmp"));
+    let tmp = path.with_extension(format!("{TXN_INDEX_SUFFIX}.{TMP_SUFFIX}"));
     let mut bytes = Vec::with_capacity(entries.len() * ENTRY_SIZE);
     for entry in entries {
         bytes.extend_from_slice(&encode(entry));
@@ -102,6 +93,16 @@ pub fn rewrite(path: &Path, entries: &[AbortedTxn]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment_files::SegmentPaths;
+    use std::path::PathBuf;
+
+    fn path(dir: &Path, base_offset: i64) -> PathBuf {
+        SegmentPaths::new(dir, base_offset).txn_index
+    }
+
+    fn read(path: &Path) -> Result<Vec<AbortedTxn>> {
+        read_checked(path).map(|(entries, _)| entries)
+    }
 
     #[test]
     fn entries_round_trip_and_a_torn_tail_is_ignored() {

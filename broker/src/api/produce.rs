@@ -9,7 +9,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::RequestHeader;
-use sluice_storage::batch;
+use sluice_storage::format;
 
 use super::str_bytes;
 use crate::broker::Broker;
@@ -36,19 +36,19 @@ fn append(
         return (partition_error(index, ResponseError::CorruptMessage, Some("no record batch".into())), None);
     };
     // Produce v3+ carries exactly one batch per partition (as Kafka requires).
-    if let Ok(size) = batch::check_framing(records) {
+    if let Ok(size) = format::check_framing(records) {
         if size < records.len() {
             let message = "a produce request must carry exactly one record batch per partition".to_string();
             return (partition_error(index, ResponseError::InvalidRecord, Some(message)), None);
         }
     }
     let append = || partition.append(records, now_ms);
-    let appended = match batch::peek_producer(records) {
+    let appended = match format::peek_producer(records) {
         Some((producer_id, true)) => {
             // KIP-890: a transactional batch only goes into a partition of its producer's
             // ongoing transaction, checked and appended under the transaction's lock, so a
             // late or retried write cannot slip past the transaction's end.
-            let epoch = batch::peek_producer_epoch(records).unwrap_or(-1);
+            let epoch = format::peek_producer_epoch(records).unwrap_or(-1);
             match broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append) {
                 Ok(appended) => appended,
                 Err(code) => {

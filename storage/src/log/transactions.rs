@@ -6,12 +6,16 @@
 
 use std::path::PathBuf;
 
-use super::{now_ms, LogState, PartitionLog};
+use super::{now_ms, AppendOutcome, LogState, PartitionLog};
 use crate::error::Result;
+use crate::format::{RecordBatch, RecordBatchBuilder};
+use crate::offset::{LeaderEpoch, Offset};
 use crate::producer_state::{self, MarkerKind, ProducerBatch, ProducerId, ProducerState};
-use crate::record::RecordBatch;
+use crate::segment::Segment;
 use crate::txn_index::{self, AbortedTxn};
-use crate::{AppendOutcome, LeaderEpoch, Offset};
+
+/// A transaction marker being appended: the producer, its epoch, and commit or abort.
+pub(super) type Marker = (ProducerId, i16, MarkerKind);
 
 /// The kind of a stored control batch's marker, from its first record's key.
 fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
@@ -19,6 +23,39 @@ fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
     let key = record.key?;
     let kind = i16::from_be_bytes([*key.get(2)?, *key.get(3)?]);
     MarkerKind::from_type(kind)
+}
+
+/// The aborted transactions of every segment's `.txnindex` whose marker is below the log end,
+/// sorted by marker offset, as a log is opened.
+pub(super) fn load_aborted(segments: &[Segment], log_end_offset: i64) -> Result<Vec<AbortedTxn>> {
+    let mut aborted = Vec::new();
+    for segment in segments {
+        let (entries, whole) = txn_index::read_checked(&segment.paths.txn_index)?;
+        let kept: Vec<AbortedTxn> = entries.iter().copied().filter(|a| a.last_offset < log_end_offset).collect();
+        // A torn entry, or entries past a log end that recovery cut back: rewrite the
+        // file, so later appends stay aligned and reused offsets meet no stale entry.
+        if !whole || kept.len() != entries.len() {
+            txn_index::rewrite(&segment.paths.txn_index, &kept)?;
+        }
+        aborted.extend(kept);
+    }
+    aborted.sort_by_key(|a| a.last_offset);
+    Ok(aborted)
+}
+
+impl LogState {
+    /// Forgets the aborted transactions whose marker is at or past `end` (a truncation cut
+    /// them off), rewriting the active segment's `.txnindex` if any were there.
+    pub(super) fn forget_aborted_from(&mut self, end: i64) -> Result<()> {
+        if self.aborted.iter().any(|a| a.last_offset >= end) {
+            self.aborted.retain(|a| a.last_offset < end);
+            let active = self.active();
+            let kept: Vec<AbortedTxn> =
+                self.aborted.iter().filter(|a| a.last_offset >= active.base_offset).copied().collect();
+            txn_index::rewrite(&active.paths.txn_index, &kept)?;
+        }
+        Ok(())
+    }
 }
 
 impl PartitionLog {
@@ -33,7 +70,7 @@ impl PartitionLog {
         leader_epoch: LeaderEpoch,
         now_ms: i64,
     ) -> Result<AppendOutcome> {
-        let mut builder = crate::RecordBatchBuilder::new(now_ms)
+        let mut builder = RecordBatchBuilder::new(now_ms)
             .producer(producer_id.0, producer_epoch, -1)
             .transactional(true)
             .control(true);
@@ -43,6 +80,38 @@ impl PartitionLog {
         value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
         builder.push(now_ms, Some(&key), Some(&value), &[]);
         self.append_batch(&builder.build()?, leader_epoch, now_ms, Some((producer_id, producer_epoch, kind)))
+    }
+
+    /// Records an appended batch in the producer state: its sequence numbers, and for a
+    /// transaction marker the end of its transaction (indexed if it was an abort).
+    pub(super) fn update_producers(
+        &self,
+        state: &mut LogState,
+        batch: &ProducerBatch,
+        marker: Option<Marker>,
+        base_offset: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        if batch.producer_id >= 0 {
+            state.producers.update(batch, base_offset, now_ms);
+            state.producers_version += 1;
+        }
+        if let Some((producer_id, epoch, kind)) = marker {
+            let stable_before = state.producers.first_unstable_offset().unwrap_or(state.high_watermark);
+            if let Some((first_offset, last_offset)) =
+                state.producers.complete_txn(producer_id, epoch, kind, base_offset, now_ms)
+            {
+                let entry = AbortedTxn {
+                    producer_id: producer_id.0,
+                    first_offset,
+                    last_offset,
+                    last_stable_offset: stable_before,
+                };
+                self.record_aborted(state, entry)?;
+            }
+            state.producers_version += 1;
+        }
+        Ok(())
     }
 
     /// Adds an aborted transaction to the index of the segment holding its marker. Memory
@@ -111,7 +180,9 @@ impl PartitionLog {
             state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark));
         // A transaction whose first records were deleted (DeleteRecords, retention) cannot
         // hold the stable offset below the log start.
-        Offset(stable.max(state.log_start_offset))
+        let stable = stable.max(state.log_start_offset);
+        debug_assert!(stable <= state.high_watermark, "last stable offset {stable} above the high watermark");
+        Offset(stable)
     }
 
     /// Aborted transactions with records in `[from, to)`, for a `read_committed` fetch.

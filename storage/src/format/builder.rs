@@ -1,11 +1,11 @@
-//! Building magic-2 record batches: what the stream processor's sinks write, and what tests
-//! and benchmarks feed the log. Records are encoded once into one buffer; the header is
-//! filled in at the end with the count, timestamps and CRC-32C.
+//! Building magic-2 record batches (Kafka's `MemoryRecordsBuilder`): what the stream
+//! processor's sinks, the coordinators and the transaction markers write, and what tests and
+//! benchmarks feed the log. Records are encoded once into one buffer; the header is filled in
+//! at the end with the count, timestamps and CRC-32C.
 
-use std::io::Write;
-
-use crate::batch::{self, Compression, HEADER_SIZE};
-use crate::error::{Error, Result};
+use super::compression::{self, Compression};
+use super::header::{self, HEADER_SIZE};
+use crate::error::Result;
 
 fn put_varlong(out: &mut Vec<u8>, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
@@ -121,16 +121,16 @@ impl RecordBatchBuilder {
 
     /// The finished batch, base offset 0 and leader epoch -1 (the log assigns both).
     pub fn build(self) -> Result<Vec<u8>> {
-        let payload = compress(self.compression, &self.records)?;
+        let payload = compression::compress(self.compression, &self.records)?;
         let mut out = Vec::with_capacity(HEADER_SIZE + payload.len());
         out.extend_from_slice(&0i64.to_be_bytes());
-        out.extend_from_slice(&((HEADER_SIZE - batch::LOG_OVERHEAD + payload.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&((HEADER_SIZE - header::LOG_OVERHEAD + payload.len()) as i32).to_be_bytes());
         out.extend_from_slice(&(-1i32).to_be_bytes());
-        out.push(batch::MAGIC as u8);
+        out.push(header::MAGIC as u8);
         out.extend_from_slice(&[0; 4]); // CRC, filled in below
         let attributes = self.compression.attribute_bits()
-            | if self.transactional { batch::TRANSACTIONAL_BIT } else { 0 }
-            | if self.control { batch::CONTROL_BIT } else { 0 };
+            | if self.transactional { header::TRANSACTIONAL_BIT } else { 0 }
+            | if self.control { header::CONTROL_BIT } else { 0 };
         out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&(self.count - 1).to_be_bytes());
         out.extend_from_slice(&self.base_timestamp_ms.to_be_bytes());
@@ -140,29 +140,8 @@ impl RecordBatchBuilder {
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&payload);
-        let crc = batch::compute_crc(&out);
-        out[batch::CRC_AT..batch::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        let crc = header::compute_crc(&out);
+        out[header::CRC_AT..header::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
-    }
-}
-
-fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>> {
-    let fail = |err: std::io::Error| Error::Compression { codec: codec.name(), reason: err.to_string() };
-    match codec {
-        Compression::None => Ok(input.to_vec()),
-        Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(input).map_err(fail)?;
-            encoder.finish().map_err(fail)
-        }
-        Compression::Snappy => snap::raw::Encoder::new()
-            .compress_vec(input)
-            .map_err(|err| Error::Compression { codec: "snappy", reason: err.to_string() }),
-        Compression::Lz4 => {
-            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
-            encoder.write_all(input).map_err(fail)?;
-            encoder.finish().map_err(|err| Error::Compression { codec: "lz4", reason: err.to_string() })
-        }
-        Compression::Zstd => zstd::bulk::compress(input, 1).map_err(fail),
     }
 }

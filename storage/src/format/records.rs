@@ -1,19 +1,20 @@
-//! Records inside a batch: a zero-copy iterator that hands out keys, values and headers as
-//! `Bytes` slices of the batch (or of its one decompressed buffer), and the record walker
-//! that validation uses. Every length comes from untrusted bytes and is bounds-checked.
-//! Layout: length, attributes, timestamp delta, offset delta, key, value, headers, with
-//! zigzag varints and -1 lengths for nulls.
+//! Stored batches and the records inside them: `RecordBatch` reads a batch's header fields,
+//! `Records` iterates its records handing out keys, values and headers as `Bytes` slices of
+//! the batch (or of its one decompressed buffer), never copies; `decode_records` is the walk
+//! validation uses. Every length comes from untrusted bytes and is bounds-checked.
+//! Record layout: length, attributes, timestamp delta, offset delta, key, value, headers,
+//! with zigzag varints and -1 lengths for nulls.
 
 use bytes::Bytes;
 
-use crate::batch::{self, Compression, TimestampType, HEADER_SIZE};
-use crate::compression;
+use super::compression::{self, Compression};
+use super::header::{self, TimestampType, HEADER_SIZE};
 use crate::error::{Error, Result};
 
 /// Decompressed batches larger than this are refused, so a small "zip bomb" batch cannot
 /// make a reader allocate without bound. 64 MiB is 64 times Kafka's default
 /// `max.message.bytes`, above the ratios real records compress by (JSON under zstd: ~10x).
-pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
+pub(crate) const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
 
 fn invalid(what: &str) -> Error {
     Error::InvalidRecord(what.to_string())
@@ -55,7 +56,7 @@ fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize, nullable: bool) -> Result<Opti
 
 /// One record as slices of the buffer it was decoded from.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RawRecord<'a> {
+pub(super) struct RawRecord<'a> {
     pub timestamp_delta: i64,
     pub offset_delta: i32,
     pub key: Option<&'a [u8]>,
@@ -104,13 +105,13 @@ fn next_raw_record<'a>(buf: &'a [u8], pos: &mut usize) -> Result<RawRecord<'a>> 
 
 /// Walks every record of one batch (decompressing when needed), calling `visit` for each.
 /// Fails if any record is malformed or bytes are left over after the last one.
-pub(crate) fn decode_records(
+pub(super) fn decode_records(
     batch: &[u8],
     max_decompressed_bytes: usize,
     mut visit: impl FnMut(RawRecord<'_>) -> Result<()>,
 ) -> Result<()> {
-    let compression = Compression::from_attributes(batch::read_i16(batch, batch::ATTRIBUTES_AT))?;
-    let count = batch::read_i32(batch, batch::RECORD_COUNT_AT).max(0);
+    let compression = Compression::from_attributes(header::read_i16(batch, header::ATTRIBUTES_AT))?;
+    let count = header::read_i32(batch, header::RECORD_COUNT_AT).max(0);
     let payload = &batch[HEADER_SIZE..];
     let decompressed;
     let records = if compression == Compression::None {
@@ -145,7 +146,7 @@ pub struct RecordBatch {
 impl RecordBatch {
     /// Wraps one batch, checking its framing (not its CRC: see [`RecordBatch::verify_crc`]).
     pub fn new(bytes: Bytes) -> Result<RecordBatch> {
-        let size = batch::check_framing(&bytes)?;
+        let size = header::check_framing(&bytes)?;
         if size != bytes.len() {
             return Err(Error::CorruptBatch(format!("batch of {size} bytes in a {}-byte buffer", bytes.len())));
         }
@@ -163,24 +164,24 @@ impl RecordBatch {
     }
 
     pub fn verify_crc(&self) -> Result<()> {
-        batch::check_crc(&self.bytes).map(|_| ())
+        header::check_crc(&self.bytes).map(|_| ())
     }
 
     pub fn base_offset(&self) -> i64 {
-        batch::read_i64(&self.bytes, batch::BASE_OFFSET_AT)
+        header::read_i64(&self.bytes, header::BASE_OFFSET_AT)
     }
 
     pub fn last_offset(&self) -> i64 {
         // Wrapping: a batch from the network may carry any base offset.
-        self.base_offset().wrapping_add(i64::from(batch::read_i32(&self.bytes, batch::LAST_OFFSET_DELTA_AT)))
+        self.base_offset().wrapping_add(i64::from(header::read_i32(&self.bytes, header::LAST_OFFSET_DELTA_AT)))
     }
 
     pub fn partition_leader_epoch(&self) -> i32 {
-        batch::read_i32(&self.bytes, batch::LEADER_EPOCH_AT)
+        header::read_i32(&self.bytes, header::LEADER_EPOCH_AT)
     }
 
     fn attributes(&self) -> i16 {
-        batch::read_i16(&self.bytes, batch::ATTRIBUTES_AT)
+        header::read_i16(&self.bytes, header::ATTRIBUTES_AT)
     }
 
     pub fn compression(&self) -> Result<Compression> {
@@ -188,43 +189,39 @@ impl RecordBatch {
     }
 
     pub fn timestamp_type(&self) -> TimestampType {
-        if self.attributes() & batch::TIMESTAMP_TYPE_BIT != 0 {
-            TimestampType::LogAppendTime
-        } else {
-            TimestampType::CreateTime
-        }
+        TimestampType::from_attributes(self.attributes())
     }
 
     pub fn is_transactional(&self) -> bool {
-        self.attributes() & batch::TRANSACTIONAL_BIT != 0
+        self.attributes() & header::TRANSACTIONAL_BIT != 0
     }
 
     pub fn is_control(&self) -> bool {
-        self.attributes() & batch::CONTROL_BIT != 0
+        self.attributes() & header::CONTROL_BIT != 0
     }
 
     pub fn base_timestamp_ms(&self) -> i64 {
-        batch::read_i64(&self.bytes, batch::BASE_TIMESTAMP_AT)
+        header::read_i64(&self.bytes, header::BASE_TIMESTAMP_AT)
     }
 
     pub fn max_timestamp_ms(&self) -> i64 {
-        batch::read_i64(&self.bytes, batch::MAX_TIMESTAMP_AT)
+        header::read_i64(&self.bytes, header::MAX_TIMESTAMP_AT)
     }
 
     pub fn producer_id(&self) -> i64 {
-        batch::read_i64(&self.bytes, batch::PRODUCER_ID_AT)
+        header::read_i64(&self.bytes, header::PRODUCER_ID_AT)
     }
 
     pub fn producer_epoch(&self) -> i16 {
-        batch::read_i16(&self.bytes, batch::PRODUCER_EPOCH_AT)
+        header::read_i16(&self.bytes, header::PRODUCER_EPOCH_AT)
     }
 
     pub fn base_sequence(&self) -> i32 {
-        batch::read_i32(&self.bytes, batch::BASE_SEQUENCE_AT)
+        header::read_i32(&self.bytes, header::BASE_SEQUENCE_AT)
     }
 
     pub fn record_count(&self) -> i32 {
-        batch::read_i32(&self.bytes, batch::RECORD_COUNT_AT)
+        header::read_i32(&self.bytes, header::RECORD_COUNT_AT)
     }
 
     /// The records, decompressed if needed into one buffer per batch; keys, values and headers
@@ -266,12 +263,12 @@ impl Iterator for BatchIter {
         if self.bytes.len() < HEADER_SIZE {
             return None;
         }
-        match batch::check_framing(&self.bytes) {
+        match header::check_framing(&self.bytes) {
             Ok(size) => Some(Ok(RecordBatch { bytes: self.bytes.split_to(size) })),
             // A size-limited read may end in a partial batch; that is not an error.
             Err(Error::CorruptBatch(_))
-                if usize::try_from(batch::read_i32(&self.bytes, batch::LENGTH_AT))
-                    .is_ok_and(|length| length.saturating_add(batch::LOG_OVERHEAD) > self.bytes.len()) =>
+                if usize::try_from(header::read_i32(&self.bytes, header::LENGTH_AT))
+                    .is_ok_and(|length| length.saturating_add(header::LOG_OVERHEAD) > self.bytes.len()) =>
             {
                 None
             }
@@ -377,8 +374,8 @@ impl Iterator for Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::validate;
-    use crate::batch_builder::RecordBatchBuilder;
+    use crate::format::builder::RecordBatchBuilder;
+    use crate::format::validate::validate;
     use proptest::prelude::*;
 
     type TestRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
@@ -436,38 +433,6 @@ mod tests {
         let record = RecordBatch::new(batch.clone()).unwrap().records().unwrap().next().unwrap().unwrap();
         assert!(range.contains(&(record.key.unwrap().as_ptr() as usize)));
         assert!(range.contains(&(record.value.unwrap().as_ptr() as usize)));
-    }
-
-    #[test]
-    fn xerial_framed_snappy_is_read() {
-        let plain = build(&[(1, None, Some(b"hello snappy".to_vec()), vec![])], Compression::None);
-        let records = &plain[HEADER_SIZE..];
-        let block = snap::raw::Encoder::new().compress_vec(records).unwrap();
-        let mut framed = b"\x82SNAPPY\x00".to_vec();
-        framed.extend_from_slice(&1i32.to_be_bytes());
-        framed.extend_from_slice(&1i32.to_be_bytes());
-        framed.extend_from_slice(&(block.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&block);
-        assert_eq!(compression::decompress(Compression::Snappy, &framed, 1 << 20).unwrap(), records);
-    }
-
-    #[test]
-    fn decompression_is_bounded() {
-        let big = vec![(0, None, Some(vec![b'a'; 1 << 20]), vec![])];
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            let batch = build(&big, codec);
-            assert!(batch.len() < 100_000, "{codec:?} should compress a run of one byte");
-            let err = validate(&batch, 64 << 10).unwrap_err();
-            assert!(matches!(err, Error::Decompression { .. }), "{codec:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn garbage_in_a_compressed_batch_is_a_typed_error() {
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            let err = compression::decompress(codec, b"definitely not compressed data", 1 << 20).unwrap_err();
-            assert!(matches!(err, Error::Decompression { .. }), "{codec:?}");
-        }
     }
 
     #[test]

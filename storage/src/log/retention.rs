@@ -1,0 +1,110 @@
+//! Deleting from the front of the log: retention by `retention.ms` and `retention.bytes`, and
+//! DeleteRecords. Only whole segments go, oldest first, never the active one, and never one
+//! holding offsets at or above the high watermark (a consumer may not have been allowed to
+//! read them yet). Both only move the log start offset up, and never past the high watermark.
+
+use super::{LogState, PartitionLog};
+use crate::checkpoint;
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::offset::Offset;
+use crate::segment::{Segment, NO_TIMESTAMP};
+
+impl PartitionLog {
+    /// DeleteRecords: moves the log start offset up to `offset` (at most the high watermark)
+    /// and deletes segments wholly below it. Returns the new log start offset, which is
+    /// persisted before this returns.
+    pub fn delete_records_before(&self, offset: Offset) -> Result<Offset> {
+        let config = self.inner.config.read().clone();
+        let mut state = self.inner.state.write();
+        if state.closed {
+            return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
+        }
+        if offset.0 < 0 || offset.0 > state.high_watermark {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start_offset: Offset(state.log_start_offset),
+                log_end_offset: Offset(state.high_watermark),
+            });
+        }
+        if offset.0 <= state.log_start_offset {
+            return Ok(Offset(state.log_start_offset));
+        }
+        state.log_start_offset = offset.0;
+        if state.active().next_offset <= offset.0 && state.active().size > 0 {
+            self.roll(&mut state, &config)?;
+        }
+        let doomed = state.segments.iter().take_while(|s| !s.active && s.next_offset <= offset.0).count();
+        self.delete_front(&mut state, doomed)?;
+        state.debug_check_offsets();
+        drop(state);
+        self.write_checkpoint(false)?;
+        Ok(offset)
+    }
+
+    /// Deletes the `count` oldest segments (never the active one), raising the log start.
+    fn delete_front(&self, state: &mut LogState, count: usize) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        for segment in state.segments.drain(..count) {
+            tracing::info!(segment = %segment.paths.log.display(), "deleting segment");
+            segment.delete(&self.inner.cache)?;
+        }
+        let first = state.segments[0].base_offset;
+        state.log_start_offset = state.log_start_offset.max(first);
+        state.high_watermark = state.high_watermark.max(state.log_start_offset);
+        state.aborted.retain(|a| a.last_offset >= first);
+        state.debug_check_offsets();
+        checkpoint::sync_dir(&self.inner.dir)
+    }
+
+    /// Applies `retention.ms` and `retention.bytes`; returns how many segments were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        if self.is_deleted() {
+            return Ok(0);
+        }
+        let config = self.inner.config.read().clone();
+        let mut state = self.inner.state.write();
+        if state.closed {
+            return Ok(0);
+        }
+        let count = deletable_prefix(&state.segments, &config, state.high_watermark, now_ms);
+        self.delete_front(&mut state, count)?;
+        drop(state);
+        if count > 0 {
+            self.write_checkpoint(false)?;
+        }
+        Ok(count)
+    }
+}
+
+/// How many segments from the front of `segments` retention deletes.
+fn deletable_prefix(segments: &[Segment], config: &LogConfig, high_watermark: i64, now_ms: i64) -> usize {
+    let total_bytes: u64 = segments.iter().map(|s| s.size).sum();
+    let mut remaining_bytes = total_bytes;
+    let mut count = 0;
+    for segment in segments {
+        if segment.active || segment.next_offset > high_watermark {
+            break;
+        }
+        let expired = match config.retention_ms {
+            // A segment without timestamps never expires by time, rather than at once.
+            Some(retention_ms) => {
+                segment.max_timestamp_ms != NO_TIMESTAMP
+                    && now_ms.saturating_sub(segment.max_timestamp_ms) > retention_ms as i64
+            }
+            None => false,
+        };
+        let oversize = match config.retention_bytes {
+            Some(retention_bytes) => remaining_bytes.saturating_sub(segment.size) >= retention_bytes,
+            None => false,
+        };
+        if !(expired || oversize) {
+            break;
+        }
+        remaining_bytes -= segment.size;
+        count += 1;
+    }
+    count
+}
