@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use sluice_broker::{Broker, BrokerConfig, InProcessClient};
-use sluice_processing::host::{HostConfig, JobHost};
+use sluice_processing::{HostConfig, JobHost};
 use tokio::net::TcpListener;
 
 #[derive(Args, Debug, Default)]

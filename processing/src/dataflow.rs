@@ -9,8 +9,26 @@
 
 use bytes::Bytes;
 
-use crate::source::SourceRecord;
-use crate::watermark::EventTime;
+use crate::operators::watermark::EventTime;
+
+/// Event times this far past the wall clock are absurd: one would move the watermark past
+/// every real event and make them all late.
+pub const MAX_FUTURE_MS: i64 = 24 * 60 * 60_000;
+
+/// Whether an event time cannot be right: negative, or more than [`MAX_FUTURE_MS`] past the
+/// processing time `now_ms`.
+pub fn is_absurd(event_time: EventTime, now_ms: i64) -> bool {
+    event_time < 0 || event_time > now_ms.saturating_add(MAX_FUTURE_MS)
+}
+
+/// One record for a job: slices of the log, never copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
 
 /// Why a record was skipped before it reached any operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,57 +130,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so
-/// the job's output lands where a Kafka producer would have put it.
-pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
-}
-
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn murmur2_partitions_keys_as_kafka_does() {
-        // Values from Kafka's own partitioner tests (Utils.murmur2 on these strings).
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
-        assert!((0..4).contains(&kafka_partition(b"u-42", 4)));
-    }
 
     #[test]
     fn key_groups_are_stable_and_in_range() {

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sluice_broker::InProcessClient;
 
-use crate::aggregation::AggregationDataflow;
-use crate::clickstream::{ClickstreamDataflow, Operators};
-use crate::job::JobDefinition;
-use crate::pool::WorkerPool;
+use crate::jobs::aggregation::AggregationDataflow;
+use crate::jobs::clickstream::{ClickstreamDataflow, Operators};
+use crate::jobs::definition::JobDefinition;
+use crate::runtime::pool::WorkerPool;
 use crate::runtime::{self, JobHandle, JobStatus};
 
 const JOBS_FILE: &str = "jobs.json";

@@ -1,30 +1,26 @@
-//! The in-broker stream processor. Event-time building blocks, each usable and tested on
-//! its own: watermarks with bounded out-of-orderness and idle partitions (`watermark`),
-//! epoch-aligned tumbling and sliding windows and merging session windows (`window`), the
-//! window aggregates (`aggregate`) and the keyed windowed aggregation that emits each result
-//! once (`windowed`). A job is a `dataflow` (per-record step, keyed state per key group),
-//! written with the Rust `builder` API, declared as an `aggregation`, or built in
-//! (`clickstream`); the `runtime` runs it: sources read partition logs in-process (`source`), tasks run on
-//! a bounded `pool`, and every commit interval a checkpoint writes outputs, state changes
-//! (`changelog`) and source offsets in one transaction (`sink`). The `host` keeps the
-//! broker's jobs (`job` definitions) running across restarts; `clickstream` is the built-in
-//! job.
+//! The in-broker stream processor. A job is a [`Dataflow`]: a per-record step run by one
+//! task per source partition (parse, filter, event time, `key_by`), and keyed state run by
+//! one task per key group, made of generic `operators` (watermarks, window assignment, the
+//! windowed aggregate, aggregate functions, process functions). Jobs are written with the
+//! Rust `builder` API, declared as an [`AggregationSpec`], or built in (`clickstream`); the
+//! `runtime` runs any of them: sources read partition logs in-process, tasks run on a
+//! bounded pool, and every commit interval a checkpoint writes outputs, state changes
+//! (changelogs) and source offsets in one transaction. The `host` keeps the broker's jobs
+//! running across restarts.
 
-pub mod aggregate;
-pub mod aggregation;
+mod aggregation_spec;
 pub mod builder;
-pub mod changelog;
-pub mod clickstream;
-pub mod dataflow;
-pub mod host;
-pub mod job;
-pub mod pool;
+mod dataflow;
+mod host;
+mod jobs;
+pub mod operators;
 pub mod runtime;
-pub mod sink;
-pub mod source;
-pub mod state;
 #[cfg(test)]
 mod test_broker;
-pub mod watermark;
-pub mod window;
-pub mod windowed;
+
+pub use aggregation_spec::{AggregateDefinition, AggregationSpec, Condition, Function, WindowDefinition};
+pub use dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord, MAX_FUTURE_MS};
+pub use host::{HostConfig, HostError, JobHost};
+pub use jobs::aggregation::AggregationDataflow;
+pub use jobs::clickstream;
+pub use jobs::definition::JobDefinition;

@@ -11,9 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
-use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
-use crate::source::SourceRecord;
-use crate::watermark::{EventTime, NO_WATERMARK};
+use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord};
+use crate::operators::watermark::{EventTime, NO_WATERMARK};
 
 /// A keyed process function: called with each element of a key, and for each event-time
 /// timer of a key once the watermark passes it.

@@ -3,9 +3,19 @@
 
 use serde::Serialize;
 
-use crate::watermark::EventTime;
+use crate::operators::watermark::EventTime;
 
-use super::JobState;
+/// Where a job is in its life: Starting -> Restoring -> Running -> (Stopped | Failed); a
+/// failed job goes back to Restoring after a backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Starting,
+    Restoring,
+    Running,
+    Failed,
+    Stopped,
+}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PartitionStatus {

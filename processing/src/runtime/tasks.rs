@@ -4,8 +4,8 @@
 //! on and hands it back to the driver when done.
 
 use crate::dataflow::{Dataflow, KeyGroup, Rejection, StateRecord};
-use crate::source::LogSource;
-use crate::watermark::EventTime;
+use crate::operators::watermark::EventTime;
+use crate::runtime::source::LogSource;
 
 use super::{PartitionCheckpoint, ROUND_BYTES};
 

@@ -1,7 +1,7 @@
 //! The runtime against a broker opened in-process.
 
 use super::*;
-use crate::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
+use crate::jobs::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
 use crate::test_broker;
 use bytes::Bytes;
 

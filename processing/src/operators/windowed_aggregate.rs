@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use crate::aggregate::Aggregate;
-use crate::state::StateMap;
-use crate::watermark::{EventTime, NO_WATERMARK};
-use crate::window::{Sessions, Window, WindowSpec};
+use crate::operators::aggregate_functions::Aggregate;
+use crate::operators::state::StateMap;
+use crate::operators::watermark::{EventTime, NO_WATERMARK};
+use crate::operators::window_assigner::{Sessions, Window, WindowSpec};
 
 /// State with what a checkpoint needs to know about it.
 struct Slot<S> {
@@ -278,7 +278,7 @@ impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Count;
+    use crate::operators::aggregate_functions::Count;
 
     /// A deterministic pseudo-random sequence (xorshift), for event times with jitter.
     fn next(seed: &mut u64) -> u64 {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sluice_broker::InProcessClient;
 use sluice_storage::Offset;
 
-use crate::source::{Isolation, LogSource};
+use crate::runtime::source::{Isolation, LogSource};
 
 /// Changelog records may hold a large state (a popular page's distinct users in a window).
 pub const CHANGELOG_MAX_MESSAGE_BYTES: u32 = 16 * 1024 * 1024;

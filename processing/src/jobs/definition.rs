@@ -5,8 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::AggregationSpec;
-use crate::clickstream::WATERMARK_BOUND_MS;
+use crate::aggregation_spec::AggregationSpec;
+use crate::dataflow::fnv1a;
+use crate::jobs::clickstream::{OUTPUT_TOPICS, WATERMARK_BOUND_MS};
+use crate::runtime::changelog::REWRITE_SLACK_RECORDS;
 use crate::runtime::RunSpec;
 
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
@@ -82,7 +84,7 @@ impl JobDefinition {
             if input.is_empty() || input.len() > 249 || input.starts_with("__") {
                 return Err(format!("\"{input}\" cannot be a job's input topic"));
             }
-            if self.kind == "clickstream" && crate::clickstream::OUTPUT_TOPICS.contains(&input.as_str()) {
+            if self.kind == "clickstream" && OUTPUT_TOPICS.contains(&input.as_str()) {
                 return Err(format!("the clickstream job writes {input}; it cannot read it too"));
             }
         }
@@ -107,7 +109,7 @@ impl JobDefinition {
     /// commits: state checkpointed under one fingerprint means nothing under another.
     pub fn fingerprint(&self) -> String {
         let semantic = serde_json::json!({"kind": self.kind, "input": self.input(), "aggregation": self.aggregation});
-        format!("{:016x}", crate::dataflow::fnv1a(semantic.to_string().as_bytes()))
+        format!("{:016x}", fnv1a(semantic.to_string().as_bytes()))
     }
 
     pub fn run_spec(&self) -> RunSpec {
@@ -117,7 +119,7 @@ impl JobDefinition {
             commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
             watermark_bound_ms: self.aggregation.as_ref().map_or(WATERMARK_BOUND_MS, |a| a.watermark_bound_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
-            changelog_slack_records: crate::changelog::REWRITE_SLACK_RECORDS,
+            changelog_slack_records: REWRITE_SLACK_RECORDS,
             fingerprint: self.fingerprint(),
         }
     }

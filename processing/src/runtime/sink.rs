@@ -111,10 +111,46 @@ impl TransactionalSink {
     }
 }
 
+/// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so
+/// the job's output lands where a Kafka producer would have put it.
+pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Isolation, LogSource};
+    use crate::runtime::source::{Isolation, LogSource};
     use crate::test_broker;
     use sluice_storage::Offset;
 
@@ -175,5 +211,17 @@ mod tests {
         successor.commit("job-a", &[offset(50)]).unwrap();
         assert_eq!(read_committed(&client, "out", 0), ["one", "three", "four"]);
         assert_eq!(committed(&client, "job-a"), Some(50));
+    }
+
+    #[test]
+    fn murmur2_partitions_keys_as_kafka_does() {
+        // Values from Kafka's own partitioner tests (Utils.murmur2 on these strings).
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+        assert!((0..4).contains(&kafka_partition(b"u-42", 4)));
     }
 }

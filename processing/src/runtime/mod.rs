@@ -21,17 +21,23 @@ use sluice_broker::InProcessClient;
 use sluice_storage::log::now_ms;
 use sluice_storage::Offset;
 
-use crate::changelog::{self, Growth};
-use crate::dataflow::{kafka_partition, Dataflow, KeyGroup, OutputRecord, StateRecord};
-use crate::pool::WorkerPool;
-use crate::sink::TransactionalSink;
-use crate::source::{Isolation, LogSource};
-use crate::watermark::{EventTime, Watermarks, NO_WATERMARK};
+use crate::dataflow::{Dataflow, KeyGroup, OutputRecord, StateRecord};
+use crate::operators::watermark::{EventTime, Watermarks, NO_WATERMARK};
+use changelog::Growth;
+use sink::kafka_partition;
 
+pub(crate) mod changelog;
+pub(crate) mod pool;
+pub(crate) mod sink;
+pub(crate) mod source;
 mod status;
 mod tasks;
 
-pub use status::{CommitStatus, JobStatus, PartitionStatus};
+pub use changelog::REWRITE_SLACK_RECORDS;
+pub use pool::WorkerPool;
+pub use sink::{SinkError, TransactionalSink};
+pub use source::{Isolation, LogSource};
+pub use status::{CommitStatus, JobState, JobStatus, PartitionStatus};
 use tasks::{GroupDone, GroupWork, Inbound, SourceTask};
 
 /// What a job's runtime needs from its definition.
@@ -76,16 +82,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Output and state records held for the next commit: past this a checkpoint comes early,
 /// so catching up on a backlog does not buffer the whole backlog's output in memory.
 const MAX_PENDING_RECORDS: usize = 200_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Starting,
-    Restoring,
-    Running,
-    Failed,
-    Stopped,
-}
 
 /// Counters carried in the checkpoint (the offset commit metadata of each partition), so
 /// that a restarted job reports what its committed outputs reflect.

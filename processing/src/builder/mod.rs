@@ -23,16 +23,16 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::aggregate::Aggregate;
-use crate::clickstream::MAX_FUTURE_MS;
-use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
-use crate::source::SourceRecord;
-use crate::watermark::EventTime;
-use crate::window::{Window, WindowSpec};
-use crate::windowed::{StateChange, WindowedAggregation};
+use crate::dataflow::{
+    encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
+};
+use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
 
 mod process;
 
+pub use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
+pub use crate::operators::watermark::EventTime;
+pub use crate::operators::window_assigner::{Window, WindowSpec};
 pub use process::{Context, ProcessFunction, ProcessGroup, ProcessJob, Processed};
 
 /// How a source topic's records are read.
@@ -196,7 +196,7 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
         (self.timed.stream.step)(record, &mut |value| {
             let ts = (self.timed.time)(&value);
             // Time that cannot be right would move the watermark to the end of time.
-            if ts < 0 || ts > now_ms.saturating_add(MAX_FUTURE_MS) {
+            if is_absurd(ts, now_ms) {
                 absurd = true;
                 return;
             }

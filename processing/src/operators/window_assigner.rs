@@ -5,7 +5,7 @@
 //! A window is complete, and its result is emitted once, when the watermark reaches its end
 //! (for a session: its last event plus the gap).
 
-use crate::watermark::EventTime;
+use crate::operators::watermark::EventTime;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {

@@ -18,22 +18,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::aggregate::{Aggregate, Count, DistinctCount, TopN};
-use crate::dataflow::{encode_state, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
-use crate::source::SourceRecord;
-use crate::state::{StateMap, StateSet};
-use crate::watermark::{EventTime, Watermarks};
-use crate::window::{Window, WindowSpec};
-use crate::windowed::{StateChange, WindowedAggregation};
+use crate::dataflow::{
+    encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
+};
+use crate::operators::aggregate_functions::{Aggregate, Count, DistinctCount, TopN};
+use crate::operators::state::{StateMap, StateSet};
+use crate::operators::watermark::{EventTime, Watermarks};
+use crate::operators::window_assigner::{Window, WindowSpec};
+use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
 
 pub const MINUTE_MS: i64 = 60_000;
 /// Out-of-orderness the watermark allows.
 pub const WATERMARK_BOUND_MS: i64 = 5_000;
 pub const SESSION_GAP_MS: i64 = 30 * MINUTE_MS;
 pub const TOP_PAGES: usize = 10;
-/// Event times this far past the wall clock are absurd: one would move the watermark past
-/// every real event and make them all late.
-pub const MAX_FUTURE_MS: i64 = 24 * 60 * MINUTE_MS;
 
 /// Borrowed from the record's bytes: no allocation unless a string has escapes.
 #[derive(Deserialize)]
@@ -67,7 +65,7 @@ impl ClickText {
 
 fn parse_click(value: &Bytes, now_ms: i64) -> Result<(EventTime, ClickText), Rejection> {
     let click = serde_json::from_slice::<Click>(value).map_err(|_| Rejection::Malformed)?;
-    if click.ts < 0 || click.ts > now_ms.saturating_add(MAX_FUTURE_MS) {
+    if is_absurd(click.ts, now_ms) {
         return Err(Rejection::AbsurdTimestamp);
     }
     let range = |part: &str, base: usize| {
