@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::error::DefinitionError;
 use crate::operators::window_assigner::WindowSpec;
 
 const MAX_AGGREGATES: usize = 64;
@@ -89,16 +90,12 @@ pub struct AggregateDefinition {
 }
 
 impl WindowDefinition {
-    pub fn spec(&self) -> Result<WindowSpec, String> {
+    pub fn spec(&self) -> Result<WindowSpec, DefinitionError> {
         let spec = match (self.tumbling_ms, self.sliding_ms, self.slide_ms, self.session_gap_ms) {
             (Some(size_ms), None, None, None) => WindowSpec::Tumbling { size_ms },
             (None, Some(size_ms), Some(slide_ms), None) => WindowSpec::Sliding { size_ms, slide_ms },
             (None, None, None, Some(gap_ms)) => WindowSpec::Session { gap_ms },
-            _ => {
-                return Err("window must be one of {\"tumbling_ms\"}, {\"sliding_ms\", \"slide_ms\"} or \
-                            {\"session_gap_ms\"}"
-                    .into())
-            }
+            _ => return Err(DefinitionError::WindowShape),
         };
         spec.validate()?;
         Ok(spec)
@@ -107,32 +104,29 @@ impl WindowDefinition {
 
 impl AggregationSpec {
     /// Checks the definition; the message names the field at fault.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DefinitionError> {
         if self.output.is_empty() || self.output.len() > 249 || self.output.starts_with("__") {
-            return Err(format!("\"{}\" cannot be an output topic", self.output));
+            return Err(DefinitionError::BadOutputTopic(self.output.clone()));
         }
-        self.window.spec().map_err(|e| format!("window: {e}"))?;
+        self.window.spec().map_err(|e| DefinitionError::Window(Box::new(e)))?;
         if self.watermark_bound_ms < 0 || self.allowed_lateness_ms < 0 {
-            return Err("watermark_bound_ms and allowed_lateness_ms cannot be negative".into());
+            return Err(DefinitionError::NegativeBound);
         }
         if self.aggregates.is_empty() || self.aggregates.len() > MAX_AGGREGATES {
-            return Err(format!("a job needs 1 to {MAX_AGGREGATES} aggregates, got {}", self.aggregates.len()));
+            return Err(DefinitionError::AggregateCount { count: self.aggregates.len(), max: MAX_AGGREGATES });
         }
         let reserved = ["window_start", "window_end"];
         for aggregate in &self.aggregates {
             if reserved.contains(&aggregate.name.as_str()) || self.key_by.contains(&aggregate.name) {
-                return Err(format!("aggregate name \"{}\" is already an output field", aggregate.name));
+                return Err(DefinitionError::AggregateNameTaken(aggregate.name.clone()));
             }
             if aggregate.function != Function::Count && aggregate.field.is_none() {
-                return Err(format!("aggregate \"{}\" needs a \"field\"", aggregate.name));
+                return Err(DefinitionError::AggregateWithoutField(aggregate.name.clone()));
             }
         }
         for condition in &self.filter {
             if condition.equals.is_none() == condition.starts_with.is_none() {
-                return Err(format!(
-                    "the condition on \"{}\" needs exactly one of equals, starts_with",
-                    condition.field
-                ));
+                return Err(DefinitionError::Condition(condition.field.clone()));
             }
         }
         Ok(())
@@ -145,7 +139,7 @@ mod tests {
 
     fn spec(text: &str) -> Result<AggregationSpec, String> {
         let spec: AggregationSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        spec.validate().map(|_| spec)
+        spec.validate().map(|_| spec).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 
+use crate::error::{Error, Result};
 use crate::operators::watermark::EventTime;
 
 /// Event times this far past the wall clock are absurd: one would move the watermark past
@@ -96,10 +97,10 @@ pub trait KeyGroup: Send + 'static {
 
     /// The state changed since the last checkpoint (with `everything`, all of it); an error
     /// if some state cannot be written (the checkpoint then fails rather than lose it).
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String>;
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<()>;
 
     /// Applies one changelog record (the latest for its key) and the checkpoint's watermark.
-    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<()>;
     fn restore_watermark(&mut self, watermark: EventTime);
 
     /// Keyed state entries held (windows per key, and keys with sessions).
@@ -108,9 +109,9 @@ pub trait KeyGroup: Send + 'static {
 
 /// Serialises state for a changelog as JSON, keeping the first failure in `error` (the
 /// checkpoint then fails) instead of writing a value that could not be restored.
-pub fn encode_state<T: serde::Serialize + ?Sized>(value: &T, error: &mut Option<String>) -> Vec<u8> {
+pub fn encode_state<T: serde::Serialize + ?Sized>(value: &T, error: &mut Option<Error>) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|e| {
-        error.get_or_insert_with(|| format!("state cannot be serialised: {e}"));
+        error.get_or_insert(Error::EncodeState(e));
         Vec::new()
     })
 }

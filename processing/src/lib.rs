@@ -11,6 +11,7 @@
 mod aggregation_spec;
 pub mod builder;
 mod dataflow;
+mod error;
 mod host;
 mod jobs;
 pub mod operators;
@@ -20,6 +21,7 @@ mod test_broker;
 
 pub use aggregation_spec::{AggregateDefinition, AggregationSpec, Condition, Function, WindowDefinition};
 pub use dataflow::{key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord, MAX_FUTURE_MS};
+pub use error::{DefinitionError, Error};
 pub use host::{HostConfig, HostError, JobHost};
 pub use jobs::aggregation::AggregationDataflow;
 pub use jobs::clickstream;

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::dataflow::{
     encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
 };
+use crate::error::{DefinitionError, Error};
 use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
 
 mod process;
@@ -276,10 +277,10 @@ where
     O: Send + 'static,
 {
     /// Ends the job at `topic`; checks the window definition.
-    pub fn sink(self, topic: &str, format: impl SinkFormat<O>) -> Result<WindowJob<K, T, A, O>, String> {
+    pub fn sink(self, topic: &str, format: impl SinkFormat<O>) -> Result<WindowJob<K, T, A, O>, DefinitionError> {
         self.windowed.spec.validate()?;
         if self.windowed.allowed_lateness_ms < 0 {
-            return Err("allowed lateness cannot be negative".into());
+            return Err(DefinitionError::NegativeLateness(self.windowed.allowed_lateness_ms));
         }
         Ok(WindowJob { stage: self, topic: topic.into(), format: Arc::new(format) })
     }
@@ -392,7 +393,7 @@ where
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
         let mut error = None;
         self.windows.drain_changes(everything, |key, change| {
             let key_json = encode_state(key, &mut error);
@@ -411,15 +412,15 @@ where
         error.map_or(Ok(()), Err)
     }
 
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let bad = |e: serde_json::Error| format!("bad window state: {e}");
+    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        let bad = |source| Error::DecodeState { what: "window", source };
         if self.session {
             let key: K = serde_json::from_slice(key).map_err(bad)?;
             self.windows.restore_sessions(key, serde_json::from_slice(value).map_err(bad)?);
             return Ok(());
         }
         if key.len() < 16 {
-            return Err("a window key needs 16 bytes of times".into());
+            return Err(Error::ShortWindowKey(key.len()));
         }
         let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
         let window = Window { end: time(&key[..8]), start: time(&key[8..16]) };

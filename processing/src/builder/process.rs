@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
 use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord};
+use crate::error::{DefinitionError, Error};
 use crate::operators::watermark::{EventTime, NO_WATERMARK};
 
 /// A keyed process function: called with each element of a key, and for each event-time
@@ -76,9 +77,9 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Processed<K, T, P> {
         self
     }
 
-    pub fn sink(self, topic: &str, format: impl SinkFormat<P::Output>) -> Result<ProcessJob<K, T, P>, String> {
+    pub fn sink(self, topic: &str, format: impl SinkFormat<P::Output>) -> Result<ProcessJob<K, T, P>, DefinitionError> {
         if self.allowed_lateness_ms < 0 {
-            return Err("allowed lateness cannot be negative".into());
+            return Err(DefinitionError::NegativeLateness(self.allowed_lateness_ms));
         }
         Ok(ProcessJob { processed: self, topic: topic.into(), format: Arc::new(format) })
     }
@@ -254,7 +255,7 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
         let mut error = None;
         for key in self.removed.drain(..) {
             out.push(StateRecord { operator: 0, key: encode_state(&key, &mut error), value: None });
@@ -268,8 +269,8 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
         error.map_or(Ok(()), Err)
     }
 
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let bad = |e: serde_json::Error| format!("bad process state: {e}");
+    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        let bad = |source| Error::DecodeState { what: "process", source };
         let key: K = serde_json::from_slice(key).map_err(bad)?;
         let mut entry: KeyState<P::State> = serde_json::from_slice(value).map_err(bad)?;
         entry.persisted = true;

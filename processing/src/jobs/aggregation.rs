@@ -19,6 +19,7 @@ use crate::aggregation_spec::{AggregationSpec, Function};
 use crate::dataflow::{
     encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
 };
+use crate::error::{DefinitionError, Error};
 use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
 use crate::operators::watermark::EventTime;
 use crate::operators::window_assigner::{Window, WindowSpec};
@@ -149,7 +150,7 @@ pub struct AggregationDataflow {
 }
 
 impl AggregationDataflow {
-    pub fn new(spec: AggregationSpec) -> Result<AggregationDataflow, String> {
+    pub fn new(spec: AggregationSpec) -> Result<AggregationDataflow, DefinitionError> {
         spec.validate()?;
         let window = spec.window.spec()?;
         let functions: Arc<[Function]> = spec.aggregates.iter().map(|a| a.function).collect();
@@ -264,7 +265,7 @@ impl KeyGroup for AggregationGroup {
         out.extend(self.windows.advance(watermark));
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
         let mut error = None;
         self.windows.drain_changes(everything, |key, change| {
             let (key, value) = match change {
@@ -285,21 +286,22 @@ impl KeyGroup for AggregationGroup {
         error.map_or(Ok(()), Err)
     }
 
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
         if self.windows.is_session() {
-            let key = String::from_utf8(key.to_vec()).map_err(|_| "a session key is not UTF-8".to_string())?;
+            let key = String::from_utf8(key.to_vec()).map_err(|_| Error::KeyNotUtf8("session"))?;
             let open: Vec<(i64, i64, Accumulators)> =
-                serde_json::from_slice(value).map_err(|e| format!("bad session state: {e}"))?;
+                serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: "session", source })?;
             self.windows.restore_sessions(key, open);
             return Ok(());
         }
         if key.len() < 16 {
-            return Err("a window key needs 16 bytes of times".into());
+            return Err(Error::ShortWindowKey(key.len()));
         }
         let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
         let window = Window { end: time(&key[..8]), start: time(&key[8..16]) };
-        let name = String::from_utf8(key[16..].to_vec()).map_err(|_| "a window key is not UTF-8".to_string())?;
-        let state: Accumulators = serde_json::from_slice(value).map_err(|e| format!("bad window state: {e}"))?;
+        let name = String::from_utf8(key[16..].to_vec()).map_err(|_| Error::KeyNotUtf8("window"))?;
+        let state: Accumulators =
+            serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: "window", source })?;
         self.windows.restore_window(name, window, state);
         Ok(())
     }
@@ -319,7 +321,7 @@ mod tests {
 
     fn spec(text: &str) -> Result<AggregationSpec, String> {
         let spec: AggregationSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        spec.validate().map(|_| spec)
+        spec.validate().map(|_| spec).map_err(|e| e.to_string())
     }
 
     #[test]

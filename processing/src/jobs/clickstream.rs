@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::dataflow::{
     encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
 };
+use crate::error::Error;
 use crate::operators::aggregate_functions::{Aggregate, Count, DistinctCount, TopN};
 use crate::operators::state::{StateMap, StateSet};
 use crate::operators::watermark::{EventTime, Watermarks};
@@ -355,19 +356,19 @@ fn window_key(window: Window, name: &[u8]) -> Vec<u8> {
     key
 }
 
-fn parse_window_key(key: &[u8]) -> Result<(Window, &str), String> {
+fn parse_window_key(key: &[u8]) -> Result<(Window, &str), Error> {
     if key.len() < 16 {
-        return Err(format!("a window key needs 16 bytes of times, got {}", key.len()));
+        return Err(Error::ShortWindowKey(key.len()));
     }
     let (end, rest) = key.split_at(8);
     let (start, name) = rest.split_at(8);
     let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
-    let name = std::str::from_utf8(name).map_err(|_| "a window key's name is not UTF-8".to_string())?;
+    let name = std::str::from_utf8(name).map_err(|_| Error::KeyNotUtf8("window"))?;
     Ok((Window { start: time(start), end: time(end) }, name))
 }
 
-fn decode<'a, T: Deserialize<'a>>(value: &'a [u8], what: &str) -> Result<T, String> {
-    serde_json::from_slice(value).map_err(|e| format!("bad {what} state: {e}"))
+fn decode<'a, T: Deserialize<'a>>(value: &'a [u8], what: &'static str) -> Result<T, Error> {
+    serde_json::from_slice(value).map_err(|source| Error::DecodeState { what, source })
 }
 
 impl KeyGroup for ClickstreamGroup {
@@ -406,11 +407,11 @@ impl KeyGroup for ClickstreamGroup {
         self.compact_names();
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
         self.write_changes(everything, out)
     }
 
-    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.restore_state(operator, key, value)
     }
 
@@ -447,7 +448,7 @@ impl ClickstreamGroup {
         }
     }
 
-    fn write_changes(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
+    fn write_changes(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
         let (pages, users) = (&self.pages, &self.users);
         let mut error = None;
         let names = |names: &Names, ids: &DistinctCount<u32>| -> Vec<String> {
@@ -480,7 +481,7 @@ impl ClickstreamGroup {
         error.map_or(Ok(()), Err)
     }
 
-    fn restore_state(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+    fn restore_state(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
         match operator {
             VIEWS_1M => {
                 #[derive(Deserialize)]
@@ -501,7 +502,7 @@ impl ClickstreamGroup {
                 self.views_5m.restore_window(page, window, Count(views));
             }
             SESSIONS => {
-                let user = std::str::from_utf8(key).map_err(|_| "a session key is not UTF-8".to_string())?;
+                let user = std::str::from_utf8(key).map_err(|_| Error::KeyNotUtf8("session"))?;
                 let user = self.users.id(user.as_bytes());
                 let open: Vec<(i64, i64, u64, Vec<String>)> = decode(value, "user-sessions")?;
                 let open = open
@@ -513,7 +514,7 @@ impl ClickstreamGroup {
                     .collect();
                 self.sessions.restore_sessions(user, open);
             }
-            other => return Err(format!("no operator {other} in the clickstream job")),
+            other => return Err(Error::NoSuchOperator { operator: other, job: "clickstream" }),
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
+use crate::error::DefinitionError;
 use crate::operators::aggregate_functions::Aggregate;
 use crate::operators::state::StateMap;
 use crate::operators::watermark::{EventTime, NO_WATERMARK};
@@ -58,10 +59,10 @@ pub struct WindowedAggregation<K, A: Aggregate> {
 }
 
 impl<K: Hash + Eq + Ord + Clone, A: Aggregate> WindowedAggregation<K, A> {
-    pub fn new(spec: WindowSpec, allowed_lateness_ms: i64) -> Result<Self, String> {
+    pub fn new(spec: WindowSpec, allowed_lateness_ms: i64) -> Result<Self, DefinitionError> {
         spec.validate()?;
         if allowed_lateness_ms < 0 {
-            return Err(format!("allowed lateness cannot be negative, got {allowed_lateness_ms} ms"));
+            return Err(DefinitionError::NegativeLateness(allowed_lateness_ms));
         }
         Ok(WindowedAggregation {
             spec,

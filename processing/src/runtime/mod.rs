@@ -22,6 +22,7 @@ use sluice_storage::log::now_ms;
 use sluice_storage::Offset;
 
 use crate::dataflow::{Dataflow, KeyGroup, OutputRecord, StateRecord};
+use crate::error::{Error, Result};
 use crate::operators::watermark::{EventTime, Watermarks, NO_WATERMARK};
 use changelog::Growth;
 use sink::kafka_partition;
@@ -193,7 +194,7 @@ impl<D: Dataflow> Driver<D> {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.restore().and_then(|job| self.run_rounds(job))
             }))
-            .unwrap_or_else(|_| Err("the job's driver panicked".to_string()));
+            .unwrap_or_else(|_| Err(Error::Panicked("the job's driver")));
             match result {
                 Ok(()) => break,
                 Err(error) => {
@@ -205,7 +206,7 @@ impl<D: Dataflow> Driver<D> {
                     {
                         let mut status = self.status.lock();
                         status.state = JobState::Failed;
-                        status.error = Some(error);
+                        status.error = Some(error.to_string());
                         status.restarts += 1;
                     }
                     let until = Instant::now() + backoff;
@@ -221,11 +222,10 @@ impl<D: Dataflow> Driver<D> {
 
     /// Restoring: fences any earlier instance, then rebuilds keyed state from the
     /// changelogs and the source positions and watermarks from the committed offsets.
-    fn restore(&self) -> Result<RunningJob<D>, String> {
+    fn restore(&self) -> Result<RunningJob<D>> {
         let client = &self.client;
-        let partitions = client
-            .partition_count(&self.spec.input)
-            .ok_or_else(|| format!("input topic {} does not exist", self.spec.input))?;
+        let partitions =
+            client.partition_count(&self.spec.input).ok_or_else(|| Error::NoInputTopic(self.spec.input.clone()))?;
         let operators = self.dataflow.operators();
         let changelogs: Vec<String> = operators.iter().map(|op| changelog::topic(&self.spec.name, op)).collect();
         let mut groups = partitions;
@@ -233,14 +233,13 @@ impl<D: Dataflow> Driver<D> {
             groups = changelog::ensure(client, topic, groups)?;
         }
         for topic in self.dataflow.output_topics() {
-            client
-                .ensure_topic(&topic, partitions, Default::default())
-                .map_err(|err| format!("cannot create output topic {topic}: {err}"))?;
+            if let Err(source) = client.ensure_topic(&topic, partitions, Default::default()) {
+                return Err(Error::CreateTopic { role: "output", topic, source });
+            }
         }
         // Opening the sink fences the previous instance and completes or aborts its last
         // transaction, so what is read below is exactly the last checkpoint.
-        let sink = TransactionalSink::open(client, &self.spec.transactional_id(), TRANSACTION_TIMEOUT_MS)
-            .map_err(|e| e.to_string())?;
+        let sink = TransactionalSink::open(client, &self.spec.transactional_id(), TRANSACTION_TIMEOUT_MS)?;
 
         let groups = groups as usize;
         let mut key_groups: Vec<D::Group> = (0..groups).map(|_| self.dataflow.new_group()).collect();
@@ -250,7 +249,11 @@ impl<D: Dataflow> Driver<D> {
                 let restored = changelog::read(client, topic, group as i32)?;
                 records[group] += restored.records;
                 for (key, value) in &restored.entries {
-                    state.restore(operator, key, value).map_err(|e| format!("{topic} partition {group}: {e}"))?;
+                    state.restore(operator, key, value).map_err(|source| Error::RestoreState {
+                        topic: topic.clone(),
+                        group,
+                        source: Box::new(source),
+                    })?;
                 }
             }
         }
@@ -258,20 +261,11 @@ impl<D: Dataflow> Driver<D> {
         let committed = self.committed_offsets(partitions);
         if committed.iter().all(|(offset, _)| offset.is_none()) && records.iter().any(|&r| r > 0) {
             // State without positions: reading the input again would count it twice.
-            return Err(format!(
-                "job {} has state in its changelogs but no committed offsets in group {} (expired after \
-                 offsets.retention.minutes?); delete its changelog topics to start it afresh",
-                self.spec.name,
-                self.spec.group()
-            ));
+            return Err(Error::StateWithoutOffsets { job: self.spec.name.clone(), group: self.spec.group() });
         }
         if let Some(other) = committed.iter().filter_map(|(_, cp)| cp.as_ref()?.definition.as_ref()).next() {
             if !self.spec.fingerprint.is_empty() && *other != self.spec.fingerprint {
-                return Err(format!(
-                    "job {}'s checkpoint was made by a different definition; stop it and start the new \
-                     definition under another name",
-                    self.spec.name
-                ));
+                return Err(Error::CheckpointOfAnotherDefinition(self.spec.name.clone()));
             }
         }
         let now = now_ms();
@@ -280,7 +274,7 @@ impl<D: Dataflow> Driver<D> {
         let mut sources = Vec::new();
         let mut counters = Counters { late: vec![0; operators.len()], ..Counters::default() };
         for (index, (offset, checkpoint)) in committed.iter().enumerate() {
-            let reader = client.reader(&self.spec.input, index as i32).map_err(|e| e.to_string())?;
+            let reader = client.reader(&self.spec.input, index as i32)?;
             let start = offset.unwrap_or(reader.log_start_offset().0);
             sources.push(SourceTask {
                 partition: index,
@@ -341,7 +335,7 @@ impl<D: Dataflow> Driver<D> {
     }
 
     /// Running: rounds until stopped (then a last checkpoint) or failed.
-    fn run_rounds(&self, mut job: RunningJob<D>) -> Result<(), String> {
+    fn run_rounds(&self, mut job: RunningJob<D>) -> Result<()> {
         self.set_state(JobState::Running, None);
         let interval_ms = self.spec.commit_interval_ms as i64;
         loop {
@@ -367,7 +361,7 @@ impl<D: Dataflow> Driver<D> {
 
     /// One round: sources, then key groups (checkpointing their state when `checkpoint`),
     /// then the results to the sink. Returns the records read.
-    fn round(&self, job: &mut RunningJob<D>, checkpoint: bool) -> Result<u64, String> {
+    fn round(&self, job: &mut RunningJob<D>, checkpoint: bool) -> Result<u64> {
         let now = now_ms();
         let (inbound, read) = self.run_sources(job, now)?;
         job.dirty |= read > 0;
@@ -377,7 +371,7 @@ impl<D: Dataflow> Driver<D> {
         let mut state = Vec::new();
         for group in done {
             if let Some(error) = group.state_error {
-                return Err(format!("cannot checkpoint key group {}: {error}", group.index));
+                return Err(Error::CheckpointState { group: group.index, source: Box::new(error) });
             }
             results.extend(group.results);
             for (total, count) in job.counters.late.iter_mut().zip(group.late) {
@@ -412,7 +406,7 @@ impl<D: Dataflow> Driver<D> {
 
     /// Every source task reads and routes its partition's next records; returns the events
     /// for each key group and the records read.
-    fn run_sources(&self, job: &mut RunningJob<D>, now: i64) -> Result<(Inbound<D>, u64), String> {
+    fn run_sources(&self, job: &mut RunningJob<D>, now: i64) -> Result<(Inbound<D>, u64)> {
         let groups = job.groups.len();
         let dataflow = self.dataflow.clone();
         let sources = std::mem::take(&mut job.sources);
@@ -423,7 +417,7 @@ impl<D: Dataflow> Driver<D> {
         let mut inbound: Inbound<D> = (0..groups).map(|_| Vec::new()).collect();
         let mut read = 0;
         for result in polled {
-            let (task, polled) = result.ok_or("a source task panicked")?;
+            let (task, polled) = result.ok_or(Error::Panicked("a source task"))?;
             let polled = polled?;
             read += polled.records;
             if let Some(max_ts) = polled.max_ts {
@@ -447,7 +441,7 @@ impl<D: Dataflow> Driver<D> {
         inbound: Inbound<D>,
         watermark: EventTime,
         checkpoint: bool,
-    ) -> Result<Vec<GroupDone<D>>, String> {
+    ) -> Result<Vec<GroupDone<D>>> {
         let work: Vec<GroupWork<D>> = job
             .groups
             .iter_mut()
@@ -461,7 +455,7 @@ impl<D: Dataflow> Driver<D> {
             .collect();
         let operators = self.dataflow.operators().len();
         let done = self.pool.run_all(work, move |work: GroupWork<D>| work.run(operators, watermark, checkpoint));
-        done.into_iter().map(|d| d.ok_or_else(|| "a key group task panicked".to_string())).collect()
+        done.into_iter().map(|d| d.ok_or(Error::Panicked("a key group task"))).collect()
     }
 
     /// Queues a key group's state changes for its changelogs; a rewrite remembers where each
@@ -483,7 +477,7 @@ impl<D: Dataflow> Driver<D> {
     }
 
     /// Commits the outputs, state changes and source offsets sent since the last commit.
-    fn checkpoint(&self, job: &mut RunningJob<D>) -> Result<(), String> {
+    fn checkpoint(&self, job: &mut RunningJob<D>) -> Result<()> {
         let watermark = job.watermarks.current();
         let watermark = (watermark != NO_WATERMARK).then_some(watermark);
         let offsets: Vec<OffsetCommit> = job
@@ -507,7 +501,7 @@ impl<D: Dataflow> Driver<D> {
                 }
             })
             .collect();
-        job.sink.commit(&self.spec.group(), &offsets).map_err(|e| e.to_string())?;
+        job.sink.commit(&self.spec.group(), &offsets)?;
         for (group, before) in std::mem::take(&mut job.pending_rewrites) {
             changelog::truncate_before(&self.client, &job.changelogs, group, &before);
         }

@@ -4,6 +4,7 @@
 //! on and hands it back to the driver when done.
 
 use crate::dataflow::{Dataflow, KeyGroup, Rejection, StateRecord};
+use crate::error::{Error, Result};
 use crate::operators::watermark::EventTime;
 use crate::runtime::source::LogSource;
 
@@ -29,7 +30,7 @@ pub(super) struct GroupDone<D: Dataflow> {
     pub(super) state: Vec<StateRecord>,
     pub(super) rewrite: bool,
     /// State that could not be written: the checkpoint must not commit without it.
-    pub(super) state_error: Option<String>,
+    pub(super) state_error: Option<Error>,
 }
 
 impl<D: Dataflow> GroupWork<D> {
@@ -69,14 +70,9 @@ pub(super) struct Polled<E> {
 }
 
 impl SourceTask {
-    pub(super) fn poll<D: Dataflow>(
-        &mut self,
-        dataflow: &D,
-        groups: usize,
-        now: i64,
-    ) -> Result<Polled<D::Event>, String> {
+    pub(super) fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>> {
         let records =
-            self.source.poll(ROUND_BYTES).map_err(|e| format!("cannot read partition {}: {e}", self.partition))?;
+            self.source.poll(ROUND_BYTES).map_err(|source| Error::ReadInput { partition: self.partition, source })?;
         let mut routed: Vec<Vec<D::Event>> = (0..groups).map(|_| Vec::new()).collect();
         let mut max_ts: Option<EventTime> = None;
         for record in &records {
