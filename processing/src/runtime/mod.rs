@@ -12,13 +12,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use sluice_broker::clock::Clock;
 use sluice_broker::group::OffsetCommit;
 use sluice_broker::InProcessClient;
-use sluice_storage::log::now_ms;
 use sluice_storage::Offset;
 
 use crate::dataflow::{Dataflow, KeyGroup, OutputRecord, StateRecord};
@@ -152,8 +152,9 @@ pub fn spawn<D: Dataflow>(
         restarts: 0,
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let driver =
-        Driver { client, pool, spec, dataflow: Arc::new(dataflow), status: status.clone(), stop: stop.clone() };
+    let clock = client.clock();
+    let dataflow = Arc::new(dataflow);
+    let driver = Driver { client, clock, pool, spec, dataflow, status: status.clone(), stop: stop.clone() };
     let thread = std::thread::Builder::new()
         .name(format!("sluice-job-{}", driver.spec.name))
         .spawn(move || driver.run())
@@ -163,6 +164,9 @@ pub fn spawn<D: Dataflow>(
 
 struct Driver<D: Dataflow> {
     client: InProcessClient,
+    /// The broker's clock: every time the driver acts on (commit intervals, idle partitions,
+    /// backoff) is read from it, so tests can drive it by hand.
+    clock: Arc<dyn Clock>,
     pool: Arc<WorkerPool>,
     spec: RunSpec,
     dataflow: Arc<D>,
@@ -188,18 +192,18 @@ impl<D: Dataflow> Driver<D> {
         let mut backoff = FIRST_BACKOFF;
         while !self.stopping() {
             self.set_state(JobState::Restoring, None);
-            let started = Instant::now();
+            let started = self.clock.now().instant;
             // A panic in the driver's own steps is a failure like any other: the job
             // restarts from its checkpoint rather than dying with its status stuck.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.restore().and_then(|job| self.run_rounds(job))
             }))
-            .unwrap_or_else(|_| Err(Error::Panicked("the job's driver")));
+            .unwrap_or(Err(Error::Panicked("the job's driver")));
             match result {
                 Ok(()) => break,
                 Err(error) => {
                     // A job that ran a good while before failing starts its backoff afresh.
-                    if started.elapsed() > MAX_BACKOFF * 2 {
+                    if self.clock.now().instant.saturating_duration_since(started) > MAX_BACKOFF * 2 {
                         backoff = FIRST_BACKOFF;
                     }
                     tracing::warn!(job = %self.spec.name, %error, "job failed; restarting from its last checkpoint");
@@ -209,8 +213,8 @@ impl<D: Dataflow> Driver<D> {
                         status.error = Some(error.to_string());
                         status.restarts += 1;
                     }
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until && !self.stopping() {
+                    let until = self.clock.now().instant + backoff;
+                    while self.clock.now().instant < until && !self.stopping() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -268,7 +272,7 @@ impl<D: Dataflow> Driver<D> {
                 return Err(Error::CheckpointOfAnotherDefinition(self.spec.name.clone()));
             }
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut watermarks =
             Watermarks::new(partitions as usize, self.spec.watermark_bound_ms, self.spec.idle_timeout_ms);
         let mut sources = Vec::new();
@@ -340,12 +344,12 @@ impl<D: Dataflow> Driver<D> {
         let interval_ms = self.spec.commit_interval_ms as i64;
         loop {
             let stopping = self.stopping();
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let due = stopping
                 || (job.dirty && now - job.last_commit_ms >= interval_ms)
                 || job.sink.pending() > MAX_PENDING_RECORDS
                 || now - job.last_commit_ms >= KEEPALIVE_COMMIT_MS;
-            let read = self.round(&mut job, due)?;
+            let read = self.round(&mut job, due, now)?;
             if due {
                 self.checkpoint(&mut job)?;
             }
@@ -360,9 +364,8 @@ impl<D: Dataflow> Driver<D> {
     }
 
     /// One round: sources, then key groups (checkpointing their state when `checkpoint`),
-    /// then the results to the sink. Returns the records read.
-    fn round(&self, job: &mut RunningJob<D>, checkpoint: bool) -> Result<u64> {
-        let now = now_ms();
+    /// then the results to the sink, at processing time `now`. Returns the records read.
+    fn round(&self, job: &mut RunningJob<D>, checkpoint: bool, now: i64) -> Result<u64> {
         let (inbound, read) = self.run_sources(job, now)?;
         job.dirty |= read > 0;
         let watermark = job.watermarks.advance(now);
@@ -508,7 +511,7 @@ impl<D: Dataflow> Driver<D> {
         for task in &mut job.sources {
             task.committed = task.source.position().0;
         }
-        job.last_commit_ms = now_ms();
+        job.last_commit_ms = self.clock.now_ms();
         job.dirty = false;
         let mut status = self.status.lock();
         status.commits += 1;
