@@ -68,15 +68,9 @@ pub trait Dataflow: Send + Sync + 'static {
     /// The topics the job writes.
     fn output_topics(&self) -> Vec<String>;
 
-    /// Turns a record into events, each handed to `route` with its key group (below
-    /// `groups`); returns the record's event time (none when it had no events to time).
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, Self::Event),
-    ) -> Result<Option<EventTime>, Rejection>;
+    /// Turns a batch of a partition's records into events, each sent to its key group, and
+    /// counts every record's outcome (its event time, or why it was skipped) in `out`.
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<Self::Event>);
 
     fn new_group(&self) -> Self::Group;
 
@@ -88,12 +82,12 @@ pub trait KeyGroup: Send + 'static {
     type Event;
     type Result;
 
-    /// Applies an event; returns the operators (bit `i` for operator `i`) that dropped it as
-    /// late.
-    fn process(&mut self, event: Self::Event) -> u32;
+    /// Applies a batch of events, leaving `events` empty (its capacity is kept for the next
+    /// batch); adds to `late[i]` the events that operator `i` dropped as late.
+    fn process(&mut self, events: &mut Vec<Self::Event>, late: &mut [u64]);
 
-    /// Moves the watermark and appends the results it completes.
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
+    /// Moves the watermark (it never goes back) and appends the results it completes.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
 
     /// The state changed since the last checkpoint (with `everything`, all of it); an error
     /// if some state cannot be written (the checkpoint then fails rather than lose it).
@@ -104,7 +98,73 @@ pub trait KeyGroup: Send + 'static {
     fn restore_watermark(&mut self, watermark: EventTime);
 
     /// Keyed state entries held (windows per key, and keys with sessions).
-    fn open_state(&self) -> usize;
+    fn state_entries(&self) -> usize;
+}
+
+/// What a batch of one partition's records became: the events for each key group, the
+/// highest event time among them, and the records skipped, by reason.
+pub struct Routed<E> {
+    groups: Vec<Vec<E>>,
+    max_event_time: Option<EventTime>,
+    malformed: u64,
+    absurd_timestamps: u64,
+}
+
+impl<E> Routed<E> {
+    pub fn new(groups: usize) -> Routed<E> {
+        Routed {
+            groups: (0..groups).map(|_| Vec::new()).collect(),
+            max_event_time: None,
+            malformed: 0,
+            absurd_timestamps: 0,
+        }
+    }
+
+    /// How many key groups events are routed among.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The key group of `key` ([`key_group`]).
+    pub fn group_of(&self, key: &[u8]) -> usize {
+        key_group(key, self.groups.len())
+    }
+
+    /// Sends an event to key group `group` (below [`Routed::groups`]).
+    pub fn send(&mut self, group: usize, event: E) {
+        debug_assert!(group < self.groups.len(), "key group {group} of {}", self.groups.len());
+        if let Some(events) = self.groups.get_mut(group) {
+            events.push(event);
+        }
+    }
+
+    /// Counts one record: the event time it moves the watermark by (none when it had no
+    /// events to time), or why it was skipped.
+    pub fn record(&mut self, outcome: Result<Option<EventTime>, Rejection>) {
+        match outcome {
+            Ok(Some(time)) => self.max_event_time = Some(self.max_event_time.map_or(time, |max| max.max(time))),
+            Ok(None) => {}
+            Err(Rejection::Malformed) => self.malformed += 1,
+            Err(Rejection::AbsurdTimestamp) => self.absurd_timestamps += 1,
+        }
+    }
+
+    pub fn max_event_time(&self) -> Option<EventTime> {
+        self.max_event_time
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    pub fn absurd_timestamps(&self) -> u64 {
+        self.absurd_timestamps
+    }
+
+    /// The events, per key group.
+    pub fn into_groups(self) -> Vec<Vec<E>> {
+        self.groups
+    }
 }
 
 /// Serialises state for a changelog as JSON, keeping the first failure in `error` (the

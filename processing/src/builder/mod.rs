@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::dataflow::{
-    encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
+    encode_state, is_absurd, Dataflow, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
 };
 use crate::error::{DefinitionError, Error};
 use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
@@ -189,8 +189,7 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
         &self,
         record: &SourceRecord,
         now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, KeyedElement<K, T>),
+        out: &mut Routed<KeyedElement<K, T>>,
     ) -> Result<Option<EventTime>, Rejection> {
         let mut max_ts = None;
         let mut absurd = false;
@@ -203,8 +202,8 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
             }
             max_ts = Some(max_ts.map_or(ts, |m: EventTime| m.max(ts)));
             let key = (self.key)(&value);
-            let group = key_group(&serde_json::to_vec(&key).unwrap_or_default(), groups);
-            route(group, KeyedElement { key, ts, value });
+            let group = out.group_of(&serde_json::to_vec(&key).unwrap_or_default());
+            out.send(group, KeyedElement { key, ts, value });
         })?;
         if absurd && max_ts.is_none() {
             return Err(Rejection::AbsurdTimestamp);
@@ -322,14 +321,11 @@ where
         vec![self.topic.to_string()]
     }
 
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, KeyedElement<K, T>),
-    ) -> Result<Option<EventTime>, Rejection> {
-        self.stage.windowed.keyed.route(record, now_ms, groups, route)
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedElement<K, T>>) {
+        for record in records {
+            let outcome = self.stage.windowed.keyed.route(record, now_ms, out);
+            out.record(outcome);
+        }
     }
 
     fn new_group(&self) -> Self::Group {
@@ -376,12 +372,16 @@ where
     type Event = KeyedElement<K, T>;
     type Result = OutputRecord;
 
-    fn process(&mut self, event: KeyedElement<K, T>) -> u32 {
-        let (update, value) = (&self.update, &event.value);
-        u32::from(!self.windows.add_with(event.key, event.ts, |state| update(state, value)))
+    fn process(&mut self, events: &mut Vec<KeyedElement<K, T>>, late: &mut [u64]) {
+        for event in events.drain(..) {
+            let (update, value) = (&self.update, &event.value);
+            if !self.windows.add_with(event.key, event.ts, |state| update(state, value)) {
+                late[0] += 1;
+            }
+        }
     }
 
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
         for (key, window, result) in self.windows.advance(watermark) {
             let output = (self.result)(&key, window, result);
             out.push(OutputRecord {
@@ -433,7 +433,7 @@ where
         self.windows.restore_watermark(watermark);
     }
 
-    fn open_state(&self) -> usize {
+    fn state_entries(&self) -> usize {
         self.windows.open_state()
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
-use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord};
+use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Routed, SourceRecord, StateRecord};
 use crate::error::{DefinitionError, Error};
 use crate::operators::watermark::{EventTime, NO_WATERMARK};
 
@@ -115,14 +115,11 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJo
         vec![self.topic.to_string()]
     }
 
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, KeyedElement<K, T>),
-    ) -> Result<Option<EventTime>, Rejection> {
-        self.processed.keyed.route(record, now_ms, groups, route)
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedElement<K, T>>) {
+        for record in records {
+            let outcome = self.processed.keyed.route(record, now_ms, out);
+            out.record(outcome);
+        }
     }
 
     fn new_group(&self) -> Self::Group {
@@ -224,19 +221,21 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
     type Event = KeyedElement<K, T>;
     type Result = OutputRecord;
 
-    fn process(&mut self, event: KeyedElement<K, T>) -> u32 {
-        if self.watermark != NO_WATERMARK && event.ts.saturating_add(self.allowed_lateness_ms) < self.watermark {
-            return 1;
+    fn process(&mut self, events: &mut Vec<KeyedElement<K, T>>, late: &mut [u64]) {
+        for event in events.drain(..) {
+            if self.watermark != NO_WATERMARK && event.ts.saturating_add(self.allowed_lateness_ms) < self.watermark {
+                late[0] += 1;
+                continue;
+            }
+            // Outputs of `process` go out with the round's timer outputs.
+            let mut out = Vec::new();
+            let KeyedElement { key, ts, value } = event;
+            self.with_key(key, &mut out, |function, key, context| function.process(key, value, ts, context));
+            self.pending.extend(out);
         }
-        // Outputs of `process` go out with the round's timer outputs.
-        let mut out = Vec::new();
-        let KeyedElement { key, ts, value } = event;
-        self.with_key(key, &mut out, |function, key, context| function.process(key, value, ts, context));
-        self.pending.extend(out);
-        0
     }
 
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
         out.append(&mut self.pending);
         self.watermark = self.watermark.max(watermark);
         // Only the timers due now: one a callback sets at or below the watermark fires next
@@ -285,7 +284,7 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
         self.watermark = self.watermark.max(watermark);
     }
 
-    fn open_state(&self) -> usize {
+    fn state_entries(&self) -> usize {
         self.keys.len()
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::aggregation_spec::{AggregationSpec, Function};
 use crate::dataflow::{
-    encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
+    encode_state, is_absurd, Dataflow, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
 };
 use crate::error::{DefinitionError, Error};
 use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
@@ -158,6 +158,37 @@ impl AggregationDataflow {
         Ok(AggregationDataflow { spec, window, functions, output })
     }
 
+    /// One record: its events routed, its event time or why it is skipped.
+    fn parse_record(
+        &self,
+        record: &SourceRecord,
+        now_ms: i64,
+        out: &mut Routed<AggregationEvent>,
+    ) -> Result<Option<EventTime>, Rejection> {
+        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(value) else {
+            return Err(Rejection::Malformed);
+        };
+        let ts = fields.get(&self.spec.timestamp_field).and_then(Value::as_i64).ok_or(Rejection::Malformed)?;
+        if is_absurd(ts, now_ms) {
+            return Err(Rejection::AbsurdTimestamp);
+        }
+        if self.passes(&fields) {
+            // A JSON array of the values: unambiguous, whatever the values hold.
+            let key: Vec<&Value> = self.spec.key_by.iter().map(|f| fields.get(f).unwrap_or(&Value::Null)).collect();
+            let key = serde_json::to_string(&key).map_err(|_| Rejection::Malformed)?;
+            let values = self
+                .spec
+                .aggregates
+                .iter()
+                .map(|a| a.field.as_ref().and_then(|f| fields.get(f)).cloned().unwrap_or(Value::Null))
+                .collect();
+            let group = out.group_of(key.as_bytes());
+            out.send(group, AggregationEvent { key, ts, inputs: Inputs { functions: self.functions.clone(), values } });
+        }
+        Ok(Some(ts))
+    }
+
     fn passes(&self, record: &Map<String, Value>) -> bool {
         self.spec.filter.iter().all(|condition| {
             let value = record.get(&condition.field);
@@ -183,35 +214,11 @@ impl Dataflow for AggregationDataflow {
         vec![self.spec.output.clone()]
     }
 
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, AggregationEvent),
-    ) -> Result<Option<EventTime>, Rejection> {
-        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
-        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(value) else {
-            return Err(Rejection::Malformed);
-        };
-        let ts = fields.get(&self.spec.timestamp_field).and_then(Value::as_i64).ok_or(Rejection::Malformed)?;
-        if is_absurd(ts, now_ms) {
-            return Err(Rejection::AbsurdTimestamp);
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<AggregationEvent>) {
+        for record in records {
+            let outcome = self.parse_record(record, now_ms, out);
+            out.record(outcome);
         }
-        if self.passes(&fields) {
-            // A JSON array of the values: unambiguous, whatever the values hold.
-            let key: Vec<&Value> = self.spec.key_by.iter().map(|f| fields.get(f).unwrap_or(&Value::Null)).collect();
-            let key = serde_json::to_string(&key).map_err(|_| Rejection::Malformed)?;
-            let values = self
-                .spec
-                .aggregates
-                .iter()
-                .map(|a| a.field.as_ref().and_then(|f| fields.get(f)).cloned().unwrap_or(Value::Null))
-                .collect();
-            let group = key_group(key.as_bytes(), groups);
-            route(group, AggregationEvent { key, ts, inputs: Inputs { functions: self.functions.clone(), values } });
-        }
-        Ok(Some(ts))
     }
 
     fn new_group(&self) -> AggregationGroup {
@@ -257,11 +264,15 @@ impl KeyGroup for AggregationGroup {
     type Event = AggregationEvent;
     type Result = (String, Window, Vec<Value>);
 
-    fn process(&mut self, event: AggregationEvent) -> u32 {
-        u32::from(!self.windows.add(event.key, event.ts, &event.inputs))
+    fn process(&mut self, events: &mut Vec<AggregationEvent>, late: &mut [u64]) {
+        for event in events.drain(..) {
+            if !self.windows.add(event.key, event.ts, &event.inputs) {
+                late[0] += 1;
+            }
+        }
     }
 
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>) {
         out.extend(self.windows.advance(watermark));
     }
 
@@ -310,7 +321,7 @@ impl KeyGroup for AggregationGroup {
         self.windows.restore_watermark(watermark);
     }
 
-    fn open_state(&self) -> usize {
+    fn state_entries(&self) -> usize {
         self.windows.open_state()
     }
 }
@@ -324,6 +335,18 @@ mod tests {
         spec.validate().map(|_| spec).map_err(|e| e.to_string())
     }
 
+    /// Parses a record into `group`: it must parse, and no event may be late.
+    fn feed(dataflow: &AggregationDataflow, group: &mut AggregationGroup, record: SourceRecord) {
+        let mut routed = Routed::new(1);
+        dataflow.parse(&[record], 0, &mut routed);
+        assert_eq!((routed.malformed(), routed.absurd_timestamps()), (0, 0));
+        let mut late = [0];
+        for mut events in routed.into_groups() {
+            group.process(&mut events, &mut late);
+        }
+        assert_eq!(late, [0]);
+    }
+
     #[test]
     fn keys_of_several_fields_never_collide() {
         let spec = spec(
@@ -334,10 +357,10 @@ mod tests {
         let mut group = dataflow.new_group();
         for text in [r#"{"a":"x|y","b":"z","ts":1}"#, r#"{"a":"x","b":"y|z","ts":2}"#, r#"{"a":1,"ts":3}"#] {
             let record = SourceRecord { offset: 0, timestamp_ms: 0, key: None, value: Some(Bytes::from(text)) };
-            dataflow.parse(&record, 0, 1, &mut |_, event| assert_eq!(group.process(event), 0)).unwrap();
+            feed(&dataflow, &mut group, record);
         }
         let mut results = Vec::new();
-        group.advance(1_000, &mut results);
+        group.on_watermark(1_000, &mut results);
         let mut out = Vec::new();
         dataflow.finish(results, &mut out);
         let values: Vec<Value> = out.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
@@ -367,7 +390,7 @@ mod tests {
         ];
         for (i, text) in events.iter().enumerate() {
             let record = SourceRecord { offset: i as i64, timestamp_ms: 0, key: None, value: Some(Bytes::from(*text)) };
-            dataflow.parse(&record, 0, 1, &mut |_, event| assert_eq!(group.process(event), 0)).unwrap();
+            feed(&dataflow, &mut group, record);
         }
         // The state survives a checkpoint and restore into a fresh group.
         let mut state = Vec::new();
@@ -377,7 +400,7 @@ mod tests {
             restored.restore(0, &record.key, record.value.as_deref().unwrap()).unwrap();
         }
         let mut results = Vec::new();
-        restored.advance(1_000, &mut results);
+        restored.on_watermark(1_000, &mut results);
         assert_eq!(results.len(), 2, "eu and us, one window each");
         let mut out = Vec::new();
         dataflow.finish(results, &mut out);

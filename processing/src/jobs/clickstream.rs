@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::dataflow::{
-    encode_state, is_absurd, key_group, Dataflow, KeyGroup, OutputRecord, Rejection, SourceRecord, StateRecord,
+    encode_state, is_absurd, Dataflow, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
 };
 use crate::error::Error;
 use crate::operators::aggregate_functions::{Aggregate, Count, DistinctCount, TopN};
@@ -371,11 +371,10 @@ fn decode<'a, T: Deserialize<'a>>(value: &'a [u8], what: &'static str) -> Result
     serde_json::from_slice(value).map_err(|source| Error::DecodeState { what, source })
 }
 
-impl KeyGroup for ClickstreamGroup {
-    type Event = ClickEvent;
-    type Result = Output;
-
-    fn process(&mut self, event: ClickEvent) -> u32 {
+impl ClickstreamGroup {
+    /// Applies a click; returns the operators (bit `i` for operator `i`) that dropped it as
+    /// late.
+    fn process_click(&mut self, event: ClickEvent) -> u32 {
         let mut late = 0;
         let ops = self.operators;
         let user = if (event.views && ops.views_1m) || (event.sessions && ops.sessions) {
@@ -400,8 +399,23 @@ impl KeyGroup for ClickstreamGroup {
         }
         late
     }
+}
 
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
+impl KeyGroup for ClickstreamGroup {
+    type Event = ClickEvent;
+    type Result = Output;
+
+    fn process(&mut self, events: &mut Vec<ClickEvent>, late: &mut [u64]) {
+        for event in events.drain(..) {
+            let mut dropped = self.process_click(event);
+            while dropped != 0 {
+                late[dropped.trailing_zeros() as usize] += 1;
+                dropped &= dropped - 1;
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Output>) {
         self.advance_windows(watermark, out);
         // After firing: the fired windows' names may now be unused.
         self.compact_names();
@@ -421,7 +435,7 @@ impl KeyGroup for ClickstreamGroup {
         self.sessions.restore_watermark(watermark);
     }
 
-    fn open_state(&self) -> usize {
+    fn state_entries(&self) -> usize {
         self.views_1m.open_state() + self.views_5m.open_state() + self.sessions.open_state()
     }
 }
@@ -543,6 +557,32 @@ pub struct ClickstreamDataflow {
     pub operators: Operators,
 }
 
+impl ClickstreamDataflow {
+    /// Parses a click and routes it by page and by user.
+    fn route(
+        &self,
+        record: &SourceRecord,
+        now_ms: i64,
+        out: &mut Routed<ClickEvent>,
+    ) -> Result<Option<EventTime>, Rejection> {
+        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
+        let (ts, text) = parse_click(value, now_ms)?;
+        let ops = self.operators;
+        let (by_page, by_user) = (out.group_of(text.page()), out.group_of(text.user()));
+        if !ops.sessions {
+            out.send(by_page, ClickEvent { ts, text, views: true, sessions: false });
+        } else if !(ops.views_1m || ops.views_5m) {
+            out.send(by_user, ClickEvent { ts, text, views: false, sessions: true });
+        } else if by_page == by_user {
+            out.send(by_page, ClickEvent { ts, text, views: true, sessions: true });
+        } else {
+            out.send(by_page, ClickEvent { ts, text: text.clone(), views: true, sessions: false });
+            out.send(by_user, ClickEvent { ts, text, views: false, sessions: true });
+        }
+        Ok(Some(ts))
+    }
+}
+
 impl Dataflow for ClickstreamDataflow {
     type Event = ClickEvent;
     type Result = Output;
@@ -556,28 +596,11 @@ impl Dataflow for ClickstreamDataflow {
         OUTPUT_TOPICS.iter().map(|t| t.to_string()).collect()
     }
 
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, ClickEvent),
-    ) -> Result<Option<EventTime>, Rejection> {
-        let value = record.value.as_ref().ok_or(Rejection::Malformed)?;
-        let (ts, text) = parse_click(value, now_ms)?;
-        let ops = self.operators;
-        let (by_page, by_user) = (key_group(text.page(), groups), key_group(text.user(), groups));
-        if !ops.sessions {
-            route(by_page, ClickEvent { ts, text, views: true, sessions: false });
-        } else if !(ops.views_1m || ops.views_5m) {
-            route(by_user, ClickEvent { ts, text, views: false, sessions: true });
-        } else if by_page == by_user {
-            route(by_page, ClickEvent { ts, text, views: true, sessions: true });
-        } else {
-            route(by_page, ClickEvent { ts, text: text.clone(), views: true, sessions: false });
-            route(by_user, ClickEvent { ts, text, views: false, sessions: true });
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<ClickEvent>) {
+        for record in records {
+            let outcome = self.route(record, now_ms, out);
+            out.record(outcome);
         }
-        Ok(Some(ts))
     }
 
     fn new_group(&self) -> ClickstreamGroup {
@@ -626,7 +649,7 @@ impl Clickstream {
             Ok((ts, text)) => {
                 self.watermarks.observe(partition, ts, now_ms);
                 let event = ClickEvent { ts, text, views: true, sessions: true };
-                if self.group.process(event) != 0 {
+                if self.group.process_click(event) != 0 {
                     self.rejected.late += 1;
                 }
             }
@@ -647,7 +670,7 @@ impl Clickstream {
 
     fn advance_to(&mut self, watermark: EventTime) -> Vec<Output> {
         let mut results = Vec::new();
-        self.group.advance(watermark, &mut results);
+        self.group.on_watermark(watermark, &mut results);
         assemble(results)
     }
 }

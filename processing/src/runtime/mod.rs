@@ -452,7 +452,7 @@ impl<D: Dataflow> Driver<D> {
             .enumerate()
             .map(|(index, (group, inbound))| {
                 let group = group.take().expect("every key group is home between rounds");
-                let rewrite = checkpoint && job.growth.needs_rewrite(index, group.open_state());
+                let rewrite = checkpoint && job.growth.needs_rewrite(index, group.state_entries());
                 GroupWork { index, group, inbound, rewrite }
             })
             .collect();
@@ -538,7 +538,7 @@ impl<D: Dataflow> Driver<D> {
                 }
             })
             .collect();
-        let state_entries = job.groups.iter().flatten().map(|g| g.open_state() as u64).sum();
+        let state_entries = job.groups.iter().flatten().map(|g| g.state_entries() as u64).sum();
         let names = self.dataflow.operators();
         let mut status = self.status.lock();
         status.watermark = (watermark != NO_WATERMARK).then_some(watermark);

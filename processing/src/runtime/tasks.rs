@@ -3,7 +3,7 @@
 //! completes and, at a checkpoint, reports its state changes. Each task owns what it works
 //! on and hands it back to the driver when done.
 
-use crate::dataflow::{Dataflow, KeyGroup, Rejection, StateRecord};
+use crate::dataflow::{Dataflow, KeyGroup, Routed, StateRecord};
 use crate::error::{Error, Result};
 use crate::operators::watermark::EventTime;
 use crate::runtime::source::LogSource;
@@ -36,19 +36,13 @@ pub(super) struct GroupDone<D: Dataflow> {
 impl<D: Dataflow> GroupWork<D> {
     pub(super) fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
         let mut late = vec![0u64; operators];
-        for event in self.inbound.into_iter().flatten() {
-            let mut dropped = self.group.process(event);
-            while dropped != 0 {
-                if let Some(count) = late.get_mut(dropped.trailing_zeros() as usize) {
-                    *count += 1;
-                }
-                dropped &= dropped - 1;
-            }
+        for mut events in self.inbound {
+            self.group.process(&mut events, &mut late);
         }
         // Always: a group may have results before the first watermark (a process
         // function's outputs), and they must go out with this round's checkpoint.
         let mut results = Vec::new();
-        self.group.advance(watermark, &mut results);
+        self.group.on_watermark(watermark, &mut results);
         let mut state = Vec::new();
         let state_error = if checkpoint { self.group.checkpoint(self.rewrite, &mut state).err() } else { None };
         GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite, state_error }
@@ -73,22 +67,12 @@ impl SourceTask {
     pub(super) fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>> {
         let records =
             self.source.poll(ROUND_BYTES).map_err(|source| Error::ReadInput { partition: self.partition, source })?;
-        let mut routed: Vec<Vec<D::Event>> = (0..groups).map(|_| Vec::new()).collect();
-        let mut max_ts: Option<EventTime> = None;
-        for record in &records {
-            let mut route = |group: usize, event| {
-                if let Some(events) = routed.get_mut(group) {
-                    events.push(event);
-                }
-            };
-            match dataflow.parse(record, now, groups, &mut route) {
-                Ok(Some(ts)) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
-                Ok(None) => {}
-                Err(Rejection::Malformed) => self.checkpoint.malformed += 1,
-                Err(Rejection::AbsurdTimestamp) => self.checkpoint.absurd += 1,
-            }
-        }
+        let mut routed = Routed::new(groups);
+        dataflow.parse(&records, now, &mut routed);
+        self.checkpoint.malformed += routed.malformed();
+        self.checkpoint.absurd += routed.absurd_timestamps();
         self.checkpoint.records_in += records.len() as u64;
-        Ok(Polled { routed, records: records.len() as u64, max_ts })
+        let max_ts = routed.max_event_time();
+        Ok(Polled { routed: routed.into_groups(), records: records.len() as u64, max_ts })
     }
 }
