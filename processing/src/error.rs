@@ -68,6 +68,9 @@ pub enum Error {
     /// `what` is "window" or "session".
     #[error("a {0} key is not UTF-8")]
     KeyNotUtf8(&'static str),
+    /// A codec asked for the kind of state its operator does not keep: a bug of ours.
+    #[error("the {operator} operator keeps no {what}")]
+    NotKept { operator: &'static str, what: &'static str },
     #[error("no operator {operator} in the {job} job")]
     NoSuchOperator { operator: usize, job: &'static str },
     /// A restored changelog record that does not apply; the runtime says where it was.

@@ -23,11 +23,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::dataflow::{
-    encode_state, is_absurd, Dataflow, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
-};
-use crate::error::{DefinitionError, Error};
-use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
+use crate::dataflow::{is_absurd, Dataflow, OutputRecord, Rejection, Routed, SourceRecord};
+use crate::error::DefinitionError;
+use crate::operators::windowed_aggregate::{FoldFn, FoldWith, JsonState, WindowedAggregate};
+use crate::operators::{KeyedEvent, OperatorGroup};
 
 mod process;
 
@@ -189,7 +188,7 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
         &self,
         record: &SourceRecord,
         now_ms: i64,
-        out: &mut Routed<KeyedElement<K, T>>,
+        out: &mut Routed<KeyedEvent<K, T>>,
     ) -> Result<Option<EventTime>, Rejection> {
         let mut max_ts = None;
         let mut absurd = false;
@@ -203,7 +202,7 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
             max_ts = Some(max_ts.map_or(ts, |m: EventTime| m.max(ts)));
             let key = (self.key)(&value);
             let group = out.group_of(&serde_json::to_vec(&key).unwrap_or_default());
-            out.send(group, KeyedElement { key, ts, value });
+            out.send(group, KeyedEvent { key, time: ts, value });
         })?;
         if absurd && max_ts.is_none() {
             return Err(Rejection::AbsurdTimestamp);
@@ -212,12 +211,8 @@ impl<K: Key, T: Send + 'static> Keyed<K, T> {
     }
 }
 
-/// An element on its way to its key group.
-pub struct KeyedElement<K, T> {
-    key: K,
-    ts: EventTime,
-    value: T,
-}
+/// The keyed state of a windowed aggregation built with the API.
+pub type WindowGroup<K, T, A> = OperatorGroup<WindowedAggregate<K, T, A, JsonState, FoldWith<T, A>>, OutputRecord>;
 
 /// A key as a record key: a string as its text, anything else as JSON.
 fn key_bytes<K: Serialize>(key: &K) -> Bytes {
@@ -258,7 +253,7 @@ impl<K: Key, T: Send + 'static> Windowed<K, T> {
 }
 
 /// Folds an element into a window's aggregate.
-type Update<A, T> = Arc<dyn Fn(&mut A, &T) + Send + Sync>;
+type Update<A, T> = FoldFn<T, A>;
 /// Turns a fired window's aggregate into an output.
 type WindowResult<K, A, O> = Arc<dyn Fn(&K, Window, <A as Aggregate>::Output) -> O + Send + Sync>;
 
@@ -309,9 +304,9 @@ where
     A: Aggregate + Serialize + DeserializeOwned + Send + 'static,
     O: Send + 'static,
 {
-    type Event = KeyedElement<K, T>;
+    type Event = KeyedEvent<K, T>;
     type Result = OutputRecord;
-    type Group = WindowGroup<K, T, A, O>;
+    type Group = WindowGroup<K, T, A>;
 
     fn operators(&self) -> &'static [&'static str] {
         &["window"]
@@ -321,7 +316,7 @@ where
         vec![self.topic.to_string()]
     }
 
-    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedElement<K, T>>) {
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedEvent<K, T>>) {
         for record in records {
             let outcome = self.stage.windowed.keyed.route(record, now_ms, out);
             out.record(outcome);
@@ -330,15 +325,24 @@ where
 
     fn new_group(&self) -> Self::Group {
         let windowed = &self.stage.windowed;
-        WindowGroup {
-            windows: WindowedAggregation::new(windowed.spec, windowed.allowed_lateness_ms)
-                .expect("validated when the job was built"),
-            update: self.stage.update.clone(),
-            result: self.stage.result.clone(),
-            topic: self.topic.clone(),
-            format: self.format.clone(),
-            session: matches!(windowed.spec, WindowSpec::Session { .. }),
-        }
+        let (codec, fold) = (JsonState { what: "window" }, FoldWith(self.stage.update.clone()));
+        let windows = WindowedAggregate::new(windowed.spec, windowed.allowed_lateness_ms, codec, fold)
+            .expect("validated when the job was built");
+        let (result, topic, format) = (self.stage.result.clone(), self.topic.clone(), self.format.clone());
+        // A session's record is stamped with its last event, a window's with its last ms.
+        let session = matches!(windowed.spec, WindowSpec::Session { .. });
+        OperatorGroup::new(
+            windows,
+            Box::new(move |(key, window, aggregate)| {
+                let output = result(&key, window, aggregate);
+                OutputRecord {
+                    topic: topic.clone(),
+                    key: key_bytes(&key),
+                    value: format.encode(&output),
+                    timestamp_ms: if session { window.end } else { window.end - 1 },
+                }
+            }),
+        )
     }
 
     fn finish(&self, results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
@@ -351,89 +355,4 @@ where
 fn in_time_order(mut results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
     results.sort_by(|a, b| (a.timestamp_ms, &a.key).cmp(&(b.timestamp_ms, &b.key)));
     out.extend(results);
-}
-
-pub struct WindowGroup<K, T, A: Aggregate, O> {
-    windows: WindowedAggregation<K, A>,
-    update: Update<A, T>,
-    result: WindowResult<K, A, O>,
-    topic: Arc<str>,
-    format: Arc<dyn SinkFormat<O>>,
-    session: bool,
-}
-
-impl<K, T, A, O> KeyGroup for WindowGroup<K, T, A, O>
-where
-    K: Key,
-    T: Send + 'static,
-    A: Aggregate + Serialize + DeserializeOwned + Send + 'static,
-    O: Send + 'static,
-{
-    type Event = KeyedElement<K, T>;
-    type Result = OutputRecord;
-
-    fn process(&mut self, events: &mut Vec<KeyedElement<K, T>>, late: &mut [u64]) {
-        for event in events.drain(..) {
-            let (update, value) = (&self.update, &event.value);
-            if !self.windows.add_with(event.key, event.ts, |state| update(state, value)) {
-                late[0] += 1;
-            }
-        }
-    }
-
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
-        for (key, window, result) in self.windows.advance(watermark) {
-            let output = (self.result)(&key, window, result);
-            out.push(OutputRecord {
-                topic: self.topic.clone(),
-                key: key_bytes(&key),
-                value: self.format.encode(&output),
-                timestamp_ms: if self.session { window.end } else { window.end - 1 },
-            });
-        }
-    }
-
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
-        let mut error = None;
-        self.windows.drain_changes(everything, |key, change| {
-            let key_json = encode_state(key, &mut error);
-            let (key, value) = match change {
-                StateChange::Window(window, state) => {
-                    let mut bytes = Vec::with_capacity(16 + key_json.len());
-                    bytes.extend_from_slice(&window.end.to_be_bytes());
-                    bytes.extend_from_slice(&window.start.to_be_bytes());
-                    bytes.extend_from_slice(&key_json);
-                    (bytes, state.map(|s| encode_state(s, &mut error)))
-                }
-                StateChange::Sessions(open) => (key_json, (!open.is_empty()).then(|| encode_state(open, &mut error))),
-            };
-            out.push(StateRecord { operator: 0, key, value });
-        });
-        error.map_or(Ok(()), Err)
-    }
-
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        let bad = |source| Error::DecodeState { what: "window", source };
-        if self.session {
-            let key: K = serde_json::from_slice(key).map_err(bad)?;
-            self.windows.restore_sessions(key, serde_json::from_slice(value).map_err(bad)?);
-            return Ok(());
-        }
-        if key.len() < 16 {
-            return Err(Error::ShortWindowKey(key.len()));
-        }
-        let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
-        let window = Window { end: time(&key[..8]), start: time(&key[8..16]) };
-        let key: K = serde_json::from_slice(&key[16..]).map_err(bad)?;
-        self.windows.restore_window(key, window, serde_json::from_slice(value).map_err(bad)?);
-        Ok(())
-    }
-
-    fn restore_watermark(&mut self, watermark: EventTime) {
-        self.windows.restore_watermark(watermark);
-    }
-
-    fn state_entries(&self) -> usize {
-        self.windows.open_state()
-    }
 }

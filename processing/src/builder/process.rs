@@ -10,10 +10,11 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
+use super::{in_time_order, key_bytes, Key, Keyed, SinkFormat};
 use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Routed, SourceRecord, StateRecord};
 use crate::error::{DefinitionError, Error};
 use crate::operators::watermark::{EventTime, NO_WATERMARK};
+use crate::operators::KeyedEvent;
 
 /// A keyed process function: called with each element of a key, and for each event-time
 /// timer of a key once the watermark passes it.
@@ -103,7 +104,7 @@ impl<K, T, P: ProcessFunction<K, T>> ProcessJob<K, T, P> {
 }
 
 impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJob<K, T, P> {
-    type Event = KeyedElement<K, T>;
+    type Event = KeyedEvent<K, T>;
     type Result = OutputRecord;
     type Group = ProcessGroup<K, T, P>;
 
@@ -115,7 +116,7 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJo
         vec![self.topic.to_string()]
     }
 
-    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedElement<K, T>>) {
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<KeyedEvent<K, T>>) {
         for record in records {
             let outcome = self.processed.keyed.route(record, now_ms, out);
             out.record(outcome);
@@ -218,18 +219,18 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> ProcessGroup<K, T, P> 
 }
 
 impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGroup<K, T, P> {
-    type Event = KeyedElement<K, T>;
+    type Event = KeyedEvent<K, T>;
     type Result = OutputRecord;
 
-    fn process(&mut self, events: &mut Vec<KeyedElement<K, T>>, late: &mut [u64]) {
+    fn process(&mut self, events: &mut Vec<KeyedEvent<K, T>>, late: &mut [u64]) {
         for event in events.drain(..) {
-            if self.watermark != NO_WATERMARK && event.ts.saturating_add(self.allowed_lateness_ms) < self.watermark {
+            if self.watermark != NO_WATERMARK && event.time.saturating_add(self.allowed_lateness_ms) < self.watermark {
                 late[0] += 1;
                 continue;
             }
             // Outputs of `process` go out with the round's timer outputs.
             let mut out = Vec::new();
-            let KeyedElement { key, ts, value } = event;
+            let KeyedEvent { key, time: ts, value } = event;
             self.with_key(key, &mut out, |function, key, context| function.process(key, value, ts, context));
             self.pending.extend(out);
         }

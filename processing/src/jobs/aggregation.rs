@@ -16,14 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::aggregation_spec::{AggregationSpec, Function};
-use crate::dataflow::{
-    encode_state, is_absurd, Dataflow, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
-};
+use crate::dataflow::{is_absurd, Dataflow, OutputRecord, Rejection, Routed, SourceRecord};
 use crate::error::{DefinitionError, Error};
 use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
 use crate::operators::watermark::EventTime;
 use crate::operators::window_assigner::{Window, WindowSpec};
-use crate::operators::windowed_aggregate::{StateChange, WindowedAggregation};
+use crate::operators::windowed_aggregate::{AddInput, OpenSessions, StateCodec, WindowedAggregate};
+use crate::operators::{KeyedEvent, OperatorGroup};
 
 pub const TOP_N: usize = 10;
 
@@ -136,11 +135,13 @@ impl Aggregate for Accumulators {
     }
 }
 
-pub struct AggregationEvent {
-    key: String,
-    ts: EventTime,
-    inputs: Inputs,
-}
+/// A record's key (the key fields' values as a JSON array) and inputs to the aggregates.
+pub type AggregationEvent = KeyedEvent<String, Inputs>;
+/// One key's aggregates in one window: the key, the window, each aggregate's result.
+pub type AggregationResult = (String, Window, Vec<Value>);
+/// A key group of the aggregation: the windowed aggregate of every key it owns.
+pub type AggregationGroup =
+    OperatorGroup<WindowedAggregate<String, Inputs, Accumulators, AggregationState>, AggregationResult>;
 
 pub struct AggregationDataflow {
     spec: AggregationSpec,
@@ -184,7 +185,8 @@ impl AggregationDataflow {
                 .map(|a| a.field.as_ref().and_then(|f| fields.get(f)).cloned().unwrap_or(Value::Null))
                 .collect();
             let group = out.group_of(key.as_bytes());
-            out.send(group, AggregationEvent { key, ts, inputs: Inputs { functions: self.functions.clone(), values } });
+            let inputs = Inputs { functions: self.functions.clone(), values };
+            out.send(group, KeyedEvent { key, time: ts, value: inputs });
         }
         Ok(Some(ts))
     }
@@ -203,7 +205,7 @@ impl AggregationDataflow {
 
 impl Dataflow for AggregationDataflow {
     type Event = AggregationEvent;
-    type Result = (String, Window, Vec<Value>);
+    type Result = AggregationResult;
     type Group = AggregationGroup;
 
     fn operators(&self) -> &'static [&'static str] {
@@ -223,11 +225,13 @@ impl Dataflow for AggregationDataflow {
 
     fn new_group(&self) -> AggregationGroup {
         let lateness = self.spec.allowed_lateness_ms;
-        let windows = WindowedAggregation::new(self.window, lateness).expect("the definition was validated");
-        AggregationGroup { windows }
+        let what = if matches!(self.window, WindowSpec::Session { .. }) { "session" } else { "window" };
+        let windows = WindowedAggregate::new(self.window, lateness, AggregationState { what }, AddInput)
+            .expect("the definition was validated");
+        OperatorGroup::new(windows, Box::new(|result| result))
     }
 
-    fn finish(&self, mut results: Vec<(String, Window, Vec<Value>)>, out: &mut Vec<OutputRecord>) {
+    fn finish(&self, mut results: Vec<AggregationResult>, out: &mut Vec<OutputRecord>) {
         results.sort_by(|a, b| (a.1.end, a.1.start, &a.0).cmp(&(b.1.end, b.1.start, &b.0)));
         for (key, window, values) in results {
             let mut value = Map::new();
@@ -256,79 +260,45 @@ impl Dataflow for AggregationDataflow {
     }
 }
 
-pub struct AggregationGroup {
-    windows: WindowedAggregation<String, Accumulators>,
+/// How the aggregation's state is written: a key as its text (a JSON array of the key
+/// fields' values), an accumulator as JSON; `what` is "window" or "session", the state kept.
+pub struct AggregationState {
+    what: &'static str,
 }
 
-impl KeyGroup for AggregationGroup {
-    type Event = AggregationEvent;
-    type Result = (String, Window, Vec<Value>);
+impl StateCodec<String, Accumulators> for AggregationState {
+    type Context = ();
 
-    fn process(&mut self, events: &mut Vec<AggregationEvent>, late: &mut [u64]) {
-        for event in events.drain(..) {
-            if !self.windows.add(event.key, event.ts, &event.inputs) {
-                late[0] += 1;
-            }
-        }
-    }
-
-    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>) {
-        out.extend(self.windows.advance(watermark));
-    }
-
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), Error> {
-        let mut error = None;
-        self.windows.drain_changes(everything, |key, change| {
-            let (key, value) = match change {
-                StateChange::Window(window, state) => {
-                    let mut bytes = Vec::with_capacity(16 + key.len());
-                    bytes.extend_from_slice(&window.end.to_be_bytes());
-                    bytes.extend_from_slice(&window.start.to_be_bytes());
-                    bytes.extend_from_slice(key.as_bytes());
-                    (bytes, state.map(|s| encode_state(s, &mut error)))
-                }
-                StateChange::Sessions(open) => {
-                    let value = (!open.is_empty()).then(|| encode_state(open, &mut error));
-                    (key.as_bytes().to_vec(), value)
-                }
-            };
-            out.push(StateRecord { operator: 0, key, value });
-        });
-        error.map_or(Ok(()), Err)
-    }
-
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        if self.windows.is_session() {
-            let key = String::from_utf8(key.to_vec()).map_err(|_| Error::KeyNotUtf8("session"))?;
-            let open: Vec<(i64, i64, Accumulators)> =
-                serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: "session", source })?;
-            self.windows.restore_sessions(key, open);
-            return Ok(());
-        }
-        if key.len() < 16 {
-            return Err(Error::ShortWindowKey(key.len()));
-        }
-        let time = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
-        let window = Window { end: time(&key[..8]), start: time(&key[8..16]) };
-        let name = String::from_utf8(key[16..].to_vec()).map_err(|_| Error::KeyNotUtf8("window"))?;
-        let state: Accumulators =
-            serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: "window", source })?;
-        self.windows.restore_window(name, window, state);
+    fn encode_key(&self, _: &(), key: &String, out: &mut Vec<u8>) -> Result<(), Error> {
+        out.extend_from_slice(key.as_bytes());
         Ok(())
     }
 
-    fn restore_watermark(&mut self, watermark: EventTime) {
-        self.windows.restore_watermark(watermark);
+    fn decode_key(&self, _: &mut (), key: &[u8]) -> Result<String, Error> {
+        String::from_utf8(key.to_vec()).map_err(|_| Error::KeyNotUtf8(self.what))
     }
 
-    fn state_entries(&self) -> usize {
-        self.windows.open_state()
+    fn encode_window(&self, _: &(), state: &Accumulators) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(state).map_err(Error::EncodeState)
+    }
+
+    fn decode_window(&self, _: &mut (), value: &[u8]) -> Result<Accumulators, Error> {
+        serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: self.what, source })
+    }
+
+    fn encode_sessions(&self, _: &(), open: &OpenSessions<Accumulators>) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(open).map_err(Error::EncodeState)
+    }
+
+    fn decode_sessions(&self, _: &mut (), value: &[u8]) -> Result<Vec<(EventTime, EventTime, Accumulators)>, Error> {
+        serde_json::from_slice(value).map_err(|source| Error::DecodeState { what: self.what, source })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::KeyGroup;
 
     fn spec(text: &str) -> Result<AggregationSpec, String> {
         let spec: AggregationSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
