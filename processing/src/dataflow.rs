@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::operators::watermark::EventTime;
 
 /// Event times this far past the wall clock are absurd: one would move the watermark past
@@ -165,15 +165,6 @@ impl<E> Routed<E> {
     pub fn into_groups(self) -> Vec<Vec<E>> {
         self.groups
     }
-}
-
-/// Serialises state for a changelog as JSON, keeping the first failure in `error` (the
-/// checkpoint then fails) instead of writing a value that could not be restored.
-pub fn encode_state<T: serde::Serialize + ?Sized>(value: &T, error: &mut Option<Error>) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| {
-        error.get_or_insert(Error::EncodeState(e));
-        Vec::new()
-    })
 }
 
 /// The key group of a key: FNV-1a, fixed forever because it decides where state lives.

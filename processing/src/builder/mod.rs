@@ -15,7 +15,6 @@
 //! keyed state is checkpointed to a changelog (state, keys and aggregates are serde types),
 //! late events are dropped and counted.
 
-use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -31,9 +30,11 @@ use crate::operators::{KeyedEvent, OperatorGroup};
 mod process;
 
 pub use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
+pub use crate::operators::process_function::{Context, ProcessFunction};
+pub use crate::operators::state::Key;
 pub use crate::operators::watermark::EventTime;
 pub use crate::operators::window_assigner::{Window, WindowSpec};
-pub use process::{Context, ProcessFunction, ProcessGroup, ProcessJob, Processed};
+pub use process::{ProcessGroup, ProcessJob, Processed};
 
 /// How a source topic's records are read.
 pub trait SourceFormat: Send + Sync + 'static {
@@ -163,10 +164,6 @@ impl<T: Send + 'static> Timed<T> {
         Keyed { timed: self, key: Arc::new(key) }
     }
 }
-
-/// What a key must be: hashable and ordered for the state, serde for the changelog.
-pub trait Key: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
-impl<K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Key for K {}
 
 pub struct Keyed<K, T> {
     timed: Timed<T>,

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::operators::watermark::EventTime;
 
 pub mod aggregate_functions;
+pub mod process_function;
 pub(crate) mod state;
 pub mod watermark;
 pub mod window_assigner;
