@@ -57,3 +57,28 @@ pub struct JobStatus {
     pub commits: u64,
     pub restarts: u64,
 }
+
+impl JobStatus {
+    /// A job that has not started yet.
+    pub(crate) fn new(name: &str, kind: &str, input: &str) -> JobStatus {
+        JobStatus {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            state: JobState::Starting,
+            error: None,
+            input: input.to_string(),
+            key_groups: 0,
+            watermark: None,
+            records_in: 0,
+            records_out: 0,
+            malformed_records: 0,
+            absurd_timestamps: 0,
+            late_records: Default::default(),
+            state_entries: 0,
+            partitions: Vec::new(),
+            last_commit: None,
+            commits: 0,
+            restarts: 0,
+        }
+    }
+}

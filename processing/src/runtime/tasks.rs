@@ -8,33 +8,37 @@ use crate::error::{Error, Result};
 use crate::operators::watermark::EventTime;
 use crate::runtime::source::LogSource;
 
-use super::{PartitionCheckpoint, ROUND_BYTES};
+use crate::runtime::checkpoint::PartitionCheckpoint;
+
+/// Bytes read from one partition per round: small enough that a round stays short (the
+/// watermark and the stop flag are looked at between rounds), large enough to amortise it.
+const ROUND_BYTES: usize = 512 * 1024;
 
 /// Per key group, the batches of events the source tasks routed to it.
-pub(super) type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
+pub(crate) type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
 
 /// A key group's work in one round.
-pub(super) struct GroupWork<D: Dataflow> {
-    pub(super) index: usize,
-    pub(super) group: D::Group,
-    pub(super) inbound: Vec<Vec<D::Event>>,
-    pub(super) rewrite: bool,
+pub(crate) struct GroupWork<D: Dataflow> {
+    pub(crate) index: usize,
+    pub(crate) group: D::Group,
+    pub(crate) inbound: Vec<Vec<D::Event>>,
+    pub(crate) rewrite: bool,
 }
 
-pub(super) struct GroupDone<D: Dataflow> {
-    pub(super) index: usize,
-    pub(super) group: D::Group,
-    pub(super) results: Vec<D::Result>,
+pub(crate) struct GroupDone<D: Dataflow> {
+    pub(crate) index: usize,
+    pub(crate) group: D::Group,
+    pub(crate) results: Vec<D::Result>,
     /// Events dropped as late, per operator.
-    pub(super) late: Vec<u64>,
-    pub(super) state: Vec<StateRecord>,
-    pub(super) rewrite: bool,
+    pub(crate) late: Vec<u64>,
+    pub(crate) state: Vec<StateRecord>,
+    pub(crate) rewrite: bool,
     /// State that could not be written: the checkpoint must not commit without it.
-    pub(super) state_error: Option<Error>,
+    pub(crate) state_error: Option<Error>,
 }
 
 impl<D: Dataflow> GroupWork<D> {
-    pub(super) fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
+    pub(crate) fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
         let mut late = vec![0u64; operators];
         for mut events in self.inbound {
             self.group.process(&mut events, &mut late);
@@ -49,22 +53,22 @@ impl<D: Dataflow> GroupWork<D> {
     }
 }
 
-pub(super) struct SourceTask {
-    pub(super) partition: usize,
-    pub(super) source: LogSource,
-    pub(super) committed: i64,
+pub(crate) struct SourceTask {
+    pub(crate) partition: usize,
+    pub(crate) source: LogSource,
+    pub(crate) committed: i64,
     /// The counters as of the current position.
-    pub(super) checkpoint: PartitionCheckpoint,
+    pub(crate) checkpoint: PartitionCheckpoint,
 }
 
-pub(super) struct Polled<E> {
-    pub(super) routed: Vec<Vec<E>>,
-    pub(super) records: u64,
-    pub(super) max_ts: Option<EventTime>,
+pub(crate) struct Polled<E> {
+    pub(crate) routed: Vec<Vec<E>>,
+    pub(crate) records: u64,
+    pub(crate) max_ts: Option<EventTime>,
 }
 
 impl SourceTask {
-    pub(super) fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>> {
+    pub(crate) fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>> {
         let records =
             self.source.poll(ROUND_BYTES).map_err(|source| Error::ReadInput { partition: self.partition, source })?;
         let mut routed = Routed::new(groups);

@@ -1,6 +1,11 @@
 //! The runtime against a broker opened in-process.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_broker::InProcessClient;
+use sluice_storage::Offset;
 
 use super::*;
 use crate::jobs::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
