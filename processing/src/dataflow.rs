@@ -1,8 +1,8 @@
-//! What a job computes, in the two shapes the runtime runs it in: a per-record step run by
-//! one task per source partition (parse, filter, extract the event time, `key_by`: route
-//! each event to the key group that owns its key), and keyed state run by one task per key
-//! group (windows, aggregates, sessions), whose results a last step combines per round
-//! (e.g. a ranking over every key).
+//! What a job computes, in the two shapes the runtime runs it in: a step over each batch of
+//! a source partition's records, run by one task per partition (parse, filter, event time,
+//! `key_by`: route each event to the key group that owns its key, into a [`Routed`]), and
+//! keyed state run by one task per key group ([`KeyGroup`], made of operators), whose
+//! results a last step combines per round (e.g. a ranking over every key).
 //!
 //! Invariant: a key always routes to the same key group (the routing hash is fixed), so a
 //! key's state lives in exactly one task and one changelog partition.
@@ -10,7 +10,9 @@
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::operators::watermark::EventTime;
+
+/// Event time in epoch milliseconds.
+pub type EventTime = i64;
 
 /// Event times this far past the wall clock are absurd: one would move the watermark past
 /// every real event and make them all late.

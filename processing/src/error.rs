@@ -8,8 +8,6 @@ use std::path::PathBuf;
 
 use sluice_broker::in_process::ClientError;
 
-use crate::runtime::sink::SinkError;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +36,11 @@ pub enum Error {
     CreateTopic { role: &'static str, topic: String, source: ClientError },
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The broker refused a step of the job's transaction.
+    #[error("transaction {transactional_id}: {source}")]
+    Transaction { transactional_id: String, source: ClientError },
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Storage(#[from] sluice_storage::Error),
     #[error("cannot read partition {partition}: {source}")]
     ReadInput { partition: usize, source: sluice_storage::Error },
     #[error("changelog {topic}: {source}")]

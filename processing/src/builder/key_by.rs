@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{is_absurd, OutputRecord, Rejection, Routed, SourceRecord};
 use crate::operators::state::Key;
-use crate::operators::watermark::EventTime;
 use crate::operators::KeyedEvent;
 
 /// The stateless steps from a record to its elements, each handed to the closure.

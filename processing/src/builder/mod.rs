@@ -29,10 +29,10 @@ mod key_by;
 mod process_job;
 mod window_job;
 
+pub use crate::dataflow::EventTime;
 pub use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
 pub use crate::operators::process_function::{Context, ProcessFunction};
 pub use crate::operators::state::Key;
-pub use crate::operators::watermark::EventTime;
 pub use crate::operators::window_assigner::{Window, WindowSpec};
 pub use formats::{Json, Raw, RawRecord, SinkFormat, SourceFormat};
 pub use key_by::KeyBy;

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::aggregation_spec::{AggregationSpec, Function};
+use crate::dataflow::EventTime;
 use crate::dataflow::{is_absurd, Dataflow, OutputRecord, Rejection, Routed, SourceRecord};
 use crate::error::{DefinitionError, Error};
 use crate::operators::aggregate_functions::{Aggregate, Average, Count, DistinctCount, Max, Min, Sum, TopN};
-use crate::operators::watermark::EventTime;
 use crate::operators::window_assigner::{Window, WindowSpec};
 use crate::operators::windowed_aggregate::{AddInput, OpenSessions, StateCodec, WindowedAggregate};
 use crate::operators::{KeyedEvent, OperatorGroup};

@@ -9,9 +9,9 @@
 //! Invariant: an operator's watermark never goes back, and a result it has emitted is never
 //! emitted again.
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{KeyGroup, StateRecord};
 use crate::error::Result;
-use crate::operators::watermark::EventTime;
 
 pub mod aggregate_functions;
 pub mod process_function;

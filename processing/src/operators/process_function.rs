@@ -11,9 +11,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::EventTime;
 use crate::error::{Error, Result};
 use crate::operators::state::{Key, StateMap};
-use crate::operators::watermark::{EventTime, NO_WATERMARK};
+use crate::operators::watermark::NO_WATERMARK;
 use crate::operators::{ChangelogWriter, KeyedEvent, Operator};
 
 /// A keyed process function: called with each element of a key, and for each event-time
@@ -170,6 +171,7 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Operator for KeyedProc
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Out>) {
         out.append(&mut self.pending);
+        debug_assert!(watermark >= self.watermark, "the watermark went back from {} to {watermark}", self.watermark);
         self.watermark = self.watermark.max(watermark);
         // Only the timers due now: one a callback sets at or below the watermark fires next
         // round, so a timer that keeps re-registering itself cannot stall the job.

@@ -5,8 +5,8 @@
 //! A window is complete, and its result is emitted once, when the watermark reaches its end
 //! (for a session: its last event plus the gap).
 
+use crate::dataflow::EventTime;
 use crate::error::DefinitionError;
-use crate::operators::watermark::EventTime;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
@@ -155,6 +155,7 @@ impl<S> Sessions<S> {
         let (closed, open): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.open).into_iter().partition(|(_, last, _)| last.saturating_add(gap) <= watermark);
         self.open = open;
+        debug_assert!(self.open.windows(2).all(|w| w[0].0 < w[1].0), "open sessions are sorted and apart");
         closed
     }
 }

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::dataflow::EventTime;
 use crate::error::{DefinitionError, Error, Result};
 use crate::operators::aggregate_functions::Aggregate;
 use crate::operators::state::StateMap;
-use crate::operators::watermark::{EventTime, NO_WATERMARK};
+use crate::operators::watermark::NO_WATERMARK;
 use crate::operators::window_assigner::{Sessions, Window, WindowSpec};
 use crate::operators::{ChangelogWriter, KeyedEvent, Operator};
 
@@ -222,6 +223,7 @@ impl<K: Hash + Eq + Ord + Clone, V, A: Aggregate, C, F: Fold<V, A>> WindowedAggr
     /// Moves the watermark (never backwards) and appends the results it completes, in
     /// window-end order, then by window start and key.
     pub fn fire(&mut self, watermark: EventTime, out: &mut Vec<(K, Window, A::Output)>) {
+        debug_assert!(watermark >= self.watermark, "the watermark went back from {} to {watermark}", self.watermark);
         self.watermark = self.watermark.max(watermark);
         let from = out.len();
         if self.is_session() {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_broker::InProcessClient;
 
-use crate::operators::watermark::EventTime;
+use crate::dataflow::EventTime;
 use crate::runtime::context::RunSpec;
 
 /// Counters carried in the checkpoint (the offset commit metadata of each partition).

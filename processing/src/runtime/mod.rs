@@ -24,7 +24,6 @@ pub use changelog::REWRITE_SLACK_RECORDS;
 pub use context::RunSpec;
 pub use driver::{spawn, JobHandle};
 pub use pool::WorkerPool;
-pub use sink::{SinkError, TransactionalSink};
 pub use source::{Isolation, LogSource};
 pub use status::{CommitStatus, JobState, JobStatus, PartitionStatus};
 

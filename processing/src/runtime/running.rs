@@ -11,9 +11,10 @@ use std::sync::Arc;
 use sluice_broker::group::OffsetCommit;
 use sluice_storage::Offset;
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{Dataflow, KeyGroup, OutputRecord, StateRecord};
 use crate::error::{Error, Result};
-use crate::operators::watermark::{EventTime, Watermarks, NO_WATERMARK};
+use crate::operators::watermark::{Watermarks, NO_WATERMARK};
 use crate::runtime::changelog::{self, Growth};
 use crate::runtime::checkpoint::JobCounters;
 use crate::runtime::context::JobContext;

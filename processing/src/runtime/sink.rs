@@ -2,7 +2,8 @@
 //! coordinator: the same machinery external transactional producers use. Each commit
 //! writes, as one transaction, the records sent since the last one and the job's source
 //! offsets (into its consumer group's committed offsets), so `read_committed` readers see
-//! a commit's results exactly when its input counts as consumed.
+//! a commit's results exactly when its input counts as consumed. An output record goes to
+//! the partition Kafka's default partitioner gives its key.
 //!
 //! Opening a sink under a transactional id fences any earlier instance and aborts what it
 //! left open, so a restarted task cannot have its predecessor's output slip in.
@@ -14,18 +15,7 @@ use sluice_broker::in_process::{ClientError, TransactionalProducer};
 use sluice_broker::{InProcessClient, TopicPartition};
 use sluice_storage::RecordBatchBuilder;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The broker refused a step of the transaction.
-    #[error("transaction {transactional_id}: {source}")]
-    Transaction {
-        transactional_id: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error(transparent)]
-    Storage(#[from] sluice_storage::Error),
-}
+use crate::error::{Error, Result};
 
 pub struct TransactionalSink {
     producer: TransactionalProducer,
@@ -40,19 +30,15 @@ const BATCH_BYTES: usize = 900 * 1024;
 impl TransactionalSink {
     /// Takes over `transactional_id`: the previous holder is fenced and its open
     /// transaction aborted. Blocks (the coordinator fsyncs).
-    pub fn open(
-        client: &InProcessClient,
-        transactional_id: &str,
-        timeout_ms: i32,
-    ) -> Result<TransactionalSink, SinkError> {
+    pub fn open(client: &InProcessClient, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalSink> {
         let producer = client
             .transactional_producer(transactional_id, timeout_ms)
-            .map_err(|source| SinkError::Transaction { transactional_id: transactional_id.to_string(), source })?;
+            .map_err(|source| Error::Transaction { transactional_id: transactional_id.to_string(), source })?;
         Ok(TransactionalSink { producer, batches: BTreeMap::new() })
     }
 
-    fn fail(&self, source: ClientError) -> SinkError {
-        SinkError::Transaction { transactional_id: self.producer.transactional_id().to_string(), source }
+    fn fail(&self, source: ClientError) -> Error {
+        Error::Transaction { transactional_id: self.producer.transactional_id().to_string(), source }
     }
 
     /// Adds a record (a tombstone when `value` is `None`) to the open transaction.
@@ -80,7 +66,7 @@ impl TransactionalSink {
     /// transaction's records are gone from the sink and whatever part of it reached the
     /// broker is aborted (by its timeout, or when the next instance opens the sink): the
     /// caller starts again from the last committed offsets.
-    pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<(), SinkError> {
+    pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<()> {
         let batches = std::mem::take(&mut self.batches);
         if batches.is_empty() && offsets.is_empty() {
             return Ok(());
@@ -103,11 +89,6 @@ impl TransactionalSink {
             self.producer.commit_offsets(group, offsets).map_err(|e| self.fail(e))?;
         }
         self.producer.commit().map_err(|e| self.fail(e))
-    }
-
-    /// Drops the records sent since the last commit; nothing of them was written.
-    pub fn discard(&mut self) {
-        self.batches.clear();
     }
 }
 

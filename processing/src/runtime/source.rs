@@ -99,6 +99,10 @@ impl LogSource {
                 for record in batch.records()? {
                     let record = record?;
                     if record.offset >= self.next.0 {
+                        debug_assert!(
+                            out.last().is_none_or(|last: &SourceRecord| last.offset < record.offset),
+                            "offsets out of a source only increase"
+                        );
                         out.push(SourceRecord {
                             offset: record.offset,
                             timestamp_ms: record.timestamp_ms,

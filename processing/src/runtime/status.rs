@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::operators::watermark::EventTime;
+use crate::dataflow::EventTime;
 
 /// Where a job is in its life: Starting -> Restoring -> Running -> (Stopped | Failed); a
 /// failed job goes back to Restoring after a backoff.

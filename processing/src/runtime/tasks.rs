@@ -3,9 +3,9 @@
 //! completes and, at a checkpoint, reports its state changes. Each task owns what it works
 //! on and hands it back to the driver when done.
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{Dataflow, KeyGroup, Routed, StateRecord};
 use crate::error::{Error, Result};
-use crate::operators::watermark::EventTime;
 use crate::runtime::source::LogSource;
 
 use crate::runtime::checkpoint::PartitionCheckpoint;

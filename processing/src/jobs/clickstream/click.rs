@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{is_absurd, Rejection};
-use crate::operators::watermark::EventTime;
 
 /// Borrowed from the record's bytes: no allocation unless a string has escapes.
 #[derive(Deserialize)]

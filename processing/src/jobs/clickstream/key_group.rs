@@ -4,6 +4,7 @@
 //! sessions (30-minute gap) with distinct pages. The names dictionary they share is their
 //! changelog context; it is compacted once most of its names are no longer in any state.
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{KeyGroup, StateRecord};
 use crate::error::{Error, Result};
 use crate::jobs::clickstream::click::ClickEvent;
@@ -12,9 +13,8 @@ use crate::jobs::clickstream::output::Output;
 use crate::jobs::clickstream::window_state::{
     ClicksAndPages, PageViews1mState, PageViews5mState, UserSessionsState, ViewsAndUsers,
 };
-use crate::operators::aggregate_functions::{Count, DistinctCount};
+use crate::operators::aggregate_functions::{Aggregate, Count, DistinctCount};
 use crate::operators::state::StateSet;
-use crate::operators::watermark::EventTime;
 use crate::operators::window_assigner::{Window, WindowSpec};
 use crate::operators::windowed_aggregate::{AddInput, StateCodec, WindowedAggregate};
 use crate::operators::{ChangelogWriter, KeyedEvent, Operator};
@@ -55,7 +55,7 @@ type UserSessions = WindowedAggregate<u32, u32, ClicksAndPages, UserSessionsStat
 /// The job's fixed window definitions are valid; a failure here is a bug of ours.
 fn windowed<V, A, C>(spec: WindowSpec, codec: C) -> WindowedAggregate<u32, V, A, C>
 where
-    A: crate::operators::aggregate_functions::Aggregate<Input = V>,
+    A: Aggregate<Input = V>,
     C: StateCodec<u32, A>,
 {
     WindowedAggregate::new(spec, 0, codec, AddInput).expect("the clickstream job's window definitions are valid")

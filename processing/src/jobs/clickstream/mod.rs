@@ -14,8 +14,9 @@
 
 use bytes::Bytes;
 
+use crate::dataflow::EventTime;
 use crate::dataflow::{Dataflow, OutputRecord, Rejection, Routed, SourceRecord};
-use crate::operators::watermark::{EventTime, Watermarks};
+use crate::operators::watermark::Watermarks;
 
 mod click;
 mod key_group;

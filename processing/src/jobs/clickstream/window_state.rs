@@ -8,10 +8,10 @@
 
 use serde::Deserialize;
 
+use crate::dataflow::EventTime;
 use crate::error::{Error, Result};
 use crate::jobs::clickstream::names::{ClickNames, Names};
 use crate::operators::aggregate_functions::{Aggregate, Count, DistinctCount};
-use crate::operators::watermark::EventTime;
 use crate::operators::windowed_aggregate::{OpenSessions, StateCodec};
 
 /// Views and distinct users (by id) of a page in a window.
