@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use sluice_broker::server::Server;
 use sluice_broker::{BrokerConfig, InProcessClient};
-use sluice_processing::host::{HostConfig, JobHost};
+use sluice_processing::{HostConfig, JobHost};
 use tokio::net::TcpListener;
 
 #[derive(Args, Debug, Default)]

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_broker::{Broker, BrokerConfig, InProcessClient};
 use sluice_processing::clickstream::{Clickstream, ClickstreamDataflow, Operators};
-use sluice_processing::pool::WorkerPool;
-use sluice_processing::runtime::{self, RunSpec};
-use sluice_processing::source::{Isolation, LogSource};
+use sluice_processing::runtime::{self, Isolation, LogSource, RunSpec, WorkerPool};
 use sluice_storage::{Offset, RecordBatchBuilder};
 
 /// Realistic-looking clicks: 100k users, 5k pages (Zipf-ish), a click every 0.1 ms of event
@@ -78,7 +76,7 @@ fn through_the_runtime(client: &InProcessClient, clicks: u64) {
             commit_interval_ms: 1_000,
             watermark_bound_ms: 5_000,
             idle_timeout_ms: 30_000,
-            changelog_slack_records: sluice_processing::changelog::REWRITE_SLACK_RECORDS,
+            changelog_slack_records: runtime::REWRITE_SLACK_RECORDS,
             fingerprint: String::new(),
         };
         let (start, cpu_start) = (Instant::now(), cpu_seconds());

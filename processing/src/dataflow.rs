@@ -1,16 +1,37 @@
-//! What a job computes, in the two shapes the runtime runs it in: a per-record step run by
-//! one task per source partition (parse, filter, extract the event time, `key_by`: route
-//! each event to the key group that owns its key), and keyed state run by one task per key
-//! group (windows, aggregates, sessions), whose results a last step combines per round
-//! (e.g. a ranking over every key).
+//! What a job computes, in the two shapes the runtime runs it in: a step over each batch of
+//! a source partition's records, run by one task per partition (parse, filter, event time,
+//! `key_by`: route each event to the key group that owns its key, into a [`Routed`]), and
+//! keyed state run by one task per key group ([`KeyGroup`], made of operators), whose
+//! results a last step combines per round (e.g. a ranking over every key).
 //!
 //! Invariant: a key always routes to the same key group (the routing hash is fixed), so a
 //! key's state lives in exactly one task and one changelog partition.
 
 use bytes::Bytes;
 
-use crate::source::SourceRecord;
-use crate::watermark::EventTime;
+use crate::error::Result;
+
+/// Event time in epoch milliseconds.
+pub type EventTime = i64;
+
+/// Event times this far past the wall clock are absurd: one would move the watermark past
+/// every real event and make them all late.
+pub const MAX_FUTURE_MS: i64 = 24 * 60 * 60_000;
+
+/// Whether an event time cannot be right: negative, or more than [`MAX_FUTURE_MS`] past the
+/// processing time `now_ms`.
+pub fn is_absurd(event_time: EventTime, now_ms: i64) -> bool {
+    event_time < 0 || event_time > now_ms.saturating_add(MAX_FUTURE_MS)
+}
+
+/// One record for a job: slices of the log, never copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
 
 /// Why a record was skipped before it reached any operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +70,9 @@ pub trait Dataflow: Send + Sync + 'static {
     /// The topics the job writes.
     fn output_topics(&self) -> Vec<String>;
 
-    /// Turns a record into events, each handed to `route` with its key group (below
-    /// `groups`); returns the record's event time (none when it had no events to time).
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, Self::Event),
-    ) -> Result<Option<EventTime>, Rejection>;
+    /// Turns a batch of a partition's records into events, each sent to its key group, and
+    /// counts every record's outcome (its event time, or why it was skipped) in `out`.
+    fn parse(&self, records: &[SourceRecord], now_ms: i64, out: &mut Routed<Self::Event>);
 
     fn new_group(&self) -> Self::Group;
 
@@ -69,32 +84,89 @@ pub trait KeyGroup: Send + 'static {
     type Event;
     type Result;
 
-    /// Applies an event; returns the operators (bit `i` for operator `i`) that dropped it as
-    /// late.
-    fn process(&mut self, event: Self::Event) -> u32;
+    /// Applies a batch of events, leaving `events` empty (its capacity is kept for the next
+    /// batch); adds to `late[i]` the events that operator `i` dropped as late.
+    fn process(&mut self, events: &mut Vec<Self::Event>, late: &mut [u64]);
 
-    /// Moves the watermark and appends the results it completes.
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
+    /// Moves the watermark (it never goes back) and appends the results it completes.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
 
     /// The state changed since the last checkpoint (with `everything`, all of it); an error
     /// if some state cannot be written (the checkpoint then fails rather than lose it).
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String>;
+    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<()>;
 
     /// Applies one changelog record (the latest for its key) and the checkpoint's watermark.
-    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<()>;
     fn restore_watermark(&mut self, watermark: EventTime);
 
     /// Keyed state entries held (windows per key, and keys with sessions).
-    fn open_state(&self) -> usize;
+    fn state_entries(&self) -> usize;
 }
 
-/// Serialises state for a changelog as JSON, keeping the first failure in `error` (the
-/// checkpoint then fails) instead of writing a value that could not be restored.
-pub fn encode_state<T: serde::Serialize + ?Sized>(value: &T, error: &mut Option<String>) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| {
-        error.get_or_insert_with(|| format!("state cannot be serialised: {e}"));
-        Vec::new()
-    })
+/// What a batch of one partition's records became: the events for each key group, the
+/// highest event time among them, and the records skipped, by reason.
+pub struct Routed<E> {
+    groups: Vec<Vec<E>>,
+    max_event_time: Option<EventTime>,
+    malformed: u64,
+    absurd_timestamps: u64,
+}
+
+impl<E> Routed<E> {
+    pub fn new(groups: usize) -> Routed<E> {
+        Routed {
+            groups: (0..groups).map(|_| Vec::new()).collect(),
+            max_event_time: None,
+            malformed: 0,
+            absurd_timestamps: 0,
+        }
+    }
+
+    /// How many key groups events are routed among.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The key group of `key` ([`key_group`]).
+    pub fn group_of(&self, key: &[u8]) -> usize {
+        key_group(key, self.groups.len())
+    }
+
+    /// Sends an event to key group `group` (below [`Routed::groups`]).
+    pub fn send(&mut self, group: usize, event: E) {
+        debug_assert!(group < self.groups.len(), "key group {group} of {}", self.groups.len());
+        if let Some(events) = self.groups.get_mut(group) {
+            events.push(event);
+        }
+    }
+
+    /// Counts one record: the event time it moves the watermark by (none when it had no
+    /// events to time), or why it was skipped.
+    pub fn record(&mut self, outcome: Result<Option<EventTime>, Rejection>) {
+        match outcome {
+            Ok(Some(time)) => self.max_event_time = Some(self.max_event_time.map_or(time, |max| max.max(time))),
+            Ok(None) => {}
+            Err(Rejection::Malformed) => self.malformed += 1,
+            Err(Rejection::AbsurdTimestamp) => self.absurd_timestamps += 1,
+        }
+    }
+
+    pub fn max_event_time(&self) -> Option<EventTime> {
+        self.max_event_time
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    pub fn absurd_timestamps(&self) -> u64 {
+        self.absurd_timestamps
+    }
+
+    /// The events, per key group.
+    pub fn into_groups(self) -> Vec<Vec<E>> {
+        self.groups
+    }
 }
 
 /// The key group of a key: FNV-1a, fixed forever because it decides where state lives.
@@ -112,57 +184,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so
-/// the job's output lands where a Kafka producer would have put it.
-pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
-}
-
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn murmur2_partitions_keys_as_kafka_does() {
-        // Values from Kafka's own partitioner tests (Utils.murmur2 on these strings).
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
-        assert!((0..4).contains(&kafka_partition(b"u-42", 4)));
-    }
 
     #[test]
     fn key_groups_are_stable_and_in_range() {

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sluice_broker::InProcessClient;
 
-use crate::aggregation::AggregationDataflow;
-use crate::clickstream::{ClickstreamDataflow, Operators};
-use crate::job::JobDefinition;
-use crate::pool::WorkerPool;
+use crate::error::{Error, Result};
+use crate::jobs::aggregation::AggregationDataflow;
+use crate::jobs::clickstream::{ClickstreamDataflow, Operators};
+use crate::jobs::definition::JobDefinition;
+use crate::runtime::pool::WorkerPool;
 use crate::runtime::{self, JobHandle, JobStatus};
 
 const JOBS_FILE: &str = "jobs.json";
@@ -37,34 +38,33 @@ impl Default for HostConfig {
 
 impl HostConfig {
     /// Applies one `processing.*` key; the message says what is wrong.
-    pub fn apply(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "processing.worker.threads" => {
-                let threads: usize = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("processing.worker.threads must be a number, got \"{value}\""))?;
+                let threads: usize =
+                    value.trim().parse().map_err(|_| Error::WorkerThreadsNotANumber(value.to_string()))?;
                 if !(1..=256).contains(&threads) {
-                    return Err(format!("processing.worker.threads must be between 1 and 256, got {threads}"));
+                    return Err(Error::WorkerThreadsOutOfRange(threads));
                 }
                 self.worker_threads = threads;
                 Ok(())
             }
-            other => Err(format!("unknown processing config \"{other}\"; known: processing.worker.threads")),
+            other => Err(Error::UnknownConfig(other.to_string())),
         }
     }
 }
 
 /// Why a request about jobs was refused, with the HTTP status that says so.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct HostError {
     pub status: u16,
     pub message: String,
 }
 
 impl HostError {
-    fn new(status: u16, message: impl Into<String>) -> HostError {
-        HostError { status, message: message.into() }
+    fn new(status: u16, message: impl ToString) -> HostError {
+        HostError { status, message: message.to_string() }
     }
 }
 
@@ -83,13 +83,14 @@ pub struct JobHost {
 
 impl JobHost {
     /// Starts the jobs the data directory's `jobs.json` lists.
-    pub fn start(client: InProcessClient, config: HostConfig) -> Result<Arc<JobHost>, String> {
+    pub fn start(client: InProcessClient, config: HostConfig) -> Result<Arc<JobHost>> {
         let path = client.data_dir().join(JOBS_FILE);
         let definitions: Vec<JobDefinition> = match std::fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map_err(|e| format!("{} is damaged ({e}); fix or remove it to start the broker", path.display()))?,
+            Ok(text) => {
+                serde_json::from_slice(&text).map_err(|source| Error::JobsFileDamaged { path: path.clone(), source })?
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+            Err(source) => return Err(Error::JobsFileUnreadable { path, source }),
         };
         let host = Arc::new(JobHost {
             pool: WorkerPool::new(config.worker_threads),
@@ -116,7 +117,7 @@ impl JobHost {
         Ok(host)
     }
 
-    fn launch(&self, definition: &JobDefinition) -> Result<JobHandle, String> {
+    fn launch(&self, definition: &JobDefinition) -> Result<JobHandle> {
         let (client, pool, spec, kind) =
             (self.client.clone(), self.pool.clone(), definition.run_spec(), definition.kind.as_str());
         match &definition.aggregation {
@@ -138,7 +139,8 @@ impl JobHost {
         // Like a producer's first send with auto-create on: the input may come later.
         let input = definition.input();
         if let Err(err) = self.client.ensure_topic(input, -1, Default::default()) {
-            return Err(HostError::new(400, format!("cannot create input topic {input}: {err}")));
+            let error = Error::CreateTopic { role: "input", topic: input.to_string(), source: err };
+            return Err(HostError::new(400, error));
         }
         let mut definitions: Vec<JobDefinition> = jobs.values().map(|j| j.definition.clone()).collect();
         definitions.push(definition.clone());
@@ -187,9 +189,9 @@ impl JobHost {
         self.pool.shutdown();
     }
 
-    fn persist(&self, definitions: &[JobDefinition]) -> Result<(), String> {
-        let fail = |e: std::io::Error| format!("cannot write {}: {e}", self.path.display());
-        let text = serde_json::to_vec_pretty(definitions).map_err(|e| e.to_string())?;
+    fn persist(&self, definitions: &[JobDefinition]) -> Result<()> {
+        let fail = |source: std::io::Error| Error::JobsFileUnwritable { path: self.path.clone(), source };
+        let text = serde_json::to_vec_pretty(definitions).map_err(|e| fail(e.into()))?;
         let temporary = self.path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&temporary).map_err(fail)?;
         file.write_all(&text).map_err(fail)?;

@@ -1,30 +1,30 @@
-//! The in-broker stream processor. Event-time building blocks, each usable and tested on
-//! its own: watermarks with bounded out-of-orderness and idle partitions (`watermark`),
-//! epoch-aligned tumbling and sliding windows and merging session windows (`window`), the
-//! window aggregates (`aggregate`) and the keyed windowed aggregation that emits each result
-//! once (`windowed`). A job is a `dataflow` (per-record step, keyed state per key group),
-//! written with the Rust `builder` API, declared as an `aggregation`, or built in
-//! (`clickstream`); the `runtime` runs it: sources read partition logs in-process (`source`), tasks run on
-//! a bounded `pool`, and every commit interval a checkpoint writes outputs, state changes
-//! (`changelog`) and source offsets in one transaction (`sink`). The `host` keeps the
-//! broker's jobs (`job` definitions) running across restarts; `clickstream` is the built-in
-//! job.
+//! The in-broker stream processor. A job is a [`Dataflow`]: a step over each batch of a
+//! source partition's records (parse, filter, event time, `key_by`) and keyed state per key
+//! group, composed of generic [`operators`]. Jobs are written with the Rust [`builder`],
+//! declared as an [`AggregationSpec`], or built in ([`clickstream`]); the [`runtime`] runs
+//! any of them with exactly-once checkpoints, and the [`JobHost`] keeps a broker's jobs
+//! running across restarts.
 
-pub mod aggregate;
-pub mod aggregation;
+mod aggregation_spec;
 pub mod builder;
-pub mod changelog;
-pub mod clickstream;
-pub mod dataflow;
-pub mod host;
-pub mod job;
-pub mod pool;
+mod dataflow;
+mod error;
+mod host;
+mod jobs;
+pub mod operators;
 pub mod runtime;
-pub mod sink;
-pub mod source;
-pub mod state;
 #[cfg(test)]
 mod test_broker;
-pub mod watermark;
-pub mod window;
-pub mod windowed;
+
+// What a job is, as the runtime runs it.
+pub use dataflow::{
+    is_absurd, key_group, Dataflow, EventTime, KeyGroup, OutputRecord, Rejection, Routed, SourceRecord, StateRecord,
+    MAX_FUTURE_MS,
+};
+pub use error::{DefinitionError, Error, Result};
+// The jobs a broker runs, and the host that runs them.
+pub use aggregation_spec::{AggregateDefinition, AggregationSpec, Condition, Function, WindowDefinition};
+pub use host::{HostConfig, HostError, JobHost};
+pub use jobs::aggregation::AggregationDataflow;
+pub use jobs::clickstream;
+pub use jobs::definition::JobDefinition;

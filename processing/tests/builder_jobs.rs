@@ -11,13 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_broker::{Broker, BrokerConfig, InProcessClient};
-use sluice_processing::aggregate::{Aggregate, Count};
-use sluice_processing::builder::{source, Context, Json, ProcessFunction, Raw};
-use sluice_processing::dataflow::Dataflow;
-use sluice_processing::pool::WorkerPool;
-use sluice_processing::runtime::{self, RunSpec};
-use sluice_processing::source::{Isolation, LogSource};
-use sluice_processing::window::WindowSpec;
+use sluice_processing::builder::{source, Aggregate, Context, Count, Json, ProcessFunction, Raw, WindowSpec};
+use sluice_processing::runtime::{self, Isolation, LogSource, RunSpec, WorkerPool};
+use sluice_processing::Dataflow;
 use sluice_storage::{Offset, RecordBatchBuilder};
 
 const PARTITIONS: i32 = 3;

@@ -3,9 +3,19 @@
 
 use serde::Serialize;
 
-use crate::watermark::EventTime;
+use crate::dataflow::EventTime;
 
-use super::JobState;
+/// Where a job is in its life: Starting -> Restoring -> Running -> (Stopped | Failed); a
+/// failed job goes back to Restoring after a backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Starting,
+    Restoring,
+    Running,
+    Failed,
+    Stopped,
+}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PartitionStatus {
@@ -46,4 +56,29 @@ pub struct JobStatus {
     pub last_commit: Option<CommitStatus>,
     pub commits: u64,
     pub restarts: u64,
+}
+
+impl JobStatus {
+    /// A job that has not started yet.
+    pub(crate) fn new(name: &str, kind: &str, input: &str) -> JobStatus {
+        JobStatus {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            state: JobState::Starting,
+            error: None,
+            input: input.to_string(),
+            key_groups: 0,
+            watermark: None,
+            records_in: 0,
+            records_out: 0,
+            malformed_records: 0,
+            absurd_timestamps: 0,
+            late_records: Default::default(),
+            state_entries: 0,
+            partitions: Vec::new(),
+            last_commit: None,
+            commits: 0,
+            restarts: 0,
+        }
+    }
 }

@@ -3,96 +3,80 @@
 //! completes and, at a checkpoint, reports its state changes. Each task owns what it works
 //! on and hands it back to the driver when done.
 
-use crate::dataflow::{Dataflow, KeyGroup, Rejection, StateRecord};
-use crate::source::LogSource;
-use crate::watermark::EventTime;
+use crate::dataflow::EventTime;
+use crate::dataflow::{Dataflow, KeyGroup, Routed, StateRecord};
+use crate::error::{Error, Result};
+use crate::runtime::source::LogSource;
 
-use super::{PartitionCheckpoint, ROUND_BYTES};
+use crate::runtime::checkpoint::PartitionCheckpoint;
+
+/// Bytes read from one partition per round: small enough that a round stays short (the
+/// watermark and the stop flag are looked at between rounds), large enough to amortise it.
+const ROUND_BYTES: usize = 512 * 1024;
 
 /// Per key group, the batches of events the source tasks routed to it.
-pub(super) type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
+pub(crate) type Inbound<D> = Vec<Vec<Vec<<D as Dataflow>::Event>>>;
 
 /// A key group's work in one round.
-pub(super) struct GroupWork<D: Dataflow> {
-    pub(super) index: usize,
-    pub(super) group: D::Group,
-    pub(super) inbound: Vec<Vec<D::Event>>,
-    pub(super) rewrite: bool,
+pub(crate) struct GroupWork<D: Dataflow> {
+    pub(crate) index: usize,
+    pub(crate) group: D::Group,
+    pub(crate) inbound: Vec<Vec<D::Event>>,
+    pub(crate) rewrite: bool,
 }
 
-pub(super) struct GroupDone<D: Dataflow> {
-    pub(super) index: usize,
-    pub(super) group: D::Group,
-    pub(super) results: Vec<D::Result>,
+pub(crate) struct GroupDone<D: Dataflow> {
+    pub(crate) index: usize,
+    pub(crate) group: D::Group,
+    pub(crate) results: Vec<D::Result>,
     /// Events dropped as late, per operator.
-    pub(super) late: Vec<u64>,
-    pub(super) state: Vec<StateRecord>,
-    pub(super) rewrite: bool,
+    pub(crate) late: Vec<u64>,
+    pub(crate) state: Vec<StateRecord>,
+    pub(crate) rewrite: bool,
     /// State that could not be written: the checkpoint must not commit without it.
-    pub(super) state_error: Option<String>,
+    pub(crate) state_error: Option<Error>,
 }
 
 impl<D: Dataflow> GroupWork<D> {
-    pub(super) fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
+    pub(crate) fn run(mut self, operators: usize, watermark: EventTime, checkpoint: bool) -> GroupDone<D> {
         let mut late = vec![0u64; operators];
-        for event in self.inbound.into_iter().flatten() {
-            let mut dropped = self.group.process(event);
-            while dropped != 0 {
-                if let Some(count) = late.get_mut(dropped.trailing_zeros() as usize) {
-                    *count += 1;
-                }
-                dropped &= dropped - 1;
-            }
+        for mut events in self.inbound {
+            self.group.process(&mut events, &mut late);
         }
         // Always: a group may have results before the first watermark (a process
         // function's outputs), and they must go out with this round's checkpoint.
         let mut results = Vec::new();
-        self.group.advance(watermark, &mut results);
+        self.group.on_watermark(watermark, &mut results);
         let mut state = Vec::new();
         let state_error = if checkpoint { self.group.checkpoint(self.rewrite, &mut state).err() } else { None };
         GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite, state_error }
     }
 }
 
-pub(super) struct SourceTask {
-    pub(super) partition: usize,
-    pub(super) source: LogSource,
-    pub(super) committed: i64,
+pub(crate) struct SourceTask {
+    pub(crate) partition: usize,
+    pub(crate) source: LogSource,
+    pub(crate) committed: i64,
     /// The counters as of the current position.
-    pub(super) checkpoint: PartitionCheckpoint,
+    pub(crate) checkpoint: PartitionCheckpoint,
 }
 
-pub(super) struct Polled<E> {
-    pub(super) routed: Vec<Vec<E>>,
-    pub(super) records: u64,
-    pub(super) max_ts: Option<EventTime>,
+pub(crate) struct Polled<E> {
+    pub(crate) routed: Vec<Vec<E>>,
+    pub(crate) records: u64,
+    pub(crate) max_ts: Option<EventTime>,
 }
 
 impl SourceTask {
-    pub(super) fn poll<D: Dataflow>(
-        &mut self,
-        dataflow: &D,
-        groups: usize,
-        now: i64,
-    ) -> Result<Polled<D::Event>, String> {
+    pub(crate) fn poll<D: Dataflow>(&mut self, dataflow: &D, groups: usize, now: i64) -> Result<Polled<D::Event>> {
         let records =
-            self.source.poll(ROUND_BYTES).map_err(|e| format!("cannot read partition {}: {e}", self.partition))?;
-        let mut routed: Vec<Vec<D::Event>> = (0..groups).map(|_| Vec::new()).collect();
-        let mut max_ts: Option<EventTime> = None;
-        for record in &records {
-            let mut route = |group: usize, event| {
-                if let Some(events) = routed.get_mut(group) {
-                    events.push(event);
-                }
-            };
-            match dataflow.parse(record, now, groups, &mut route) {
-                Ok(Some(ts)) => max_ts = Some(max_ts.map_or(ts, |m| m.max(ts))),
-                Ok(None) => {}
-                Err(Rejection::Malformed) => self.checkpoint.malformed += 1,
-                Err(Rejection::AbsurdTimestamp) => self.checkpoint.absurd += 1,
-            }
-        }
+            self.source.poll(ROUND_BYTES).map_err(|source| Error::ReadInput { partition: self.partition, source })?;
+        let mut routed = Routed::new(groups);
+        dataflow.parse(&records, now, &mut routed);
+        self.checkpoint.malformed += routed.malformed();
+        self.checkpoint.absurd += routed.absurd_timestamps();
         self.checkpoint.records_in += records.len() as u64;
-        Ok(Polled { routed, records: records.len() as u64, max_ts })
+        let max_ts = routed.max_event_time();
+        Ok(Polled { routed: routed.into_groups(), records: records.len() as u64, max_ts })
     }
 }

@@ -1,9 +1,17 @@
 //! The runtime against a broker opened in-process.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_broker::InProcessClient;
+use sluice_storage::Offset;
+
 use super::*;
-use crate::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
+use crate::jobs::clickstream::{Clickstream, ClickstreamDataflow, Operators, OUTPUT_TOPICS};
 use crate::test_broker;
 use bytes::Bytes;
+use sluice_broker::clock::ManualClock;
 
 const MINUTE: i64 = 60_000;
 
@@ -105,5 +113,38 @@ fn state_restored_from_rewritten_changelogs_gives_the_single_threaded_results() 
     expected.sort();
     assert!(!expected.is_empty());
     assert_eq!(committed_outputs(&client), expected);
+    pool.shutdown();
+}
+
+#[test]
+fn commits_come_when_the_brokers_clock_says_the_interval_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let start_ms = 1_763_700_000_000;
+    let clock = ManualClock::new(start_ms);
+    let (_broker, client) = test_broker::open_with_clock(dir.path(), clock.clone());
+    client.ensure_topic("clicks", 2, Default::default()).unwrap();
+    let pool = WorkerPool::new(2);
+    let job =
+        spawn(client.clone(), pool.clone(), spec(50), "clickstream", ClickstreamDataflow { operators: Operators::ALL });
+    for partition in 0..2 {
+        test_broker::produce(&client, "clicks", partition, &[click(1, 2, 1_000 * MINUTE)]);
+    }
+    let wait_for = |done: &dyn Fn(&JobStatus) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = job.status.lock().clone();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the job did not get there: {status:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let read = wait_for(&|status| status.records_in == 2);
+    assert_eq!(read.commits, 0, "no commit interval has passed on the broker's clock");
+    clock.advance(Duration::from_millis(20));
+    let committed = wait_for(&|status| status.commits > 0);
+    assert_eq!(committed.last_commit.map(|c| c.at_ms), Some(start_ms + 20), "the commit time is the clock's");
+    job.stop();
     pool.shutdown();
 }

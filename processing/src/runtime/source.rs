@@ -9,23 +9,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use bytes::Bytes;
 use sluice_broker::in_process::PartitionReader;
 use sluice_storage::{Offset, RecordBatch};
+
+use crate::dataflow::SourceRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
     ReadUncommitted,
     ReadCommitted,
-}
-
-/// One record for a job: slices of the log, never copies.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceRecord {
-    pub offset: i64,
-    pub timestamp_ms: i64,
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
 }
 
 pub struct LogSource {
@@ -107,6 +99,10 @@ impl LogSource {
                 for record in batch.records()? {
                     let record = record?;
                     if record.offset >= self.next.0 {
+                        debug_assert!(
+                            out.last().is_none_or(|last: &SourceRecord| last.offset < record.offset),
+                            "offsets out of a source only increase"
+                        );
                         out.push(SourceRecord {
                             offset: record.offset,
                             timestamp_ms: record.timestamp_ms,

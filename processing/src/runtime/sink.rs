@@ -2,7 +2,8 @@
 //! coordinator: the same machinery external transactional producers use. Each commit
 //! writes, as one transaction, the records sent since the last one and the job's source
 //! offsets (into its consumer group's committed offsets), so `read_committed` readers see
-//! a commit's results exactly when its input counts as consumed.
+//! a commit's results exactly when its input counts as consumed. An output record goes to
+//! the partition Kafka's default partitioner gives its key.
 //!
 //! Opening a sink under a transactional id fences any earlier instance and aborts what it
 //! left open, so a restarted task cannot have its predecessor's output slip in.
@@ -14,18 +15,7 @@ use sluice_broker::in_process::{ClientError, TransactionalProducer};
 use sluice_broker::{InProcessClient, TopicPartition};
 use sluice_storage::RecordBatchBuilder;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The broker refused a step of the transaction.
-    #[error("transaction {transactional_id}: {source}")]
-    Transaction {
-        transactional_id: String,
-        #[source]
-        source: ClientError,
-    },
-    #[error(transparent)]
-    Storage(#[from] sluice_storage::Error),
-}
+use crate::error::{Error, Result};
 
 pub struct TransactionalSink {
     producer: TransactionalProducer,
@@ -40,19 +30,15 @@ const BATCH_BYTES: usize = 900 * 1024;
 impl TransactionalSink {
     /// Takes over `transactional_id`: the previous holder is fenced and its open
     /// transaction aborted. Blocks (the coordinator fsyncs).
-    pub fn open(
-        client: &InProcessClient,
-        transactional_id: &str,
-        timeout_ms: i32,
-    ) -> Result<TransactionalSink, SinkError> {
+    pub fn open(client: &InProcessClient, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalSink> {
         let producer = client
             .transactional_producer(transactional_id, timeout_ms)
-            .map_err(|source| SinkError::Transaction { transactional_id: transactional_id.to_string(), source })?;
+            .map_err(|source| Error::Transaction { transactional_id: transactional_id.to_string(), source })?;
         Ok(TransactionalSink { producer, batches: BTreeMap::new() })
     }
 
-    fn fail(&self, source: ClientError) -> SinkError {
-        SinkError::Transaction { transactional_id: self.producer.transactional_id().to_string(), source }
+    fn fail(&self, source: ClientError) -> Error {
+        Error::Transaction { transactional_id: self.producer.transactional_id().to_string(), source }
     }
 
     /// Adds a record (a tombstone when `value` is `None`) to the open transaction.
@@ -80,7 +66,7 @@ impl TransactionalSink {
     /// transaction's records are gone from the sink and whatever part of it reached the
     /// broker is aborted (by its timeout, or when the next instance opens the sink): the
     /// caller starts again from the last committed offsets.
-    pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<(), SinkError> {
+    pub fn commit(&mut self, group: &str, offsets: &[OffsetCommit]) -> Result<()> {
         let batches = std::mem::take(&mut self.batches);
         if batches.is_empty() && offsets.is_empty() {
             return Ok(());
@@ -104,17 +90,48 @@ impl TransactionalSink {
         }
         self.producer.commit().map_err(|e| self.fail(e))
     }
+}
 
-    /// Drops the records sent since the last commit; nothing of them was written.
-    pub fn discard(&mut self) {
-        self.batches.clear();
+/// Kafka's default partitioner for keyed records (murmur2 of the key, made positive), so
+/// the job's output lands where a Kafka producer would have put it.
+pub fn kafka_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
     }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Isolation, LogSource};
+    use crate::runtime::source::{Isolation, LogSource};
     use crate::test_broker;
     use sluice_storage::Offset;
 
@@ -175,5 +192,17 @@ mod tests {
         successor.commit("job-a", &[offset(50)]).unwrap();
         assert_eq!(read_committed(&client, "out", 0), ["one", "three", "four"]);
         assert_eq!(committed(&client, "job-a"), Some(50));
+    }
+
+    #[test]
+    fn murmur2_partitions_keys_as_kafka_does() {
+        // Values from Kafka's own partitioner tests (Utils.murmur2 on these strings).
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+        assert!((0..4).contains(&kafka_partition(b"u-42", 4)));
     }
 }

@@ -6,8 +6,7 @@
 //! Invariant: the combined watermark never goes backwards, even when an idle partition
 //! wakes up behind it (its records are then late, not a reason to rewind time).
 
-/// Event time in epoch milliseconds.
-pub type EventTime = i64;
+use crate::dataflow::EventTime;
 
 /// No watermark yet: nothing is complete.
 pub const NO_WATERMARK: EventTime = i64::MIN;

@@ -5,7 +5,8 @@
 //! A window is complete, and its result is emitted once, when the watermark reaches its end
 //! (for a session: its last event plus the gap).
 
-use crate::watermark::EventTime;
+use crate::dataflow::EventTime;
+use crate::error::DefinitionError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
@@ -35,19 +36,19 @@ pub const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
 
 impl WindowSpec {
     /// Checks the definition; the message names what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DefinitionError> {
         match *self {
-            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => Err(format!("window size must be positive, got {size_ms} ms")),
+            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => Err(DefinitionError::WindowSize(size_ms)),
             WindowSpec::Sliding { size_ms, slide_ms } if size_ms <= 0 || slide_ms <= 0 => {
-                Err(format!("window size and slide must be positive, got {size_ms} ms and {slide_ms} ms"))
+                Err(DefinitionError::WindowSizeOrSlide { size_ms, slide_ms })
             }
             WindowSpec::Sliding { size_ms, slide_ms } if size_ms % slide_ms != 0 => {
-                Err(format!("window size ({size_ms} ms) must be a multiple of the slide ({slide_ms} ms)"))
+                Err(DefinitionError::SlideNotDivisor { size_ms, slide_ms })
             }
-            WindowSpec::Sliding { size_ms, slide_ms } if size_ms / slide_ms > MAX_WINDOWS_PER_EVENT => Err(format!(
-                "a {size_ms} ms window sliding every {slide_ms} ms puts each event in more than {MAX_WINDOWS_PER_EVENT} windows"
-            )),
-            WindowSpec::Session { gap_ms } if gap_ms <= 0 => Err(format!("session gap must be positive, got {gap_ms} ms")),
+            WindowSpec::Sliding { size_ms, slide_ms } if size_ms / slide_ms > MAX_WINDOWS_PER_EVENT => {
+                Err(DefinitionError::TooManyWindows { size_ms, slide_ms, max: MAX_WINDOWS_PER_EVENT })
+            }
+            WindowSpec::Session { gap_ms } if gap_ms <= 0 => Err(DefinitionError::SessionGap(gap_ms)),
             _ => Ok(()),
         }
     }
@@ -154,6 +155,7 @@ impl<S> Sessions<S> {
         let (closed, open): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.open).into_iter().partition(|(_, last, _)| last.saturating_add(gap) <= watermark);
         self.open = open;
+        debug_assert!(self.open.windows(2).all(|w| w[0].0 < w[1].0), "open sessions are sorted and apart");
         closed
     }
 }
@@ -179,8 +181,12 @@ mod tests {
 
     #[test]
     fn bad_definitions_are_refused_with_a_reason() {
-        assert!(WindowSpec::Tumbling { size_ms: 0 }.validate().unwrap_err().contains("positive"));
-        assert!(WindowSpec::Sliding { size_ms: 10, slide_ms: 3 }.validate().unwrap_err().contains("multiple"));
+        assert!(WindowSpec::Tumbling { size_ms: 0 }.validate().unwrap_err().to_string().contains("positive"));
+        assert!(WindowSpec::Sliding { size_ms: 10, slide_ms: 3 }
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple"));
         assert!(WindowSpec::Sliding { size_ms: 86_400_000, slide_ms: 1 }.validate().is_err());
         assert!(WindowSpec::Session { gap_ms: -5 }.validate().is_err());
         assert!(WindowSpec::Session { gap_ms: 1_800_000 }.validate().is_ok());

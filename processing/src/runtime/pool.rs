@@ -15,7 +15,6 @@ type Task = Box<dyn FnOnce() + Send + 'static>;
 pub struct WorkerPool {
     sender: Mutex<Option<mpsc::Sender<Task>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    size: usize,
 }
 
 impl WorkerPool {
@@ -40,11 +39,7 @@ impl WorkerPool {
                     .expect("spawn a job worker thread")
             })
             .collect();
-        Arc::new(WorkerPool { sender: Mutex::new(Some(sender)), threads: Mutex::new(threads), size })
-    }
-
-    pub fn size(&self) -> usize {
-        self.size
+        Arc::new(WorkerPool { sender: Mutex::new(Some(sender)), threads: Mutex::new(threads) })
     }
 
     /// Runs `work` on every item on the pool and returns the results in the items' order.

@@ -1,19 +1,21 @@
-//! Keyed process functions: per-key state and event-time timers of the function's own,
-//! for logic that windows do not express (custom sessions, alerts, joins by hand). Timers
-//! fire in time order once the watermark passes them; state and timers are checkpointed
-//! per key like any keyed state.
+//! Keyed process functions: per-key state and event-time timers of the function's own, for
+//! logic that windows do not express (custom sessions, alerts, joins by hand). Timers fire in
+//! time order once the watermark passes them, each once; an element further behind the
+//! watermark than the allowed lateness is dropped and counted. State and timers are
+//! checkpointed per key as JSON: key -> `{"state": .., "timers": [..]}`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{in_time_order, key_bytes, Key, Keyed, KeyedElement, SinkFormat};
-use crate::dataflow::{encode_state, Dataflow, KeyGroup, OutputRecord, Rejection, StateRecord};
-use crate::source::SourceRecord;
-use crate::watermark::{EventTime, NO_WATERMARK};
+use crate::dataflow::EventTime;
+use crate::error::{Error, Result};
+use crate::operators::state::{Key, StateMap};
+use crate::operators::watermark::NO_WATERMARK;
+use crate::operators::{ChangelogWriter, KeyedEvent, Operator};
 
 /// A keyed process function: called with each element of a key, and for each event-time
 /// timer of a key once the watermark passes it.
@@ -63,88 +65,6 @@ impl<S: Default, O> Context<'_, S, O> {
     }
 }
 
-pub struct Processed<K, T, P> {
-    pub(super) keyed: Keyed<K, T>,
-    pub(super) function: Arc<P>,
-    pub(super) allowed_lateness_ms: i64,
-}
-
-impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Processed<K, T, P> {
-    /// Elements up to this far behind the watermark are still processed; further behind
-    /// they are dropped and counted as late.
-    pub fn allowed_lateness(mut self, ms: i64) -> Self {
-        self.allowed_lateness_ms = ms;
-        self
-    }
-
-    pub fn sink(self, topic: &str, format: impl SinkFormat<P::Output>) -> Result<ProcessJob<K, T, P>, String> {
-        if self.allowed_lateness_ms < 0 {
-            return Err("allowed lateness cannot be negative".into());
-        }
-        Ok(ProcessJob { processed: self, topic: topic.into(), format: Arc::new(format) })
-    }
-}
-
-/// A keyed process function built with the API, as a [`Dataflow`].
-pub struct ProcessJob<K, T, P: ProcessFunction<K, T>> {
-    processed: Processed<K, T, P>,
-    topic: Arc<str>,
-    format: Arc<dyn SinkFormat<P::Output>>,
-}
-
-impl<K, T, P: ProcessFunction<K, T>> ProcessJob<K, T, P> {
-    pub fn input(&self) -> &str {
-        &self.processed.keyed.timed.stream.input
-    }
-
-    pub fn watermark_bound_ms(&self) -> i64 {
-        self.processed.keyed.timed.bound_ms
-    }
-}
-
-impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Dataflow for ProcessJob<K, T, P> {
-    type Event = KeyedElement<K, T>;
-    type Result = OutputRecord;
-    type Group = ProcessGroup<K, T, P>;
-
-    fn operators(&self) -> &'static [&'static str] {
-        &["process"]
-    }
-
-    fn output_topics(&self) -> Vec<String> {
-        vec![self.topic.to_string()]
-    }
-
-    fn parse(
-        &self,
-        record: &SourceRecord,
-        now_ms: i64,
-        groups: usize,
-        route: &mut dyn FnMut(usize, KeyedElement<K, T>),
-    ) -> Result<Option<EventTime>, Rejection> {
-        self.processed.keyed.route(record, now_ms, groups, route)
-    }
-
-    fn new_group(&self) -> Self::Group {
-        ProcessGroup {
-            function: self.processed.function.clone(),
-            allowed_lateness_ms: self.processed.allowed_lateness_ms,
-            topic: self.topic.clone(),
-            format: self.format.clone(),
-            keys: HashMap::new(),
-            timers: BTreeSet::new(),
-            removed: Vec::new(),
-            pending: Vec::new(),
-            watermark: NO_WATERMARK,
-            _element: PhantomData,
-        }
-    }
-
-    fn finish(&self, results: Vec<OutputRecord>, out: &mut Vec<OutputRecord>) {
-        in_time_order(results, out);
-    }
-}
-
 #[derive(Default, Serialize, Deserialize)]
 struct KeyState<S> {
     state: S,
@@ -158,29 +78,42 @@ struct KeyState<S> {
     empty: bool,
 }
 
-pub struct ProcessGroup<K, T, P: ProcessFunction<K, T>> {
+/// The operator running a process function over the keys of a key group. It emits
+/// (key, record timestamp, output); outputs of elements go out with the next watermark's.
+pub struct KeyedProcess<K, T, P: ProcessFunction<K, T>> {
     function: Arc<P>,
     allowed_lateness_ms: i64,
-    topic: Arc<str>,
-    format: Arc<dyn SinkFormat<P::Output>>,
-    keys: HashMap<K, KeyState<P::State>>,
+    keys: StateMap<K, KeyState<P::State>>,
     /// Every key's timers, in firing order.
     timers: BTreeSet<(EventTime, K)>,
     /// Keys whose checkpointed state is gone.
     removed: Vec<K>,
-    /// Outputs of `process` calls, sent with the round's results.
-    pending: Vec<OutputRecord>,
+    /// Outputs of `process` calls, emitted with the next watermark's.
+    pending: Vec<(K, EventTime, P::Output)>,
     watermark: EventTime,
     _element: PhantomData<fn(T)>,
 }
 
-impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> ProcessGroup<K, T, P> {
+impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyedProcess<K, T, P> {
+    pub fn new(function: Arc<P>, allowed_lateness_ms: i64) -> KeyedProcess<K, T, P> {
+        KeyedProcess {
+            function,
+            allowed_lateness_ms,
+            keys: StateMap::default(),
+            timers: BTreeSet::new(),
+            removed: Vec::new(),
+            pending: Vec::new(),
+            watermark: NO_WATERMARK,
+            _element: PhantomData,
+        }
+    }
+
     /// Runs `call` on `key`'s context, then files its timer changes and outputs, and drops
     /// the key if nothing of it is left.
     fn with_key(
         &mut self,
         key: K,
-        out: &mut Vec<OutputRecord>,
+        out: &mut Vec<(K, EventTime, P::Output)>,
         call: impl FnOnce(&P, &K, &mut Context<'_, P::State, P::Output>),
     ) {
         let entry = self.keys.entry(key.clone()).or_insert_with(|| KeyState { empty: true, ..KeyState::default() });
@@ -209,35 +142,36 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> ProcessGroup<K, T, P> 
             }
             self.keys.remove(&key);
         }
-        for (time, output) in emitted {
-            out.push(OutputRecord {
-                topic: self.topic.clone(),
-                key: key_bytes(&key),
-                value: self.format.encode(&output),
-                timestamp_ms: time,
-            });
-        }
+        out.extend(emitted.into_iter().map(|(time, output)| (key.clone(), time, output)));
     }
 }
 
-impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGroup<K, T, P> {
-    type Event = KeyedElement<K, T>;
-    type Result = OutputRecord;
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(Error::EncodeState)
+}
 
-    fn process(&mut self, event: KeyedElement<K, T>) -> u32 {
-        if self.watermark != NO_WATERMARK && event.ts.saturating_add(self.allowed_lateness_ms) < self.watermark {
-            return 1;
+impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Operator for KeyedProcess<K, T, P> {
+    type In = KeyedEvent<K, T>;
+    type Out = (K, EventTime, P::Output);
+    type Context = ();
+
+    fn process_batch(&mut self, batch: &mut Vec<KeyedEvent<K, T>>) -> u64 {
+        let mut late = 0;
+        let mut pending = std::mem::take(&mut self.pending);
+        for KeyedEvent { key, time, value } in batch.drain(..) {
+            if self.watermark != NO_WATERMARK && time.saturating_add(self.allowed_lateness_ms) < self.watermark {
+                late += 1;
+                continue;
+            }
+            self.with_key(key, &mut pending, |function, key, context| function.process(key, value, time, context));
         }
-        // Outputs of `process` go out with the round's timer outputs.
-        let mut out = Vec::new();
-        let KeyedElement { key, ts, value } = event;
-        self.with_key(key, &mut out, |function, key, context| function.process(key, value, ts, context));
-        self.pending.extend(out);
-        0
+        self.pending = pending;
+        late
     }
 
-    fn advance(&mut self, watermark: EventTime, out: &mut Vec<OutputRecord>) {
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Out>) {
         out.append(&mut self.pending);
+        debug_assert!(watermark >= self.watermark, "the watermark went back from {} to {watermark}", self.watermark);
         self.watermark = self.watermark.max(watermark);
         // Only the timers due now: one a callback sets at or below the watermark fires next
         // round, so a timer that keeps re-registering itself cannot stall the job.
@@ -255,22 +189,20 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
         }
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<(), String> {
-        let mut error = None;
+    fn checkpoint(&mut self, _: &(), everything: bool, out: &mut ChangelogWriter<'_>) -> Result<()> {
         for key in self.removed.drain(..) {
-            out.push(StateRecord { operator: 0, key: encode_state(&key, &mut error), value: None });
+            out.write(encode(&key)?, None);
         }
         for (key, entry) in self.keys.iter_mut().filter(|(_, e)| e.dirty || everything) {
-            let value = encode_state(&*entry, &mut error);
-            out.push(StateRecord { operator: 0, key: encode_state(key, &mut error), value: Some(value) });
+            out.write(encode(key)?, Some(encode(&*entry)?));
             entry.dirty = false;
             entry.persisted = true;
         }
-        error.map_or(Ok(()), Err)
+        Ok(())
     }
 
-    fn restore(&mut self, _operator: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let bad = |e: serde_json::Error| format!("bad process state: {e}");
+    fn restore(&mut self, _: &mut (), key: &[u8], value: &[u8]) -> Result<()> {
+        let bad = |source| Error::DecodeState { what: "process", source };
         let key: K = serde_json::from_slice(key).map_err(bad)?;
         let mut entry: KeyState<P::State> = serde_json::from_slice(value).map_err(bad)?;
         entry.persisted = true;
@@ -285,7 +217,7 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> KeyGroup for ProcessGr
         self.watermark = self.watermark.max(watermark);
     }
 
-    fn open_state(&self) -> usize {
+    fn state_entries(&self) -> usize {
         self.keys.len()
     }
 }

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use sluice_broker::InProcessClient;
 use sluice_storage::Offset;
 
-use crate::source::{Isolation, LogSource};
+use crate::error::{Error, Result};
+use crate::runtime::source::{Isolation, LogSource};
 
 /// Changelog records may hold a large state (a popular page's distinct users in a window).
 pub const CHANGELOG_MAX_MESSAGE_BYTES: u32 = 16 * 1024 * 1024;
@@ -28,7 +29,7 @@ pub fn topic(job: &str, operator: &str) -> String {
 
 /// Creates an operator's changelog with `groups` partitions, or returns the partition
 /// count it already has (which then decides the job's key groups).
-pub fn ensure(client: &InProcessClient, topic: &str, groups: i32) -> Result<i32, String> {
+pub fn ensure(client: &InProcessClient, topic: &str, groups: i32) -> Result<i32> {
     let configs: BTreeMap<String, String> = [
         ("retention.ms", "-1".to_string()),
         ("retention.bytes", "-1".to_string()),
@@ -37,7 +38,11 @@ pub fn ensure(client: &InProcessClient, topic: &str, groups: i32) -> Result<i32,
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    client.ensure_topic(topic, groups, configs).map_err(|err| format!("cannot create changelog topic {topic}: {err}"))
+    client.ensure_topic(topic, groups, configs).map_err(|source| Error::CreateTopic {
+        role: "changelog",
+        topic: topic.to_string(),
+        source,
+    })
 }
 
 /// The committed state of one changelog partition: the latest value of every live key,
@@ -48,15 +53,20 @@ pub struct Restored {
 }
 
 /// Reads a changelog partition from its start with read_committed.
-pub fn read(client: &InProcessClient, topic: &str, partition: i32) -> Result<Restored, String> {
-    let log = client.reader(topic, partition).map_err(|e| format!("changelog {topic}: {e}"))?;
+pub fn read(client: &InProcessClient, topic: &str, partition: i32) -> Result<Restored> {
+    let log =
+        client.reader(topic, partition).map_err(|source| Error::OpenChangelog { topic: topic.to_string(), source })?;
     let (start, end) = (log.log_start_offset(), log.last_stable_offset());
     let mut source = LogSource::new(log, start, Isolation::ReadCommitted);
     let mut entries = HashMap::new();
     let mut records = 0u64;
     // Each poll makes progress (or returns nothing), so this ends at the LSO.
     while source.position() < end {
-        let batch = source.poll(4 << 20).map_err(|e| format!("cannot read {topic}-{partition}: {e}"))?;
+        let batch = source.poll(4 << 20).map_err(|source| Error::ReadChangelog {
+            topic: topic.to_string(),
+            partition,
+            source,
+        })?;
         if batch.is_empty() {
             break;
         }

@@ -5,8 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregation::AggregationSpec;
-use crate::clickstream::WATERMARK_BOUND_MS;
+use crate::aggregation_spec::AggregationSpec;
+use crate::dataflow::fnv1a;
+use crate::error::DefinitionError;
+use crate::jobs::clickstream::{OUTPUT_TOPICS, WATERMARK_BOUND_MS};
+use crate::runtime::changelog::REWRITE_SLACK_RECORDS;
 use crate::runtime::RunSpec;
 
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
@@ -48,52 +51,51 @@ impl JobDefinition {
     }
 
     /// Parses and checks a submitted definition.
-    pub fn parse(text: &[u8]) -> Result<JobDefinition, String> {
-        let definition: JobDefinition =
-            serde_json::from_slice(text).map_err(|e| format!("the job definition is not valid: {e}"))?;
+    pub fn parse(text: &[u8]) -> Result<JobDefinition, DefinitionError> {
+        let definition: JobDefinition = serde_json::from_slice(text).map_err(DefinitionError::NotJson)?;
         definition.validate()?;
         Ok(definition)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DefinitionError> {
         let name = &self.name;
         if name.is_empty() || name.len() > MAX_NAME_LEN {
-            return Err(format!("a job name must be 1 to {MAX_NAME_LEN} characters, got {}", name.len()));
+            return Err(DefinitionError::NameLength { length: name.len(), max: MAX_NAME_LEN });
         }
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-            return Err(format!("job name \"{name}\" may only use letters, digits, '.', '_' and '-'"));
+            return Err(DefinitionError::NameCharacters(name.clone()));
         }
         match (self.kind.as_str(), &self.aggregation) {
             ("clickstream", None) => {}
-            ("clickstream", Some(_)) => return Err("a clickstream job takes no \"aggregation\"".into()),
+            ("clickstream", Some(_)) => return Err(DefinitionError::ClickstreamWithAggregation),
             ("aggregation", Some(spec)) => {
-                spec.validate().map_err(|e| format!("aggregation: {e}"))?;
+                spec.validate().map_err(|e| DefinitionError::Aggregation(Box::new(e)))?;
                 if self.input.is_none() {
-                    return Err("an aggregation job needs an \"input\" topic".into());
+                    return Err(DefinitionError::NoInput);
                 }
                 if self.input() == spec.output {
-                    return Err("an aggregation job cannot write to its own input topic".into());
+                    return Err(DefinitionError::OutputIsInput);
                 }
             }
-            ("aggregation", None) => return Err("an aggregation job needs its \"aggregation\" definition".into()),
-            (other, _) => return Err(format!("unknown job kind \"{other}\"; the kinds are: clickstream, aggregation")),
+            ("aggregation", None) => return Err(DefinitionError::NoAggregation),
+            (other, _) => return Err(DefinitionError::UnknownKind(other.to_string())),
         }
         if let Some(input) = &self.input {
             if input.is_empty() || input.len() > 249 || input.starts_with("__") {
-                return Err(format!("\"{input}\" cannot be a job's input topic"));
+                return Err(DefinitionError::BadInputTopic(input.clone()));
             }
-            if self.kind == "clickstream" && crate::clickstream::OUTPUT_TOPICS.contains(&input.as_str()) {
-                return Err(format!("the clickstream job writes {input}; it cannot read it too"));
+            if self.kind == "clickstream" && OUTPUT_TOPICS.contains(&input.as_str()) {
+                return Err(DefinitionError::ReadsItsOutput(input.clone()));
             }
         }
         if let Some(ms) = self.commit_interval_ms {
             if !(10..=MAX_COMMIT_INTERVAL_MS).contains(&ms) {
-                return Err(format!("commit_interval_ms must be between 10 and {MAX_COMMIT_INTERVAL_MS}, got {ms}"));
+                return Err(DefinitionError::CommitInterval { value: ms, max: MAX_COMMIT_INTERVAL_MS });
             }
         }
         if let Some(ms) = self.idle_timeout_ms {
             if ms < 1 {
-                return Err(format!("idle_timeout_ms must be positive, got {ms}"));
+                return Err(DefinitionError::IdleTimeout(ms));
             }
         }
         Ok(())
@@ -107,7 +109,7 @@ impl JobDefinition {
     /// commits: state checkpointed under one fingerprint means nothing under another.
     pub fn fingerprint(&self) -> String {
         let semantic = serde_json::json!({"kind": self.kind, "input": self.input(), "aggregation": self.aggregation});
-        format!("{:016x}", crate::dataflow::fnv1a(semantic.to_string().as_bytes()))
+        format!("{:016x}", fnv1a(semantic.to_string().as_bytes()))
     }
 
     pub fn run_spec(&self) -> RunSpec {
@@ -117,7 +119,7 @@ impl JobDefinition {
             commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
             watermark_bound_ms: self.aggregation.as_ref().map_or(WATERMARK_BOUND_MS, |a| a.watermark_bound_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
-            changelog_slack_records: crate::changelog::REWRITE_SLACK_RECORDS,
+            changelog_slack_records: REWRITE_SLACK_RECORDS,
             fingerprint: self.fingerprint(),
         }
     }
@@ -132,7 +134,7 @@ mod tests {
         let ok = JobDefinition::parse(br#"{"name":"clicks-1","kind":"clickstream","commit_interval_ms":200}"#).unwrap();
         assert_eq!(ok.run_spec().commit_interval_ms, 200);
         assert_eq!(ok.input(), "clicks");
-        let error = |text: &str| JobDefinition::parse(text.as_bytes()).unwrap_err();
+        let error = |text: &str| JobDefinition::parse(text.as_bytes()).unwrap_err().to_string();
         assert!(error("{").contains("not valid"));
         assert!(error(r#"{"name":"a","kind":"clickstream","colour":"red"}"#).contains("unknown field `colour`"));
         assert!(error(r#"{"kind":"clickstream"}"#).contains("missing field `name`"));

@@ -6,7 +6,7 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{StateMap, StateSet};
+use crate::operators::state::{StateMap, StateSet};
 
 pub trait Aggregate: Default {
     type Input: ?Sized;

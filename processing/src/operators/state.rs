@@ -4,7 +4,16 @@
 //! seed keeps crafted keys from colliding on purpose.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 pub type StateHasher = foldhash::fast::RandomState;
 pub type StateMap<K, V> = HashMap<K, V, StateHasher>;
 pub type StateSet<T> = HashSet<T, StateHasher>;
+
+/// What a key of keyed state must be: hashable and ordered for the state, serde for the
+/// changelog.
+pub trait Key: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<K: Hash + Eq + Ord + Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Key for K {}
