@@ -238,7 +238,7 @@ impl Segment {
         // with old timestamps (a backfill) do not roll a segment per batch; under
         // LogAppendTime, or without timestamps, the clock's.
         let batch_timestamp_ms = match config.message_timestamp_type {
-            crate::batch::TimestampType::CreateTime if info.max_timestamp_ms >= 0 => info.max_timestamp_ms,
+            crate::format::TimestampType::CreateTime if info.max_timestamp_ms >= 0 => info.max_timestamp_ms,
             _ => now_ms,
         };
         let too_old = match (config.segment_ms, self.rolling_timestamp_ms) {

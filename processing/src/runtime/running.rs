@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use sluice_broker::group::OffsetCommit;
+use sluice_broker::in_process::OffsetCommit;
 use sluice_storage::Offset;
 
 use crate::dataflow::EventTime;
