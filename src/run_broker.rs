@@ -118,7 +118,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
             )
         })?;
         let admin_bound = admin_listener.local_addr()?;
-        let server = Server::start(config).await?;
+        let mut server = Server::start(config).await?;
         let client = InProcessClient::new(server.broker().clone());
         let host = match tokio::task::spawn_blocking(move || JobHost::start(client, process.host)).await? {
             Ok(host) => host,
@@ -137,7 +137,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         stop_admin.send(true).ok();
         admin.await.ok();
-        // Jobs commit what they have while the coordinators can still take it.
+        // Clients and timers stop first; then jobs commit what they have, while the
+        // coordinators can still take it; then the logs are closed.
+        server.stop_serving().await;
         tokio::task::spawn_blocking(move || host.shutdown()).await?;
         server.shutdown().await;
         tracing::info!("shut down cleanly");

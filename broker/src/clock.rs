@@ -49,7 +49,9 @@ pub fn system() -> Arc<dyn Clock> {
 }
 
 /// A clock that moves only when told to, for tests of timeouts and expiry. Both readings
-/// advance together from where it was made.
+/// advance together from where it was made. Storage stamps its own files (checkpoints,
+/// flush times) with the system clock, so a broker driven by a clock far from it sees its
+/// logs' maintenance as overdue on every tick; keep it near the wall clock there.
 #[derive(Debug)]
 pub struct ManualClock {
     start: Instant,

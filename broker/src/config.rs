@@ -15,8 +15,9 @@ pub struct BrokerConfig {
     /// `advertised.listeners`: host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: u16,
-    /// Whether `advertised.listeners` was given. If not, the server advertises the address
-    /// its listener bound, as Kafka advertises `listeners` by default.
+    /// Whether `advertised.listeners` was given (set by [`BrokerConfig::apply`]). If not, the
+    /// server advertises the address its listener bound, as Kafka advertises `listeners` by
+    /// default, whatever `advertised_host` and `advertised_port` say.
     pub advertised_listeners_set: bool,
     /// `log.dirs`: one data directory.
     pub data_dir: PathBuf,

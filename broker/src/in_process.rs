@@ -18,7 +18,6 @@ use sluice_storage::{AbortedTxn, Offset};
 use crate::broker::Broker;
 use crate::clock::Clock;
 pub use crate::group::OffsetCommit;
-pub use crate::partition::{DurableAppend, PendingAppend};
 
 use crate::group::{GroupCoordinator, MemberClaim};
 use crate::partition::Partition;
@@ -234,9 +233,10 @@ impl TransactionalProducer {
     }
 
     /// Appends one of this producer's transactional batches to a partition of its
-    /// transaction; wait for it to be durable before the transaction commits. It becomes
-    /// readable (read_committed) when the transaction commits.
-    pub fn append(&self, topic: &str, partition: i32, batch: &[u8]) -> Result<PendingAppend, ClientError> {
+    /// transaction. It is readable (read_committed) once the transaction commits, and it is
+    /// durable by then at the latest: the transaction's marker comes after it in the same
+    /// log, and the commit waits for the marker to be durable.
+    pub fn append(&self, topic: &str, partition: i32, batch: &[u8]) -> Result<(), ClientError> {
         let target = self.client.partition(topic, partition)?;
         let now = self.client.broker.clock.now_ms();
         let appended = self
@@ -245,7 +245,10 @@ impl TransactionalProducer {
             .txns
             .in_transaction(self.producer_id, self.producer_epoch, topic, partition, || target.append(batch, now))
             .map_err(refused("Produce"))??;
-        Ok(appended)
+        // Not waited for: waiting here would fsync each partition once for its records and
+        // again for its marker, where the marker's fsync covers both.
+        drop(appended);
+        Ok(())
     }
 
     /// Commits `offsets` for consumer group `group` inside the transaction (TxnOffsetCommit):

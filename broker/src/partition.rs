@@ -40,9 +40,6 @@ pub struct PendingAppend {
 #[derive(Clone, Copy, Debug)]
 pub struct DurableAppend {
     pub base_offset: Offset,
-    /// The offset after the append.
-    pub end_offset: Offset,
-    pub log_append_time_ms: Option<i64>,
 }
 
 impl PendingAppend {
@@ -69,11 +66,7 @@ impl PendingAppend {
             durable.wait()?;
             self.partition.advance_high_watermark(durable.end_offset());
         }
-        Ok(DurableAppend {
-            base_offset: self.outcome.base_offset,
-            end_offset: durable.end_offset(),
-            log_append_time_ms: self.outcome.log_append_time_ms,
-        })
+        Ok(DurableAppend { base_offset: self.outcome.base_offset })
     }
 }
 
@@ -202,7 +195,7 @@ mod tests {
         busy.register_fetch_waiter(&on_busy);
         idle.register_fetch_waiter(&on_idle);
         let durable = busy.append_durable(&batch(), 0).unwrap();
-        assert_eq!(busy.log.high_watermark(), durable.end_offset);
+        assert_eq!((durable.base_offset, busy.log.high_watermark()), (Offset(0), Offset(1)));
         // The append came before the wait: its permit is kept, so the wake-up is not lost.
         tokio::time::timeout(std::time::Duration::from_secs(5), on_busy.notified()).await.expect("woken");
         let idle_woken = tokio::time::timeout(std::time::Duration::from_millis(50), on_idle.notified()).await;
@@ -222,7 +215,7 @@ mod tests {
         assert!(pending.must_wait());
         assert_eq!(partition.log.high_watermark(), Offset(0), "visible before it was durable");
         let durable = pending.wait_durable().unwrap();
-        assert_eq!((durable.base_offset, durable.end_offset), (Offset(0), Offset(1)));
+        assert_eq!(durable.base_offset, Offset(0));
         assert_eq!(partition.log.high_watermark(), Offset(1));
     }
 }

@@ -89,14 +89,19 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting and serving connections, stops the timers, then flushes every log
-    /// and marks it clean. Whatever runs on top of the broker (jobs) should have stopped
-    /// first, while the coordinators could still take its last commits.
-    pub async fn shutdown(self) {
+    /// Stops accepting and serving connections (each between two of its requests) and stops
+    /// the timers and maintenance; the broker stays open. What runs on top of it (jobs)
+    /// can then make its last commits with no client or timer changing anything under it.
+    pub async fn stop_serving(&mut self) {
         self.shutdown.send(true).ok();
-        for task in self.tasks {
+        for task in self.tasks.drain(..) {
             task.await.ok();
         }
+    }
+
+    /// [`Self::stop_serving`] if it has not been, then flushes every log and marks it clean.
+    pub async fn shutdown(mut self) {
+        self.stop_serving().await;
         let broker = self.broker;
         if tokio::task::spawn_blocking(move || broker.shutdown()).await.is_err() {
             tracing::error!("the broker's shutdown panicked");

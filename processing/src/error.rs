@@ -64,6 +64,9 @@ pub enum Error {
     /// A changelog value that does not decode; `what` names the operator's state.
     #[error("bad {what} state: {source}")]
     DecodeState { what: &'static str, source: serde_json::Error },
+    /// Restored sessions that overlap or end before they start: no checkpoint writes those.
+    #[error("restored sessions are not apart: {0}")]
+    SessionsOverlap(String),
     #[error("a window key needs 16 bytes of times, got {0}")]
     ShortWindowKey(usize),
     /// `what` is "window" or "session".

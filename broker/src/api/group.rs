@@ -33,12 +33,24 @@ use crate::connection::ConnectionState;
 use crate::group::classic::{ClassicState, JoinRequest, JoinResult, Reply, SyncResult};
 use crate::group::consumer::ClassicJoin;
 use crate::group::{Group, Membership};
+use crate::partition::PendingAppend;
 
 /// DescribeGroups v3+ without `include_authorized_operations`.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 /// Beyond the rebalance timeout a waiting JoinGroup or SyncGroup is answered anyway: the
 /// coordinator's timers end every rebalance phase by then, so this only guards a bug.
 const REPLY_SLACK: Duration = Duration::from_secs(5);
+
+/// Waits until a deletion's tombstones are durable.
+pub(super) fn wait_tombstones(tombstones: Option<PendingAppend>) -> Result<(), ResponseError> {
+    match tombstones.map(PendingAppend::wait_durable) {
+        Some(Err(err)) => {
+            tracing::error!(%err, "group tombstones not durable");
+            Err(ResponseError::KafkaStorageError)
+        }
+        _ => Ok(()),
+    }
+}
 
 fn text(s: &StrBytes) -> String {
     s.as_str().to_string()
@@ -204,7 +216,7 @@ pub async fn sync_group(broker: &Arc<Broker>, _header: &RequestHeader, request: 
     let (reply, timeout) = {
         let mut group = group.lock();
         let classic = match &mut group.membership {
-            Membership::Consumer(consumer) => {
+            Membership::Consumer { group: consumer, .. } => {
                 let metadata = broker.metadata();
                 return sync_response(match consumer.classic_sync(&member_id, request.generation_id, &metadata) {
                     Ok((assignment, protocol_name)) => SyncResult {
@@ -246,7 +258,7 @@ pub fn heartbeat(broker: &Arc<Broker>, _header: &RequestHeader, request: Heartbe
             let mut group = group.lock();
             let now = broker.clock.now();
             let result = match &mut group.membership {
-                Membership::Consumer(consumer) => {
+                Membership::Consumer { group: consumer, .. } => {
                     return HeartbeatResponse::default().with_error_code(
                         consumer
                             .classic_heartbeat(request.member_id.as_str(), request.generation_id, now)
@@ -287,7 +299,9 @@ pub fn leave_group(broker: &Arc<Broker>, header: &RequestHeader, request: LeaveG
         let now = broker.clock.now();
         for (member_id, instance) in &leaving {
             let result = match &mut group.membership {
-                Membership::Consumer(consumer) => consumer.classic_leave(member_id, instance.as_deref(), now),
+                Membership::Consumer { group: consumer, .. } => {
+                    consumer.classic_leave(member_id, instance.as_deref(), now)
+                }
                 Membership::Classic(classic) => classic.leave(member_id, instance.as_deref(), now, config),
             };
             if result.is_ok() {
@@ -359,7 +373,7 @@ pub fn describe_groups(
             };
             let group = group.lock();
             let classic = match &group.membership {
-                Membership::Consumer(consumer) => {
+                Membership::Consumer { group: consumer, .. } => {
                     let metadata = broker.metadata();
                     return super::consumer_group::describe_as_classic(base, &group, consumer, &metadata);
                 }
@@ -404,7 +418,8 @@ pub async fn delete_groups(
         names
             .into_iter()
             .map(|group_id| {
-                let result = broker.groups.delete_group(group_id.0.as_str());
+                // Acknowledged once the tombstones are durable (this is a blocking thread).
+                let result = broker.groups.delete_group(group_id.0.as_str()).and_then(wait_tombstones);
                 if result.is_ok() {
                     tracing::info!(group = group_id.0.as_str(), "deleted group");
                 }

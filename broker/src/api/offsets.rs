@@ -245,7 +245,7 @@ pub async fn offset_delete(
         // live group keeps all of them.
         let subscribed: Option<Vec<String>> = match &group.membership {
             _ if group.is_empty() => Some(Vec::new()),
-            Membership::Consumer(consumer) => Some(consumer.subscribed_topics().into_iter().collect()),
+            Membership::Consumer { group: consumer, .. } => Some(consumer.subscribed_topics().into_iter().collect()),
             Membership::Classic(classic) if group.protocol_type() == "consumer" => {
                 let protocol = classic.protocol_name.as_deref();
                 Some(classic.members().flat_map(|m| subscribed_topics(&m.metadata(protocol))).collect())
@@ -277,7 +277,10 @@ pub async fn offset_delete(
                 (name, partitions)
             })
             .collect();
-        let failure = broker.groups.delete_offsets(&mut group, &deletable).err();
+        let deleted = broker.groups.delete_offsets(&mut group, &deletable);
+        // Acknowledged once the tombstones are durable, waited for outside the group's lock.
+        drop(group);
+        let failure = deleted.and_then(super::group::wait_tombstones).err();
         let topics = topics
             .into_iter()
             .map(|(name, partitions)| {

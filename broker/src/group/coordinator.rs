@@ -188,13 +188,13 @@ impl GroupCoordinator {
         }
     }
 
-    /// Writes the group's record if its membership changed. Membership records need no
-    /// fsync wait: a lost one only makes members rejoin after a crash.
+    /// Writes the group's record if its membership changed. Membership records are not
+    /// waited for (nobody is answered on them; a lost one only makes members rejoin after a
+    /// crash): the high watermark passes them with the next append that is.
     pub fn persist_if_dirty(&self, group: &mut Group) {
         let Some(record) = group.take_changed_record() else { return };
         let key = RecordKey::Group { group: group.id.to_string() }.encode();
         let value = record.encode();
-        // Not waited for: visible once durable, like any append, but nobody is answered.
         if self.append(&group.id, &[(key, Some(value))]).is_ok() {
             group.has_record = true;
         }
@@ -333,9 +333,10 @@ impl GroupCoordinator {
         pending.results
     }
 
-    /// Deletes empty groups with their offsets (tombstones for everything). Per group:
-    /// `None` if deleted, else the error (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP).
-    pub fn delete_group(&self, group_id: &str) -> Result<(), ResponseError> {
+    /// Deletes an empty group with its offsets (tombstones for everything), or says why not
+    /// (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP). The tombstones' append is returned to be waited
+    /// for outside the locks before the deletion is acknowledged.
+    pub fn delete_group(&self, group_id: &str) -> Result<Option<PendingAppend>, ResponseError> {
         let mut groups = self.groups.lock();
         let Some(group) = groups.get(group_id).cloned() else { return Err(ResponseError::GroupIdNotFound) };
         let mut locked = group.lock();
@@ -357,18 +358,20 @@ impl GroupCoordinator {
         if locked.has_record {
             records.push((RecordKey::Group { group: group_id.to_string() }.encode(), None));
         }
-        if !records.is_empty() {
-            // Not waited for (the group's lock is held): visible once durable.
-            let _tombstones = self.append(group_id, &records)?;
-        }
+        let tombstones = if records.is_empty() { None } else { Some(self.append(group_id, &records)?) };
         locked.mark_dead(self.clock.now_ms());
         drop(locked);
         groups.remove(group_id);
-        Ok(())
+        Ok(tombstones)
     }
 
-    /// Removes offsets (OffsetDelete); the caller has checked the group allows it.
-    pub fn delete_offsets(&self, group: &mut Group, partitions: &[TopicPartition]) -> Result<(), ResponseError> {
+    /// Removes offsets (OffsetDelete); the caller has checked the group allows it. The
+    /// tombstones' append is returned to be waited for outside the group's lock.
+    pub fn delete_offsets(
+        &self,
+        group: &mut Group,
+        partitions: &[TopicPartition],
+    ) -> Result<Option<PendingAppend>, ResponseError> {
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = partitions
             .iter()
             .filter(|tp| group.offsets.get(&tp.topic, tp.partition).is_some())
@@ -379,14 +382,13 @@ impl GroupCoordinator {
             })
             .collect();
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        // Not waited for (the group's lock is held): visible once durable.
-        let _tombstones = self.append(&group.id, &records)?;
+        let tombstones = self.append(&group.id, &records)?;
         for tp in partitions {
             group.offsets.remove_now(&tp.topic, tp.partition);
         }
-        Ok(())
+        Ok(Some(tombstones))
     }
 
     /// Runs every group's timers, writes what changed, and (every
@@ -420,6 +422,8 @@ impl GroupCoordinator {
             let empty_since = group.empty_since_ms();
             let simple = group.is_simple();
             let expired = group.offsets.expired(now_ms, self.config.offsets_retention_ms, empty_since, simple);
+            // Expiry answers nobody, so its tombstones are not waited for: the high
+            // watermark passes them with the next append to the partition that is.
             if !expired.is_empty() && self.delete_offsets(&mut group, &expired).is_ok() {
                 expired_total += expired.len();
             }
@@ -480,7 +484,7 @@ mod tests {
             (0..2).map(|p| broker.replicas.partition(OFFSETS_TOPIC, p).unwrap().log.size_bytes()).sum();
         assert!(size_after * 2 < size_before, "cleanup freed space: {size_before} -> {size_after}");
         // A group deleted before the reopen stays deleted.
-        broker.groups.delete_group("gamma").unwrap();
+        broker.groups.delete_group("gamma").unwrap().unwrap().wait_durable().unwrap();
         commit(&broker, "beta", 0, 123_456);
         broker.shutdown();
         drop(broker);

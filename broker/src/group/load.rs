@@ -22,19 +22,21 @@ impl GroupCoordinator {
     /// wins and tombstones delete. A record that does not decode is logged and skipped.
     pub(crate) fn load(&self, partitions: i32) -> crate::Result<()> {
         let started = Instant::now();
-        let now = self.clock.now();
         let mut groups: HashMap<String, Group> = HashMap::new();
         let mut records = 0u64;
         for index in 0..partitions {
             let Some(partition) = self.replicas.partition(OFFSETS_TOPIC, index) else { continue };
             let mut open_txns = txn_offsets::OpenTxns::default();
+            // The clock is read as each record is applied: a restored member's session runs
+            // from when its group was read, however long the whole load takes.
             let skipped = partition.replay(|batch| {
                 if batch.is_control() || batch.is_transactional() {
-                    return open_txns.replay(&mut groups, batch, now);
+                    return open_txns.replay(&mut groups, batch, self.clock.now());
                 }
                 for record in batch.records()? {
                     let record = record?;
                     records += 1;
+                    let now = self.clock.now();
                     replay(&mut groups, record.offset, record.key.as_deref(), record.value.as_deref(), now);
                 }
                 Ok(())
@@ -42,8 +44,9 @@ impl GroupCoordinator {
             if skipped {
                 self.damaged.lock().insert(index);
             }
-            open_txns.leave_pending(&mut groups, now);
+            open_txns.leave_pending(&mut groups, self.clock.now());
         }
+        let now = self.clock.now();
         let mut map = self.groups.lock();
         for (id, mut group) in groups {
             if group.has_record || !group.offsets.is_empty() || !group.pending_txn.is_empty() {

@@ -1,6 +1,7 @@
 //! A group's committed offsets, as the coordinator caches them from `__consumer_offsets`.
-//! Each entry remembers the log offset of the record that set it, so that commits applied
-//! after their fsync (which may finish out of order) still leave the last one written.
+//! Each entry remembers the log offset of the record that set it, so that whatever order
+//! commits and tombstones are applied in (at load, or a retry racing a newer commit), the
+//! last one written wins.
 
 use std::collections::BTreeMap;
 

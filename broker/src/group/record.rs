@@ -38,20 +38,6 @@ pub struct GroupValue {
     pub members: Vec<MemberValue>,
 }
 
-impl GroupValue {
-    /// A group without members (`state_timestamp_ms` -1: unknown).
-    pub fn empty(protocol_type: &str, generation_id: i32, state_timestamp_ms: i64) -> GroupValue {
-        GroupValue {
-            protocol_type: protocol_type.to_string(),
-            generation_id,
-            protocol_name: None,
-            leader: None,
-            current_state_timestamp_ms: state_timestamp_ms,
-            members: Vec::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemberValue {
     pub member_id: String,

@@ -88,9 +88,18 @@ impl<S> Sessions<S> {
     }
 
     /// Sessions from a checkpoint: (start, last event, state), as [`Sessions::open`] gave them.
-    pub fn from_open(gap_ms: i64, mut open: Vec<(EventTime, EventTime, S)>) -> Sessions<S> {
+    /// They must be apart (each ends before the next starts, by more than the gap), as every
+    /// checkpoint writes them; anything else is damaged state, refused.
+    pub fn from_open(gap_ms: i64, mut open: Vec<(EventTime, EventTime, S)>) -> crate::error::Result<Sessions<S>> {
         open.sort_by_key(|(start, _, _)| *start);
-        Sessions { gap_ms, open }
+        if let Some((start, last, _)) = open.iter().find(|(start, last, _)| start > last) {
+            return Err(crate::error::Error::SessionsOverlap(format!("a session from {start} ends at {last}")));
+        }
+        if let Some(w) = open.windows(2).find(|w| w[0].1.saturating_add(gap_ms) >= w[1].0) {
+            let (a, b) = (w[0].0, w[1].0);
+            return Err(crate::error::Error::SessionsOverlap(format!("sessions from {a} and {b} are within the gap")));
+        }
+        Ok(Sessions { gap_ms, open })
     }
 
     /// The open sessions, by start: (start, last event, state).
@@ -206,5 +215,12 @@ mod tests {
         assert!(sessions.close(134).is_empty(), "closes only at last event + gap");
         assert_eq!(sessions.close(135), vec![(100, 125, 4)]);
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn sessions_from_a_damaged_checkpoint_are_refused() {
+        assert!(Sessions::from_open(10, vec![(100, 125, 1u32), (200, 210, 1)]).is_ok());
+        assert!(Sessions::from_open(10, vec![(130, 140, 1u32), (100, 125, 1)]).is_err(), "within the gap");
+        assert!(Sessions::from_open(10, vec![(100, 90, 1u32)]).is_err(), "ends before it starts");
     }
 }

@@ -335,13 +335,14 @@ impl<K: Hash + Eq + Ord + Clone, V, A: Aggregate, C, F: Fold<V, A>> WindowedAggr
     }
 
     /// A key's open sessions from a checkpoint, as (start, last event, state).
-    fn restore_sessions(&mut self, key: K, open: Vec<(EventTime, EventTime, A)>) {
-        let WindowSpec::Session { gap_ms } = self.spec else { return };
-        let sessions = Sessions::from_open(gap_ms, open);
+    fn restore_sessions(&mut self, key: K, open: Vec<(EventTime, EventTime, A)>) -> Result<()> {
+        let WindowSpec::Session { gap_ms } = self.spec else { return Ok(()) };
+        let sessions = Sessions::from_open(gap_ms, open)?;
         if let Some(close) = sessions.next_close() {
             self.next_session_close = self.next_session_close.min(close);
         }
         self.sessions.insert(key, Slot { state: sessions, dirty: false, persisted: true });
+        Ok(())
     }
 }
 
@@ -427,8 +428,7 @@ where
         if self.is_session() {
             let key = self.codec.decode_key(context, key)?;
             let open = self.codec.decode_sessions(context, value)?;
-            self.restore_sessions(key, open);
-            return Ok(());
+            return self.restore_sessions(key, open);
         }
         if key.len() < 16 {
             return Err(Error::ShortWindowKey(key.len()));

@@ -126,7 +126,8 @@ mod tests {
     use sluice_storage::RecordBatchBuilder;
 
     fn batch(producer: Option<(i64, i16, i32)>, values: &[&str]) -> Vec<u8> {
-        // Timestamps of now: older ones would roll a segment per batch (segment.ms).
+        // Timestamps of now, as the markers get: a marker a week newer than the batches
+        // before it would roll a segment (segment.ms), and a poll reads within one.
         let now = sluice_storage::now_ms();
         let mut builder = RecordBatchBuilder::new(now);
         if let Some((producer_id, epoch, sequence)) = producer {
@@ -154,9 +155,9 @@ mod tests {
         a.add_to_transaction(&partition, None).unwrap();
         b.add_to_transaction(&partition, None).unwrap();
         client.produce("t", 0, &batch(None, &["plain-1"])).unwrap();
-        a.append("t", 0, &batch(Some((a_id, a_epoch, 0)), &["a1", "a2"])).unwrap().wait_durable().unwrap();
-        b.append("t", 0, &batch(Some((b_id, b_epoch, 0)), &["b1"])).unwrap().wait_durable().unwrap();
-        a.append("t", 0, &batch(Some((a_id, a_epoch, 2)), &["a3"])).unwrap().wait_durable().unwrap();
+        a.append("t", 0, &batch(Some((a_id, a_epoch, 0)), &["a1", "a2"])).unwrap();
+        b.append("t", 0, &batch(Some((b_id, b_epoch, 0)), &["b1"])).unwrap();
+        a.append("t", 0, &batch(Some((a_id, a_epoch, 2)), &["a3"])).unwrap();
         a.abort().unwrap();
         client.produce("t", 0, &batch(None, &["plain-2"])).unwrap();
         let mut committed = LogSource::new(client.reader("t", 0).unwrap(), Offset(0), Isolation::ReadCommitted);

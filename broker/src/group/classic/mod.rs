@@ -199,12 +199,6 @@ impl ClassicGroup {
         }
     }
 
-    /// An empty group that continues another's generations (a consumer group's epochs, once
-    /// its last member left): whoever joins next gets a newer generation than any before.
-    pub fn empty_after(generation_id: i32, now_ms: i64) -> ClassicGroup {
-        ClassicGroup { generation_id, ..ClassicGroup::new(now_ms) }
-    }
-
     /// A group as its last record left it: members are given a fresh session to come back.
     pub fn restore(value: GroupValue, now: Now) -> ClassicGroup {
         let mut group = ClassicGroup::new(now.wall_ms);
@@ -302,6 +296,19 @@ impl ClassicGroup {
         self.static_members.clear();
         self.pending_members.clear();
         self.transition(ClassicState::Dead, now_ms);
+    }
+
+    /// The members moved to a KIP-848 consumer group: this group is left empty (its record
+    /// too, once persisted), keeping its generation and protocol.
+    pub fn clear_members(&mut self, now_ms: i64) {
+        self.members.clear();
+        self.static_members.clear();
+        self.pending_members.clear();
+        self.leader_id = None;
+        self.rebalance_deadline = None;
+        self.initial_delay = None;
+        self.transition(ClassicState::Empty, now_ms);
+        self.dirty = true;
     }
 
     /// Checks the caller is the member it claims to be, static members included.
