@@ -7,6 +7,7 @@
 //!   cargo bench --bench load -- produce --commits-per-sec 1000   (offset commits alongside)
 //!   cargo bench --bench load -- transactions --records-per-txn 10
 //!   cargo bench --bench load -- clickstream-latency --rate 20000 --seconds 300
+//!   cargo bench --bench load -- footprint --partitions 1000   (disk per idle partition)
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
 //!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
@@ -64,6 +65,16 @@ enum Mode {
     Transactions(TransactionsArgs),
     /// Latency from append to visible result of the in-broker clickstream job.
     ClickstreamLatency(clickstream::ClickstreamLatencyArgs),
+    /// Disk taken by idle partitions: one record in each partition of a new topic and one
+    /// committed offset, then the bytes allocated under each partition directory (own broker
+    /// only).
+    Footprint(FootprintArgs),
+}
+
+#[derive(Args, Clone)]
+struct FootprintArgs {
+    #[arg(long, default_value_t = 1000)]
+    partitions: i32,
 }
 
 #[derive(Args, Clone)]
@@ -363,6 +374,64 @@ fn with_commits<T>(bootstrap: &str, topic: &str, partitions: i32, rate: f64, mea
     (result, made as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One 100-byte record in each partition and one committed offset (which creates the offsets
+/// topic), then the allocated bytes under `data_dir`, summed by topic.
+fn footprint(bootstrap: &str, topic: &str, partitions: i32, data_dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let args = ProduceArgs {
+        record_size: 100,
+        records: partitions as u64,
+        acks: -1,
+        batch_size: 1_000_000,
+        linger_ms: 5,
+        compression: "none".into(),
+        partitions,
+        producers: 1,
+        idempotent: false,
+        commits_per_sec: 0.0,
+    };
+    produce(bootstrap, topic, &args);
+    let group = format!("footprint-{}", now_ns());
+    let committer = consumer(bootstrap, &[("group.id", group.as_str())]);
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(topic, 0, Offset::Offset(1)).expect("offset");
+    committer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).expect("commit");
+    // Sums every file under each directory whose name is `<topic>-<partition>`.
+    let mut by_topic: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read data dir") {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            if entry.file_type().expect("file type").is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let parent = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+            let Some((name, partition)) = parent.rsplit_once('-') else { continue };
+            if partition.parse::<u32>().is_err() {
+                continue;
+            }
+            by_topic.entry(name.to_string()).or_default().0 += entry.metadata().expect("stat").blocks() * 512;
+        }
+    }
+    for entry in std::fs::read_dir(data_dir).expect("read data dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((topic, partition)) = name.rsplit_once('-') {
+            if partition.parse::<u32>().is_ok() && entry.path().is_dir() {
+                by_topic.entry(topic.to_string()).or_default().1 += 1;
+            }
+        }
+    }
+    for (name, (bytes, partitions)) in by_topic {
+        let label = if name == topic { "the new topic" } else { name.as_str() };
+        println!(
+            "footprint {label}: {partitions} partitions -> {bytes} bytes allocated, {:.1} KiB per partition",
+            bytes as f64 / partitions.max(1) as f64 / 1024.0
+        );
+    }
+}
+
 /// Subscribes `consumers` members at once and polls them until the group is balanced;
 /// returns the seconds that took.
 fn rebalance(bootstrap: &str, topic: &str, args: &RebalanceArgs) -> f64 {
@@ -510,7 +579,7 @@ fn latency(bootstrap: &str, topic: &str, args: &LatencyArgs) {
 
 fn main() {
     let cli = Cli::parse();
-    let (_own, bootstrap, admin) = match &cli.bootstrap {
+    let (own, bootstrap, admin) = match &cli.bootstrap {
         Some(bootstrap) => (None, bootstrap.clone(), cli.admin.clone()),
         None => {
             let (broker, address, admin) = start_own_broker(&cli.settings);
@@ -575,6 +644,11 @@ fn main() {
             );
         }
         Mode::ClickstreamLatency(args) => clickstream::run(&bootstrap, &admin, args),
+        Mode::Footprint(args) => {
+            let own = own.as_ref().expect("footprint measures the harness's own broker: drop --bootstrap");
+            create_topic(&bootstrap, &topic, args.partitions);
+            footprint(&bootstrap, &topic, args.partitions, own._dir.path());
+        }
         Mode::Rebalance(args) => {
             create_topic(&bootstrap, &topic, args.partitions);
             let seconds = rebalance(&bootstrap, &topic, args);

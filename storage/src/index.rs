@@ -1,6 +1,11 @@
-//! Sparse offset and time indexes: fixed-width entries in preallocated, memory-mapped files,
-//! searched by binary search. Offset entry (8 bytes): relative offset u32, position u32.
-//! Time entry (12 bytes): max timestamp so far i64, relative offset u32 where it appeared.
+//! Sparse offset and time indexes: fixed-width entries in memory-mapped files, searched by
+//! binary search. Offset entry (8 bytes): relative offset u32, position u32. Time entry
+//! (12 bytes): max timestamp so far i64, relative offset u32 where it appeared.
+//!
+//! An active segment's index may hold up to `segment.index.bytes`, but its file starts at one
+//! page and doubles as entries arrive (each growth allocated with `posix_fallocate`, so a full
+//! disk is an error here and never a SIGBUS through the mapping): an idle partition costs a
+//! few KiB of disk, not the 20 MiB two full preallocations would.
 //!
 //! Invariants: entries strictly increase in both fields; the segment owns the entry count and
 //! bytes past it are ignored; a closed segment's index files are trimmed to their entries.
@@ -17,18 +22,28 @@ use crate::error::{Error, Result};
 pub(crate) const OFFSET_ENTRY_SIZE: usize = 8;
 pub(crate) const TIME_ENTRY_SIZE: usize = 12;
 
-/// One index file: its mapping and capacity. Entry counts live with the segment.
+/// What an active index file is allocated with before its first growth.
+const INITIAL_INDEX_BYTES: usize = 4096;
+
+/// The mapping of an index file and how many entries it covers.
+struct Mapping {
+    map: Option<MmapMut>,
+    allocated: usize,
+}
+
+/// One index file: its mapping, grown on demand up to `max_entries`. Entry counts live with
+/// the segment.
 pub(crate) struct IndexFile {
     path: PathBuf,
     file: File,
-    map: Mutex<Option<MmapMut>>,
+    mapping: Mutex<Mapping>,
     entry_size: usize,
-    capacity: usize,
+    max_entries: usize,
 }
 
 impl IndexFile {
-    /// Opens (creating if needed) an index file. An active segment's index is preallocated to
-    /// `max_bytes` so that appends never remap; a closed one is mapped at its length.
+    /// Opens (creating if needed) an index file. An active segment's index may grow to
+    /// `max_bytes` and starts with one page allocated; a closed one is mapped at its length.
     pub fn open(path: &Path, entry_size: usize, max_bytes: usize, active: bool) -> Result<IndexFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -38,34 +53,59 @@ impl IndexFile {
             .open(path)
             .map_err(Error::io("open index", path))?;
         let len = file.metadata().map_err(Error::io("stat index", path))?.len() as usize;
-        let wanted = if active { max_bytes / entry_size * entry_size } else { len };
+        let existing = len / entry_size;
+        let max_entries = if active { (max_bytes / entry_size).max(existing) } else { existing };
+        let index = IndexFile {
+            path: path.to_path_buf(),
+            file,
+            mapping: Mutex::new(Mapping { map: None, allocated: 0 }),
+            entry_size,
+            max_entries,
+        };
+        let initial = if active { (INITIAL_INDEX_BYTES / entry_size).min(max_entries) } else { 0 };
+        index.map_entries(&mut index.mapping.lock(), existing.max(initial))?;
+        Ok(index)
+    }
+
+    /// Allocates the file to `entries` entries (never shrinking it) and maps all of it.
+    fn map_entries(&self, mapping: &mut Mapping, entries: usize) -> Result<()> {
+        let wanted = entries * self.entry_size;
+        let len = self.file.metadata().map_err(Error::io("stat index", &self.path))?.len() as usize;
         if wanted > len {
-            // Allocate the blocks now: a sparse file written through the mapping would turn a
-            // full disk into SIGBUS at the first new page instead of an error here.
             // SAFETY: plain syscall on an open descriptor.
-            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, wanted as libc::off_t) };
+            let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, wanted as libc::off_t) };
             if rc != 0 {
-                return Err(Error::io("preallocate index", path)(std::io::Error::from_raw_os_error(rc)));
+                return Err(Error::io("allocate index", &self.path)(std::io::Error::from_raw_os_error(rc)));
             }
         }
         let size = len.max(wanted);
-        let map = if size == 0 {
+        mapping.map = if size == 0 {
             None
         } else {
-            // SAFETY: the mapping covers exactly the file's current length. Sluice owns the
-            // data directory; index files are only shrunk (trimmed) to lengths that still cover
-            // every entry below the segment's entry count, which is all anyone reads.
-            Some(unsafe { MmapMut::map_mut(&file) }.map_err(Error::io("map index", path))?)
+            // SAFETY: the mapping covers exactly the file's current length, all of it
+            // allocated. Sluice owns the data directory; index files are only shrunk (trimmed)
+            // to lengths that still cover every entry below the segment's entry count, which
+            // is all anyone reads.
+            Some(unsafe { MmapMut::map_mut(&self.file) }.map_err(Error::io("map index", &self.path))?)
         };
-        Ok(IndexFile { path: path.to_path_buf(), file, map: Mutex::new(map), entry_size, capacity: size / entry_size })
+        mapping.allocated = size / self.entry_size;
+        Ok(())
     }
 
-    fn write_entry(&self, slot: usize, bytes: &[u8]) {
-        assert!(slot < self.capacity, "index slot {slot} past capacity {}", self.capacity);
-        let mut map = self.map.lock();
-        if let Some(map) = map.as_mut() {
+    /// Writes the entry at `slot`, growing the file first if the slot is past its allocation.
+    /// An error (a full disk) leaves the index as it was: indexes are sparse, so a missing
+    /// entry only makes lookups scan a little further.
+    fn write_entry(&self, slot: usize, bytes: &[u8]) -> Result<()> {
+        assert!(slot < self.max_entries, "index slot {slot} past capacity {}", self.max_entries);
+        let mut mapping = self.mapping.lock();
+        if slot >= mapping.allocated {
+            let grown = (mapping.allocated * 2).max(slot + 1).min(self.max_entries);
+            self.map_entries(&mut mapping, grown)?;
+        }
+        if let Some(map) = mapping.map.as_mut() {
             map[slot * self.entry_size..(slot + 1) * self.entry_size].copy_from_slice(bytes);
         }
+        Ok(())
     }
 
     fn read_entry<const N: usize>(&self, map: &MmapMut, slot: usize) -> [u8; N] {
@@ -80,7 +120,7 @@ impl IndexFile {
     }
 
     pub fn flush(&self) -> Result<()> {
-        if let Some(map) = self.map.lock().as_ref() {
+        if let Some(map) = self.mapping.lock().map.as_ref() {
             map.flush().map_err(Error::io("flush index", &self.path))?;
         }
         Ok(())
@@ -95,9 +135,9 @@ impl IndexFile {
         key_of: impl Fn([u8; N]) -> i64,
         target: i64,
     ) -> usize {
-        let map = self.map.lock();
-        let Some(map) = map.as_ref() else { return 0 };
-        let (mut lo, mut hi) = (0usize, entries.min(self.capacity));
+        let mapping = self.mapping.lock();
+        let Some(map) = mapping.map.as_ref() else { return 0 };
+        let (mut lo, mut hi) = (0usize, entries.min(mapping.allocated));
         // Invariant: slots < lo qualify, slots >= hi do not.
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -124,9 +164,9 @@ impl IndexFile {
     }
 
     fn entry<const N: usize>(&self, slot: usize) -> Option<[u8; N]> {
-        let map = self.map.lock();
-        let map = map.as_ref()?;
-        (slot < self.capacity).then(|| self.read_entry::<N>(map, slot))
+        let mapping = self.mapping.lock();
+        let map = mapping.map.as_ref()?;
+        (slot < mapping.allocated).then(|| self.read_entry::<N>(map, slot))
     }
 }
 
@@ -149,11 +189,12 @@ impl OffsetIndex {
         &self.file
     }
 
+    /// The most entries this index may hold (`segment.index.bytes` when it was opened active).
     pub fn capacity(&self) -> usize {
-        self.file.capacity
+        self.file.max_entries
     }
 
-    pub fn append(&self, slot: usize, offset: i64, position: u32) {
+    pub fn append(&self, slot: usize, offset: i64, position: u32) -> Result<()> {
         debug_assert!(
             slot.checked_sub(1)
                 .and_then(|previous| self.entry(previous))
@@ -164,7 +205,7 @@ impl OffsetIndex {
         let mut entry = [0u8; OFFSET_ENTRY_SIZE];
         entry[..4].copy_from_slice(&relative.to_be_bytes());
         entry[4..].copy_from_slice(&position.to_be_bytes());
-        self.file.write_entry(slot, &entry);
+        self.file.write_entry(slot, &entry)
     }
 
     /// The entry at `slot` as (absolute offset, position).
@@ -217,11 +258,12 @@ impl TimeIndex {
         &self.file
     }
 
+    /// The most entries this index may hold (`segment.index.bytes` when it was opened active).
     pub fn capacity(&self) -> usize {
-        self.file.capacity
+        self.file.max_entries
     }
 
-    pub fn append(&self, slot: usize, timestamp_ms: i64, offset: i64) {
+    pub fn append(&self, slot: usize, timestamp_ms: i64, offset: i64) -> Result<()> {
         debug_assert!(
             slot.checked_sub(1)
                 .and_then(|previous| self.entry(previous))
@@ -231,7 +273,7 @@ impl TimeIndex {
         let mut entry = [0u8; TIME_ENTRY_SIZE];
         entry[..8].copy_from_slice(&timestamp_ms.to_be_bytes());
         entry[8..].copy_from_slice(&((offset - self.base_offset) as u32).to_be_bytes());
-        self.file.write_entry(slot, &entry);
+        self.file.write_entry(slot, &entry)
     }
 
     /// The entry at `slot` as (timestamp, absolute offset).

@@ -320,10 +320,12 @@ impl Segment {
         if (first || self.bytes_since_index_entry >= u64::from(config.index_interval_bytes))
             && self.offset_index_entries < handle.offset_index.capacity()
         {
-            handle.offset_index.append(self.offset_index_entries, base_offset, position as u32);
-            self.offset_index_entries += 1;
-            self.maybe_append_time_entry(handle);
-            self.bytes_since_index_entry = 0;
+            // A failed growth (a full disk) skips the entry: the index stays sparse and right.
+            if handle.offset_index.append(self.offset_index_entries, base_offset, position as u32).is_ok() {
+                self.offset_index_entries += 1;
+                self.maybe_append_time_entry(handle);
+                self.bytes_since_index_entry = 0;
+            }
         }
         self.bytes_since_index_entry += size as u64;
     }
@@ -337,12 +339,15 @@ impl Segment {
             Some((ts, offset)) if ts == self.max_timestamp_ms && offset != self.offset_of_max_timestamp => {
                 // Recovery indexes at batch granularity; keep the exact record offset found
                 // since, so the last entry (which later opens read the maximum from) is exact.
-                handle.time_index.append(self.time_index_entries - 1, ts, self.offset_of_max_timestamp);
+                // Rewriting an allocated slot cannot fail.
+                let _ = handle.time_index.append(self.time_index_entries - 1, ts, self.offset_of_max_timestamp);
             }
             Some((ts, _)) if ts >= self.max_timestamp_ms => {}
             _ => {
-                handle.time_index.append(self.time_index_entries, self.max_timestamp_ms, self.offset_of_max_timestamp);
-                self.time_index_entries += 1;
+                let slot = self.time_index_entries;
+                if handle.time_index.append(slot, self.max_timestamp_ms, self.offset_of_max_timestamp).is_ok() {
+                    self.time_index_entries += 1;
+                }
             }
         }
     }

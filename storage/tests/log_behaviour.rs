@@ -623,3 +623,42 @@ fn a_torn_txn_index_entry_is_cut_and_later_aborts_stay_readable() {
     assert_eq!(aborted, [(1, 0, 2), (2, 3, 4)]);
     assert_eq!(fs::metadata(&index).unwrap().len(), 2 * 34, "whole entries only");
 }
+
+/// Bytes the filesystem has allocated to the files of a log directory.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum()
+}
+
+#[test]
+fn an_idle_log_takes_a_few_kib_and_its_indexes_grow_as_entries_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { index_interval_bytes: 1, retention_ms: None, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone());
+    log.append(&batch(0, 1, 10), LeaderEpoch(0), 0).unwrap();
+    log.checkpoint().unwrap();
+    let idle = allocated_bytes(dir.path());
+    assert!(idle <= 64 << 10, "an idle log with one record takes {idle} bytes of disk");
+
+    // Every batch gets an offset and a time entry: the indexes grow well past their first page.
+    for i in 1..3000 {
+        log.append(&batch(i, 1, 10), LeaderEpoch(0), 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    for i in (0..3000).step_by(7) {
+        let found = log.offset_for_timestamp(i, Offset(3000)).unwrap().unwrap();
+        assert_eq!(found.0, Offset(i));
+        let records = log.read(Offset(i), 1, Offset(3000)).unwrap().records;
+        let first = RecordBatch::iter_batches(records).next().unwrap().unwrap();
+        assert_eq!(first.base_offset(), i);
+    }
+    // The grown indexes survive a crash (no clean close) and a clean reopen alike.
+    drop(log);
+    let reopened = open(dir.path(), config.clone());
+    assert_eq!(reopened.offset_for_timestamp(2999, Offset(3000)).unwrap().unwrap().0, Offset(2999));
+    reopened.verify().unwrap();
+    reopened.close().unwrap();
+    let reopened = open(dir.path(), config);
+    assert_eq!(read_all(&reopened).len(), 3000);
+    assert!(allocated_bytes(dir.path()) < 1 << 20, "3000 tiny batches take {} bytes", allocated_bytes(dir.path()));
+}
