@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::clients::{now_ms, BULK_DEADLINE};
+use common::clients::{describe_topic_configs, now_ms, BULK_DEADLINE};
 use common::jobs::{admin_request, read_committed_json, wait_for_job};
 use common::{run_sluice, TestBroker};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -252,11 +252,21 @@ fn job_definitions_with_errors_are_refused_and_jobs_survive_a_restart() {
         full.extend_from_slice(&["--admin", &admin]);
         run_sluice(&full, Duration::from_secs(60))
     };
-    cli(&["job", "start", "clickstream"]).success("sluice job start");
+    // Started from a file that sets a config of the outputs the job creates; the others get
+    // the job default (stamped when written, so retention counts from then).
+    let file = broker.data_dir().with_extension("job.json");
+    let definition = json!({"name": "clickstream", "kind": "clickstream",
+                            "output_configs": {"retention.ms": "172800000"}});
+    std::fs::write(&file, definition.to_string()).expect("write the job file");
+    cli(&["job", "start", "--file", file.to_str().expect("utf-8 path")]).success("sluice job start --file");
     let again = cli(&["job", "start", "clickstream"]);
     assert!(!again.status.success());
     assert!(again.stderr.contains("already running"), "{}", again.stderr);
     wait_for_job(&broker, "clickstream", Duration::from_secs(60), "run", |s| s["state"] == "running");
+    let configs = describe_topic_configs(&common::clients::admin(&broker), "page-views-1m");
+    let value = |key: &str| configs.get(key).and_then(|entry| entry.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("172800000"));
+    assert_eq!(value("message.timestamp.type").as_deref(), Some("LogAppendTime"));
 
     // Jobs start again with the broker, after a clean stop and after SIGKILL.
     broker.restart();

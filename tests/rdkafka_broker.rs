@@ -358,6 +358,38 @@ fn log_append_time_topics_stamp_the_broker_clock() {
     assert_eq!(offset_for_time(&consumer, "stamped", 0, after_ms + 1), Offset::End);
 }
 
+/// The earliest offset of a partition, from ListOffsets.
+fn earliest_offset(consumer: &BaseConsumer, topic: &str) -> i64 {
+    consumer.fetch_watermarks(topic, 0, REQUEST_DEADLINE).expect("watermarks").0
+}
+
+#[test]
+fn retention_runs_every_check_interval_and_old_timestamps_stay_readable_until_then() {
+    // A producer stamping its records in 1970 (CreateTime): Kafka keeps them until the next
+    // retention check (every 5 minutes by default), so a consumer reading soon sees them all.
+    let broker = TestBroker::start(&[]);
+    let deliveries = produce_all(&broker, "from-1970", &[("linger.ms", "0")], 20, "old", 1_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let messages = consume_partition(&consumer(&broker), "from-1970", 0, Offset::Beginning, 20);
+    verify_all(&messages, &deliveries, "old", 1_000);
+    assert_eq!(earliest_offset(&consumer(&broker), "from-1970"), 0);
+
+    // With a short check interval, expired records go, active segment included.
+    let broker = TestBroker::start(&["log.retention.check.interval.ms=300"]);
+    create_topic(&admin(&broker), "expiring", 1, &[("retention.ms", "60000")]);
+    produce_all(&broker, "expiring", &[("linger.ms", "0")], 20, "old", 1_000);
+    let consumer = consumer(&broker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while earliest_offset(&consumer, "expiring") < 20 {
+        assert!(Instant::now() < deadline, "retention never deleted the expired records");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The log keeps its offsets: the next record lands at 20 and is readable.
+    produce_all(&broker, "expiring", &[], 1, "new", now_ms());
+    let messages = consume_partition(&consumer, "expiring", 0, Offset::Beginning, 1);
+    assert_eq!(messages[0].offset(), 20);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. ListOffsets
 

@@ -29,6 +29,8 @@ pub struct Broker {
     pub(crate) txns: TransactionCoordinator,
     /// The clock every state machine of the broker reads.
     pub(crate) clock: Arc<dyn Clock>,
+    /// When retention last ran over every log (wall ms).
+    last_retention_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Broker {
@@ -79,7 +81,17 @@ impl Broker {
             "broker state loaded"
         );
         txns.complete_prepared();
-        Ok(Arc::new(Broker { config, _data_dir_lock: data_dir_lock, controller, replicas, groups, txns, clock }))
+        let last_retention_ms = clock.now_ms().into();
+        Ok(Arc::new(Broker {
+            config,
+            _data_dir_lock: data_dir_lock,
+            controller,
+            replicas,
+            groups,
+            txns,
+            clock,
+            last_retention_ms,
+        }))
     }
 
     /// The latest cluster metadata.
@@ -87,11 +99,21 @@ impl Broker {
         self.controller.metadata()
     }
 
-    /// Periodic upkeep of every log: flushes due under `flush.ms`, retention, checkpoints.
+    /// Periodic upkeep of every log: flushes due under `flush.ms` and checkpoints; retention
+    /// once every `log.retention.check.interval.ms`, as in Kafka (records past `retention.ms`
+    /// stay readable until the next check).
     pub fn maintain_logs(&self) {
+        use std::sync::atomic::Ordering;
         let now = self.clock.now_ms();
+        let last = self.last_retention_ms.load(Ordering::Relaxed);
+        let retention_due = now.saturating_sub(last) >= self.config.log_retention_check_interval_ms as i64;
+        if retention_due {
+            self.last_retention_ms.store(now, Ordering::Relaxed);
+        }
         for partition in self.replicas.all_partitions() {
-            if let Err(err) = partition.log.maintain(now) {
+            let upkeep = partition.log.maintain(now);
+            let retention = if retention_due { partition.log.apply_retention(now).map(drop) } else { Ok(()) };
+            if let Err(err) = upkeep.and(retention) {
                 tracing::error!(topic = %partition.topic, partition = partition.index, %err, "log maintenance failed");
             }
         }

@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// Open segment handles (files and mappings) shared by all partitions.
     pub max_open_segments: usize,
+    /// `log.retention.check.interval.ms`: how often retention looks for segments to delete.
+    pub log_retention_check_interval_ms: u64,
     /// The group coordinator's limits and timers.
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
@@ -121,6 +123,7 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 << 20,
             log_defaults: LogConfig::default(),
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
+            log_retention_check_interval_ms: 300_000,
             groups: GroupConfig::default(),
             transactions: TransactionConfig::default(),
         }
@@ -186,6 +189,7 @@ pub const KEYS: &[&str] = &[
     "log.index.size.max.bytes",
     "log.message.timestamp.type",
     "log.retention.bytes",
+    "log.retention.check.interval.ms",
     "log.retention.hours",
     "log.retention.ms",
     "log.roll.ms",
@@ -286,6 +290,9 @@ impl BrokerConfig {
                 self.socket_request_max_bytes = setting.int(1024, i64::from(i32::MAX))? as usize
             }
             "max.open.segments" => self.max_open_segments = setting.int(16, 1 << 20)? as usize,
+            "log.retention.check.interval.ms" => {
+                self.log_retention_check_interval_ms = setting.int(1, i64::MAX)? as u64
+            }
             other => return Err(format!("unknown broker config \"{other}\"; supported keys are {}", KEYS.join(", "))),
         }
         Ok(())

@@ -78,6 +78,7 @@ fn through_the_runtime(client: &InProcessClient, clicks: u64) {
             idle_timeout_ms: 30_000,
             changelog_slack_records: runtime::REWRITE_SLACK_RECORDS,
             fingerprint: String::new(),
+            output_configs: Default::default(),
         };
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
         let job = runtime::spawn(client.clone(), pool.clone(), spec, "clickstream", ClickstreamDataflow { operators });

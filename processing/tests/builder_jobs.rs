@@ -51,6 +51,7 @@ fn run<D: Dataflow>(client: &InProcessClient, job: D, watermark_bound_ms: i64, r
         idle_timeout_ms: 600_000,
         changelog_slack_records: 10_000,
         fingerprint: String::new(),
+        output_configs: Default::default(),
     };
     let handle = runtime::spawn(client.clone(), pool.clone(), spec, "built", job);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -199,6 +199,26 @@ fn retention_deletes_whole_closed_segments_by_time_and_by_size() {
 }
 
 #[test]
+fn an_expired_active_segment_is_rolled_and_deleted_as_in_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { retention_ms: Some(1_000), ..LogConfig::default() });
+    for i in 0..5 {
+        log.append(&batch(10_000 + i, 2, 20), LeaderEpoch(0), 0).unwrap();
+    }
+    log.set_high_watermark(Offset(4));
+    assert_eq!(log.apply_retention(100_000).unwrap(), 0, "records above the high watermark stay");
+    log.set_high_watermark(log.log_end_offset());
+    assert_eq!(log.apply_retention(100_000).unwrap(), 1);
+    assert_eq!(log.log_start_offset(), Offset(10));
+    assert_eq!(log.segment_count(), 1, "an empty active segment remains");
+    assert_eq!(log.apply_retention(100_000).unwrap(), 0, "an empty active segment is not rolled again");
+    assert_eq!(log.append(&batch(100_000, 1, 20), LeaderEpoch(0), 0).unwrap().base_offset, Offset(10));
+    drop(log);
+    let reopened = open(dir.path(), LogConfig::default());
+    assert_eq!((reopened.log_start_offset(), reopened.log_end_offset()), (Offset(10), Offset(11)));
+}
+
+#[test]
 fn retention_never_deletes_above_the_high_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), LogConfig { retention_bytes: Some(1), ..small_segments() });

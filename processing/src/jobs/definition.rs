@@ -3,6 +3,8 @@
 //! that other front ends (a SQL planner) can produce one; it is checked in full before a
 //! job starts, and each problem is reported as one sentence naming the field.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation_spec::AggregationSpec;
@@ -35,6 +37,10 @@ pub struct JobDefinition {
     pub commit_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<i64>,
+    /// Topic configs for the output topics the job creates, over
+    /// [`default_output_configs`](crate::runtime::default_output_configs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_configs: BTreeMap<String, String>,
 }
 
 impl JobDefinition {
@@ -47,6 +53,7 @@ impl JobDefinition {
             aggregation: None,
             commit_interval_ms: None,
             idle_timeout_ms: None,
+            output_configs: BTreeMap::new(),
         }
     }
 
@@ -121,6 +128,7 @@ impl JobDefinition {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             changelog_slack_records: REWRITE_SLACK_RECORDS,
             fingerprint: self.fingerprint(),
+            output_configs: self.output_configs.clone(),
         }
     }
 }

@@ -2,12 +2,22 @@
 //! and for a running job, the dataflow with the broker client, the worker pool and the
 //! clock it runs on ([`JobContext`]), the same through every restart.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sluice_broker::clock::Clock;
 use sluice_broker::InProcessClient;
 
 use crate::runtime::pool::WorkerPool;
+
+/// What a job-created output topic is given unless the job says otherwise. Results carry
+/// event-time timestamps, so a job replaying old input (a backfill of last month) would
+/// write results that `retention.ms` deletes at its next check; stamped with the time they
+/// are written (`LogAppendTime`), they are kept for `retention.ms` from then. Window bounds
+/// stay in the values.
+pub fn default_output_configs() -> BTreeMap<String, String> {
+    BTreeMap::from([("message.timestamp.type".to_string(), "LogAppendTime".to_string())])
+}
 
 /// What a job's runtime needs from its definition.
 #[derive(Clone, Debug)]
@@ -23,9 +33,19 @@ pub struct RunSpec {
     /// Identifies the job's definition; a checkpoint made by another one is refused (empty:
     /// not checked).
     pub fingerprint: String,
+    /// Topic configs for the output topics the job creates (an existing topic keeps its own).
+    pub output_configs: BTreeMap<String, String>,
 }
 
 impl RunSpec {
+    /// The configs a created output topic gets: `output_configs` over
+    /// [`default_output_configs`].
+    pub fn output_topic_configs(&self) -> BTreeMap<String, String> {
+        let mut configs = default_output_configs();
+        configs.extend(self.output_configs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        configs
+    }
+
     pub fn transactional_id(&self) -> String {
         format!("sluice-job-{}", self.name)
     }

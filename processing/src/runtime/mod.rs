@@ -21,7 +21,7 @@ pub(crate) mod status;
 pub(crate) mod tasks;
 
 pub use changelog::REWRITE_SLACK_RECORDS;
-pub use context::RunSpec;
+pub use context::{default_output_configs, RunSpec};
 pub use driver::{spawn, JobHandle};
 pub use pool::WorkerPool;
 pub use source::{Isolation, LogSource};

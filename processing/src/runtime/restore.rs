@@ -72,7 +72,7 @@ fn ensure_topics<D: Dataflow>(context: &JobContext<D>, partitions: i32) -> Resul
         groups = changelog::ensure(client, topic, groups)?;
     }
     for topic in context.dataflow.output_topics() {
-        if let Err(source) = client.ensure_topic(&topic, partitions, Default::default()) {
+        if let Err(source) = client.ensure_topic(&topic, partitions, spec.output_topic_configs()) {
             return Err(Error::CreateTopic { role: "output", topic, source });
         }
     }

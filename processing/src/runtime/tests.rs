@@ -28,6 +28,7 @@ fn spec(slack: u64) -> RunSpec {
         idle_timeout_ms: 600_000,
         changelog_slack_records: slack,
         fingerprint: "test".into(),
+        output_configs: Default::default(),
     }
 }
 

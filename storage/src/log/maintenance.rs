@@ -34,7 +34,8 @@ impl PartitionLog {
     }
 
     /// Periodic upkeep, for the owner to call every second or so: the `flush.ms` flush, the
-    /// fsync of rolled segments, retention, and the checkpoint.
+    /// fsync of rolled segments, and the checkpoint. Retention is the owner's to schedule
+    /// ([`PartitionLog::apply_retention`], every `log.retention.check.interval.ms` in Kafka).
     pub fn maintain(&self, now_ms: i64) -> Result<()> {
         if self.is_deleted() {
             return Ok(());
@@ -47,7 +48,6 @@ impl PartitionLog {
         if flush_due || self.inner.flusher.has_rolled() {
             self.flush()?;
         }
-        self.apply_retention(now_ms)?;
         // Two fsyncs per write: with thousands of partitions a checkpoint every tick would be
         // a storm of them. A stale recovery point only means more rescanning after a crash.
         let due = {

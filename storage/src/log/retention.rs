@@ -1,7 +1,7 @@
 //! Deleting from the front of the log: retention by `retention.ms` and `retention.bytes`, and
-//! DeleteRecords. Only whole segments go, oldest first, never the active one, and never one
-//! holding offsets at or above the high watermark (a consumer may not have been allowed to
-//! read them yet). Both only move the log start offset up, and never past the high watermark.
+//! DeleteRecords. Only whole segments go, oldest first (an expired active segment is rolled
+//! first, as in Kafka), and never one holding offsets at or above the high watermark (a
+//! consumer may not have been allowed to read them yet). Both only move the log start offset up, and never past the high watermark.
 
 use super::{LogState, PartitionLog};
 use crate::checkpoint;
@@ -70,6 +70,11 @@ impl PartitionLog {
             return Ok(0);
         }
         let count = deletable_prefix(&state.segments, &config, state.high_watermark, now_ms);
+        if count == state.segments.len() {
+            // The active segment has expired too: roll, so that the log keeps an (empty)
+            // active segment at the end, as Kafka does.
+            self.roll(&mut state, &config)?;
+        }
         self.delete_front(&mut state, count)?;
         drop(state);
         if count > 0 {
@@ -85,7 +90,9 @@ fn deletable_prefix(segments: &[Segment], config: &LogConfig, high_watermark: i6
     let mut remaining_bytes = total_bytes;
     let mut count = 0;
     for segment in segments {
-        if segment.active || segment.next_offset > high_watermark {
+        // An empty active segment stays; a non-empty one may go (after a roll) once all of
+        // it is below the high watermark.
+        if (segment.active && segment.size == 0) || segment.next_offset > high_watermark {
             break;
         }
         let expired = match config.retention_ms {
