@@ -100,7 +100,7 @@ fn build_config(args: &BrokerArgs) -> anyhow::Result<(BrokerConfig, ProcessConfi
         } else if key.starts_with("processing.") {
             process.host.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
         } else {
-            config.apply(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
+            config.set(&key, &value).map_err(|msg| anyhow!("{msg}"))?;
         }
     }
     Ok((config, process))

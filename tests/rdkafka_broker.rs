@@ -20,7 +20,7 @@ use common::clients::{
 use common::records::{
     consume_partition, consume_to_end, produce_all, producer, received_record, send, test_record, verify_all,
 };
-use common::TestBroker;
+use common::{run_sluice, TestBroker};
 use rdkafka::admin::{ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -390,6 +390,67 @@ fn retention_runs_every_check_interval_and_old_timestamps_stay_readable_until_th
     assert_eq!(messages[0].offset(), 20);
 }
 
+/// Sends `count` records to partition 0 of `topic` and returns each one's delivery result.
+fn deliveries(
+    broker: &TestBroker,
+    topic: &str,
+    settings: &[(&str, &str)],
+    count: u64,
+    timestamp_ms: i64,
+) -> Vec<common::records::Delivery> {
+    let producer = producer(broker, settings);
+    for seq in 0..count {
+        send(&producer, topic, seq, &test_record(seq, "cfg", timestamp_ms));
+    }
+    producer.flush(BULK_DEADLINE).expect("every record reported within the deadline");
+    let reports = std::mem::take(&mut *producer.context().reports.lock().unwrap());
+    reports.into_values().collect()
+}
+
+fn error_code(delivery: &common::records::Delivery) -> Option<RDKafkaErrorCode> {
+    delivery.as_ref().err().and_then(KafkaError::rdkafka_error_code)
+}
+
+#[test]
+fn topic_configs_with_an_effect_do_what_kafka_does() {
+    let mut broker = TestBroker::start(&[]);
+    let admin = admin(&broker);
+    create_topic(&admin, "recompressed", 1, &[("compression.type", "zstd"), ("compression.zstd.level", "5")]);
+    create_topic(&admin, "guarded", 1, &[("min.insync.replicas", "2")]);
+    create_topic(&admin, "recent", 1, &[("message.timestamp.before.max.ms", "3600000")]);
+
+    // compression.type: what producers send uncompressed or with lz4 is stored as zstd and
+    // read back unchanged.
+    let base = now_ms();
+    let sent =
+        produce_all(&broker, "recompressed", &[("compression.type", "none"), ("linger.ms", "5")], 300, "z", base);
+    let messages = consume_partition(&consumer(&broker), "recompressed", 0, Offset::Beginning, 300);
+    verify_all(&messages, &sent, "z", base);
+
+    // min.insync.replicas=2 on one node: acks=all cannot be met, acks=1 can.
+    let strict = [("acks", "all"), ("enable.idempotence", "false"), ("retries", "0")];
+    let refused = deliveries(&broker, "guarded", &strict, 3, now_ms());
+    assert!(refused.iter().all(|d| error_code(d) == Some(RDKafkaErrorCode::NotEnoughReplicas)), "{refused:?}");
+    let relaxed = [("acks", "1"), ("enable.idempotence", "false")];
+    assert!(deliveries(&broker, "guarded", &relaxed, 3, now_ms()).iter().all(Result::is_ok));
+
+    // message.timestamp.before.max.ms: a record from 1970 is refused, a recent one stored.
+    let old = deliveries(&broker, "recent", &strict, 1, 1_000);
+    assert_eq!(error_code(&old[0]), Some(RDKafkaErrorCode::InvalidTimestamp), "{old:?}");
+    assert!(deliveries(&broker, "recent", &strict, 1, now_ms()).iter().all(Result::is_ok));
+    // And the broker's default message.timestamp.after.max.ms (an hour, as in Kafka 4).
+    let future = deliveries(&broker, "recent", &strict, 1, now_ms() + 2 * 3_600_000);
+    assert_eq!(error_code(&future[0]), Some(RDKafkaErrorCode::InvalidTimestamp), "{future:?}");
+
+    broker.stop();
+    let dir = broker.data_dir().join("recompressed-0");
+    let dump =
+        run_sluice(&["log", "dump", dir.to_str().expect("utf-8 path")], REQUEST_DEADLINE).success("sluice log dump");
+    let batches: Vec<&str> = dump.stdout.lines().filter(|l| l.starts_with("baseOffset")).collect();
+    assert!(!batches.is_empty(), "{}", dump.stdout);
+    assert!(batches.iter().all(|l| l.contains("compression: zstd")), "{}", dump.stdout);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. ListOffsets
 
@@ -412,7 +473,7 @@ fn list_offsets_by_timestamp_and_watermarks() {
     let broker = TestBroker::start(&[]);
     let admin = admin(&broker);
     // Small segments and a dense index, so lookups cross segments and index entries.
-    create_topic(&admin, "times", 2, &[("segment.bytes", "8192"), ("index.interval.bytes", "512")]);
+    create_topic(&admin, "times", 2, &[("internal.segment.bytes", "8192"), ("index.interval.bytes", "512")]);
     let base = now_ms() - 1_000_000;
     // Partition 0: increasing timestamps 10 ms apart, in batches of 100.
     let ordered: Vec<i64> = (0..1000).map(|i| base + 10 * i).collect();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use sluice_storage::LogConfig;
 
 use crate::error::{Error, Result};
+use crate::topic_config;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -40,6 +41,9 @@ pub struct BrokerConfig {
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
     pub transactions: TransactionConfig,
+    /// The keys set when the broker was started (config file and `--set`), as given: what
+    /// DescribeConfigs reports as static broker configs.
+    pub static_settings: std::collections::BTreeMap<String, String>,
 }
 
 /// The transaction coordinator's settings, under Kafka's names and with Kafka's defaults.
@@ -121,11 +125,13 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             auto_create_topics_enable: true,
             socket_request_max_bytes: 100 << 20,
-            log_defaults: LogConfig::default(),
+            // Kafka 4.0's default (KIP-1030): a record at most an hour ahead of the broker.
+            log_defaults: LogConfig { message_timestamp_after_max_ms: 3_600_000, ..LogConfig::default() },
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
             log_retention_check_interval_ms: 300_000,
             groups: GroupConfig::default(),
             transactions: TransactionConfig::default(),
+            static_settings: Default::default(),
         }
     }
 }
@@ -171,7 +177,8 @@ impl BrokerConfig {
     }
 }
 
-/// Broker config keys, as in Kafka, for the config file and `--set key=value`.
+/// Broker config keys, as in Kafka, for the config file and `--set key=value`, besides the
+/// topic defaults (every broker synonym of a topic config, see [`topic_config::CONFIGS`]).
 pub const KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
@@ -183,19 +190,8 @@ pub const KEYS: &[&str] = &[
     "group.min.session.timeout.ms",
     "listeners",
     "log.dirs",
-    "log.flush.interval.messages",
-    "log.flush.interval.ms",
-    "log.index.interval.bytes",
-    "log.index.size.max.bytes",
-    "log.message.timestamp.type",
-    "log.retention.bytes",
     "log.retention.check.interval.ms",
-    "log.retention.hours",
-    "log.retention.ms",
-    "log.roll.ms",
-    "log.segment.bytes",
     "max.open.segments",
-    "message.max.bytes",
     "node.id",
     "num.partitions",
     "offset.metadata.max.bytes",
@@ -210,21 +206,20 @@ pub const KEYS: &[&str] = &[
     "transaction.state.log.segment.bytes",
 ];
 
-/// Broker configs that can change while the broker runs (IncrementalAlterConfigs): the
-/// defaults of topic configs. The rest (listeners, directories, ids) need a restart.
-pub const DYNAMIC_KEYS: &[&str] = &[
-    "log.flush.interval.messages",
-    "log.flush.interval.ms",
-    "log.index.interval.bytes",
-    "log.index.size.max.bytes",
-    "log.message.timestamp.type",
-    "log.retention.bytes",
-    "log.retention.hours",
-    "log.retention.ms",
-    "log.roll.ms",
-    "log.segment.bytes",
-    "message.max.bytes",
-];
+/// Whether a broker config can change while the broker runs (IncrementalAlterConfigs): the
+/// defaults of topic configs can. The rest (listeners, directories, ids) need a restart.
+pub fn is_dynamic(key: &str) -> bool {
+    topic_config::for_broker_key(key).is_some()
+}
+
+/// Every broker config key, for messages.
+fn all_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&str> = KEYS.to_vec();
+    keys.extend(topic_config::CONFIGS.iter().flat_map(|c| c.broker_synonyms.iter().copied()));
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
 
 /// `host:port`, optionally behind Kafka's `PLAINTEXT://` prefix.
 fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16), String> {
@@ -244,7 +239,7 @@ impl BrokerConfig {
     ) -> std::result::Result<BrokerConfig, String> {
         let mut config = self.clone();
         for (key, value) in dynamic {
-            if !DYNAMIC_KEYS.contains(&key.as_str()) {
+            if !is_dynamic(key) {
                 return Err(format!(
                     "{key} cannot change while the broker runs; set it in the config file or with --set"
                 ));
@@ -253,6 +248,14 @@ impl BrokerConfig {
         }
         config.log_defaults.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    /// Applies one `key = value` the broker is started with, and remembers it as a static
+    /// setting; the error names the key and what is allowed.
+    pub fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        self.apply(key, value)?;
+        self.static_settings.insert(key.to_string(), value.to_string());
+        Ok(())
     }
 
     /// Applies one `key = value` (a Kafka broker config name); the error names the key and
@@ -293,7 +296,9 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = setting.int(1, i64::MAX)? as u64
             }
-            other => return Err(format!("unknown broker config \"{other}\"; supported keys are {}", KEYS.join(", "))),
+            other => {
+                return Err(format!("unknown broker config \"{other}\"; supported keys are {}", all_keys().join(", ")))
+            }
         }
         Ok(())
     }
@@ -367,35 +372,30 @@ impl TransactionConfig {
     }
 }
 
-/// Applies a topic default (`log.*`, `message.max.bytes`, `producer.id.expiration.ms`);
-/// false if `setting` is not one. They share their parsing (and their messages) with the
-/// topic configs of the same meaning.
+/// Applies a topic default (any broker synonym of a topic config, and
+/// `producer.id.expiration.ms`); false if `setting` is not one. They share their parsing (and
+/// their messages) with the topic configs of the same meaning.
 fn apply_topic_default(config: &mut BrokerConfig, setting: &Setting) -> std::result::Result<bool, String> {
-    let topic_key = match setting.key {
-        "log.segment.bytes" => "segment.bytes",
-        "log.roll.ms" => "segment.ms",
-        "log.index.size.max.bytes" => "segment.index.bytes",
-        "log.index.interval.bytes" => "index.interval.bytes",
-        "log.retention.ms" => "retention.ms",
-        "log.retention.bytes" => "retention.bytes",
-        "message.max.bytes" => "max.message.bytes",
-        "log.message.timestamp.type" => "message.timestamp.type",
-        "log.flush.interval.messages" => "flush.messages",
-        "log.flush.interval.ms" => "flush.ms",
-        "log.retention.hours" => {
-            let hours = setting.int(-1, i64::MAX / 3_600_000)?;
-            let ms = if hours < 0 { -1 } else { hours * 3_600_000 };
-            crate::topic_config::apply(&mut config.log_defaults, "retention.ms", &ms.to_string())?;
-            return Ok(true);
-        }
-        "producer.id.expiration.ms" => {
-            config.log_defaults.producer_id_expiration_ms = setting.int(1, i64::MAX)?;
-            return Ok(true);
-        }
-        _ => return Ok(false),
+    if setting.key == "producer.id.expiration.ms" {
+        config.log_defaults.producer_id_expiration_ms = setting.int(1, i64::MAX)?;
+        return Ok(true);
+    }
+    let Some(def) = topic_config::for_broker_key(setting.key) else { return Ok(false) };
+    // The hour and minute forms Kafka keeps for a few of them.
+    let per_unit = match setting.key {
+        "log.retention.hours" | "log.roll.hours" | "log.roll.jitter.hours" => Some(3_600_000),
+        "log.retention.minutes" => Some(60_000),
+        _ => None,
     };
-    crate::topic_config::apply(&mut config.log_defaults, topic_key, setting.value)
-        .map_err(|msg| msg.replacen(topic_key, setting.key, 1))?;
+    let value = match per_unit {
+        Some(unit) => {
+            let count = setting.int(-1, i64::MAX / unit)?;
+            (if count < 0 { -1 } else { count * unit }).to_string()
+        }
+        None => setting.value.to_string(),
+    };
+    topic_config::apply(&mut config.log_defaults, def.name, &value)
+        .map_err(|msg| msg.replacen(def.name, setting.key, 1))?;
     Ok(true)
 }
 

@@ -23,7 +23,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn storage_error_code(err: &StorageError) -> ResponseError {
     match err {
         StorageError::CorruptBatch(_) => ResponseError::CorruptMessage,
-        StorageError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        StorageError::InvalidRecord(_) | StorageError::RefusedRecord { .. } => ResponseError::InvalidRecord,
+        StorageError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
         StorageError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
         StorageError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         StorageError::Decompression { .. } => ResponseError::CorruptMessage,

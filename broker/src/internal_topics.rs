@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::topic_config::INTERNAL_SEGMENT_BYTES;
+
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 
@@ -23,17 +25,18 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
 
 /// The topic configs of an internal topic: never deleted by retention (the coordinator that
 /// owns it keeps it small by rewriting its live state), with small indexes because its
-/// records are small (50 partitions times Kafka's 10 MiB would preallocate a gigabyte).
+/// records are small. A segment size below `segment.bytes`' 1 MiB minimum (tests want
+/// several segments) goes in as Kafka's `internal.segment.bytes`.
 pub(crate) fn configs(segment_bytes: u32) -> BTreeMap<String, String> {
-    let segment_bytes = segment_bytes.to_string();
+    let segment_key = if segment_bytes < 1 << 20 { INTERNAL_SEGMENT_BYTES } else { "segment.bytes" };
     [
-        ("retention.ms", "-1"),
-        ("retention.bytes", "-1"),
-        ("segment.bytes", segment_bytes.as_str()),
-        ("segment.index.bytes", "1048576"),
+        ("retention.ms", "-1".to_string()),
+        ("retention.bytes", "-1".to_string()),
+        (segment_key, segment_bytes.to_string()),
+        ("segment.index.bytes", "1048576".to_string()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
 

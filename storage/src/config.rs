@@ -2,7 +2,7 @@
 //! that decides what an acknowledged append survives.
 
 use crate::error::{Error, Result};
-use crate::format::{TimestampType, MAX_DECOMPRESSED_BATCH_BYTES};
+use crate::format::{Compression, TimestampType, MAX_DECOMPRESSED_BATCH_BYTES};
 
 /// When appended data is forced to disk, and therefore what an acknowledged append survives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,6 +57,28 @@ pub struct LogConfig {
     pub max_decompressed_batch_bytes: usize,
     /// `producer.id.expiration.ms`: an idempotent producer idle this long is forgotten.
     pub producer_id_expiration_ms: i64,
+    /// `compression.type`: the codec batches are stored with, recompressing those sent with
+    /// another; None (`producer`) stores them as sent.
+    pub compression: Option<Compression>,
+    /// `compression.gzip.level` (-1: the codec's default) and `compression.zstd.level`, used
+    /// when recompressing. (`compression.lz4.level` is accepted; the lz4 encoder has one level.)
+    pub compression_gzip_level: i32,
+    pub compression_zstd_level: i32,
+    /// `message.timestamp.before.max.ms` / `message.timestamp.after.max.ms` (KIP-937): how far
+    /// a CreateTime record's timestamp may lie behind or ahead of the broker's clock.
+    pub message_timestamp_before_max_ms: i64,
+    pub message_timestamp_after_max_ms: i64,
+    /// `segment.jitter.ms`: up to this much is taken off `segment.ms` for each new segment,
+    /// so that partitions created together do not all roll at once.
+    pub segment_jitter_ms: u64,
+    /// `preallocate`: allocate a new segment's log file to `segment.bytes` up front.
+    pub preallocate: bool,
+    /// `file.delete.delay.ms`: a deleted segment's files are renamed `*.deleted` and removed
+    /// this much later.
+    pub file_delete_delay_ms: u64,
+    /// `min.insync.replicas`: not the log's to act on; the broker refuses acks=all appends
+    /// while fewer replicas are in sync.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -74,6 +96,16 @@ impl Default for LogConfig {
             flush_policy: FlushPolicy::Os,
             max_decompressed_batch_bytes: MAX_DECOMPRESSED_BATCH_BYTES,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            compression: None,
+            compression_gzip_level: -1,
+            compression_zstd_level: 3,
+            message_timestamp_before_max_ms: i64::MAX,
+            // No limit for the log itself; the broker's default is Kafka 4.0's hour.
+            message_timestamp_after_max_ms: i64::MAX,
+            segment_jitter_ms: 0,
+            preallocate: false,
+            file_delete_delay_ms: 60_000,
+            min_insync_replicas: 1,
         }
     }
 }

@@ -19,6 +19,17 @@ pub enum Error {
     #[error("invalid record batch: {0}")]
     InvalidRecord(String),
 
+    /// A record's CreateTime timestamp lies further in the past or future than
+    /// `message.timestamp.before.max.ms` / `message.timestamp.after.max.ms` allow (Kafka's
+    /// INVALID_TIMESTAMP, KIP-937). `record` is its index in the batch.
+    #[error("record {record} has timestamp {timestamp_ms}, {reason}")]
+    InvalidTimestamp { record: i32, timestamp_ms: i64, reason: String },
+
+    /// A record breaks a rule of the topic (a record without a key on a compacted topic):
+    /// Kafka's INVALID_RECORD, naming the record's index in the batch (KIP-467).
+    #[error("record {record} is refused: {reason}")]
+    RefusedRecord { record: i32, reason: String },
+
     /// The batch uses a magic other than 2 (Kafka's UNSUPPORTED_FOR_MESSAGE_FORMAT).
     #[error("record batch magic {0} is not supported; only magic 2 (Kafka 0.11+) is")]
     UnsupportedMagic(i8),
@@ -70,6 +81,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The index in its batch of the record this error is about, when it is about one.
+    pub fn record_index(&self) -> Option<i32> {
+        match self {
+            Error::InvalidTimestamp { record, .. } | Error::RefusedRecord { record, .. } => Some(*record),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { action, path, source }

@@ -63,7 +63,7 @@ pub(crate) fn load(
     let recovery_point = checkpoint.map_or(0, |c| c.recovery_point);
     if bases.is_empty() {
         let start = checkpoint.map_or(0, |c| c.log_start_offset.max(0));
-        return Ok(Loaded { segments: vec![Segment::create(dir, start)?], recovered: false });
+        return Ok(Loaded { segments: vec![Segment::create_with(dir, start, config)?], recovered: false });
     }
 
     let mut segments = Vec::with_capacity(bases.len());

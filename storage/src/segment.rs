@@ -146,6 +146,11 @@ pub(crate) struct Segment {
     pub offset_index_entries: usize,
     pub time_index_entries: usize,
     bytes_since_index_entry: u64,
+    /// Taken off `segment.ms` for this segment (`segment.jitter.ms`), chosen when it is created.
+    pub roll_jitter_ms: u64,
+    /// The log file was allocated to `segment.bytes` when created (`preallocate`), so it is
+    /// cut to its committed size when sealed.
+    pub preallocated: bool,
     pub active: bool,
     pub paths: SegmentPaths,
     pub slot: Arc<HandleSlot<OpenSegment>>,
@@ -170,6 +175,32 @@ impl Segment {
         Ok(Segment::empty(paths, base_offset, true))
     }
 
+    /// [`Segment::create`] under `config`: its `segment.ms` jitter chosen, and its log file
+    /// allocated to `segment.bytes` if the topic says `preallocate`.
+    pub fn create_with(dir: &Path, base_offset: i64, config: &LogConfig) -> Result<Segment> {
+        let mut segment = Segment::create(dir, base_offset)?;
+        if config.segment_jitter_ms > 0 {
+            let bound = config.segment_jitter_ms.min(config.segment_ms.unwrap_or(u64::MAX)).max(1);
+            let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), base_offset);
+            segment.roll_jitter_ms = random % bound;
+        }
+        if config.preallocate {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment.paths.log)
+                .map_err(Error::io("open segment", &segment.paths.log))?;
+            // SAFETY: plain syscall on an open descriptor.
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, config.segment_bytes as libc::off_t) };
+            if rc != 0 {
+                return Err(Error::io("preallocate segment", &segment.paths.log)(std::io::Error::from_raw_os_error(
+                    rc,
+                )));
+            }
+            segment.preallocated = true;
+        }
+        Ok(segment)
+    }
+
     pub fn empty(paths: SegmentPaths, base_offset: i64, active: bool) -> Segment {
         Segment {
             base_offset,
@@ -181,6 +212,8 @@ impl Segment {
             offset_index_entries: 0,
             time_index_entries: 0,
             bytes_since_index_entry: 0,
+            roll_jitter_ms: 0,
+            preallocated: false,
             active,
             paths,
             slot: Arc::default(),
@@ -242,7 +275,9 @@ impl Segment {
             _ => now_ms,
         };
         let too_old = match (config.segment_ms, self.rolling_timestamp_ms) {
-            (Some(segment_ms), Some(first)) => batch_timestamp_ms.saturating_sub(first) >= segment_ms as i64,
+            (Some(segment_ms), Some(first)) => {
+                batch_timestamp_ms.saturating_sub(first) >= segment_ms.saturating_sub(self.roll_jitter_ms) as i64
+            }
             _ => false,
         };
         let index_full = self.offset_index_entries >= handle.offset_index.capacity()
@@ -368,6 +403,12 @@ impl Segment {
     pub fn seal(&mut self, cache: &HandleCache, config: &LogConfig) -> Result<RolledSegment> {
         let handle = self.handle(cache, config)?;
         self.maybe_append_time_entry(&handle);
+        if self.preallocated {
+            // Now, not at the flusher's next round: a crash before then would otherwise leave
+            // a sealed segment with a tail of zeros, which recovery takes for a torn write.
+            handle.log.set_len(self.size).map_err(Error::io("trim preallocated segment", &self.paths.log))?;
+            self.preallocated = false;
+        }
         self.active = false;
         cache.close(&self.slot);
         Ok(RolledSegment {
@@ -475,6 +516,22 @@ impl Segment {
 
     pub fn corrupt(&self, position: u64, reason: impl Into<String>) -> Error {
         Error::CorruptSegment { path: self.paths.log.clone(), position, reason: reason.into() }
+    }
+
+    /// Renames the segment's files to `*.deleted` for removal later (`file.delete.delay.ms`);
+    /// returns the new names. Open mappings stay valid for readers that hold them.
+    pub fn delete_later(&self, cache: &HandleCache) -> Result<Vec<PathBuf>> {
+        cache.close(&self.slot);
+        let mut renamed = Vec::new();
+        for path in [&self.paths.log, &self.paths.offset_index, &self.paths.time_index, &self.paths.txn_index] {
+            let target = crate::segment_files::deleted(path);
+            match fs::rename(path, &target) {
+                Ok(()) => renamed.push(target),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io("rename deleted segment file", path)(err)),
+            }
+        }
+        Ok(renamed)
     }
 
     /// Deletes the segment's files. Open mappings stay valid for readers that hold them.

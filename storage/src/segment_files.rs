@@ -12,6 +12,8 @@ pub(crate) const TXN_INDEX_SUFFIX: &str = "txnindex";
 /// A truncation writes the kept prefix of a log file under this extra suffix, then renames
 /// it over the original.
 const TRUNCATING_SUFFIX: &str = "truncating";
+/// A segment retention deleted under `file.delete.delay.ms` waits under this extra suffix.
+const DELETED_SUFFIX: &str = "deleted";
 /// Files written whole and renamed into place (txn indexes, the checkpoint, the producer
 /// snapshot) are written under this extra suffix first.
 pub(crate) const TMP_SUFFIX: &str = "tmp";
@@ -27,10 +29,20 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(i64, &str)> {
     (stem.len() == 20 && base_offset >= 0).then_some((base_offset, suffix))
 }
 
-/// Whether `name` is a temporary file an interrupted operation left behind: a truncated copy
-/// of a log file not yet renamed over it, or a file written whole not yet renamed into place.
+/// Whether `name` is a file an interrupted operation left behind: a truncated copy of a log
+/// file not yet renamed over it, a file written whole not yet renamed into place, or a
+/// deleted segment's file whose delay had not run out.
 pub(crate) fn is_leftover(name: &str) -> bool {
-    name.rsplit_once('.').is_some_and(|(_, suffix)| suffix == TRUNCATING_SUFFIX || suffix == TMP_SUFFIX)
+    name.rsplit_once('.')
+        .is_some_and(|(_, suffix)| suffix == TRUNCATING_SUFFIX || suffix == TMP_SUFFIX || suffix == DELETED_SUFFIX)
+}
+
+/// Where a segment file waits out `file.delete.delay.ms` once retention deleted it.
+pub(crate) fn deleted(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(DELETED_SUFFIX);
+    PathBuf::from(name)
 }
 
 #[derive(Clone, Debug)]
@@ -75,5 +87,8 @@ mod tests {
         assert!(is_leftover(truncating.file_name().unwrap().to_str().unwrap()));
         assert!(is_leftover("00000000000000000042.txnindex.tmp") && is_leftover("checkpoint.tmp"));
         assert!(!is_leftover("00000000000000000042.log"));
+        let deleted = deleted(&paths.log);
+        assert_eq!(deleted, Path::new("/data/clicks-0/00000000000000000042.log.deleted"));
+        assert!(is_leftover(deleted.file_name().unwrap().to_str().unwrap()));
     }
 }

@@ -682,3 +682,127 @@ fn an_idle_log_takes_a_few_kib_and_its_indexes_grow_as_entries_arrive() {
     assert_eq!(read_all(&reopened).len(), 3000);
     assert!(allocated_bytes(dir.path()) < 1 << 20, "3000 tiny batches take {} bytes", allocated_bytes(dir.path()));
 }
+
+#[test]
+fn create_time_outside_the_topics_bounds_is_refused_naming_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        message_timestamp_before_max_ms: 60_000,
+        message_timestamp_after_max_ms: 1_000,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config.clone());
+    let now = 10_000_000;
+    // Records 0 and 1 are fine; record 2 is two minutes old.
+    let mut builder = RecordBatchBuilder::new(now);
+    builder.push(now, Some(b"k"), Some(b"v"), &[]);
+    builder.push(now - 1_000, Some(b"k"), Some(b"v"), &[]);
+    builder.push(now - 120_000, Some(b"k"), Some(b"v"), &[]);
+    let err = log.append(&builder.build().unwrap(), LeaderEpoch(0), now).err().unwrap();
+    assert!(matches!(err, Error::InvalidTimestamp { record: 2, .. }), "{err}");
+    assert_eq!(err.record_index(), Some(2));
+    let err = log.append(&batch(now + 5_000, 1, 10), LeaderEpoch(0), now).err().unwrap();
+    assert!(matches!(err, Error::InvalidTimestamp { record: 0, .. }), "{err}");
+    assert_eq!(log.log_end_offset(), Offset(0), "refused batches change nothing");
+    log.append(&batch(now - 59_000, 2, 10), LeaderEpoch(0), now).unwrap();
+    // Under LogAppendTime the producer's timestamps do not matter.
+    log.set_config(LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..config }).unwrap();
+    log.append(&batch(1, 1, 10), LeaderEpoch(0), now).unwrap();
+    assert_eq!(log.log_end_offset(), Offset(3));
+}
+
+#[test]
+fn batches_are_stored_in_the_topics_compression_type() {
+    use sluice_storage::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig { compression: Some(Compression::Zstd), ..LogConfig::default() });
+    let sent = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    let mut expected = Vec::new();
+    for (i, codec) in sent.iter().enumerate() {
+        let mut builder = RecordBatchBuilder::new(1_000).compression(*codec).producer(7, 0, i as i32 * 3);
+        for r in 0..3 {
+            let value = format!("{codec:?}-{r}-{}", "x".repeat(200));
+            builder.push(1_000 + r, Some(format!("k{r}").as_bytes()), Some(value.as_bytes()), &[]);
+            expected.push(value);
+        }
+        log.append(&builder.build().unwrap(), LeaderEpoch(0), 1_000).unwrap();
+    }
+    let stored = read_all(&log);
+    assert!(stored.iter().all(|b| b.compression().unwrap() == Compression::Zstd));
+    assert!(stored.iter().all(|b| b.producer_id() == 7), "producer fields are kept");
+    let values: Vec<String> = stored
+        .iter()
+        .flat_map(|b| b.records().unwrap().map(|r| String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap()))
+        .collect();
+    assert_eq!(values, expected);
+    // An idempotent retry of a recompressed batch is still recognised as a duplicate.
+    let mut retry = RecordBatchBuilder::new(1_000).compression(Compression::Gzip).producer(7, 0, 12);
+    for r in 0..3 {
+        retry.push(1_000 + r, Some(format!("k{r}").as_bytes()), Some(b"again"), &[]);
+    }
+    assert!(log.append(&retry.build().unwrap(), LeaderEpoch(0), 1_000).unwrap().duplicate);
+    log.verify().unwrap();
+    // `uncompressed` decompresses.
+    log.set_config(LogConfig { compression: Some(Compression::None), ..LogConfig::default() }).unwrap();
+    let mut builder = RecordBatchBuilder::new(1_000).compression(Compression::Lz4);
+    builder.push(1_000, Some(b"k"), Some(b"plain"), &[]);
+    log.append(&builder.build().unwrap(), LeaderEpoch(0), 1_000).unwrap();
+    assert_eq!(read_all(&log).last().unwrap().compression().unwrap(), Compression::None);
+}
+
+#[test]
+fn preallocated_segments_are_cut_when_sealed_and_survive_a_crash() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { preallocate: true, segment_bytes: 64 << 10, retention_ms: None, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone());
+    let first = log_files(dir.path())[0].clone();
+    assert!(fs::metadata(&first).unwrap().blocks() * 512 >= 64 << 10, "the active segment is allocated up front");
+    for i in 0..100 {
+        log.append(&batch(i, 2, 1000), LeaderEpoch(0), 0).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    let sealed = &log_files(dir.path())[0];
+    let sealed_len = fs::metadata(sealed).unwrap().len();
+    assert!(sealed_len < 64 << 10, "a sealed segment is cut to what it holds ({sealed_len} bytes)");
+    // A crash (no clean close) with zeros after the active segment's data: nothing is lost.
+    drop(log);
+    let reopened = open(dir.path(), config);
+    assert_eq!(reopened.log_end_offset(), Offset(200));
+    assert_eq!(read_all(&reopened).len(), 100);
+    reopened.verify().unwrap();
+}
+
+#[test]
+fn deleted_segments_wait_out_file_delete_delay_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { retention_bytes: Some(1), file_delete_delay_ms: 60_000, ..small_segments() };
+    let log = open(dir.path(), config.clone());
+    for i in 0..30 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    let deleted = log.apply_retention(1_000_000).unwrap();
+    assert!(deleted > 0);
+    let waiting = |dir: &Path| {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".deleted"))
+            .count()
+    };
+    assert!(waiting(dir.path()) >= deleted, "deleted segments' files are renamed, not removed");
+    log.maintain(1_000_000 + 59_000).unwrap();
+    assert!(waiting(dir.path()) >= deleted, "not yet due");
+    log.maintain(1_000_000 + 60_000).unwrap();
+    assert_eq!(waiting(dir.path()), 0);
+    // Files left waiting by a crash are removed when the log is next opened.
+    for i in 0..30 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(0), 0).unwrap();
+    }
+    log.set_high_watermark(log.log_end_offset());
+    assert!(log.apply_retention(2_000_000).unwrap() > 0);
+    drop(log);
+    let reopened = open(dir.path(), config);
+    assert_eq!(waiting(dir.path()), 0);
+    read_all(&reopened);
+}

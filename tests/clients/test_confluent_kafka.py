@@ -200,6 +200,85 @@ def test_describe_and_alter_configs(broker, admin):
     assert broker_configs["listeners"].is_read_only
 
 
+# Every topic config Kafka 4.x defines.
+KAFKA_TOPIC_CONFIGS = {
+    "cleanup.policy", "compression.gzip.level", "compression.lz4.level", "compression.type",
+    "compression.zstd.level", "delete.retention.ms", "file.delete.delay.ms", "flush.messages", "flush.ms",
+    "follower.replication.throttled.replicas", "index.interval.bytes", "leader.replication.throttled.replicas",
+    "local.retention.bytes", "local.retention.ms", "max.compaction.lag.ms", "max.message.bytes",
+    "message.timestamp.after.max.ms", "message.timestamp.before.max.ms", "message.timestamp.type",
+    "min.cleanable.dirty.ratio", "min.compaction.lag.ms", "min.insync.replicas", "preallocate",
+    "remote.log.copy.disable", "remote.log.delete.on.disable", "remote.storage.enable", "retention.bytes",
+    "retention.ms", "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
+    "unclean.leader.election.enable",
+}
+
+
+def test_every_kafka_topic_config_is_accepted_described_and_validated(broker, admin):
+    # The configs a user of Kafka sets daily, including ones with no effect on one node.
+    topic = broker.topic("ck-all-configs")
+    create_topic(admin, topic, 1, {
+        "compression.type": "lz4", "delete.retention.ms": "900", "min.cleanable.dirty.ratio": "0.25",
+        "unclean.leader.election.enable": "true", "leader.replication.throttled.replicas": "0:0",
+        "segment.jitter.ms": "1000", "message.timestamp.after.max.ms": "60000",
+    })
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=TIMEOUT_S)
+    assert set(configs) == KAFKA_TOPIC_CONFIGS
+    assert configs["compression.type"].value == "lz4"
+    assert configs["delete.retention.ms"].value == "900"
+    assert configs["delete.retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["min.cleanable.dirty.ratio"].value == "0.25"
+    assert configs["max.compaction.lag.ms"].value == str(2**63 - 1)
+    assert configs["max.compaction.lag.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+    # Synonyms, most important first, end with Kafka's default under the broker's name.
+    synonyms = [(s.name, s.value, s.source) for s in configs["delete.retention.ms"].synonyms.values()]
+    assert synonyms == [
+        ("delete.retention.ms", "900", ConfigSource.DYNAMIC_TOPIC_CONFIG.value),
+        ("log.cleaner.delete.retention.ms", "86400000", ConfigSource.DEFAULT_CONFIG.value),
+    ]
+    assert configs["retention.ms"].value == "604800000"
+
+    # Wrong values and unknown keys are INVALID_CONFIG naming the key; nothing is created.
+    for bad in [
+        {"compression.type": "brotli"},
+        {"min.cleanable.dirty.ratio": "1.5"},
+        {"compression.gzip.level": "12"},
+        {"segment.bytes": "1000"},
+        {"preallocate": "maybe"},
+        {"leader.replication.throttled.replicas": "0-1"},
+        {"no.such.config": "1"},
+    ]:
+        name = broker.topic("ck-bad-config")
+        futures = admin.create_topics([NewTopic(name, 1, 1, config=bad)], operation_timeout=TIMEOUT_S)
+        with pytest.raises(KafkaException) as raised:
+            futures[name].result(timeout=TIMEOUT_S)
+        error = raised.value.args[0]
+        assert error.code() == KafkaError.INVALID_CONFIG, (bad, error)
+        assert next(iter(bad)) in error.str(), (bad, error)
+
+    # A broker default reaches the topic's description with its source and synonym.
+    change = ConfigResource(
+        ResourceType.BROKER,
+        str(broker.node_id),
+        incremental_configs=[
+            ConfigEntry("log.cleaner.min.compaction.lag.ms", "5000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    admin.incremental_alter_configs([change])[change].result(timeout=TIMEOUT_S)
+    configs = admin.describe_configs([resource])[resource].result(timeout=TIMEOUT_S)
+    assert configs["min.compaction.lag.ms"].value == "5000"
+    assert configs["min.compaction.lag.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    undo = ConfigResource(
+        ResourceType.BROKER,
+        str(broker.node_id),
+        incremental_configs=[
+            ConfigEntry("log.cleaner.min.compaction.lag.ms", None, incremental_operation=AlterConfigOpType.DELETE)
+        ],
+    )
+    admin.incremental_alter_configs([undo])[undo].result(timeout=TIMEOUT_S)
+
+
 def test_alter_broker_configs(broker, admin):
     topic = broker.topic("ck-broker-configs")
     create_topic(admin, topic, 1, {})

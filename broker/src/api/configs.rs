@@ -24,67 +24,55 @@ use kafka_protocol::messages::RequestHeader;
 
 use super::{admin_blocking, str_bytes};
 use crate::broker::Broker;
-use crate::config::DYNAMIC_KEYS;
+use crate::config;
 use crate::controller::AdminError;
-use crate::topic_config;
+use crate::topic_config::{self, BrokerSettings, ConfigType};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_DYNAMIC_BROKER: i8 = 2;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
-
-const TYPE_BOOLEAN: i8 = 1;
-const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-fn config_type(key: &str) -> i8 {
+/// The type DescribeConfigs gives a config: a topic config's own, or a broker config's
+/// (those that set topic defaults have their topic config's type).
+fn config_type(key: &str) -> ConfigType {
+    if let Some(def) = topic_config::definition(key).or_else(|| topic_config::for_broker_key(key)) {
+        // The hour and minute forms of the ms configs are ints in Kafka.
+        return if key.ends_with(".hours") || key.ends_with(".minutes") { ConfigType::Int } else { def.kind };
+    }
     match key {
-        "cleanup.policy" | "log.cleanup.policy" => TYPE_LIST,
-        "message.timestamp.type" | "log.message.timestamp.type" | "log.dirs" | "listeners" | "advertised.listeners" => {
-            TYPE_STRING
-        }
-        "segment.bytes"
-        | "log.segment.bytes"
-        | "segment.index.bytes"
-        | "log.index.size.max.bytes"
-        | "index.interval.bytes"
-        | "log.index.interval.bytes"
-        | "max.message.bytes"
-        | "message.max.bytes"
-        | "num.partitions"
-        | "node.id"
-        | "socket.request.max.bytes" => TYPE_INT,
-        "auto.create.topics.enable" => TYPE_BOOLEAN,
-        _ => TYPE_LONG,
+        "log.dirs" | "listeners" | "advertised.listeners" => ConfigType::String,
+        "num.partitions" | "node.id" | "socket.request.max.bytes" => ConfigType::Int,
+        "auto.create.topics.enable" => ConfigType::Boolean,
+        _ => ConfigType::Long,
     }
 }
 
-fn entry(key: &str, value: String, source: i8, read_only: bool, synonyms: bool) -> DescribeConfigsResourceResult {
-    let synonym_list = if synonyms {
-        vec![DescribeConfigsSynonym::default()
-            .with_name(str_bytes(key))
-            .with_value(Some(str_bytes(value.clone())))
-            .with_source(source)]
-    } else {
-        Vec::new()
-    };
+fn entry(
+    key: &str,
+    value: String,
+    source: i8,
+    read_only: bool,
+    synonyms: Vec<DescribeConfigsSynonym>,
+) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default()
         .with_name(str_bytes(key))
         .with_value(Some(str_bytes(value)))
         .with_read_only(read_only)
         .with_config_source(source)
-        .with_config_type(config_type(key))
-        .with_synonyms(synonym_list)
+        .with_config_type(config_type(key).code())
+        .with_synonyms(synonyms)
+}
+
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    DescribeConfigsSynonym::default().with_name(str_bytes(name)).with_value(Some(str_bytes(value))).with_source(source)
 }
 
 fn describe_topic(
@@ -97,11 +85,17 @@ fn describe_topic(
         AdminError::new(ResponseError::UnknownTopicOrPartition, format!("topic \"{name}\" does not exist"))
     })?;
     let config = broker.controller.topic_log_config(&topic.configs)?;
-    Ok(topic_config::describe(&config)
+    let settings =
+        BrokerSettings { dynamic: &metadata.broker_configs, static_settings: &broker.config.static_settings };
+    Ok(topic_config::describe(&config, &topic.configs, &settings)
         .into_iter()
-        .map(|(key, value)| {
-            let source = if topic.configs.contains_key(key) { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT };
-            entry(key, value, source, false, synonyms)
+        .map(|described| {
+            let synonym_list = if synonyms {
+                described.synonyms.iter().map(|(n, v, source)| synonym(n, v, *source as i8)).collect()
+            } else {
+                Vec::new()
+            };
+            entry(described.def.name, described.value, described.source as i8, false, synonym_list)
         })
         .collect())
 }
@@ -127,24 +121,28 @@ fn describe_broker(
         ("num.partitions".into(), config.num_partitions.to_string()),
         ("auto.create.topics.enable".into(), config.auto_create_topics_enable.to_string()),
         ("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()),
+        ("log.retention.check.interval.ms".into(), config.log_retention_check_interval_ms.to_string()),
     ];
-    // Topic defaults, under the broker-level names Kafka gives them.
-    for (key, value) in topic_config::describe(&config.log_defaults) {
-        let broker_key = match key {
-            "max.message.bytes" => "message.max.bytes".to_string(),
-            "segment.ms" => "log.roll.ms".to_string(),
-            "segment.index.bytes" => "log.index.size.max.bytes".to_string(),
-            "flush.messages" => "log.flush.interval.messages".to_string(),
-            "flush.ms" => "log.flush.interval.ms".to_string(),
-            other => format!("log.{other}"),
-        };
-        values.push((broker_key, value));
+    // Topic defaults, under the broker-level names Kafka gives them (the ms forms).
+    let none = BTreeMap::new();
+    let settings = BrokerSettings { dynamic: &dynamic, static_settings: &config.static_settings };
+    for described in topic_config::describe(&config.log_defaults, &none, &settings) {
+        if let Some(broker_key) = described.def.broker_synonyms.first() {
+            values.push((broker_key.to_string(), described.value));
+        }
     }
     Ok(values
         .into_iter()
         .map(|(key, value)| {
-            let source = if dynamic.contains_key(&key) { SOURCE_DYNAMIC_BROKER } else { SOURCE_STATIC_BROKER };
-            entry(&key, value, source, !DYNAMIC_KEYS.contains(&key.as_str()), synonyms)
+            let source = if dynamic.contains_key(&key) {
+                SOURCE_DYNAMIC_BROKER
+            } else if config.static_settings.contains_key(&key) {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            };
+            let synonym_list = if synonyms { vec![synonym(&key, &value, source)] } else { Vec::new() };
+            entry(&key, value, source, !config::is_dynamic(&key), synonym_list)
         })
         .collect())
 }
@@ -197,7 +195,7 @@ fn altered_overrides(
             OP_DELETE => {
                 overrides.remove(&key);
             }
-            OP_APPEND | OP_SUBTRACT if config_type(&key) == TYPE_LIST => {
+            OP_APPEND | OP_SUBTRACT if config_type(&key) == ConfigType::List => {
                 let value = value.ok_or_else(|| invalid(format!("APPEND or SUBTRACT of {key} needs a value")))?;
                 let mut items: Vec<String> =
                     overrides.get(&key).map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();

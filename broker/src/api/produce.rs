@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::RequestHeader;
 use sluice_storage::format;
 
@@ -73,7 +75,14 @@ fn append(
         Err(err) => {
             let code = storage_error_code(&err);
             tracing::debug!(topic = %partition.topic, partition = index, %err, "produce refused");
-            (partition_error(index, code, Some(err.to_string())), None)
+            let mut response = partition_error(index, code, Some(err.to_string()));
+            // KIP-467: which record of the batch was refused (read from v8).
+            if let Some(record) = err.record_index() {
+                response.record_errors = vec![BatchIndexAndErrorMessage::default()
+                    .with_batch_index(record)
+                    .with_batch_index_error_message(Some(str_bytes(err.to_string())))];
+            }
+            (response, None)
         }
     }
 }
@@ -120,6 +129,13 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             } else {
                 match broker.replicas.partition(&name, index) {
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
+                    Some(partition) if acks == -1 && partition.log.config().min_insync_replicas > 1 => {
+                        // One node: the in-sync replica set is this broker alone, so acks=all
+                        // cannot meet a min.insync.replicas above 1 (acks 0 and 1 can).
+                        let needed = partition.log.config().min_insync_replicas;
+                        let message = format!("min.insync.replicas is {needed}, but only 1 replica is in sync");
+                        partition_error(index, ResponseError::NotEnoughReplicas, Some(message))
+                    }
                     Some(partition) => {
                         let (response, appended) = append(broker, &partition, index, data.records.as_deref(), now_ms);
                         // An append that needs no wait is durable, and visible, already.

@@ -20,10 +20,6 @@ use crate::broker::Broker;
 use crate::controller::AdminError;
 use crate::topic_config;
 
-/// `config_source` for a topic config set on the topic, and for a broker default.
-const DYNAMIC_TOPIC_CONFIG: i8 = 1;
-const DEFAULT_CONFIG: i8 = 5;
-
 /// Names that appear more than once in one request: Kafka refuses every entry of such a name
 /// (INVALID_REQUEST) rather than guess which one the client meant.
 fn repeated<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::HashSet<String> {
@@ -74,14 +70,19 @@ fn create_one(
     }
     let created = broker.controller.create_topic(name, partitions, configs, validate_only)?;
     let log_config = broker.controller.topic_log_config(&created.configs)?;
-    let described = topic_config::describe(&log_config)
+    let metadata = broker.metadata();
+    let settings = topic_config::BrokerSettings {
+        dynamic: &metadata.broker_configs,
+        static_settings: &broker.config.static_settings,
+    };
+    let described = topic_config::describe(&log_config, &created.configs, &settings)
         .into_iter()
-        .map(|(key, value)| {
-            let source = if created.configs.contains_key(key) { DYNAMIC_TOPIC_CONFIG } else { DEFAULT_CONFIG };
+        .map(|described| {
             CreatableTopicConfigs::default()
-                .with_name(str_bytes(key))
-                .with_value(Some(str_bytes(value)))
-                .with_config_source(source)
+                .with_name(str_bytes(described.def.name))
+                .with_value(Some(str_bytes(described.value)))
+                .with_config_source(described.source as i8)
+                .with_is_sensitive(false)
         })
         .collect();
     Ok(CreatableTopicResult::default()

@@ -1,7 +1,8 @@
 //! Building magic-2 record batches (Kafka's `MemoryRecordsBuilder`): what the stream
 //! processor's sinks, the coordinators and the transaction markers write, and what tests and
 //! benchmarks feed the log. Records are encoded once into one buffer; the header is filled in
-//! at the end with the count, timestamps and CRC-32C.
+//! at the end with the count, timestamps and CRC-32C. Also the recompression of a produced
+//! batch into a topic's `compression.type`.
 
 use super::compression::{self, Compression};
 use super::header::{self, HEADER_SIZE};
@@ -144,4 +145,29 @@ impl RecordBatchBuilder {
         out[header::CRC_AT..header::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
+}
+
+/// `batch` (validated) with its records stored under `target` instead (`compression.type`):
+/// the same records, header and producer fields, with the codec bits, length and CRC redone.
+/// Decompression is bounded by `max_decompressed_bytes`.
+pub(crate) fn recompress(
+    batch: &[u8],
+    target: Compression,
+    levels: compression::Levels,
+    max_decompressed_bytes: usize,
+) -> Result<Vec<u8>> {
+    let attributes = header::read_i16(batch, header::ATTRIBUTES_AT);
+    let source = Compression::from_attributes(attributes)?;
+    let records = compression::decompress(source, &batch[HEADER_SIZE..], max_decompressed_bytes)?;
+    let payload = compression::compress_with(target, &records, levels)?;
+    let mut out = Vec::with_capacity(HEADER_SIZE + payload.len());
+    out.extend_from_slice(&batch[..HEADER_SIZE]);
+    out.extend_from_slice(&payload);
+    let length = (HEADER_SIZE - header::LOG_OVERHEAD + payload.len()) as i32;
+    out[header::LENGTH_AT..header::LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+    let attributes = (attributes & !compression::COMPRESSION_MASK) | target.attribute_bits();
+    out[header::ATTRIBUTES_AT..header::ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = header::compute_crc(&out);
+    out[header::CRC_AT..header::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
 }

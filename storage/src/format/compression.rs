@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use crate::error::{Error, Result};
 
 /// The attribute bits that name the codec.
-const COMPRESSION_MASK: i16 = 0x07;
+pub(super) const COMPRESSION_MASK: i16 = 0x07;
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 /// Magic, version and compatible-version fields before the first xerial block.
 const XERIAL_HEADER_SIZE: usize = 16;
@@ -113,14 +113,32 @@ fn append_raw_snappy(block: &[u8], out: &mut Vec<u8>, limit: usize) -> std::resu
     Ok(())
 }
 
+/// The compression level to use; None is the builder's (fast) choice.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Levels {
+    /// 1..=9, or -1 for the codec's default (6).
+    pub gzip: Option<i32>,
+    pub zstd: Option<i32>,
+}
+
 /// Compresses a builder's encoded records with `codec`, framed as Kafka producers frame it
 /// (lz4 frame, raw snappy).
 pub(super) fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>> {
+    compress_with(codec, input, Levels::default())
+}
+
+/// [`compress`] at the given levels.
+pub(super) fn compress_with(codec: Compression, input: &[u8], levels: Levels) -> Result<Vec<u8>> {
     let fail = |err: std::io::Error| Error::Compression { codec: codec.name(), reason: err.to_string() };
     match codec {
         Compression::None => Ok(input.to_vec()),
         Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let level = match levels.gzip {
+                None => flate2::Compression::fast(),
+                Some(level) if level < 0 => flate2::Compression::default(),
+                Some(level) => flate2::Compression::new(level as u32),
+            };
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
             encoder.write_all(input).map_err(fail)?;
             encoder.finish().map_err(fail)
         }
@@ -132,7 +150,7 @@ pub(super) fn compress(codec: Compression, input: &[u8]) -> Result<Vec<u8>> {
             encoder.write_all(input).map_err(fail)?;
             encoder.finish().map_err(|err| Error::Compression { codec: "lz4", reason: err.to_string() })
         }
-        Compression::Zstd => zstd::bulk::compress(input, 1).map_err(fail),
+        Compression::Zstd => zstd::bulk::compress(input, levels.zstd.unwrap_or(1)).map_err(fail),
     }
 }
 

@@ -16,6 +16,8 @@ pub use header::{check_framing, peek_producer, peek_producer_epoch, TimestampTyp
 pub use records::{BatchIter, Header, Headers, Record, RecordBatch, Records};
 pub use validate::BatchInfo;
 
+pub(crate) use builder::recompress;
+pub(crate) use compression::Levels;
 pub(crate) use header::{check_crc, read_stored_header, stamp_header, StoredHeader};
 pub(crate) use records::MAX_DECOMPRESSED_BATCH_BYTES;
 pub(crate) use validate::validate;

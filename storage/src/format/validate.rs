@@ -22,6 +22,12 @@ pub struct BatchInfo {
     pub max_timestamp_ms: i64,
     /// Offset delta of the first record that carries `max_timestamp_ms`.
     pub offset_delta_of_max_timestamp: i32,
+    /// The smallest record timestamp, and the offset delta of the first record carrying it
+    /// (for `message.timestamp.before.max.ms`).
+    pub min_timestamp_ms: i64,
+    pub offset_delta_of_min_timestamp: i32,
+    /// Offset delta of the first record without a key (refused on compacted topics).
+    pub first_keyless_record: Option<i32>,
     pub compression: Compression,
     pub timestamp_type: TimestampType,
     pub is_transactional: bool,
@@ -59,6 +65,8 @@ pub(crate) fn validate(buf: &[u8], max_decompressed_bytes: usize) -> Result<Batc
     // they must fill the record area exactly.
     let mut max_timestamp_ms = i64::MIN;
     let mut offset_delta_of_max_timestamp = 0;
+    let (mut min_timestamp_ms, mut offset_delta_of_min_timestamp) = (i64::MAX, 0);
+    let mut first_keyless_record = None;
     let mut seen = 0i32;
     decode_records(buf, max_decompressed_bytes, |record| {
         if record.offset_delta != seen {
@@ -71,6 +79,13 @@ pub(crate) fn validate(buf: &[u8], max_decompressed_bytes: usize) -> Result<Batc
         if timestamp > max_timestamp_ms {
             max_timestamp_ms = timestamp;
             offset_delta_of_max_timestamp = seen;
+        }
+        if timestamp < min_timestamp_ms {
+            min_timestamp_ms = timestamp;
+            offset_delta_of_min_timestamp = seen;
+        }
+        if record.key.is_none() && first_keyless_record.is_none() {
+            first_keyless_record = Some(seen);
         }
         seen += 1;
         Ok(())
@@ -86,6 +101,9 @@ pub(crate) fn validate(buf: &[u8], max_decompressed_bytes: usize) -> Result<Batc
         base_timestamp_ms,
         max_timestamp_ms,
         offset_delta_of_max_timestamp,
+        min_timestamp_ms,
+        offset_delta_of_min_timestamp,
+        first_keyless_record,
         compression,
         timestamp_type,
         is_transactional: attributes & header::TRANSACTIONAL_BIT != 0,

@@ -85,7 +85,15 @@ impl PartitionLog {
         marker: Option<Marker>,
     ) -> Result<AppendOutcome> {
         let config = self.inner.config.read().clone();
-        let info = self.check_append(batch, &config, marker.is_some())?;
+        let mut info = self.check_append(batch, &config, marker.is_some())?;
+        let conformed = conform(batch, &info, &config, now_ms)?;
+        let batch: &[u8] = match &conformed {
+            Some(recompressed) => {
+                info = self.check_append(recompressed, &config, marker.is_some())?;
+                recompressed
+            }
+            None => batch,
+        };
         let (stored_max_timestamp_ms, log_append_time_ms) = match config.message_timestamp_type {
             TimestampType::CreateTime => (info.max_timestamp_ms, None),
             TimestampType::LogAppendTime => (now_ms, Some(now_ms)),
@@ -181,7 +189,7 @@ impl PartitionLog {
         let new_base = state.log_end_offset();
         let rolled = state.active_mut().seal(&self.inner.cache, config)?;
         self.inner.flusher.push_rolled(rolled);
-        let segment = Segment::create(&self.inner.dir, new_base)?;
+        let segment = Segment::create_with(&self.inner.dir, new_base, config)?;
         tracing::debug!(dir = %self.inner.dir.display(), base_offset = new_base, "rolled a new segment");
         state.segments.push(segment);
         Ok(())
@@ -214,6 +222,49 @@ impl PartitionLog {
     /// Number of fsyncs the log has issued for appends (a group commit counts once).
     pub fn fsync_count(&self) -> u64 {
         self.inner.flusher.fsync_count()
+    }
+}
+
+/// Applies the topic's rules on what a batch holds before it is stored: CreateTime
+/// timestamps within `message.timestamp.before.max.ms` / `after.max.ms` of the broker's
+/// clock, and the topic's `compression.type`. Returns the batch recompressed when its codec
+/// is not the topic's; None when it is stored as sent. Control batches are the coordinator's
+/// and pass as they are.
+fn conform(batch: &[u8], info: &BatchInfo, config: &LogConfig, now_ms: i64) -> Result<Option<Vec<u8>>> {
+    if info.is_control {
+        return Ok(None);
+    }
+    if config.message_timestamp_type == TimestampType::CreateTime {
+        let too_old = now_ms.saturating_sub(info.min_timestamp_ms);
+        if too_old > config.message_timestamp_before_max_ms {
+            return Err(Error::InvalidTimestamp {
+                record: info.offset_delta_of_min_timestamp,
+                timestamp_ms: info.min_timestamp_ms,
+                reason: format!(
+                    "{too_old} ms behind the broker's clock, more than message.timestamp.before.max.ms ({})",
+                    config.message_timestamp_before_max_ms
+                ),
+            });
+        }
+        let too_new = info.max_timestamp_ms.saturating_sub(now_ms);
+        if too_new > config.message_timestamp_after_max_ms {
+            return Err(Error::InvalidTimestamp {
+                record: info.offset_delta_of_max_timestamp,
+                timestamp_ms: info.max_timestamp_ms,
+                reason: format!(
+                    "{too_new} ms ahead of the broker's clock, more than message.timestamp.after.max.ms ({})",
+                    config.message_timestamp_after_max_ms
+                ),
+            });
+        }
+    }
+    match config.compression {
+        Some(target) if target != info.compression => {
+            let levels =
+                format::Levels { gzip: Some(config.compression_gzip_level), zstd: Some(config.compression_zstd_level) };
+            format::recompress(batch, target, levels, config.max_decompressed_batch_bytes).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 

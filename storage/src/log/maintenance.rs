@@ -48,6 +48,7 @@ impl PartitionLog {
         if flush_due || self.inner.flusher.has_rolled() {
             self.flush()?;
         }
+        self.remove_doomed_files(now_ms)?;
         // Two fsyncs per write: with thousands of partitions a checkpoint every tick would be
         // a storm of them. A stale recovery point only means more rescanning after a crash.
         let due = {

@@ -100,6 +100,8 @@ struct LogInner {
     checkpoint: Mutex<Option<(Checkpoint, i64)>>,
     /// The `producers_version` the last producer snapshot holds; also serialises writers.
     snapshot_version: Mutex<u64>,
+    /// Files of deleted segments waiting out `file.delete.delay.ms`, with when they go (ms).
+    doomed_files: Mutex<Vec<(i64, PathBuf)>>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -150,6 +152,7 @@ impl PartitionLog {
                 checkpoint: Mutex::new(None),
                 deleted: std::sync::atomic::AtomicBool::new(false),
                 snapshot_version: Mutex::new(0),
+                doomed_files: Mutex::new(Vec::new()),
             }),
         };
         log.rebuild_producers()?;

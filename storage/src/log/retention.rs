@@ -3,6 +3,8 @@
 //! first, as in Kafka), and never one holding offsets at or above the high watermark (a
 //! consumer may not have been allowed to read them yet). Both only move the log start offset up, and never past the high watermark.
 
+use std::path::PathBuf;
+
 use super::{LogState, PartitionLog};
 use crate::checkpoint;
 use crate::config::LogConfig;
@@ -35,7 +37,7 @@ impl PartitionLog {
             self.roll(&mut state, &config)?;
         }
         let doomed = state.segments.iter().take_while(|s| !s.active && s.next_offset <= offset.0).count();
-        self.delete_front(&mut state, doomed)?;
+        self.delete_front(&mut state, doomed, &config, crate::log::now_ms())?;
         state.debug_check_offsets();
         drop(state);
         self.write_checkpoint(false)?;
@@ -43,13 +45,21 @@ impl PartitionLog {
     }
 
     /// Deletes the `count` oldest segments (never the active one), raising the log start.
-    fn delete_front(&self, state: &mut LogState, count: usize) -> Result<()> {
+    /// Under `file.delete.delay.ms` their files are renamed and removed by a later
+    /// [`PartitionLog::maintain`].
+    fn delete_front(&self, state: &mut LogState, count: usize, config: &LogConfig, now_ms: i64) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
         for segment in state.segments.drain(..count) {
             tracing::info!(segment = %segment.paths.log.display(), "deleting segment");
-            segment.delete(&self.inner.cache)?;
+            if config.file_delete_delay_ms == 0 {
+                segment.delete(&self.inner.cache)?;
+            } else {
+                let due = now_ms.saturating_add(config.file_delete_delay_ms as i64);
+                let renamed = segment.delete_later(&self.inner.cache)?;
+                self.inner.doomed_files.lock().extend(renamed.into_iter().map(|path| (due, path)));
+            }
         }
         let first = state.segments[0].base_offset;
         state.log_start_offset = state.log_start_offset.max(first);
@@ -75,7 +85,7 @@ impl PartitionLog {
             // active segment at the end, as Kafka does.
             self.roll(&mut state, &config)?;
         }
-        self.delete_front(&mut state, count)?;
+        self.delete_front(&mut state, count, &config, now_ms)?;
         drop(state);
         if count > 0 {
             self.write_checkpoint(false)?;
@@ -114,4 +124,25 @@ fn deletable_prefix(segments: &[Segment], config: &LogConfig, high_watermark: i6
         count += 1;
     }
     count
+}
+
+impl PartitionLog {
+    /// Removes the files of deleted segments whose `file.delete.delay.ms` has run out.
+    pub(super) fn remove_doomed_files(&self, now_ms: i64) -> Result<()> {
+        let due: Vec<PathBuf> = {
+            let mut doomed = self.inner.doomed_files.lock();
+            let (due, waiting): (Vec<_>, Vec<_>) = doomed.drain(..).partition(|(at, _)| *at <= now_ms);
+            *doomed = waiting;
+            due.into_iter().map(|(_, path)| path).collect()
+        };
+        for path in due {
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("delete segment file", &path)(err))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
