@@ -8,6 +8,7 @@
 //!   cargo bench --bench load -- transactions --records-per-txn 10
 //!   cargo bench --bench load -- clickstream-latency --rate 20000 --seconds 300
 //!   cargo bench --bench load -- footprint --partitions 1000   (disk per idle partition)
+//!   cargo bench --bench load -- fetch-sessions --partitions 1000   (broker CPU per fetch, KIP-227)
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
 //!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
@@ -16,6 +17,8 @@
 
 #[path = "load/clickstream.rs"]
 mod clickstream;
+#[path = "load/fetch_sessions.rs"]
+mod fetch_sessions;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +72,9 @@ enum Mode {
     /// committed offset, then the bytes allocated under each partition directory (own broker
     /// only).
     Footprint(FootprintArgs),
+    /// Broker CPU per Fetch of many idle partitions, with and without an incremental fetch
+    /// session (own broker only).
+    FetchSessions(fetch_sessions::FetchSessionsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -644,6 +650,11 @@ fn main() {
             );
         }
         Mode::ClickstreamLatency(args) => clickstream::run(&bootstrap, &admin, args),
+        Mode::FetchSessions(args) => {
+            let own = own.as_ref().expect("fetch-sessions reads the harness's own broker's CPU: drop --bootstrap");
+            create_topic(&bootstrap, &topic, args.partitions());
+            fetch_sessions::run(&bootstrap, own.child.id(), &topic, args);
+        }
         Mode::Footprint(args) => {
             let own = own.as_ref().expect("footprint measures the harness's own broker: drop --bootstrap");
             create_topic(&bootstrap, &topic, args.partitions);

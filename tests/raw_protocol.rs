@@ -756,3 +756,125 @@ fn a_static_leader_coming_back_keeps_the_assignment_at_every_join_group_version(
     );
     assert_eq!((synced.error_code, &synced.assignment), (NONE, &assignment));
 }
+
+/// A Fetch v12 request in session `id` at `epoch` for `partitions` of `topic`, each at its
+/// offset, forgetting `forgotten`.
+fn session_fetch(
+    id: i32,
+    epoch: i32,
+    topic: &'static str,
+    partitions: &[(i32, i64)],
+    forgotten: &[i32],
+) -> FetchRequest {
+    use kafka_protocol::messages::fetch_request::ForgottenTopic;
+    let name = TopicName(StrBytes::from_static_str(topic));
+    let wanted: Vec<FetchPartition> = partitions
+        .iter()
+        .map(|&(p, offset)| {
+            FetchPartition::default().with_partition(p).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    let mut request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_id(id)
+        .with_session_epoch(epoch)
+        .with_topics(if wanted.is_empty() {
+            vec![]
+        } else {
+            vec![FetchTopic::default().with_topic(name.clone()).with_partitions(wanted)]
+        });
+    if !forgotten.is_empty() {
+        request = request.with_forgotten_topics_data(vec![ForgottenTopic::default()
+            .with_topic(name)
+            .with_partitions(forgotten.to_vec())]);
+    }
+    request
+}
+
+/// (partition, high watermark, record bytes) of each partition in a fetch response.
+fn answered(response: &FetchResponse) -> Vec<(i32, i64, usize)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, p.high_watermark, p.records.as_ref().map_or(0, |r| r.len())))
+        })
+        .collect()
+}
+
+#[test]
+fn incremental_fetch_sessions_send_only_what_changed_and_refuse_stale_epochs() {
+    let broker = Broker::start();
+    let mut stream = broker.connect();
+    create_topic(&mut stream, "sessions");
+    let create =
+        kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("sessions")))
+                .with_count(3),
+        ]);
+    let _: kafka_protocol::messages::create_partitions_response::CreatePartitionsResponse =
+        call(&mut stream, ApiKey::CreatePartitions, 3, 2, &create);
+    produce(&mut stream, "sessions", 0, one_record_batch());
+
+    // Epoch 0 opens a session: a full response, and a session id.
+    let all = [(0, 0), (1, 0), (2, 0)];
+    let opened: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 1, &session_fetch(0, 0, "sessions", &all, &[]));
+    assert_eq!(opened.error_code, 0);
+    let id = opened.session_id;
+    assert_ne!(id, 0, "a session was created");
+    assert_eq!(answered(&opened).len(), 3);
+
+    // Nothing changed: an incremental fetch naming no partitions gets none back.
+    let quiet: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 2, &session_fetch(id, 1, "sessions", &[], &[]));
+    assert_eq!((quiet.error_code, quiet.session_id), (0, id));
+    assert_eq!(answered(&quiet), vec![(0, 1, answered(&opened)[0].2)], "partition 0 still has its record at offset 0");
+    // The client moves past it: now nothing at all comes back.
+    let moved: FetchResponse =
+        call(&mut stream, ApiKey::Fetch, 12, 3, &session_fetch(id, 2, "sessions", &[(0, 1)], &[]));
+    assert_eq!(answered(&moved), vec![]);
+    // New records in partition 2 come back, without the session naming it again.
+    produce(&mut stream, "sessions", 2, one_record_batch());
+    let grown: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 4, &session_fetch(id, 3, "sessions", &[], &[]));
+    let got = answered(&grown);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), (2, 1));
+    assert!(got[0].2 > 0);
+
+    // A forgotten partition is no longer served.
+    let _: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 5, &session_fetch(id, 4, "sessions", &[(2, 1)], &[]));
+    let _: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 6, &session_fetch(id, 5, "sessions", &[], &[1]));
+    produce(&mut stream, "sessions", 1, one_record_batch());
+    let forgot: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 7, &session_fetch(id, 6, "sessions", &[], &[]));
+    assert_eq!(answered(&forgot), vec![]);
+
+    // A repeated epoch and an unknown session are refused with the codes clients recover from.
+    let stale: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 8, &session_fetch(id, 6, "sessions", &[], &[]));
+    assert_eq!(stale.error_code, kafka_protocol::error::ResponseError::InvalidFetchSessionEpoch.code());
+    let unknown: FetchResponse =
+        call(&mut stream, ApiKey::Fetch, 12, 9, &session_fetch(id ^ 0x55, 1, "sessions", &[], &[]));
+    assert_eq!(unknown.error_code, kafka_protocol::error::ResponseError::FetchSessionIdNotFound.code());
+    // A long poll in the session wakes for an append to a partition it left out as quiet,
+    // long before its max wait.
+    let mut producer = broker.connect();
+    let waiting = std::thread::spawn(move || {
+        let mut request = session_fetch(id, 7, "sessions", &[], &[]);
+        request = request.with_max_wait_ms(60_000).with_min_bytes(1);
+        let started = std::time::Instant::now();
+        let response: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 12, &request);
+        (response, started.elapsed(), stream)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    produce(&mut producer, "sessions", 0, one_record_batch());
+    let (woken, waited, mut stream) = waiting.join().unwrap();
+    assert!(waited < std::time::Duration::from_secs(30), "the poll was not woken ({waited:?})");
+    assert_eq!(answered(&woken).iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), vec![(0, 2)]);
+    // Epoch -1 closes the session; it is gone afterwards.
+    let closed: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 10, &session_fetch(id, -1, "sessions", &all, &[]));
+    assert_eq!((closed.error_code, closed.session_id), (0, 0));
+    let gone: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 11, &session_fetch(id, 8, "sessions", &[], &[]));
+    assert_eq!(gone.error_code, kafka_protocol::error::ResponseError::FetchSessionIdNotFound.code());
+}

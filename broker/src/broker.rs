@@ -12,6 +12,7 @@ use crate::config::BrokerConfig;
 use crate::controller::{Controller, InternalTopics, ProducerIdBlocks};
 use crate::data_dir::DataDirLock;
 use crate::error::Result;
+use crate::fetch_session::FetchSessionCache;
 use crate::group::GroupCoordinator;
 use crate::internal_topics::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use crate::metadata::{ClusterMetadata, MetadataLog};
@@ -31,6 +32,8 @@ pub struct Broker {
     pub(crate) clock: Arc<dyn Clock>,
     /// When retention last ran over every log (wall ms).
     last_retention_ms: std::sync::atomic::AtomicI64,
+    /// Incremental fetch sessions (KIP-227).
+    pub(crate) fetch_sessions: FetchSessionCache,
 }
 
 impl Broker {
@@ -82,6 +85,7 @@ impl Broker {
         );
         txns.complete_prepared();
         let last_retention_ms = clock.now_ms().into();
+        let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots);
         Ok(Arc::new(Broker {
             config,
             _data_dir_lock: data_dir_lock,
@@ -91,6 +95,7 @@ impl Broker {
             txns,
             clock,
             last_retention_ms,
+            fetch_sessions,
         }))
     }
 

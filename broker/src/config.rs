@@ -37,6 +37,8 @@ pub struct BrokerConfig {
     pub max_open_segments: usize,
     /// `log.retention.check.interval.ms`: how often retention looks for segments to delete.
     pub log_retention_check_interval_ms: u64,
+    /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) held at once.
+    pub fetch_session_cache_slots: usize,
     /// The group coordinator's limits and timers.
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
@@ -129,6 +131,7 @@ impl Default for BrokerConfig {
             log_defaults: LogConfig { message_timestamp_after_max_ms: 3_600_000, ..LogConfig::default() },
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
             log_retention_check_interval_ms: 300_000,
+            fetch_session_cache_slots: 1000,
             groups: GroupConfig::default(),
             transactions: TransactionConfig::default(),
             static_settings: Default::default(),
@@ -191,6 +194,7 @@ pub const KEYS: &[&str] = &[
     "listeners",
     "log.dirs",
     "log.retention.check.interval.ms",
+    "max.incremental.fetch.session.cache.slots",
     "max.open.segments",
     "node.id",
     "num.partitions",
@@ -293,6 +297,9 @@ impl BrokerConfig {
                 self.socket_request_max_bytes = setting.int(1024, i64::from(i32::MAX))? as usize
             }
             "max.open.segments" => self.max_open_segments = setting.int(16, 1 << 20)? as usize,
+            "max.incremental.fetch.session.cache.slots" => {
+                self.fetch_session_cache_slots = setting.int(0, i64::from(i32::MAX))? as usize
+            }
             "log.retention.check.interval.ms" => {
                 self.log_retention_check_interval_ms = setting.int(1, i64::MAX)? as u64
             }

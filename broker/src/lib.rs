@@ -17,6 +17,7 @@ mod controller;
 mod data_dir;
 mod dispatch;
 mod error;
+mod fetch_session;
 mod group;
 pub mod in_process;
 mod internal_topics;

@@ -22,9 +22,9 @@ pub(crate) fn open_with_clock(dir: &std::path::Path, clock: Arc<dyn Clock>) -> (
     (broker, client)
 }
 
-/// Produces `values` (no keys) to a partition as one batch.
+/// Produces `values` (no keys) to a partition as one batch, stamped with the broker's clock.
 pub(crate) fn produce(client: &InProcessClient, topic: &str, partition: i32, values: &[Bytes]) {
-    let now = sluice_storage::now_ms();
+    let now = client.clock().now_ms();
     let mut builder = RecordBatchBuilder::new(now);
     for value in values {
         builder.push(now, None, Some(value), &[]);

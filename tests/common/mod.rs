@@ -31,11 +31,19 @@ pub struct TestBroker {
     /// The admin HTTP API's port (jobs); the same across restarts.
     admin_port: u16,
     settings: Vec<String>,
+    /// Where the broker keeps its data, when not in its own temporary directory.
+    data_dir: Option<PathBuf>,
 }
 
 impl TestBroker {
     /// Starts a broker with extra broker configs, each `key=value` (passed as `--set`).
     pub fn start(settings: &[&str]) -> TestBroker {
+        TestBroker::start_with_data_dir(None, settings)
+    }
+
+    /// [`TestBroker::start`] with its data in `data_dir` (a filesystem the test made), which
+    /// the test owns and cleans up.
+    pub fn start_with_data_dir(data_dir: Option<PathBuf>, settings: &[&str]) -> TestBroker {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let mut broker = TestBroker {
             child: None,
@@ -43,6 +51,7 @@ impl TestBroker {
             port: 0,
             admin_port: 0,
             settings: settings.iter().map(|s| s.to_string()).collect(),
+            data_dir,
         };
         broker.spawn();
         broker
@@ -59,7 +68,7 @@ impl TestBroker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone().unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     fn log_path(&self) -> PathBuf {

@@ -2,7 +2,9 @@
 //! (spliced into the response without a copy), bounded by the high watermark, or for
 //! read_committed by the last stable offset with the aborted transactions listed. Long polling:
 //! when less than `min_bytes` is available the request waits, woken by appends, until
-//! `max_wait_ms`. Sessionless: every response carries session id 0 (KIP-227 allows it).
+//! `max_wait_ms`. Incremental fetch sessions (KIP-227) are in `fetch_session`: a session's
+//! request is read as the full set of partitions it holds, and the response cut to those with
+//! something new.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use super::check_leader_epoch;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
+use crate::fetch_session::FetchContext;
 use crate::partition::Partition;
 
 /// Fetch waits are bounded even if a client asks for longer.
@@ -32,25 +35,51 @@ pub async fn handle(
     header: &RequestHeader,
     request: FetchRequest,
 ) -> (FetchResponse, Vec<Bytes>) {
-    if request.session_id != 0 {
-        // We never hand out sessions, so a client naming one has lost track of it.
-        let response = FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
-        return (response, Vec::new());
-    }
+    let version = header.request_api_version;
+    let metadata = broker.metadata();
+    let resolve = |topic: &FetchTopic, partition: i32| {
+        let name = if version >= 13 {
+            metadata.topic_by_id(&topic.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        broker.replicas.partition(&name?, partition)
+    };
+    let context = match broker.fetch_sessions.context(&request, version, &resolve) {
+        Ok(context) => context,
+        // The client answers these with a full fetch that opens a new session.
+        Err(code) => return (FetchResponse::default().with_error_code(code.code()), Vec::new()),
+    };
+    let (read, response, records) = poll(broker, version, &request, &context).await;
+    let read = read.as_ref().unwrap_or(&request);
+    (context.finish(&broker.fetch_sessions, read, response, version, &resolve), records)
+}
+
+/// Reads the request's partitions (those of its session that are not quiet), long polling
+/// until `min_bytes` are there or `max_wait_ms` has passed. Returns what it read last (None:
+/// the request as it is), and the response.
+async fn poll(
+    broker: &Arc<Broker>,
+    version: i16,
+    request: &FetchRequest,
+    context: &FetchContext,
+) -> (Option<FetchRequest>, FetchResponse, Vec<Bytes>) {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
     // One wake-up for this request, registered with each partition it reads before every
     // read, so a commit in between leaves a permit and is not missed.
     let committed = Arc::new(Notify::new());
     loop {
-        let (response, records, bytes, errors) =
-            read_once(broker, header.request_api_version, &request, (min_bytes > 0).then_some(&committed));
+        let wake = (min_bytes > 0).then_some(&committed);
+        let read = context.effective_request(request, wake);
+        let (response, records, bytes, errors) = read_once(broker, version, read.as_ref().unwrap_or(request), wake);
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
-            return (response, records);
+            return (read, response, records);
         }
         if tokio::time::timeout_at(deadline, committed.notified()).await.is_err() {
-            let (response, records, ..) = read_once(broker, header.request_api_version, &request, None);
-            return (response, records);
+            let read = context.effective_request(request, None);
+            let (response, records, ..) = read_once(broker, version, read.as_ref().unwrap_or(request), None);
+            return (read, response, records);
         }
     }
 }
@@ -150,8 +179,8 @@ impl Pass<'_> {
         if let Some(wake) = self.wake {
             partition.register_fetch_waiter(wake);
         }
-        let high_watermark = partition.log.high_watermark();
-        let last_stable_offset = partition.log.last_stable_offset();
+        let bounds = partition.log.read_bounds();
+        let (high_watermark, last_stable_offset) = (bounds.high_watermark, bounds.last_stable_offset);
         let limit = if self.read_committed { last_stable_offset } else { high_watermark };
         // read_committed consumers drop the records of aborted transactions themselves:
         // they get the list of those overlapping what they may read.
@@ -169,10 +198,11 @@ impl Pass<'_> {
         let data = data
             .with_high_watermark(high_watermark.0)
             .with_last_stable_offset(last_stable_offset.0)
-            .with_log_start_offset(partition.log.log_start_offset().0)
+            .with_log_start_offset(bounds.log_start_offset.0)
             .with_aborted_transactions(aborted);
-        if self.budget == 0 {
-            // KIP-74: once the response is full, later partitions come back empty.
+        // KIP-74: once the response is full, later partitions come back empty. A consumer
+        // caught up (the common case of an idle partition) has nothing to read.
+        if self.budget == 0 || (wanted.fetch_offset == limit.0 && limit >= bounds.log_start_offset) {
             return data;
         }
         let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(self.budget);

@@ -22,7 +22,8 @@ impl PartitionLog {
         self.inner.deleted.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    pub(super) fn is_deleted(&self) -> bool {
+    /// Whether the log was deleted (its topic deleted): nothing may read or write it any more.
+    pub fn is_deleted(&self) -> bool {
         self.inner.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 

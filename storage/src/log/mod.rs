@@ -31,6 +31,7 @@ mod truncate;
 
 pub use append::{AppendOutcome, DurableHandle};
 pub use read::ReadResult;
+pub use transactions::ReadBounds;
 
 /// Milliseconds since the Unix epoch, the unit of every Kafka timestamp.
 pub fn now_ms() -> i64 {

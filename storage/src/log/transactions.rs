@@ -58,6 +58,15 @@ impl LogState {
     }
 }
 
+/// What a reader may read of a log: from the log start, up to the high watermark
+/// (read_uncommitted) or the last stable offset (read_committed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBounds {
+    pub log_start_offset: Offset,
+    pub high_watermark: Offset,
+    pub last_stable_offset: Offset,
+}
+
 impl PartitionLog {
     /// Appends a transaction marker (a control batch) ending `producer_id`'s transaction in
     /// this partition: what the transaction coordinator writes at commit or abort.
@@ -175,6 +184,12 @@ impl PartitionLog {
     /// The last stable offset: no record at or above it belongs to an open transaction,
     /// and it never passes the high watermark. `read_committed` reads stop here.
     pub fn last_stable_offset(&self) -> Offset {
+        self.read_bounds().last_stable_offset
+    }
+
+    /// The log start offset, high watermark and last stable offset, read together (one
+    /// lock, one consistent view: what a fetch reports for a partition).
+    pub fn read_bounds(&self) -> ReadBounds {
         let state = self.inner.state.read();
         let stable =
             state.producers.first_unstable_offset().map_or(state.high_watermark, |f| f.min(state.high_watermark));
@@ -182,7 +197,11 @@ impl PartitionLog {
         // hold the stable offset below the log start.
         let stable = stable.max(state.log_start_offset);
         debug_assert!(stable <= state.high_watermark, "last stable offset {stable} above the high watermark");
-        Offset(stable)
+        ReadBounds {
+            log_start_offset: Offset(state.log_start_offset),
+            high_watermark: Offset(state.high_watermark),
+            last_stable_offset: Offset(stable),
+        }
     }
 
     /// Aborted transactions with records in `[from, to)`, for a `read_committed` fetch.
