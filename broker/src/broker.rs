@@ -124,6 +124,36 @@ impl Broker {
         }
     }
 
+    /// One round of the log cleaner over every compacted log, `log.cleaner.threads` at a time,
+    /// each thread with its share of the dedupe buffer. Returns how many passes ran (a log
+    /// that needs several gets them in later rounds).
+    pub fn clean_logs(&self) -> usize {
+        let logs: Vec<_> = self.replicas.all_partitions().into_iter().filter(|p| p.log.config().compact).collect();
+        let threads = self.config.cleaner_threads.max(1);
+        let budget = self.config.cleaner_dedupe_buffer_size / threads;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let passes = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.min(logs.len()) {
+                scope.spawn(|| {
+                    while let Some(partition) = logs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        match partition.log.clean(self.clock.now_ms(), budget) {
+                            Ok(Some(stats)) => {
+                                passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::debug!(topic = %partition.topic, partition = partition.index, ?stats, "cleaned");
+                            }
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::error!(topic = %partition.topic, partition = partition.index, %err, "log cleaning failed")
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        passes.into_inner()
+    }
+
     /// Clean shutdown: every log flushed and marked clean.
     pub fn shutdown(&self) {
         self.replicas.close_all();

@@ -39,6 +39,13 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) held at once.
     pub fetch_session_cache_slots: usize,
+    /// The log cleaner (compaction): `log.cleaner.enable`, `log.cleaner.threads`,
+    /// `log.cleaner.dedupe.buffer.size` (shared by the threads) and `log.cleaner.backoff.ms`
+    /// (the pause between rounds over the compacted logs).
+    pub cleaner_enable: bool,
+    pub cleaner_threads: usize,
+    pub cleaner_dedupe_buffer_size: usize,
+    pub cleaner_backoff_ms: u64,
     /// The group coordinator's limits and timers.
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
@@ -132,6 +139,10 @@ impl Default for BrokerConfig {
             max_open_segments: sluice_storage::HandleCache::DEFAULT_MAX_OPEN,
             log_retention_check_interval_ms: 300_000,
             fetch_session_cache_slots: 1000,
+            cleaner_enable: true,
+            cleaner_threads: 1,
+            cleaner_dedupe_buffer_size: 128 << 20,
+            cleaner_backoff_ms: 15_000,
             groups: GroupConfig::default(),
             transactions: TransactionConfig::default(),
             static_settings: Default::default(),
@@ -194,6 +205,10 @@ pub const KEYS: &[&str] = &[
     "listeners",
     "log.dirs",
     "log.retention.check.interval.ms",
+    "log.cleaner.backoff.ms",
+    "log.cleaner.dedupe.buffer.size",
+    "log.cleaner.enable",
+    "log.cleaner.threads",
     "max.incremental.fetch.session.cache.slots",
     "max.open.segments",
     "node.id",
@@ -297,6 +312,12 @@ impl BrokerConfig {
                 self.socket_request_max_bytes = setting.int(1024, i64::from(i32::MAX))? as usize
             }
             "max.open.segments" => self.max_open_segments = setting.int(16, 1 << 20)? as usize,
+            "log.cleaner.enable" => self.cleaner_enable = setting.boolean()?,
+            "log.cleaner.threads" => self.cleaner_threads = setting.int(1, 64)? as usize,
+            "log.cleaner.dedupe.buffer.size" => {
+                self.cleaner_dedupe_buffer_size = setting.int(1 << 10, i64::from(i32::MAX))? as usize
+            }
+            "log.cleaner.backoff.ms" => self.cleaner_backoff_ms = setting.int(0, i64::from(i32::MAX))? as u64,
             "max.incremental.fetch.session.cache.slots" => {
                 self.fetch_session_cache_slots = setting.int(0, i64::from(i32::MAX))? as usize
             }

@@ -74,7 +74,8 @@ impl Server {
             tokio::spawn(network::serve(broker.clone(), listener, stop.clone())),
             tokio::spawn(group_timers(broker.clone(), stop.clone())),
             tokio::spawn(transaction_timers(broker.clone(), stop.clone())),
-            tokio::spawn(maintenance(broker.clone(), stop)),
+            tokio::spawn(maintenance(broker.clone(), stop.clone())),
+            tokio::spawn(log_cleaner(broker.clone(), stop)),
         ];
         tracing::info!(%local_addr, "broker ready");
         Ok(Server { broker, local_addr, shutdown, tasks })
@@ -179,6 +180,30 @@ async fn maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
                     tracing::error!("log maintenance panicked");
                 }
             }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The log cleaner: a round over the compacted logs, then `log.cleaner.backoff.ms` of rest
+/// (none while a round still found work), as Kafka's cleaner threads do.
+async fn log_cleaner(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    if !broker.config.cleaner_enable {
+        return;
+    }
+    let backoff = Duration::from_millis(broker.config.cleaner_backoff_ms);
+    loop {
+        let round = broker.clone();
+        let passes = match tokio::task::spawn_blocking(move || round.clean_logs()).await {
+            Ok(passes) => passes,
+            Err(_) => {
+                tracing::error!("the log cleaner panicked");
+                0
+            }
+        };
+        let pause = if passes > 0 { Duration::ZERO } else { backoff };
+        tokio::select! {
+            _ = tokio::time::sleep(pause.max(Duration::from_millis(10))) => {}
             _ = shutdown.changed() => return,
         }
     }

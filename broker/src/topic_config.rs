@@ -3,10 +3,9 @@
 //! into a log's [`LogConfig`]; and how all of them are described back. Unknown keys and bad
 //! values are refused with one sentence naming the key and what is allowed.
 //!
-//! Keys whose effect needs what Sluice does not have (a replica set, tiered storage, the log
-//! cleaner) are stored and described like any other; where a value would need the missing
-//! part to mean anything (`cleanup.policy=compact`, `remote.storage.enable=true`) it is
-//! refused instead of silently ignored.
+//! Keys whose effect needs what Sluice does not have (a replica set, tiered storage) are
+//! stored and described like any other; where a value would need the missing part to mean
+//! anything (`remote.storage.enable=true`) it is refused instead of silently ignored.
 
 use std::collections::BTreeMap;
 
@@ -237,8 +236,15 @@ pub fn apply(config: &mut LogConfig, key: &str, value: &str) -> Result<(), Strin
     let value = value.trim();
     let int = || parse_i64(key, value);
     match key {
-        "cleanup.policy" if value.split(',').any(|p| p.trim() == "compact") => {
-            return Err("cleanup.policy=compact is not supported yet (Sluice has no log cleaner); use delete".into())
+        "cleanup.policy" => {
+            config.compact = value.split(',').any(|p| p.trim() == "compact");
+            config.delete = value.split(',').any(|p| p.trim() == "delete");
+        }
+        "delete.retention.ms" => config.delete_retention_ms = int()?,
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms = int()?,
+        "max.compaction.lag.ms" => config.max_compaction_lag_ms = int()?,
+        "min.cleanable.dirty.ratio" => {
+            config.min_cleanable_dirty_ratio = value.parse().map_err(|_| format!("{key} must be a number"))?
         }
         "remote.storage.enable" if value.eq_ignore_ascii_case("true") => {
             return Err("remote.storage.enable=true needs tiered storage, which this broker does not have".into())
@@ -364,6 +370,15 @@ fn log_value(config: &LogConfig, key: &str) -> Option<String> {
         "min.insync.replicas" => config.min_insync_replicas.to_string(),
         "preallocate" => config.preallocate.to_string(),
         "file.delete.delay.ms" => config.file_delete_delay_ms.to_string(),
+        "cleanup.policy" => match (config.compact, config.delete) {
+            (true, true) => "compact,delete".to_string(),
+            (true, false) => "compact".to_string(),
+            _ => "delete".to_string(),
+        },
+        "delete.retention.ms" => config.delete_retention_ms.to_string(),
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms.to_string(),
+        "max.compaction.lag.ms" => config.max_compaction_lag_ms.to_string(),
+        "min.cleanable.dirty.ratio" => config.min_cleanable_dirty_ratio.to_string(),
         _ => return None,
     };
     Some(value)

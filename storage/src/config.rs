@@ -79,6 +79,19 @@ pub struct LogConfig {
     /// `min.insync.replicas`: not the log's to act on; the broker refuses acks=all appends
     /// while fewer replicas are in sync.
     pub min_insync_replicas: i32,
+    /// `cleanup.policy`: `delete` (retention by time and size) and/or `compact` (the log
+    /// cleaner keeps the latest record of each key).
+    pub delete: bool,
+    pub compact: bool,
+    /// `delete.retention.ms`: how long a tombstone stays once its batch is this old.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: clean once this share of the cleanable log is dirty.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records younger than this are not compacted yet.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a dirty record older than this makes the log due for
+    /// cleaning whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -106,6 +119,12 @@ impl Default for LogConfig {
             preallocate: false,
             file_delete_delay_ms: 60_000,
             min_insync_replicas: 1,
+            delete: true,
+            compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }

@@ -24,7 +24,7 @@ pub use config::{Durability, FlushPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use format::{BatchInfo, Compression, Header, Record, RecordBatch, RecordBatchBuilder, Records, TimestampType};
 pub use handle_cache::HandleCache;
-pub use log::{now_ms, AppendOutcome, DurableHandle, PartitionLog, ReadBounds, ReadResult};
+pub use log::{now_ms, AppendOutcome, CleanStats, DurableHandle, PartitionLog, ReadBounds, ReadResult};
 pub use offset::{LeaderEpoch, Offset};
 pub use producer_state::{BatchMetadata, MarkerKind, ProducerEntry, ProducerId, ProducerState};
 pub use txn_index::AbortedTxn;

@@ -292,7 +292,8 @@ fn index_batches(
     let mut position = 0u64;
     while position < scanned_size {
         let rest = handle.slice(position, (scanned_size - position) as usize);
-        let reason = match check_batch(&rest, segment.next_offset, recovery_point.is_some()) {
+        let gaps = crate::log::was_compacted(segment.paths.log.parent().unwrap_or(Path::new(".")));
+        let reason = match check_batch(&rest, segment.next_offset, recovery_point.is_some(), gaps) {
             Ok(header) => {
                 segment.index_batch(
                     handle,
@@ -327,11 +328,18 @@ fn index_batches(
 
 /// The header of the batch at the start of `rest` if the batch is sound (its framing, and
 /// its CRC when `check_crc`) and starts at `expected_offset`; otherwise why it is not.
-fn check_batch(rest: &[u8], expected_offset: i64, check_crc: bool) -> std::result::Result<StoredHeader, String> {
+/// A compacted log (`gaps`) may skip offsets between batches, but never go back.
+fn check_batch(
+    rest: &[u8],
+    expected_offset: i64,
+    check_crc: bool,
+    gaps: bool,
+) -> std::result::Result<StoredHeader, String> {
     let checked = if check_crc { format::check_crc(rest) } else { format::check_framing(rest) };
     match checked.and_then(|_| format::read_stored_header(rest)) {
-        // Offsets are dense (no compaction yet): each batch starts where the last ended.
-        Ok(header) if header.base_offset != expected_offset => {
+        // Offsets are dense unless the log was compacted: each batch starts where the last
+        // ended.
+        Ok(header) if header.base_offset != expected_offset && !(gaps && header.base_offset > expected_offset) => {
             Err(format!("batch base offset {} where offset {expected_offset} was expected", header.base_offset))
         }
         Ok(header) => Ok(header),

@@ -19,5 +19,5 @@ pub use validate::BatchInfo;
 pub(crate) use builder::recompress;
 pub(crate) use compression::Levels;
 pub(crate) use header::{check_crc, read_stored_header, stamp_header, StoredHeader};
-pub(crate) use records::MAX_DECOMPRESSED_BATCH_BYTES;
+pub(crate) use records::{filter_batch, Filtered, RecordView, MAX_DECOMPRESSED_BATCH_BYTES};
 pub(crate) use validate::validate;

@@ -426,6 +426,39 @@ mod tests {
     }
 
     #[test]
+    fn a_filtered_batch_keeps_its_offsets_and_only_the_chosen_records() {
+        for codec in [Compression::None, Compression::Zstd, Compression::Snappy] {
+            let records: Vec<TestRecord> = (0..6)
+                .map(|i| (100 + i, Some(vec![b'k', i as u8]), (i != 4).then(|| vec![b'v'; 10]), vec![]))
+                .collect();
+            let batch = RecordBatch::new(Bytes::from(build(&records, codec))).unwrap();
+            let mut stored = batch.as_bytes().to_vec();
+            stored[..8].copy_from_slice(&1000i64.to_be_bytes()); // as the log stamps it
+            let batch = RecordBatch::new(Bytes::from(stored)).unwrap();
+            let Filtered::Some(kept) = filter_batch(&batch, 1 << 20, |r| r.offset % 2 == 1).unwrap() else {
+                panic!("some records stay")
+            };
+            let kept = RecordBatch::new(Bytes::from(kept)).unwrap();
+            kept.verify_crc().unwrap();
+            assert_eq!((kept.base_offset(), kept.last_offset(), kept.record_count()), (1000, 1005, 3));
+            let read: Vec<(i64, i64)> =
+                kept.records().unwrap().map(|r| r.unwrap()).map(|r| (r.offset, r.timestamp_ms)).collect();
+            assert_eq!(read, vec![(1001, 101), (1003, 103), (1005, 105)]);
+            assert_eq!(kept.max_timestamp_ms(), 105);
+            assert_eq!(kept.compression().unwrap(), codec);
+            assert!(matches!(filter_batch(&batch, 1 << 20, |_| true).unwrap(), Filtered::All));
+            assert!(matches!(filter_batch(&batch, 1 << 20, |_| false).unwrap(), Filtered::Nothing));
+            let mut tombstones = Vec::new();
+            filter_batch(&batch, 1 << 20, |r| {
+                tombstones.push(r.is_tombstone);
+                true
+            })
+            .unwrap();
+            assert_eq!(tombstones, vec![false, false, false, false, true, false]);
+        }
+    }
+
+    #[test]
     fn keys_and_values_are_slices_of_the_batch() {
         let batch =
             Bytes::from(build(&[(5, Some(b"key".to_vec()), Some(b"value".to_vec()), vec![])], Compression::None));
@@ -446,4 +479,84 @@ mod tests {
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[1].as_bytes().as_ref(), &b[..]);
     }
+}
+
+/// What the log cleaner sees of a record when deciding whether it stays.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordView<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub is_tombstone: bool,
+}
+
+/// What filtering a batch left of it.
+#[derive(Debug)]
+pub(crate) enum Filtered {
+    /// Every record stays: the batch can be kept byte for byte.
+    All,
+    /// No record stays.
+    Nothing,
+    /// Some stay: the batch rebuilt with only them (same base offset, last offset delta,
+    /// base timestamp, producer fields and codec; new count, max timestamp, length and CRC).
+    Some(Vec<u8>),
+}
+
+/// Filters the records of a stored batch by `keep`, copying the kept records' bytes as they
+/// are (their offset and timestamp deltas stay valid: the batch keeps its base offset and base
+/// timestamp), recompressed with the batch's codec.
+pub(crate) fn filter_batch(
+    batch: &RecordBatch,
+    max_decompressed_bytes: usize,
+    mut keep: impl FnMut(&RecordView) -> bool,
+) -> Result<Filtered> {
+    let codec = batch.compression()?;
+    let payload = &batch.bytes[HEADER_SIZE..];
+    let decompressed;
+    let records: &[u8] = if codec == Compression::None {
+        payload
+    } else {
+        decompressed = compression::decompress(codec, payload, max_decompressed_bytes)?;
+        &decompressed
+    };
+    let log_append_time = matches!(batch.timestamp_type(), TimestampType::LogAppendTime);
+    let (base_offset, base_timestamp) = (batch.base_offset(), batch.base_timestamp_ms());
+    let mut kept = Vec::with_capacity(records.len());
+    let (mut count, mut total, mut max_timestamp) = (0i32, 0i32, i64::MIN);
+    let mut pos = 0;
+    while pos < records.len() && total < batch.record_count() {
+        let start = pos;
+        let raw = next_raw_record(records, &mut pos)?;
+        total += 1;
+        let timestamp_ms =
+            if log_append_time { batch.max_timestamp_ms() } else { base_timestamp.wrapping_add(raw.timestamp_delta) };
+        let view = RecordView {
+            offset: base_offset.wrapping_add(i64::from(raw.offset_delta)),
+            key: raw.key,
+            is_tombstone: raw.value.is_none(),
+        };
+        if keep(&view) {
+            kept.extend_from_slice(&records[start..pos]);
+            count += 1;
+            max_timestamp = max_timestamp.max(timestamp_ms);
+        }
+    }
+    if count == total {
+        return Ok(Filtered::All);
+    }
+    if count == 0 {
+        return Ok(Filtered::Nothing);
+    }
+    let payload = compression::compress(codec, &kept)?;
+    let mut out = Vec::with_capacity(HEADER_SIZE + payload.len());
+    out.extend_from_slice(&batch.bytes[..HEADER_SIZE]);
+    out.extend_from_slice(&payload);
+    let length = (HEADER_SIZE - header::LOG_OVERHEAD + payload.len()) as i32;
+    out[header::LENGTH_AT..header::LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+    out[header::RECORD_COUNT_AT..header::RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+    if !log_append_time {
+        out[header::MAX_TIMESTAMP_AT..header::MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    }
+    let crc = header::compute_crc(&out);
+    out[header::CRC_AT..header::CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(Filtered::Some(out))
 }

@@ -234,6 +234,10 @@ fn conform(batch: &[u8], info: &BatchInfo, config: &LogConfig, now_ms: i64) -> R
     if info.is_control {
         return Ok(None);
     }
+    if let (true, Some(record)) = (config.compact, info.first_keyless_record) {
+        // KIP-467: the record's index goes back to the producer.
+        return Err(Error::RefusedRecord { record, reason: "a compacted topic takes only records with a key".into() });
+    }
     if config.message_timestamp_type == TimestampType::CreateTime {
         let too_old = now_ms.saturating_sub(info.min_timestamp_ms);
         if too_old > config.message_timestamp_before_max_ms {

@@ -23,6 +23,7 @@ use crate::segment::Segment;
 use crate::txn_index::AbortedTxn;
 
 mod append;
+mod compaction;
 mod maintenance;
 mod read;
 mod retention;
@@ -30,6 +31,8 @@ mod transactions;
 mod truncate;
 
 pub use append::{AppendOutcome, DurableHandle};
+pub(crate) use compaction::was_compacted;
+pub use compaction::CleanStats;
 pub use read::ReadResult;
 pub use transactions::ReadBounds;
 
@@ -103,6 +106,8 @@ struct LogInner {
     snapshot_version: Mutex<u64>,
     /// Files of deleted segments waiting out `file.delete.delay.ms`, with when they go (ms).
     doomed_files: Mutex<Vec<(i64, PathBuf)>>,
+    /// The offset below which compaction has cleaned the log; held by a cleaning pass.
+    clean_point: Mutex<i64>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -118,6 +123,7 @@ impl PartitionLog {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(Error::io("create log directory", &dir))?;
+        compaction::finish_interrupted(&dir)?;
         let found = checkpoint::read(&dir)?;
         let loaded = recovery::load(&dir, &config, &cache, found)?;
         let segments = loaded.segments;
@@ -133,6 +139,7 @@ impl PartitionLog {
             tracing::info!(dir = %dir.display(), log_end_offset, "recovered log after an unclean shutdown");
         }
         let aborted = transactions::load_aborted(&segments, log_end_offset)?;
+        let clean_point = compaction::read_clean_point(&dir);
         let log = PartitionLog {
             inner: Arc::new(LogInner {
                 dir,
@@ -154,6 +161,7 @@ impl PartitionLog {
                 deleted: std::sync::atomic::AtomicBool::new(false),
                 snapshot_version: Mutex::new(0),
                 doomed_files: Mutex::new(Vec::new()),
+                clean_point: Mutex::new(clean_point),
             }),
         };
         log.rebuild_producers()?;

@@ -96,6 +96,10 @@ impl PartitionLog {
 
 /// How many segments from the front of `segments` retention deletes.
 fn deletable_prefix(segments: &[Segment], config: &LogConfig, high_watermark: i64, now_ms: i64) -> usize {
+    if !config.delete {
+        // cleanup.policy=compact alone: nothing goes by age or size.
+        return 0;
+    }
     let total_bytes: u64 = segments.iter().map(|s| s.size).sum();
     let mut remaining_bytes = total_bytes;
     let mut count = 0;

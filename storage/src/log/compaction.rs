@@ -1,0 +1,437 @@
+//! Log compaction (`cleanup.policy=compact`), as Kafka's log cleaner does it: the latest
+//! record of each key survives, offsets and order are kept, tombstones go once they are older
+//! than `delete.retention.ms` and have been through a cleaning already, and records of
+//! aborted transactions go. A pass maps each key of the dirty part of the log (past the
+//! clean point) to its latest offset, in a map bounded by the dedupe buffer (a huge partition
+//! is cleaned in several passes), then rewrites each closed segment it affects without what
+//! the map says is superseded.
+//!
+//! What is never cleaned: the active segment, anything at or above the high watermark, the
+//! first open transaction or the last persisted recovery point (so every cleaned segment is
+//! one a later open trusts without a dense-offset scan), and segments younger than
+//! `min.compaction.lag.ms`. Kept as they are: transaction markers, and the last batch of each
+//! producer still remembered (idempotence state is rebuilt from it).
+//!
+//! Crash safety: a segment's cleaned copy is written whole into `cleaning/` and fsynced; the
+//! swap renames its log file over the original (atomic), then its indexes. An open finds
+//! either the copy's log file still in `cleaning/` (the swap had not begun: the copy is
+//! dropped) or only its indexes (the log was swapped: the indexes follow).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::PartitionLog;
+use crate::checkpoint;
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::format::{self, Filtered, RecordBatch, RecordView};
+use crate::segment::{OpenSegment, Segment};
+use crate::segment_files::SegmentPaths;
+use crate::txn_index::AbortedTxn;
+
+/// Where cleaned copies of segments are written before they are swapped in.
+const CLEANING_DIR: &str = "cleaning";
+/// The offset below which the log is clean, kept across restarts; its presence also says the
+/// log has been compacted (so its offsets may have gaps).
+pub(crate) const CLEANER_CHECKPOINT: &str = "cleaner-checkpoint";
+/// Memory one entry of the key map takes, for the dedupe budget: a 128-bit key hash, an
+/// offset, and the hash table's own overhead.
+const MAP_ENTRY_BYTES: usize = 32;
+
+/// What one cleaning pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanStats {
+    /// Segments rewritten (or removed, when nothing in them survived).
+    pub segments_rewritten: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_removed: u64,
+    /// Keys in the map, and the offset up to which the log is now clean.
+    pub map_entries: usize,
+    pub clean_point: i64,
+}
+
+/// Keys are hashed to 128 bits (collisions would make the cleaner drop a live record); the
+/// map then needs no hashing of its own.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u128 keys are hashed")
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
+type KeyMap = HashMap<u128, i64, BuildHasherDefault<PassThrough>>;
+
+fn key_hash(key: &[u8]) -> u128 {
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        key.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+/// A closed segment as a pass sees it, with an open handle (its mapping stays valid even if
+/// the segment is deleted meanwhile).
+struct Cleanable {
+    segment: SegmentView,
+    handle: Arc<OpenSegment>,
+}
+
+#[derive(Clone)]
+struct SegmentView {
+    base_offset: i64,
+    next_offset: i64,
+    size: u64,
+    rolling_timestamp_ms: Option<i64>,
+}
+
+/// What a pass reads under the log's lock before doing its work without it.
+struct PassInput {
+    segments: Vec<Cleanable>,
+    log_start_offset: i64,
+    aborted: Vec<AbortedTxn>,
+    /// Last offsets of the last batch of every producer still remembered.
+    producers_last_batches: HashSet<i64>,
+}
+
+impl PartitionLog {
+    /// One cleaning pass, if the log is compacted and due: its dirty share at least
+    /// `min.cleanable.dirty.ratio`, or its oldest dirty record older than
+    /// `max.compaction.lag.ms`. The key map takes at most about `dedupe_buffer_bytes`.
+    /// Returns what the pass did, or None if none was due.
+    pub fn clean(&self, now_ms: i64, dedupe_buffer_bytes: usize) -> Result<Option<CleanStats>> {
+        let config = self.inner.config.read().clone();
+        if !config.compact || self.is_deleted() {
+            return Ok(None);
+        }
+        let mut clean_point = self.inner.clean_point.lock();
+        // Only what a checkpoint already calls durable is cleaned: bring it up to date.
+        self.write_checkpoint(false)?;
+        let input = self.pass_input(&config, now_ms)?;
+        let start = (*clean_point).max(input.log_start_offset);
+        if !due(&input.segments, start, &config, now_ms) {
+            return Ok(None);
+        }
+        let capacity = (dedupe_buffer_bytes / MAP_ENTRY_BYTES).max(1);
+        let (map, map_end) = build_map(&input, start, capacity, config.max_decompressed_batch_bytes)?;
+        let mut stats = CleanStats { map_entries: map.len(), clean_point: map_end, ..CleanStats::default() };
+        let rules = Rules { map: &map, map_end, clean_point: start, now_ms, config: &config, input: &input };
+        for cleanable in input.segments.iter().filter(|c| c.segment.base_offset < map_end) {
+            if let Some(cleaned) = self.rewrite(cleanable, &rules, &mut stats)? {
+                self.swap(&cleanable.segment, cleaned)?;
+                stats.segments_rewritten += 1;
+            }
+        }
+        write_clean_point(&self.inner.dir, map_end)?;
+        *clean_point = map_end;
+        Ok(Some(stats))
+    }
+
+    /// The closed segments a pass may clean, from the log start up to the horizon (the
+    /// persisted recovery point, the high watermark, the first open transaction), each old
+    /// enough for `min.compaction.lag.ms`.
+    fn pass_input(&self, config: &LogConfig, now_ms: i64) -> Result<PassInput> {
+        let recovery_point = self.inner.checkpoint.lock().map_or(0, |(c, _)| c.recovery_point);
+        let state = self.inner.state.read();
+        let horizon =
+            recovery_point.min(state.high_watermark).min(state.producers.first_unstable_offset().unwrap_or(i64::MAX));
+        let lag_cutoff = now_ms.saturating_sub(config.min_compaction_lag_ms);
+        let mut segments = Vec::new();
+        for segment in state.segments.iter().take_while(|s| !s.active && s.next_offset <= horizon) {
+            if segment.max_timestamp_ms > lag_cutoff {
+                break;
+            }
+            let view = SegmentView {
+                base_offset: segment.base_offset,
+                next_offset: segment.next_offset,
+                size: segment.size,
+                rolling_timestamp_ms: segment.rolling_timestamp_ms,
+            };
+            segments.push(Cleanable { segment: view, handle: segment.handle(&self.inner.cache, config)? });
+        }
+        let producers_last_batches =
+            state.producers.iter().filter_map(|(_, entry)| entry.batches.back().map(|b| b.last_offset)).collect();
+        Ok(PassInput {
+            segments,
+            log_start_offset: state.log_start_offset,
+            aborted: state.aborted.clone(),
+            producers_last_batches,
+        })
+    }
+
+    /// Writes the cleaned copy of one segment into `cleaning/`, or returns None when nothing
+    /// in it would change.
+    fn rewrite(&self, cleanable: &Cleanable, rules: &Rules, stats: &mut CleanStats) -> Result<Option<Segment>> {
+        let view = &cleanable.segment;
+        let records = cleanable.handle.slice(0, view.size as usize);
+        let mut kept: Vec<Bytes> = Vec::new();
+        let mut changed = false;
+        for batch in RecordBatch::iter_batches(records) {
+            let batch = batch?;
+            let (filtered, removed) = rules.filter(&batch)?;
+            stats.records_removed += removed;
+            match filtered {
+                Filtered::All => kept.push(batch.as_bytes().clone()),
+                Filtered::Nothing => changed = true,
+                Filtered::Some(bytes) => {
+                    changed = true;
+                    kept.push(Bytes::from(bytes));
+                }
+            }
+        }
+        stats.bytes_before += view.size;
+        if !changed {
+            stats.bytes_after += view.size;
+            return Ok(None);
+        }
+        let dir = self.inner.dir.join(CLEANING_DIR);
+        fs::create_dir_all(&dir).map_err(Error::io("create cleaning directory", &dir))?;
+        let paths = SegmentPaths::new(&dir, view.base_offset);
+        let mut file = fs::File::create(&paths.log).map_err(Error::io("create cleaned segment", &paths.log))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let mut segment = Segment::empty(paths.clone(), view.base_offset, true);
+        let mut written = Vec::with_capacity(kept.len());
+        let mut position = 0u64;
+        for bytes in &kept {
+            out.write_all(bytes).map_err(Error::io("write cleaned segment", &paths.log))?;
+            written.push((position, bytes.len()));
+            position += bytes.len() as u64;
+        }
+        out.flush().map_err(Error::io("write cleaned segment", &paths.log))?;
+        drop(out);
+        file.sync_data().map_err(Error::io("fsync cleaned segment", &paths.log))?;
+        segment.size = position;
+        stats.bytes_after += position;
+        self.index_cleaned(&mut segment, &written, rules.config)?;
+        segment.next_offset = view.next_offset;
+        segment.rolling_timestamp_ms = view.rolling_timestamp_ms;
+        Ok(Some(segment))
+    }
+
+    /// Builds the indexes of a cleaned copy from its batches, trimmed and flushed.
+    fn index_cleaned(&self, segment: &mut Segment, written: &[(u64, usize)], config: &LogConfig) -> Result<()> {
+        let handle = segment.handle_covering(&self.inner.cache, config, segment.size as usize)?;
+        for &(position, size) in written {
+            let batch = RecordBatch::new(handle.slice(position, size))?;
+            segment.index_batch(
+                &handle,
+                config,
+                position,
+                batch.base_offset(),
+                size,
+                batch.max_timestamp_ms(),
+                batch.base_offset(),
+            );
+        }
+        segment.refine_offset_of_max_timestamp(&handle);
+        drop(handle);
+        segment.close(&self.inner.cache, config)?;
+        self.inner.cache.close(&segment.slot);
+        Ok(())
+    }
+
+    /// Puts a cleaned copy in place of the segment it was made from, if that segment is still
+    /// there as it was (a truncation or retention may have changed the log meanwhile).
+    fn swap(&self, original: &SegmentView, cleaned: Segment) -> Result<()> {
+        let mut state = self.inner.state.write();
+        let at = state.segments.iter().position(|s| s.base_offset == original.base_offset);
+        let Some(at) = at.filter(|&i| !state.segments[i].active && state.segments[i].size == original.size) else {
+            drop(state);
+            return discard(&cleaned.paths);
+        };
+        let target = SegmentPaths::new(&self.inner.dir, original.base_offset);
+        self.inner.cache.close(&state.segments[at].slot);
+        if cleaned.size == 0 {
+            // Nothing survived: the segment goes; reads past it continue in the next one.
+            let removed = state.segments.remove(at);
+            removed.delete(&self.inner.cache)?;
+            discard(&cleaned.paths)?;
+            return checkpoint::sync_dir(&self.inner.dir);
+        }
+        rename(&cleaned.paths.log, &target.log)?;
+        rename(&cleaned.paths.offset_index, &target.offset_index)?;
+        rename(&cleaned.paths.time_index, &target.time_index)?;
+        checkpoint::sync_dir(&self.inner.dir)?;
+        let mut swapped = Segment::empty(target, original.base_offset, false);
+        swapped.next_offset = original.next_offset;
+        swapped.size = cleaned.size;
+        swapped.max_timestamp_ms = cleaned.max_timestamp_ms;
+        swapped.offset_of_max_timestamp = cleaned.offset_of_max_timestamp;
+        swapped.rolling_timestamp_ms = cleaned.rolling_timestamp_ms;
+        swapped.offset_index_entries = cleaned.offset_index_entries;
+        swapped.time_index_entries = cleaned.time_index_entries;
+        state.segments[at] = swapped;
+        Ok(())
+    }
+}
+
+/// Whether a pass is due over `segments`, the log being clean below `clean_point`.
+fn due(segments: &[Cleanable], clean_point: i64, config: &LogConfig, now_ms: i64) -> bool {
+    let total: u64 = segments.iter().map(|c| c.segment.size).sum();
+    let dirty: Vec<&Cleanable> = segments.iter().filter(|c| c.segment.next_offset > clean_point).collect();
+    let dirty_bytes: u64 = dirty.iter().map(|c| c.segment.size).sum();
+    if dirty_bytes == 0 || total == 0 {
+        return false;
+    }
+    let overdue = dirty.first().and_then(|c| c.segment.rolling_timestamp_ms).is_some_and(|first| {
+        config.max_compaction_lag_ms < i64::MAX && now_ms.saturating_sub(first) > config.max_compaction_lag_ms
+    });
+    overdue || dirty_bytes as f64 / total as f64 >= config.min_cleanable_dirty_ratio
+}
+
+/// Whether a batch is part of an aborted transaction.
+fn aborted(batch: &RecordBatch, aborted: &[AbortedTxn]) -> bool {
+    batch.is_transactional()
+        && !batch.is_control()
+        && aborted.iter().any(|a| {
+            a.producer_id == batch.producer_id()
+                && a.first_offset <= batch.base_offset()
+                && batch.base_offset() < a.last_offset
+        })
+}
+
+/// Maps each key in the dirty part (from `start`) to its latest offset, until the map holds
+/// `capacity` keys; returns it with the offset it covers up to.
+fn build_map(input: &PassInput, start: i64, capacity: usize, max_decompressed: usize) -> Result<(KeyMap, i64)> {
+    let mut map = KeyMap::default();
+    let end = input.segments.last().map_or(start, |c| c.segment.next_offset);
+    for cleanable in input.segments.iter().filter(|c| c.segment.next_offset > start) {
+        let records = cleanable.handle.slice(0, cleanable.segment.size as usize);
+        for batch in RecordBatch::iter_batches(records) {
+            let batch = batch?;
+            if batch.last_offset() < start || batch.is_control() || aborted(&batch, &input.aborted) {
+                continue;
+            }
+            format::filter_batch(&batch, max_decompressed, |record| {
+                if let (Some(key), true) = (record.key, record.offset >= start) {
+                    map.insert(key_hash(key), record.offset);
+                }
+                true
+            })?;
+            if map.len() >= capacity {
+                return Ok((map, batch.last_offset() + 1));
+            }
+        }
+    }
+    Ok((map, end))
+}
+
+/// What a pass keeps of each batch.
+struct Rules<'a> {
+    map: &'a KeyMap,
+    /// The map covers offsets below this; later records all stay.
+    map_end: i64,
+    /// The log was clean below this before the pass: tombstones there may go.
+    clean_point: i64,
+    now_ms: i64,
+    config: &'a LogConfig,
+    input: &'a PassInput,
+}
+
+impl Rules<'_> {
+    /// The batch as the pass keeps it, and how many records it removes.
+    fn filter(&self, batch: &RecordBatch) -> Result<(Filtered, u64)> {
+        let count = batch.record_count().max(0) as u64;
+        if batch.is_control() || self.input.producers_last_batches.contains(&batch.last_offset()) {
+            return Ok((Filtered::All, 0));
+        }
+        if aborted(batch, &self.input.aborted) {
+            return Ok((Filtered::Nothing, count));
+        }
+        let tombstones_expire = batch.max_timestamp_ms() < self.now_ms.saturating_sub(self.config.delete_retention_ms);
+        let mut removed = 0;
+        let filtered = format::filter_batch(batch, self.config.max_decompressed_batch_bytes, |record: &RecordView| {
+            let keep = self.keeps(record, tombstones_expire);
+            removed += u64::from(!keep);
+            keep
+        })?;
+        Ok((filtered, removed))
+    }
+
+    fn keeps(&self, record: &RecordView, tombstones_expire: bool) -> bool {
+        if record.offset >= self.map_end {
+            return true;
+        }
+        let Some(key) = record.key else { return true };
+        let latest = self.map.get(&key_hash(key)).is_none_or(|&latest| record.offset >= latest);
+        latest && !(record.is_tombstone && tombstones_expire && record.offset < self.clean_point)
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(Error::io("swap in cleaned segment file", from))
+}
+
+/// Removes a cleaned copy that will not be used.
+fn discard(paths: &SegmentPaths) -> Result<()> {
+    for path in [&paths.log, &paths.offset_index, &paths.time_index] {
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove cleaned copy", path)(err))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn write_clean_point(dir: &Path, offset: i64) -> Result<()> {
+    let path = dir.join(CLEANER_CHECKPOINT);
+    let tmp = dir.join(format!("{CLEANER_CHECKPOINT}.{}", crate::segment_files::TMP_SUFFIX));
+    fs::write(&tmp, format!("{offset}\n")).map_err(Error::io("write cleaner checkpoint", &tmp))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::io("fsync cleaner checkpoint", &tmp))?;
+    fs::rename(&tmp, &path).map_err(Error::io("rename cleaner checkpoint", &path))?;
+    checkpoint::sync_dir(dir)
+}
+
+/// The persisted clean point of the log in `dir` (0 if it was never cleaned).
+pub(crate) fn read_clean_point(dir: &Path) -> i64 {
+    fs::read_to_string(dir.join(CLEANER_CHECKPOINT)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Whether the log in `dir` has been compacted (its offsets may have gaps).
+pub(crate) fn was_compacted(dir: &Path) -> bool {
+    dir.join(CLEANER_CHECKPOINT).exists()
+}
+
+/// Finishes or undoes a swap a crash interrupted (see the module notes), before the log's
+/// segments are loaded.
+pub(crate) fn finish_interrupted(dir: &Path) -> Result<()> {
+    let cleaning: PathBuf = dir.join(CLEANING_DIR);
+    let Ok(entries) = fs::read_dir(&cleaning) else { return Ok(()) };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let swapped_logs: HashSet<i64> = files
+        .iter()
+        .filter_map(|p| crate::segment_files::parse_file_name(p.file_name()?.to_str()?))
+        .filter(|(_, suffix)| *suffix == crate::segment_files::LOG_SUFFIX)
+        .map(|(base, _)| base)
+        .collect();
+    for path in &files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match crate::segment_files::parse_file_name(name) {
+            // The log of this copy was already swapped in: its indexes follow it.
+            Some((base, _)) if !swapped_logs.contains(&base) => rename(path, &dir.join(name))?,
+            // The swap had not begun (or this is not a copy at all): drop it.
+            _ => fs::remove_file(path).map_err(Error::io("remove cleaned copy", path))?,
+        }
+    }
+    fs::remove_dir(&cleaning).map_err(Error::io("remove cleaning directory", &cleaning))?;
+    checkpoint::sync_dir(dir)
+}
