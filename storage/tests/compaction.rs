@@ -237,6 +237,51 @@ fn a_crash_between_the_swaps_of_a_log_file_and_its_indexes_is_finished_on_open()
 }
 
 #[test]
+fn markers_of_transactions_cleaned_away_go_after_delete_retention_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        PartitionLog::open(dir.path(), LogConfig { delete_retention_ms: 10_000, ..config() }, HandleCache::new(64))
+            .unwrap();
+    // Many transactions of one producer rewriting the same key, as a job's changelog sees.
+    for sequence in 0..60 {
+        let mut builder = RecordBatchBuilder::new(1_000).producer(5, 0, sequence).transactional(true);
+        builder.push(1_000, Some(b"state"), Some(format!("{sequence}{}", "s".repeat(50)).as_bytes()), &[]);
+        log.append(&builder.build().unwrap(), LeaderEpoch(0), 0).unwrap();
+        log.append_marker(
+            sluice_storage::ProducerId(5),
+            0,
+            sluice_storage::MarkerKind::Commit,
+            0,
+            LeaderEpoch(0),
+            1_000,
+        )
+        .unwrap();
+    }
+    fill(&log, 20, 1_000);
+    let markers = |log: &PartitionLog| contents(log).iter().filter(|r| r.1.len() == 4).count();
+    assert_eq!(markers(&log), 60);
+    log.flush().unwrap();
+    log.checkpoint().unwrap();
+    while log.clean(5_000, 1 << 20).unwrap().is_some() {}
+    assert_eq!(markers(&log), 60, "markers younger than delete.retention.ms stay");
+    fill(&log, 20, 1_000);
+    log.flush().unwrap();
+    log.checkpoint().unwrap();
+    while log.clean(8_000, 1 << 20).unwrap().is_some() {}
+    assert_eq!(markers(&log), 60, "still younger");
+    // Past delete.retention.ms (and with the producer snapshot past them), cleaned again.
+    fill(&log, 20, 1_000);
+    log.flush().unwrap();
+    log.checkpoint().unwrap();
+    while log.clean(1_000_000, 1 << 20).unwrap().is_some() {}
+    let left = markers(&log);
+    assert!(left <= 1, "only the marker of the transaction whose record is latest stays ({left} left)");
+    let state: Vec<_> = contents(&log).into_iter().filter(|r| r.1 == b"state").collect();
+    assert_eq!(state.len(), 1);
+    assert!(state[0].2.as_ref().unwrap().starts_with(b"59"));
+}
+
+#[test]
 fn aborted_transactions_are_removed_and_markers_kept() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());

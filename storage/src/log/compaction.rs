@@ -9,8 +9,10 @@
 //! What is never cleaned: the active segment, anything at or above the high watermark, the
 //! first open transaction or the last persisted recovery point (so every cleaned segment is
 //! one a later open trusts without a dense-offset scan), and segments younger than
-//! `min.compaction.lag.ms`. Kept as they are: transaction markers, and the last batch of each
-//! producer still remembered (idempotence state is rebuilt from it).
+//! `min.compaction.lag.ms`. Kept as it is: the last batch of each producer still remembered
+//! (idempotence state is rebuilt from it). A transaction marker goes once its transaction has
+//! no records left, it is older than `delete.retention.ms` and was cleaned before, and the
+//! producer snapshot (from which a restart learns how transactions ended) is past it.
 //!
 //! Crash safety: a segment's cleaned copy is written whole into `cleaning/` and fsynced; the
 //! swap renames its log file over the original (atomic), then its indexes. An open finds
@@ -108,6 +110,9 @@ struct PassInput {
     aborted: Vec<AbortedTxn>,
     /// Last offsets of the last batch of every producer still remembered.
     producers_last_batches: HashSet<i64>,
+    /// The offset of the latest producer snapshot: a marker below it may go, as a restart
+    /// reads transactions' ends from the snapshot, never from those markers.
+    snapshot_offset: i64,
 }
 
 impl PartitionLog {
@@ -131,9 +136,17 @@ impl PartitionLog {
         let capacity = (dedupe_buffer_bytes / MAP_ENTRY_BYTES).max(1);
         let (map, map_end) = build_map(&input, start, capacity, config.max_decompressed_batch_bytes)?;
         let mut stats = CleanStats { map_entries: map.len(), clean_point: map_end, ..CleanStats::default() };
-        let rules = Rules { map: &map, map_end, clean_point: start, now_ms, config: &config, input: &input };
+        let mut rules = Rules {
+            map: &map,
+            map_end,
+            clean_point: start,
+            now_ms,
+            config: &config,
+            input: &input,
+            open_data: HashMap::new(),
+        };
         for cleanable in input.segments.iter().filter(|c| c.segment.base_offset < map_end) {
-            if let Some(cleaned) = self.rewrite(cleanable, &rules, &mut stats)? {
+            if let Some(cleaned) = self.rewrite(cleanable, &mut rules, &mut stats)? {
                 self.swap(&cleanable.segment, cleaned)?;
                 stats.segments_rewritten += 1;
             }
@@ -148,6 +161,7 @@ impl PartitionLog {
     /// enough for `min.compaction.lag.ms`.
     fn pass_input(&self, config: &LogConfig, now_ms: i64) -> Result<PassInput> {
         let recovery_point = self.inner.checkpoint.lock().map_or(0, |(c, _)| c.recovery_point);
+        let snapshot_offset = crate::producer_state::read_snapshot(&self.inner.dir).map_or(0, |(offset, _)| offset);
         let state = self.inner.state.read();
         let horizon =
             recovery_point.min(state.high_watermark).min(state.producers.first_unstable_offset().unwrap_or(i64::MAX));
@@ -168,6 +182,7 @@ impl PartitionLog {
         let producers_last_batches =
             state.producers.iter().filter_map(|(_, entry)| entry.batches.back().map(|b| b.last_offset)).collect();
         Ok(PassInput {
+            snapshot_offset,
             segments,
             log_start_offset: state.log_start_offset,
             aborted: state.aborted.clone(),
@@ -177,7 +192,7 @@ impl PartitionLog {
 
     /// Writes the cleaned copy of one segment into `cleaning/`, or returns None when nothing
     /// in it would change.
-    fn rewrite(&self, cleanable: &Cleanable, rules: &Rules, stats: &mut CleanStats) -> Result<Option<Segment>> {
+    fn rewrite(&self, cleanable: &Cleanable, rules: &mut Rules, stats: &mut CleanStats) -> Result<Option<Segment>> {
         let view = &cleanable.segment;
         let records = cleanable.handle.slice(0, view.size as usize);
         let mut kept: Vec<Bytes> = Vec::new();
@@ -332,36 +347,53 @@ fn build_map(input: &PassInput, start: i64, capacity: usize, max_decompressed: u
     Ok((map, end))
 }
 
-/// What a pass keeps of each batch.
+/// What a pass keeps of each batch. Batches are offered in log order, from the log start.
 struct Rules<'a> {
     map: &'a KeyMap,
     /// The map covers offsets below this; later records all stay.
     map_end: i64,
-    /// The log was clean below this before the pass: tombstones there may go.
+    /// The log was clean below this before the pass: tombstones and markers there may go.
     clean_point: i64,
     now_ms: i64,
     config: &'a LogConfig,
     input: &'a PassInput,
+    /// Producers whose current transaction (since their last marker) still has records.
+    open_data: HashMap<i64, bool>,
 }
 
 impl Rules<'_> {
     /// The batch as the pass keeps it, and how many records it removes.
-    fn filter(&self, batch: &RecordBatch) -> Result<(Filtered, u64)> {
+    fn filter(&mut self, batch: &RecordBatch) -> Result<(Filtered, u64)> {
         let count = batch.record_count().max(0) as u64;
-        if batch.is_control() || self.input.producers_last_batches.contains(&batch.last_offset()) {
-            return Ok((Filtered::All, 0));
+        let expired = batch.max_timestamp_ms() < self.now_ms.saturating_sub(self.config.delete_retention_ms);
+        if batch.is_control() {
+            // A marker goes once nothing of its transaction is left, it is past
+            // delete.retention.ms, it was cleaned before, and the producer snapshot is past it.
+            let had_data = self.open_data.remove(&batch.producer_id()).unwrap_or(false);
+            let removable = !had_data
+                && expired
+                && batch.last_offset() < self.clean_point
+                && batch.last_offset() < self.input.snapshot_offset;
+            return Ok(if removable { (Filtered::Nothing, count) } else { (Filtered::All, 0) });
         }
-        if aborted(batch, &self.input.aborted) {
-            return Ok((Filtered::Nothing, count));
+        let filtered = if self.input.producers_last_batches.contains(&batch.last_offset()) {
+            (Filtered::All, 0)
+        } else if aborted(batch, &self.input.aborted) {
+            (Filtered::Nothing, count)
+        } else {
+            let mut removed = 0;
+            let filtered =
+                format::filter_batch(batch, self.config.max_decompressed_batch_bytes, |record: &RecordView| {
+                    let keep = self.keeps(record, expired);
+                    removed += u64::from(!keep);
+                    keep
+                })?;
+            (filtered, removed)
+        };
+        if batch.is_transactional() && !matches!(filtered.0, Filtered::Nothing) {
+            self.open_data.insert(batch.producer_id(), true);
         }
-        let tombstones_expire = batch.max_timestamp_ms() < self.now_ms.saturating_sub(self.config.delete_retention_ms);
-        let mut removed = 0;
-        let filtered = format::filter_batch(batch, self.config.max_decompressed_batch_bytes, |record: &RecordView| {
-            let keep = self.keeps(record, tombstones_expire);
-            removed += u64::from(!keep);
-            keep
-        })?;
-        Ok((filtered, removed))
+        Ok(filtered)
     }
 
     fn keeps(&self, record: &RecordView, tombstones_expire: bool) -> bool {
