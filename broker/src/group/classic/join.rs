@@ -134,8 +134,7 @@ impl ClassicGroup {
         match self.state {
             ClassicState::PreparingRebalance => {
                 if let Some(delay) = &mut self.initial_delay {
-                    let delay_ms = Duration::from_millis(config.initial_rebalance_delay_ms);
-                    delay.deadline = (now.instant + delay_ms).min(delay.limit);
+                    delay.member_added = true;
                 }
                 self.maybe_complete_join(now);
             }
@@ -291,9 +290,12 @@ impl ClassicGroup {
         self.transition(ClassicState::PreparingRebalance, now.wall_ms);
         let timeout = self.max_rebalance_timeout();
         self.rebalance_deadline = Some(now.instant + timeout);
-        self.initial_delay = (from_empty && config.initial_rebalance_delay_ms > 0).then(|| InitialDelay {
-            deadline: now.instant + Duration::from_millis(config.initial_rebalance_delay_ms).min(timeout),
-            limit: now.instant + timeout,
+        self.initial_delay = (from_empty && config.initial_rebalance_delay_ms > 0).then(|| {
+            InitialDelay::new(
+                now.instant,
+                Duration::from_millis(config.initial_rebalance_delay_ms),
+                now.instant + timeout,
+            )
         });
         self.maybe_complete_join(now);
     }

@@ -152,3 +152,25 @@ fn protocols_must_overlap_and_the_most_preferred_common_one_wins() {
     // One vote each: the tie goes to the leader's preference.
     assert_eq!(a_joined.protocol_name.as_deref(), Some("roundrobin"));
 }
+
+#[test]
+fn the_initial_delay_runs_in_whole_steps_from_the_first_join() {
+    let now = SystemClock.now();
+    let config = GroupConfig { initial_rebalance_delay_ms: 3_000, ..config() };
+    let join_new = |group: &mut ClassicGroup, at: Now| {
+        let first = now_result(group.join(request("", None, &["range"]), at, &config));
+        later(group.join(request(&first.member_id, None, &["range"]), at, &config))
+    };
+    let mut group = ClassicGroup::new(now.wall_ms);
+    let mut a_rx = join_new(&mut group, now);
+    // b joins during the first step: the phase then ends two steps after a's join, not one
+    // step after b's (Kafka's InitialDelayedJoin).
+    let mut b_rx = join_new(&mut group, now.after(Duration::from_millis(300)));
+    group.tick(now.after(Duration::from_millis(3_100)), &config);
+    assert!(a_rx.try_recv().is_err(), "b joined during the first step: another one follows");
+    group.tick(now.after(Duration::from_millis(3_400)), &config);
+    assert!(a_rx.try_recv().is_err(), "the second step runs from the end of the first");
+    group.tick(now.after(Duration::from_millis(6_000)), &config);
+    assert_eq!(a_rx.try_recv().unwrap().generation_id, 1);
+    assert_eq!(b_rx.try_recv().unwrap().generation_id, 1);
+}
