@@ -64,6 +64,7 @@ impl Broker {
             clock.clone(),
         ));
         if let Some(offsets_topic) = metadata.topic(OFFSETS_TOPIC) {
+            controller.compact_internal_topic(OFFSETS_TOPIC, config.groups.offsets_topic_segment_bytes);
             groups.load(offsets_topic.partitions)?;
         }
         let txns = TransactionCoordinator::new(
@@ -75,6 +76,7 @@ impl Broker {
             clock.clone(),
         );
         if let Some(state_topic) = metadata.topic(TRANSACTION_STATE_TOPIC) {
+            controller.compact_internal_topic(TRANSACTION_STATE_TOPIC, config.transactions.state_segment_bytes);
             txns.load(state_topic.partitions)?;
         }
         tracing::info!(
@@ -180,6 +182,34 @@ mod tests {
 
     fn config(dir: &std::path::Path) -> BrokerConfig {
         BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() }
+    }
+
+    #[test]
+    fn internal_topics_an_older_sluice_made_become_compacted_keeping_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(config(dir.path())).unwrap();
+        // As a Sluice before compaction made it: retention off, delete policy.
+        let old: BTreeMap<String, String> = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        broker.controller.create_topic(OFFSETS_TOPIC, 2, old, false).unwrap();
+        broker.groups.load(2).unwrap();
+        let claim = crate::group::MemberClaim { generation_id: -1, member_id: "", group_instance_id: None };
+        broker.controller.create_topic("t", 1, BTreeMap::new(), false).unwrap();
+        let commit =
+            crate::group::OffsetCommit { topic: "t".into(), partition: 0, offset: 42, leader_epoch: 0, metadata: None };
+        let pending = broker.groups.commit_offsets("g", claim, -1, &[commit], None);
+        assert_eq!(pending.results, vec![None]);
+        broker.shutdown();
+        drop(broker);
+
+        let broker = Broker::open(config(dir.path())).unwrap();
+        let topic = broker.metadata().topic(OFFSETS_TOPIC).cloned().unwrap();
+        assert_eq!(topic.configs.get("cleanup.policy").map(String::as_str), Some("compact"));
+        assert!(broker.replicas.partition(OFFSETS_TOPIC, 0).unwrap().log.config().compact);
+        let group = broker.groups.group("g").expect("the group's commit was kept");
+        assert_eq!(group.lock().offsets.get("t", 0).map(|c| c.offset), Some(42));
     }
 
     #[test]

@@ -62,8 +62,8 @@ pub struct TransactionConfig {
     pub max_timeout_ms: i32,
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
     pub state_partitions: i32,
-    /// `transaction.state.log.segment.bytes` (16 MiB here: the coordinator's cleanup frees
-    /// whole segments, see `txn::TransactionCoordinator::clean_state_topic`).
+    /// `transaction.state.log.segment.bytes` (16 MiB here, below Kafka's 100 MiB: the topic
+    /// is compacted, and only closed segments are cleaned).
     pub state_segment_bytes: u32,
 }
 
@@ -87,10 +87,9 @@ pub struct GroupConfig {
     pub max_size: usize,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: i32,
-    /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`. Its cleanup
-    /// (see `group::GroupCoordinator::clean_offsets_topic`) frees whole segments, so this also
-    /// bounds the garbage a partition keeps: smaller than Kafka's 100 MiB, which relies on
-    /// compaction.
+    /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets` (16 MiB here, below
+    /// Kafka's 100 MiB: the topic is compacted, and only closed segments are cleaned, so
+    /// this bounds the garbage a partition keeps).
     pub offsets_topic_segment_bytes: u32,
     /// `offset.metadata.max.bytes`: the largest metadata string an offset commit may carry.
     pub offset_metadata_max_bytes: usize,

@@ -177,12 +177,27 @@ impl Controller {
         match self.create_topic(name, partitions, internal_topics::configs(segment_bytes), false) {
             Ok(topic) => Ok(topic.partitions),
             Err(err) if err.code == ResponseError::TopicAlreadyExists => {
+                self.compact_internal_topic(name, segment_bytes);
                 Ok(self.metadata().topic(name).map(|t| t.partitions).unwrap_or(0))
             }
             Err(err) => {
                 tracing::error!(error = %err.message, "cannot create {name}");
                 Err(ResponseError::CoordinatorNotAvailable)
             }
+        }
+    }
+
+    /// Gives an internal topic made before it was compacted (by an older Sluice, whose
+    /// coordinators rewrote their live state instead) the configs it has now.
+    pub(crate) fn compact_internal_topic(&self, name: &str, segment_bytes: u32) {
+        let Some(topic) = self.metadata().topic(name).cloned() else { return };
+        if topic.configs.get("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact")) {
+            return;
+        }
+        let wanted = internal_topics::configs(segment_bytes);
+        match self.alter_topic_configs(name, |_| Ok(wanted), false) {
+            Ok(()) => tracing::info!(topic = name, "internal topic is compacted from now on"),
+            Err(err) => tracing::error!(topic = name, error = %err.message, "cannot make the internal topic compacted"),
         }
     }
 

@@ -23,15 +23,14 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
     (hash & 0x7fff_ffff) % partitions.max(1)
 }
 
-/// The topic configs of an internal topic: never deleted by retention (the coordinator that
-/// owns it keeps it small by rewriting its live state), with small indexes because its
-/// records are small. A segment size below `segment.bytes`' 1 MiB minimum (tests want
-/// several segments) goes in as Kafka's `internal.segment.bytes`.
+/// The topic configs of an internal topic: compacted (the latest record of each key is the
+/// coordinator's state), with small indexes because its records are small. A segment size
+/// below `segment.bytes`' 1 MiB minimum (tests want several segments) goes in as Kafka's
+/// `internal.segment.bytes`.
 pub(crate) fn configs(segment_bytes: u32) -> BTreeMap<String, String> {
     let segment_key = if segment_bytes < 1 << 20 { INTERNAL_SEGMENT_BYTES } else { "segment.bytes" };
     [
-        ("retention.ms", "-1".to_string()),
-        ("retention.bytes", "-1".to_string()),
+        ("cleanup.policy", "compact".to_string()),
         (segment_key, segment_bytes.to_string()),
         ("segment.index.bytes", "1048576".to_string()),
     ]

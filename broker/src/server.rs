@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,8 +17,6 @@ use crate::config::BrokerConfig;
 use crate::group::coordinator::TICK_INTERVAL;
 use crate::network;
 
-/// How often `__consumer_offsets` and `__transaction_state` are checked for cleanup.
-const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often transaction timeouts (and markers that failed) are looked at.
 const TRANSACTION_TICK: Duration = Duration::from_secs(1);
 /// How often every log gets its upkeep (`flush.ms` flushes, retention, checkpoints).
@@ -110,25 +108,15 @@ impl Server {
     }
 }
 
-/// Group timers every [`TICK_INTERVAL`] (sessions, rebalance deadlines, offset expiry), and
-/// the offsets topic's cleanup every [`CLEANUP_INTERVAL`].
+/// Group timers every [`TICK_INTERVAL`] (sessions, rebalance deadlines, offset expiry).
 async fn group_timers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_cleanup = Instant::now() + CLEANUP_INTERVAL;
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                if !broker.groups.is_ready() {
-                    continue;
-                }
-                broker.groups.tick();
-                if Instant::now() >= next_cleanup {
-                    let groups = broker.groups.clone();
-                    if tokio::task::spawn_blocking(move || groups.clean_offsets_topic()).await.is_err() {
-                        tracing::error!("__consumer_offsets cleanup panicked");
-                    }
-                    next_cleanup = Instant::now() + CLEANUP_INTERVAL;
+                if broker.groups.is_ready() {
+                    broker.groups.tick();
                 }
             }
             _ = shutdown.changed() => return,
@@ -136,30 +124,18 @@ async fn group_timers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
-/// Aborts timed-out transactions every second, and cleans `__transaction_state` up every
-/// [`CLEANUP_INTERVAL`].
+/// Aborts timed-out transactions every second.
 async fn transaction_timers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TRANSACTION_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_cleanup = Instant::now() + CLEANUP_INTERVAL;
     loop {
         tokio::select! {
             _ = interval.tick() => {
                 if !broker.txns.is_ready() {
                     continue;
                 }
-                let clean = Instant::now() >= next_cleanup;
-                if clean {
-                    next_cleanup = Instant::now() + CLEANUP_INTERVAL;
-                }
                 let broker = broker.clone();
-                let work = tokio::task::spawn_blocking(move || {
-                    broker.txns.abort_timed_out();
-                    if clean {
-                        broker.txns.clean_state_topic();
-                    }
-                });
-                if work.await.is_err() {
+                if tokio::task::spawn_blocking(move || broker.txns.abort_timed_out()).await.is_err() {
                     tracing::error!("transaction timers panicked");
                 }
             }

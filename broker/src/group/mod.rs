@@ -6,7 +6,6 @@
 
 pub mod assignor;
 pub mod classic;
-mod cleanup;
 pub mod consumer;
 pub mod coordinator;
 mod load;

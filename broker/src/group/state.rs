@@ -201,6 +201,7 @@ impl Group {
 
     /// The record that describes the group now: its classic membership, or for a consumer
     /// group (whose membership is not persisted) the classic group it emptied.
+    #[cfg(test)]
     pub(super) fn record(&self) -> GroupValue {
         match &self.membership {
             Membership::Classic(classic) => classic.snapshot(),

@@ -101,15 +101,6 @@ impl GroupCoordinator {
         }
     }
 
-    /// Whether any group in offsets partition `partition` has transactional offsets waiting.
-    pub fn has_pending_txn_offsets(&self, partition: i32) -> bool {
-        let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);
-        self.groups().iter().any(|group| {
-            let group = group.lock();
-            !group.pending_txn.is_empty() && partition_for(&group.id, partitions) == partition
-        })
-    }
-
     /// The offsets partition a group's transactional offsets go to (AddOffsetsToTxn).
     pub fn offsets_partition_for(&self, group_id: &str) -> Option<TopicPartition> {
         let partitions = self.offsets_partitions.load(std::sync::atomic::Ordering::Acquire);

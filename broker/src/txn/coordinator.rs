@@ -173,71 +173,6 @@ impl TransactionCoordinator {
         }
     }
 
-    /// Stands in for log compaction on `__transaction_state`, as the group coordinator does
-    /// for its topic: a partition grown past twice its live state gets every transactional
-    /// id's current state rewritten at its end, and once that is durable the segments before
-    /// it are deleted. Each id's state is read under its lock, after which any change is
-    /// appended after the rewrite: nothing the deleted records said is lost.
-    pub fn clean_state_topic(&self) {
-        let partitions = self.state_partitions.load(Ordering::Acquire);
-        for index in 0..partitions {
-            let Some(partition) = self.replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
-            if self.damaged.lock().contains(&index) {
-                continue;
-            }
-            let segment_bytes = u64::from(partition.log.config().segment_bytes);
-            if partition.log.segment_count() < 2 || partition.log.size_bytes() < 2 * segment_bytes {
-                continue;
-            }
-            let start = partition.log.log_end_offset();
-            let now = self.now_ms();
-            let mut last = None;
-            for txn in self.all() {
-                // Appended under the id's lock: a change made after this read is appended
-                // after this record, so the rewrite never overtakes newer state.
-                let meta = txn.lock();
-                if partition_for(&meta.transactional_id, partitions) != index {
-                    continue;
-                }
-                let mut builder = RecordBatchBuilder::new(now);
-                builder.push(
-                    now,
-                    Some(&record::encode_key(&meta.transactional_id)),
-                    Some(&value_of(&meta).encode()),
-                    &[],
-                );
-                let appended = builder
-                    .build()
-                    .map_err(|e| e.to_string())
-                    .and_then(|batch| partition.append(&batch, now).map_err(|e| e.to_string()));
-                match appended {
-                    Ok(pending) => last = Some(pending),
-                    Err(err) => {
-                        tracing::error!(partition = index, %err, "cannot clean up {TRANSACTION_STATE_TOPIC}");
-                        return;
-                    }
-                }
-            }
-            // One log: the last append being durable makes every earlier one durable too.
-            let done = match last {
-                Some(pending) => pending.wait_durable().map(|_| ()),
-                None => Ok(()),
-            }
-            // Whatever the flush policy: the rewrite must be on disk before the records it
-            // replaces are deleted.
-            .and_then(|_| partition.log.flush())
-            .and_then(|_| partition.log.delete_records_before(start));
-            match done {
-                Ok(_) => tracing::info!(
-                    partition = index,
-                    size_after = partition.log.size_bytes(),
-                    "cleaned up {TRANSACTION_STATE_TOPIC}"
-                ),
-                Err(err) => tracing::error!(partition = index, %err, "cannot clean up {TRANSACTION_STATE_TOPIC}"),
-            }
-        }
-    }
-
     /// InitProducerId with a transactional id: a new producer id (epoch 0) the first time;
     /// afterwards the same id with the next epoch, which fences the previous instance, and
     /// an open transaction of that instance is aborted first. A client asking to bump its own
@@ -608,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn transactions_survive_reopening_and_cleanup_keeps_the_latest_state() {
+    fn transactions_survive_reopening_and_compaction_keeps_the_latest_state() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open(dir.path());
         broker.controller.create_topic("t", 2, BTreeMap::new(), false).unwrap();
@@ -629,8 +564,9 @@ mod tests {
         assert_eq!(b, (ids[1].0, ids[1].1 + 1));
         let state = broker.replicas.partition(TRANSACTION_STATE_TOPIC, 0).unwrap();
         let before = state.log.size_bytes();
-        broker.txns.clean_state_topic();
-        assert!(state.log.size_bytes() * 2 < before, "cleanup freed space: {before} -> {}", state.log.size_bytes());
+        broker.maintain_logs();
+        assert!(broker.clean_logs() > 0, "the state topic was due for cleaning");
+        assert!(state.log.size_bytes() * 2 < before, "compaction freed space: {before} -> {}", state.log.size_bytes());
         broker.shutdown();
         drop((broker, state));
 
