@@ -33,6 +33,7 @@ use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, Filtered, RecordBatch, RecordView};
+use crate::handle_cache::HandleSlot;
 use crate::segment::{OpenSegment, Segment};
 use crate::segment_files::SegmentPaths;
 use crate::txn_index::AbortedTxn;
@@ -88,11 +89,10 @@ fn key_hash(key: &[u8]) -> u128 {
     (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
-/// A closed segment as a pass sees it, with an open handle (its mapping stays valid even if
-/// the segment is deleted meanwhile).
+/// A closed segment as a pass sees it. Its files are opened only while the pass reads it
+/// (through the handle cache, so a log of many segments does not hold them all open).
 struct Cleanable {
     segment: SegmentView,
-    handle: Arc<OpenSegment>,
 }
 
 #[derive(Clone)]
@@ -101,6 +101,9 @@ struct SegmentView {
     next_offset: i64,
     size: u64,
     rolling_timestamp_ms: Option<i64>,
+    /// Identifies this very segment: a truncation that makes a new one at the same base
+    /// offset gives it another slot.
+    slot: Arc<HandleSlot<OpenSegment>>,
 }
 
 /// What a pass reads under the log's lock before doing its work without it.
@@ -128,13 +131,13 @@ impl PartitionLog {
         let mut clean_point = self.inner.clean_point.lock();
         // Only what a checkpoint already calls durable is cleaned: bring it up to date.
         self.write_checkpoint(false)?;
-        let input = self.pass_input(&config, now_ms)?;
+        let input = self.pass_input(&config, now_ms);
         let start = (*clean_point).max(input.log_start_offset);
         if !due(&input.segments, start, &config, now_ms) {
             return Ok(None);
         }
         let capacity = (dedupe_buffer_bytes / MAP_ENTRY_BYTES).max(1);
-        let (map, map_end) = build_map(&input, start, capacity, config.max_decompressed_batch_bytes)?;
+        let (map, map_end) = self.build_map(&input, start, capacity, &config)?;
         let mut stats = CleanStats { map_entries: map.len(), clean_point: map_end, ..CleanStats::default() };
         let mut rules = Rules {
             map: &map,
@@ -159,7 +162,7 @@ impl PartitionLog {
     /// The closed segments a pass may clean, from the log start up to the horizon (the
     /// persisted recovery point, the high watermark, the first open transaction), each old
     /// enough for `min.compaction.lag.ms`.
-    fn pass_input(&self, config: &LogConfig, now_ms: i64) -> Result<PassInput> {
+    fn pass_input(&self, config: &LogConfig, now_ms: i64) -> PassInput {
         let recovery_point = self.inner.checkpoint.lock().map_or(0, |(c, _)| c.recovery_point);
         let snapshot_offset = crate::producer_state::read_snapshot(&self.inner.dir).map_or(0, |(offset, _)| offset);
         let state = self.inner.state.read();
@@ -176,25 +179,36 @@ impl PartitionLog {
                 next_offset: segment.next_offset,
                 size: segment.size,
                 rolling_timestamp_ms: segment.rolling_timestamp_ms,
+                slot: segment.slot.clone(),
             };
-            segments.push(Cleanable { segment: view, handle: segment.handle(&self.inner.cache, config)? });
+            segments.push(Cleanable { segment: view });
         }
         let producers_last_batches =
             state.producers.iter().filter_map(|(_, entry)| entry.batches.back().map(|b| b.last_offset)).collect();
-        Ok(PassInput {
+        PassInput {
             snapshot_offset,
             segments,
             log_start_offset: state.log_start_offset,
             aborted: state.aborted.clone(),
             producers_last_batches,
-        })
+        }
+    }
+
+    /// The open handle of a segment a pass saw, if it is still in the log as it was.
+    fn handle_of(&self, view: &SegmentView, config: &LogConfig) -> Result<Option<Arc<OpenSegment>>> {
+        let state = self.inner.state.read();
+        match state.segments.iter().find(|s| Arc::ptr_eq(&s.slot, &view.slot) && s.size == view.size) {
+            Some(segment) => segment.handle(&self.inner.cache, config).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Writes the cleaned copy of one segment into `cleaning/`, or returns None when nothing
     /// in it would change.
     fn rewrite(&self, cleanable: &Cleanable, rules: &mut Rules, stats: &mut CleanStats) -> Result<Option<Segment>> {
         let view = &cleanable.segment;
-        let records = cleanable.handle.slice(0, view.size as usize);
+        let Some(handle) = self.handle_of(view, rules.config)? else { return Ok(None) };
+        let records = handle.slice(0, view.size as usize);
         let mut kept: Vec<Bytes> = Vec::new();
         let mut changed = false;
         for batch in RecordBatch::iter_batches(records) {
@@ -265,7 +279,7 @@ impl PartitionLog {
     /// there as it was (a truncation or retention may have changed the log meanwhile).
     fn swap(&self, original: &SegmentView, cleaned: Segment) -> Result<()> {
         let mut state = self.inner.state.write();
-        let at = state.segments.iter().position(|s| s.base_offset == original.base_offset);
+        let at = state.segments.iter().position(|s| Arc::ptr_eq(&s.slot, &original.slot));
         let Some(at) = at.filter(|&i| !state.segments[i].active && state.segments[i].size == original.size) else {
             drop(state);
             return discard(&cleaned.paths);
@@ -321,30 +335,34 @@ fn aborted(batch: &RecordBatch, aborted: &[AbortedTxn]) -> bool {
         })
 }
 
-/// Maps each key in the dirty part (from `start`) to its latest offset, until the map holds
-/// `capacity` keys; returns it with the offset it covers up to.
-fn build_map(input: &PassInput, start: i64, capacity: usize, max_decompressed: usize) -> Result<(KeyMap, i64)> {
-    let mut map = KeyMap::default();
-    let end = input.segments.last().map_or(start, |c| c.segment.next_offset);
-    for cleanable in input.segments.iter().filter(|c| c.segment.next_offset > start) {
-        let records = cleanable.handle.slice(0, cleanable.segment.size as usize);
-        for batch in RecordBatch::iter_batches(records) {
-            let batch = batch?;
-            if batch.last_offset() < start || batch.is_control() || aborted(&batch, &input.aborted) {
-                continue;
-            }
-            format::filter_batch(&batch, max_decompressed, |record| {
-                if let (Some(key), true) = (record.key, record.offset >= start) {
-                    map.insert(key_hash(key), record.offset);
+impl PartitionLog {
+    /// Maps each key in the dirty part (from `start`) to its latest offset, until the map
+    /// holds `capacity` keys; returns it with the offset it covers up to.
+    fn build_map(&self, input: &PassInput, start: i64, capacity: usize, config: &LogConfig) -> Result<(KeyMap, i64)> {
+        let mut map = KeyMap::default();
+        let end = input.segments.last().map_or(start, |c| c.segment.next_offset);
+        for cleanable in input.segments.iter().filter(|c| c.segment.next_offset > start) {
+            // A segment gone meanwhile (retention) has nothing left to map.
+            let Some(handle) = self.handle_of(&cleanable.segment, config)? else { continue };
+            let records = handle.slice(0, cleanable.segment.size as usize);
+            for batch in RecordBatch::iter_batches(records) {
+                let batch = batch?;
+                if batch.last_offset() < start || batch.is_control() || aborted(&batch, &input.aborted) {
+                    continue;
                 }
-                true
-            })?;
-            if map.len() >= capacity {
-                return Ok((map, batch.last_offset() + 1));
+                format::filter_batch(&batch, config.max_decompressed_batch_bytes, |record| {
+                    if let (Some(key), true) = (record.key, record.offset >= start) {
+                        map.insert(key_hash(key), record.offset);
+                    }
+                    true
+                })?;
+                if map.len() >= capacity {
+                    return Ok((map, batch.last_offset() + 1));
+                }
             }
         }
+        Ok((map, end))
     }
-    Ok((map, end))
 }
 
 /// What a pass keeps of each batch. Batches are offered in log order, from the log start.
