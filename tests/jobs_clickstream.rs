@@ -133,10 +133,16 @@ fn committed_watermark(status: &Value) -> i64 {
 
 #[test]
 fn outputs_equal_the_reference_exactly_across_broker_kills() {
+    // Segments rolled every 2 s and a busy cleaner: the changelogs and internal topics are
+    // compacted while the kills happen.
     let mut broker = TestBroker::start(&[
         &format!("num.partitions={PARTITIONS}"),
         "offsets.topic.num.partitions=1",
         "transaction.state.log.num.partitions=1",
+        "log.roll.ms=2000",
+        "offsets.topic.segment.bytes=65536",
+        "transaction.state.log.segment.bytes=65536",
+        "log.cleaner.backoff.ms=200",
     ]);
     let definition = json!({"name": JOB, "kind": "clickstream", "commit_interval_ms": 100,
                             "idle_timeout_ms": 600_000});
@@ -225,6 +231,10 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
         total += got.len();
     }
     assert_eq!(status["records_out"], total, "{status:#}");
+    let log = broker.log();
+    let cleaned = |topic: &str| log.lines().any(|l| l.contains("log cleaned") && l.contains(topic));
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("log cleaned")).collect();
+    assert!(cleaned("changelog") && cleaned("__consumer_offsets"), "the cleaner compacted the job's topics: {lines:#?}");
 }
 
 #[test]

@@ -142,7 +142,15 @@ impl Broker {
                         match partition.log.clean(self.clock.now_ms(), budget) {
                             Ok(Some(stats)) => {
                                 passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::debug!(topic = %partition.topic, partition = partition.index, ?stats, "cleaned");
+                                tracing::info!(
+                                    topic = %partition.topic,
+                                    partition = partition.index,
+                                    segments = stats.segments_rewritten,
+                                    bytes_before = stats.bytes_before,
+                                    bytes_after = stats.bytes_after,
+                                    records_removed = stats.records_removed,
+                                    "log cleaned"
+                                );
                             }
                             Ok(None) => {}
                             Err(err) => {

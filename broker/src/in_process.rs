@@ -93,6 +93,24 @@ impl InProcessClient {
         }
     }
 
+    /// Sets `configs` on an existing topic where its own differ (keeping its other
+    /// configs).
+    pub fn ensure_topic_configs(&self, topic: &str, configs: &BTreeMap<String, String>) -> Result<(), ClientError> {
+        let current = self.broker.metadata().topic(topic).map(|t| t.configs.clone()).unwrap_or_default();
+        if configs.iter().all(|(k, v)| current.get(k) == Some(v)) {
+            return Ok(());
+        }
+        let merged = |current: &BTreeMap<String, String>| {
+            let mut merged = current.clone();
+            merged.extend(configs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(merged)
+        };
+        self.broker
+            .controller
+            .alter_topic_configs(topic, merged, false)
+            .map_err(|err| ClientError::Admin { step: format!("setting the configs of {topic}"), message: err.message })
+    }
+
     fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>, ClientError> {
         self.broker
             .replicas

@@ -76,7 +76,6 @@ fn through_the_runtime(client: &InProcessClient, clicks: u64) {
             commit_interval_ms: 1_000,
             watermark_bound_ms: 5_000,
             idle_timeout_ms: 30_000,
-            changelog_slack_records: runtime::REWRITE_SLACK_RECORDS,
             fingerprint: String::new(),
             output_configs: Default::default(),
         };

@@ -91,9 +91,9 @@ pub trait KeyGroup: Send + 'static {
     /// Moves the watermark (it never goes back) and appends the results it completes.
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Result>);
 
-    /// The state changed since the last checkpoint (with `everything`, all of it); an error
-    /// if some state cannot be written (the checkpoint then fails rather than lose it).
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<()>;
+    /// The state changed since the last checkpoint; an error if some state cannot be
+    /// written (the checkpoint then fails rather than lose it).
+    fn checkpoint(&mut self, out: &mut Vec<StateRecord>) -> Result<()>;
 
     /// Applies one changelog record (the latest for its key) and the checkpoint's watermark.
     fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<()>;

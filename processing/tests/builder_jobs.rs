@@ -49,7 +49,6 @@ fn run<D: Dataflow>(client: &InProcessClient, job: D, watermark_bound_ms: i64, r
         commit_interval_ms: 20,
         watermark_bound_ms,
         idle_timeout_ms: 600_000,
-        changelog_slack_records: 10_000,
         fingerprint: String::new(),
         output_configs: Default::default(),
     };

@@ -364,7 +364,7 @@ mod tests {
         }
         // The state survives a checkpoint and restore into a fresh group.
         let mut state = Vec::new();
-        group.checkpoint(true, &mut state).unwrap();
+        group.checkpoint(&mut state).unwrap();
         let mut restored = dataflow.new_group();
         for record in &state {
             restored.restore(0, &record.key, record.value.as_deref().unwrap()).unwrap();

@@ -11,7 +11,6 @@ use crate::aggregation_spec::AggregationSpec;
 use crate::dataflow::fnv1a;
 use crate::error::DefinitionError;
 use crate::jobs::clickstream::{OUTPUT_TOPICS, WATERMARK_BOUND_MS};
-use crate::runtime::changelog::REWRITE_SLACK_RECORDS;
 use crate::runtime::RunSpec;
 
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1_000;
@@ -126,7 +125,6 @@ impl JobDefinition {
             commit_interval_ms: self.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS),
             watermark_bound_ms: self.aggregation.as_ref().map_or(WATERMARK_BOUND_MS, |a| a.watermark_bound_ms),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
-            changelog_slack_records: REWRITE_SLACK_RECORDS,
             fingerprint: self.fingerprint(),
             output_configs: self.output_configs.clone(),
         }

@@ -37,9 +37,9 @@ pub trait Operator: Send {
     /// Moves the watermark (it never goes back) and appends what it completes.
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<Self::Out>);
 
-    /// Writes the state changed since the last checkpoint (with `everything`, all of it, as
-    /// when the changelog is rewritten); an error if some of it cannot be written.
-    fn checkpoint(&mut self, context: &Self::Context, everything: bool, out: &mut ChangelogWriter<'_>) -> Result<()>;
+    /// Writes the state changed since the last checkpoint; an error if some of it cannot be
+    /// written.
+    fn checkpoint(&mut self, context: &Self::Context, out: &mut ChangelogWriter<'_>) -> Result<()>;
 
     /// Applies one changelog record, the latest value of its key.
     fn restore(&mut self, context: &mut Self::Context, key: &[u8], value: &[u8]) -> Result<()>;
@@ -114,8 +114,8 @@ where
         out.extend(fired.into_iter().map(&self.emit));
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<()> {
-        self.operator.checkpoint(&(), everything, &mut ChangelogWriter::new(0, out))
+    fn checkpoint(&mut self, out: &mut Vec<StateRecord>) -> Result<()> {
+        self.operator.checkpoint(&(), &mut ChangelogWriter::new(0, out))
     }
 
     fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<()> {

@@ -189,11 +189,11 @@ impl<K: Key, T: Send + 'static, P: ProcessFunction<K, T>> Operator for KeyedProc
         }
     }
 
-    fn checkpoint(&mut self, _: &(), everything: bool, out: &mut ChangelogWriter<'_>) -> Result<()> {
+    fn checkpoint(&mut self, _: &(), out: &mut ChangelogWriter<'_>) -> Result<()> {
         for key in self.removed.drain(..) {
             out.write(encode(&key)?, None);
         }
-        for (key, entry) in self.keys.iter_mut().filter(|(_, e)| e.dirty || everything) {
+        for (key, entry) in self.keys.iter_mut().filter(|(_, e)| e.dirty) {
             out.write(encode(key)?, Some(encode(&*entry)?));
             entry.dirty = false;
             entry.persisted = true;

@@ -354,7 +354,7 @@ where
     F: Fold<V, A>,
 {
     /// The removals of fired state first, then the changed windows, then the sessions.
-    fn write_changes(&mut self, context: &C::Context, everything: bool, out: &mut ChangelogWriter<'_>) -> Result<()> {
+    fn write_changes(&mut self, context: &C::Context, out: &mut ChangelogWriter<'_>) -> Result<()> {
         let codec = &self.codec;
         for (key, window) in self.removed.drain(..) {
             let key = match window {
@@ -364,14 +364,14 @@ where
             out.write(key, None);
         }
         for (&(end, start), states) in self.windows.iter_mut() {
-            for (key, slot) in states.iter_mut().filter(|(_, slot)| slot.dirty || everything) {
+            for (key, slot) in states.iter_mut().filter(|(_, slot)| slot.dirty) {
                 let value = codec.encode_window(context, &slot.state)?;
                 out.write(window_key(codec, context, Window { start, end }, key)?, Some(value));
                 slot.dirty = false;
                 slot.persisted = true;
             }
         }
-        for (key, slot) in self.sessions.iter_mut().filter(|(_, slot)| slot.dirty || everything) {
+        for (key, slot) in self.sessions.iter_mut().filter(|(_, slot)| slot.dirty) {
             let open = slot.state.open();
             let value = if open.is_empty() { None } else { Some(codec.encode_sessions(context, open)?) };
             out.write(session_key(codec, context, key)?, value);
@@ -420,8 +420,8 @@ where
         self.fire(watermark, out);
     }
 
-    fn checkpoint(&mut self, context: &C::Context, everything: bool, out: &mut ChangelogWriter<'_>) -> Result<()> {
-        self.write_changes(context, everything, out)
+    fn checkpoint(&mut self, context: &C::Context, out: &mut ChangelogWriter<'_>) -> Result<()> {
+        self.write_changes(context, out)
     }
 
     fn restore(&mut self, context: &mut C::Context, key: &[u8], value: &[u8]) -> Result<()> {

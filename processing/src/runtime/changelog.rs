@@ -4,49 +4,42 @@
 //! state is gone, in the same transaction as the outputs and source offsets; a restart
 //! reads the committed records back, the latest per key winning.
 //!
-//! The broker has no log cleaner yet, so a changelog is kept short the way the group
-//! coordinator keeps `__consumer_offsets` short: when a key group has written more than
-//! twice its live state (plus slack), its next checkpoint writes all of its live state
-//! again, and once that commit is durable the records before it are deleted.
+//! Changelogs are compacted topics: the broker's log cleaner keeps the latest record of each
+//! key, and drops tombstones once `delete.retention.ms` has passed, so a changelog holds
+//! about the live state (plus what has not been cleaned yet).
 
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use sluice_broker::InProcessClient;
-use sluice_storage::Offset;
 
 use crate::error::{Error, Result};
 use crate::runtime::source::{Isolation, LogSource};
 
 /// Changelog records may hold a large state (a popular page's distinct users in a window).
 pub const CHANGELOG_MAX_MESSAGE_BYTES: u32 = 16 * 1024 * 1024;
-/// Records written beyond twice the live state before a group's changelog is rewritten.
-pub const REWRITE_SLACK_RECORDS: u64 = 10_000;
 
 pub fn topic(job: &str, operator: &str) -> String {
     format!("{job}-{operator}-changelog")
 }
 
 /// Creates an operator's changelog with `groups` partitions, or returns the partition
-/// count it already has (which then decides the job's key groups).
+/// count it already has (which then decides the job's key groups). A changelog made by an
+/// older Sluice (not compacted) is given the configs it has now.
 pub fn ensure(client: &InProcessClient, topic: &str, groups: i32) -> Result<i32> {
-    let configs: BTreeMap<String, String> = [
-        ("retention.ms", "-1".to_string()),
-        ("retention.bytes", "-1".to_string()),
-        ("max.message.bytes", CHANGELOG_MAX_MESSAGE_BYTES.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    client.ensure_topic(topic, groups, configs).map_err(|source| Error::CreateTopic {
-        role: "changelog",
-        topic: topic.to_string(),
-        source,
-    })
+    let configs: BTreeMap<String, String> =
+        [("cleanup.policy", "compact".to_string()), ("max.message.bytes", CHANGELOG_MAX_MESSAGE_BYTES.to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    let failed = |source| Error::CreateTopic { role: "changelog", topic: topic.to_string(), source };
+    let partitions = client.ensure_topic(topic, groups, configs.clone()).map_err(failed)?;
+    client.ensure_topic_configs(topic, &configs).map_err(failed)?;
+    Ok(partitions)
 }
 
 /// The committed state of one changelog partition: the latest value of every live key,
-/// and how many records the partition holds (to decide when to rewrite it).
+/// and how many records the partition holds.
 pub struct Restored {
     pub entries: HashMap<Bytes, Bytes>,
     pub records: u64,
@@ -80,38 +73,4 @@ pub fn read(client: &InProcessClient, topic: &str, partition: i32) -> Result<Res
         }
     }
     Ok(Restored { entries, records })
-}
-
-/// Per key group: records its changelogs hold, to decide when to rewrite them.
-pub struct Growth {
-    records: Vec<u64>,
-    slack: u64,
-}
-
-impl Growth {
-    pub fn new(records: Vec<u64>, slack: u64) -> Growth {
-        Growth { records, slack }
-    }
-
-    /// Whether `group`'s next checkpoint should write all its live state.
-    pub fn needs_rewrite(&self, group: usize, live: usize) -> bool {
-        self.records.get(group).is_some_and(|&written| written > 2 * live as u64 + self.slack)
-    }
-
-    pub fn wrote(&mut self, group: usize, records: u64, rewritten: bool) {
-        if let Some(count) = self.records.get_mut(group) {
-            *count = if rewritten { records } else { *count + records };
-        }
-    }
-}
-
-/// After a rewrite of `group` is committed: the records before it are superseded. The
-/// rewrite is flushed first, so that whatever the topic's flush policy, the old records are
-/// never gone while their replacement could still be lost.
-pub fn truncate_before(client: &InProcessClient, topics: &[String], group: usize, before: &[Offset]) {
-    for (topic, offset) in topics.iter().zip(before) {
-        if let Err(err) = client.delete_records_before(topic, group as i32, *offset) {
-            tracing::warn!(topic, group, error = %err, "cannot delete rewritten changelog records");
-        }
-    }
 }

@@ -27,9 +27,6 @@ pub struct RunSpec {
     pub commit_interval_ms: u64,
     pub watermark_bound_ms: i64,
     pub idle_timeout_ms: i64,
-    /// Changelog records a key group may write beyond twice its live state before its
-    /// changelogs are rewritten ([`REWRITE_SLACK_RECORDS`](crate::runtime::REWRITE_SLACK_RECORDS)).
-    pub changelog_slack_records: u64,
     /// Identifies the job's definition; a checkpoint made by another one is refused (empty:
     /// not checked).
     pub fingerprint: String,

@@ -20,7 +20,6 @@ pub(crate) mod source;
 pub(crate) mod status;
 pub(crate) mod tasks;
 
-pub use changelog::REWRITE_SLACK_RECORDS;
 pub use context::{default_output_configs, RunSpec};
 pub use driver::{spawn, JobHandle};
 pub use pool::WorkerPool;

@@ -10,7 +10,7 @@ use sluice_storage::Offset;
 use crate::dataflow::{Dataflow, KeyGroup};
 use crate::error::{Error, Result};
 use crate::operators::watermark::{Watermarks, NO_WATERMARK};
-use crate::runtime::changelog::{self, Growth};
+use crate::runtime::changelog;
 use crate::runtime::checkpoint::{self, JobCounters, PartitionCheckpoint};
 use crate::runtime::context::JobContext;
 use crate::runtime::running::RunningJob;
@@ -51,8 +51,6 @@ impl<D: Dataflow> RunningJob<D> {
             groups: key_groups.into_iter().map(Some).collect(),
             watermarks,
             changelogs,
-            growth: Growth::new(records, spec.changelog_slack_records),
-            pending_rewrites: Vec::new(),
             counters,
             last_commit_ms: now,
             dirty: false,

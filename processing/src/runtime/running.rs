@@ -9,13 +9,11 @@
 use std::sync::Arc;
 
 use sluice_broker::in_process::OffsetCommit;
-use sluice_storage::Offset;
 
 use crate::dataflow::EventTime;
-use crate::dataflow::{Dataflow, KeyGroup, OutputRecord, StateRecord};
+use crate::dataflow::{Dataflow, OutputRecord, StateRecord};
 use crate::error::{Error, Result};
 use crate::operators::watermark::{Watermarks, NO_WATERMARK};
-use crate::runtime::changelog::{self, Growth};
 use crate::runtime::checkpoint::JobCounters;
 use crate::runtime::context::JobContext;
 use crate::runtime::sink::{kafka_partition, TransactionalSink};
@@ -30,11 +28,7 @@ pub(crate) struct RunningJob<D: Dataflow> {
     pub(crate) groups: Vec<Option<D::Group>>,
     pub(crate) watermarks: Watermarks,
     pub(crate) changelogs: Vec<String>,
-    pub(crate) growth: Growth,
     pub(crate) counters: JobCounters,
-    /// Groups whose changelogs this checkpoint rewrites, with where each partition ended
-    /// before it.
-    pub(crate) pending_rewrites: Vec<(usize, Vec<Offset>)>,
     pub(crate) last_commit_ms: i64,
     /// Something was read or produced since the last commit.
     pub(crate) dirty: bool,
@@ -67,7 +61,7 @@ impl<D: Dataflow> RunningJob<D> {
             for (total, count) in self.counters.late.iter_mut().zip(group.late) {
                 *total += count;
             }
-            state.push((group.index, group.state, group.rewrite));
+            state.push((group.index, group.state));
             self.groups[group.index] = Some(group.group);
         }
         let mut records: Vec<OutputRecord> = Vec::new();
@@ -75,8 +69,8 @@ impl<D: Dataflow> RunningJob<D> {
         self.counters.records_out += records.len() as u64;
         self.dirty |= !records.is_empty();
         self.send_outputs(context, records);
-        for (group, changes, rewrite) in state {
-            self.send_state(context, group, changes, rewrite, now);
+        for (group, changes) in state {
+            self.send_state(group, changes, now);
         }
         Ok(read)
     }
@@ -119,7 +113,6 @@ impl<D: Dataflow> RunningJob<D> {
         watermark: EventTime,
         checkpoint: bool,
     ) -> Result<Vec<GroupDone<D>>> {
-        let growth = &self.growth;
         let work: Vec<GroupWork<D>> = self
             .groups
             .iter_mut()
@@ -127,8 +120,7 @@ impl<D: Dataflow> RunningJob<D> {
             .enumerate()
             .map(|(index, (group, inbound))| {
                 let group = group.take().expect("every key group is home between rounds");
-                let rewrite = checkpoint && growth.needs_rewrite(index, group.state_entries());
-                GroupWork { index, group, inbound, rewrite }
+                GroupWork { index, group, inbound }
             })
             .collect();
         let operators = context.dataflow.operators().len();
@@ -154,25 +146,9 @@ impl<D: Dataflow> RunningJob<D> {
         }
     }
 
-    /// Queues a key group's state changes for its changelogs; a rewrite remembers where each
-    /// changelog ended before it, to delete what it supersedes once committed.
-    fn send_state(
-        &mut self,
-        context: &JobContext<D>,
-        group: usize,
-        changes: Vec<StateRecord>,
-        rewrite: bool,
-        now: i64,
-    ) {
-        self.growth.wrote(group, changes.len() as u64, rewrite);
-        if rewrite {
-            let before: Vec<Offset> = self
-                .changelogs
-                .iter()
-                .map(|t| context.client.reader(t, group as i32).map_or(Offset(0), |r| r.log_end_offset()))
-                .collect();
-            self.pending_rewrites.push((group, before));
-        }
+    /// Queues a key group's state changes for its changelogs (compacted topics: the broker's
+    /// cleaner drops what later changes supersede).
+    fn send_state(&mut self, group: usize, changes: Vec<StateRecord>, now: i64) {
         for change in changes {
             let topic = &self.changelogs[change.operator];
             self.sink.send(topic, group as i32, Some(&change.key), change.value.as_deref(), now);
@@ -180,13 +156,10 @@ impl<D: Dataflow> RunningJob<D> {
     }
 
     /// Commits the outputs, state changes and source offsets sent since the last commit, in
-    /// one transaction; then deletes the changelog records a rewrite superseded.
+    /// one transaction.
     pub(crate) fn checkpoint(&mut self, context: &JobContext<D>) -> Result<CommitStatus> {
         let offsets = self.offset_commits(context);
         self.sink.commit(&context.spec.group(), &offsets)?;
-        for (group, before) in std::mem::take(&mut self.pending_rewrites) {
-            changelog::truncate_before(&context.client, &self.changelogs, group, &before);
-        }
         for task in &mut self.sources {
             task.committed = task.source.position().0;
         }

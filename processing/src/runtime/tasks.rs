@@ -22,7 +22,6 @@ pub(crate) struct GroupWork<D: Dataflow> {
     pub(crate) index: usize,
     pub(crate) group: D::Group,
     pub(crate) inbound: Vec<Vec<D::Event>>,
-    pub(crate) rewrite: bool,
 }
 
 pub(crate) struct GroupDone<D: Dataflow> {
@@ -32,7 +31,6 @@ pub(crate) struct GroupDone<D: Dataflow> {
     /// Events dropped as late, per operator.
     pub(crate) late: Vec<u64>,
     pub(crate) state: Vec<StateRecord>,
-    pub(crate) rewrite: bool,
     /// State that could not be written: the checkpoint must not commit without it.
     pub(crate) state_error: Option<Error>,
 }
@@ -48,8 +46,8 @@ impl<D: Dataflow> GroupWork<D> {
         let mut results = Vec::new();
         self.group.on_watermark(watermark, &mut results);
         let mut state = Vec::new();
-        let state_error = if checkpoint { self.group.checkpoint(self.rewrite, &mut state).err() } else { None };
-        GroupDone { index: self.index, group: self.group, results, late, state, rewrite: self.rewrite, state_error }
+        let state_error = if checkpoint { self.group.checkpoint(&mut state).err() } else { None };
+        GroupDone { index: self.index, group: self.group, results, late, state, state_error }
     }
 }
 

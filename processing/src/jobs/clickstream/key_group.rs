@@ -208,11 +208,11 @@ impl KeyGroup for ClickstreamGroup {
         self.compact_names();
     }
 
-    fn checkpoint(&mut self, everything: bool, out: &mut Vec<StateRecord>) -> Result<()> {
+    fn checkpoint(&mut self, out: &mut Vec<StateRecord>) -> Result<()> {
         let names = &self.names;
-        self.views_1m.checkpoint(names, everything, &mut ChangelogWriter::new(VIEWS_1M, out))?;
-        self.views_5m.checkpoint(names, everything, &mut ChangelogWriter::new(VIEWS_5M, out))?;
-        self.sessions.checkpoint(names, everything, &mut ChangelogWriter::new(SESSIONS, out))
+        self.views_1m.checkpoint(names, &mut ChangelogWriter::new(VIEWS_1M, out))?;
+        self.views_5m.checkpoint(names, &mut ChangelogWriter::new(VIEWS_5M, out))?;
+        self.sessions.checkpoint(names, &mut ChangelogWriter::new(SESSIONS, out))
     }
 
     fn restore(&mut self, operator: usize, key: &[u8], value: &[u8]) -> Result<()> {
