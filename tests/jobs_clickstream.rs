@@ -158,9 +158,10 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
     let mut on_time = Vec::new();
     let (mut malformed, mut absurd, mut records) = (0u64, 0u64, 0u64);
     let late_clicks = 16;
-    const CHUNKS: i64 = 12;
+    // A broker SIGKILL after each chunk: 12, or 60 with SLUICE_LONG_TESTS=1.
+    let chunks: i64 = if std::env::var("SLUICE_LONG_TESTS").is_ok_and(|v| v == "1") { 60 } else { 12 };
     const PER_CHUNK: i64 = 2_000;
-    for chunk in 0..CHUNKS {
+    for chunk in 0..chunks {
         for (n, click) in clicks(base, chunk * PER_CHUNK..(chunk + 1) * PER_CHUNK, &mut rand).into_iter().enumerate() {
             send(&producer, n as i32 % PARTITIONS, &click.user, &click.json());
             on_time.push(click);
@@ -179,7 +180,7 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
         records += 5;
         flush(&producer);
 
-        if chunk == CHUNKS / 2 {
+        if chunk == chunks / 2 {
             // Late clicks: once a commit has recorded a watermark 35 minutes in, clicks from
             // before the first minute are late for every window and session, whatever the
             // kills do (a restored watermark never goes below a committed one).
@@ -234,7 +235,10 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
     let log = broker.log();
     let cleaned = |topic: &str| log.lines().any(|l| l.contains("log cleaned") && l.contains(topic));
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("log cleaned")).collect();
-    assert!(cleaned("changelog") && cleaned("__consumer_offsets"), "the cleaner compacted the job's topics: {lines:#?}");
+    assert!(
+        cleaned("changelog") && cleaned("__consumer_offsets"),
+        "the cleaner compacted the job's topics: {lines:#?}"
+    );
 }
 
 #[test]
