@@ -4,6 +4,7 @@
 //!
 //! Format (big-endian): magic "SLCK", version u8 = 1, clean u8, recovery point i64,
 //! log start offset i64, high watermark i64, CRC-32 (zlib) u32 of everything before it.
+//! Also the compaction clean point, in its own small file (`cleaner-checkpoint`).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -93,4 +94,28 @@ pub(crate) fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
 /// fsyncs a directory so that created, renamed or deleted entries in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", PathBuf::from(dir)))
+}
+
+/// The offset below which compaction has cleaned a log, kept across restarts; its presence
+/// also says the log has been compacted (so its offsets may have gaps).
+const CLEANER_CHECKPOINT: &str = "cleaner-checkpoint";
+
+/// Persists a log's clean point: written whole and renamed into place.
+pub(crate) fn write_clean_point(dir: &Path, offset: i64) -> Result<()> {
+    let path = dir.join(CLEANER_CHECKPOINT);
+    let tmp = dir.join(format!("{CLEANER_CHECKPOINT}.{}", crate::segment_files::TMP_SUFFIX));
+    fs::write(&tmp, format!("{offset}\n")).map_err(Error::io("write cleaner checkpoint", &tmp))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::io("fsync cleaner checkpoint", &tmp))?;
+    fs::rename(&tmp, &path).map_err(Error::io("rename cleaner checkpoint", &path))?;
+    sync_dir(dir)
+}
+
+/// The persisted clean point of the log in `dir` (0 if it was never cleaned).
+pub(crate) fn read_clean_point(dir: &Path) -> i64 {
+    fs::read_to_string(dir.join(CLEANER_CHECKPOINT)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Whether the log in `dir` has been compacted (its offsets may have gaps).
+pub(crate) fn was_compacted(dir: &Path) -> bool {
+    dir.join(CLEANER_CHECKPOINT).exists()
 }

@@ -292,7 +292,7 @@ fn index_batches(
     let mut position = 0u64;
     while position < scanned_size {
         let rest = handle.slice(position, (scanned_size - position) as usize);
-        let gaps = crate::log::was_compacted(segment.paths.log.parent().unwrap_or(Path::new(".")));
+        let gaps = crate::checkpoint::was_compacted(segment.paths.log.parent().unwrap_or(Path::new(".")));
         let reason = match check_batch(&rest, segment.next_offset, recovery_point.is_some(), gaps) {
             Ok(header) => {
                 segment.index_batch(

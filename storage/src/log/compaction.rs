@@ -40,9 +40,6 @@ use crate::txn_index::AbortedTxn;
 
 /// Where cleaned copies of segments are written before they are swapped in.
 const CLEANING_DIR: &str = "cleaning";
-/// The offset below which the log is clean, kept across restarts; its presence also says the
-/// log has been compacted (so its offsets may have gaps).
-pub(crate) const CLEANER_CHECKPOINT: &str = "cleaner-checkpoint";
 /// Memory one entry of the key map takes, for the dedupe budget: a 128-bit key hash, an
 /// offset, and the hash table's own overhead.
 const MAP_ENTRY_BYTES: usize = 32;
@@ -154,7 +151,7 @@ impl PartitionLog {
                 stats.segments_rewritten += 1;
             }
         }
-        write_clean_point(&self.inner.dir, map_end)?;
+        checkpoint::write_clean_point(&self.inner.dir, map_end)?;
         *clean_point = map_end;
         Ok(Some(stats))
     }
@@ -439,25 +436,6 @@ fn discard(paths: &SegmentPaths) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_clean_point(dir: &Path, offset: i64) -> Result<()> {
-    let path = dir.join(CLEANER_CHECKPOINT);
-    let tmp = dir.join(format!("{CLEANER_CHECKPOINT}.{}", crate::segment_files::TMP_SUFFIX));
-    fs::write(&tmp, format!("{offset}\n")).map_err(Error::io("write cleaner checkpoint", &tmp))?;
-    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(Error::io("fsync cleaner checkpoint", &tmp))?;
-    fs::rename(&tmp, &path).map_err(Error::io("rename cleaner checkpoint", &path))?;
-    checkpoint::sync_dir(dir)
-}
-
-/// The persisted clean point of the log in `dir` (0 if it was never cleaned).
-pub(crate) fn read_clean_point(dir: &Path) -> i64 {
-    fs::read_to_string(dir.join(CLEANER_CHECKPOINT)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Whether the log in `dir` has been compacted (its offsets may have gaps).
-pub(crate) fn was_compacted(dir: &Path) -> bool {
-    dir.join(CLEANER_CHECKPOINT).exists()
 }
 
 /// Finishes or undoes a swap a crash interrupted (see the module notes), before the log's

@@ -31,7 +31,6 @@ mod transactions;
 mod truncate;
 
 pub use append::{AppendOutcome, DurableHandle};
-pub(crate) use compaction::was_compacted;
 pub use compaction::CleanStats;
 pub use read::ReadResult;
 pub use transactions::ReadBounds;
@@ -139,7 +138,7 @@ impl PartitionLog {
             tracing::info!(dir = %dir.display(), log_end_offset, "recovered log after an unclean shutdown");
         }
         let aborted = transactions::load_aborted(&segments, log_end_offset)?;
-        let clean_point = compaction::read_clean_point(&dir);
+        let clean_point = checkpoint::read_clean_point(&dir);
         let log = PartitionLog {
             inner: Arc::new(LogInner {
                 dir,

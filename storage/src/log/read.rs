@@ -100,7 +100,7 @@ impl PartitionLog {
         let state = self.inner.state.read();
         let config = self.inner.config.read().clone();
         // A compacted log keeps its offsets in order, with gaps where records were cleaned.
-        let gaps = super::was_compacted(&self.inner.dir);
+        let gaps = crate::checkpoint::was_compacted(&self.inner.dir);
         for segment in &state.segments {
             let handle = segment.handle(&self.inner.cache, &config)?;
             let mut expected = segment.base_offset;
