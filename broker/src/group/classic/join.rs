@@ -307,12 +307,18 @@ impl ClassicGroup {
         }
     }
 
-    /// Ends the join phase: members that did not rejoin are out, the generation moves on,
-    /// a protocol is chosen and every joined member gets its answer (the leader with the
-    /// member list to assign).
+    /// Ends the join phase: dynamic members that did not rejoin are out (static ones stay,
+    /// with their last metadata, until their session expires, as in Kafka: a static member
+    /// restarting across a rebalance keeps its place), the generation moves on, a protocol is
+    /// chosen and every joined member gets its answer (the leader with the member list to
+    /// assign).
     pub(super) fn complete_join(&mut self, now: Now) {
-        let missing: Vec<Arc<str>> =
-            self.members.values().filter(|m| m.awaiting_join.is_none()).map(|m| m.member_id.clone()).collect();
+        let missing: Vec<Arc<str>> = self
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none() && m.group_instance_id.is_none())
+            .map(|m| m.member_id.clone())
+            .collect();
         for member_id in missing {
             self.remove_member_entry(&member_id);
         }

@@ -139,6 +139,34 @@ fn a_static_member_rejoins_a_stable_group_without_a_rebalance() {
 }
 
 #[test]
+fn a_static_member_that_misses_a_rebalance_keeps_its_place() {
+    let now = SystemClock.now();
+    let mut group = ClassicGroup::new(now.wall_ms);
+    let (a, _) = join_new(&mut group, now);
+    let _ = group.sync(&a, None, 1, (None, None), vec![], now);
+    let mut s_rx = later(group.join(request("", Some("s1"), &["range"]), now, &config()));
+    let mut a_rx = later(group.join(request(&a, None, &["range"]), now, &config()));
+    let (s, _) = (s_rx.try_recv().unwrap().member_id, a_rx.try_recv().unwrap());
+    let _ = group.sync(&a, None, 2, (None, None), vec![], now);
+    let _ = group.sync(&s, Some("s1"), 2, (None, None), vec![], now);
+    // A new member starts a rebalance; a and the newcomer join, s (static) is away past the
+    // rebalance timeout.
+    let (_, mut b_rx) = join_new(&mut group, now);
+    let mut a_rx = later(group.join(request(&a, None, &["range"]), now, &config()));
+    // s is alive (it heartbeats, and is told a rebalance is on) but does not rejoin in time.
+    for at in [8_000, 16_000] {
+        let beat = group.heartbeat(&s, Some("s1"), 2, now.after(Duration::from_millis(at)));
+        assert_eq!(beat, Err(ResponseError::RebalanceInProgress));
+    }
+    group.tick(now.after(Duration::from_millis(20_001)), &config());
+    let joined = a_rx.try_recv().expect("the rebalance timed out and completed");
+    assert!(b_rx.try_recv().is_ok());
+    assert!(group.has_member(&s), "the static member keeps its place");
+    let listed: Vec<&str> = joined.members.iter().map(|m| m.member_id.as_ref()).collect();
+    assert!(listed.contains(&s.as_str()) && listed.len() == 3, "the leader assigns to it too: {listed:?}");
+}
+
+#[test]
 fn protocols_must_overlap_and_the_most_preferred_common_one_wins() {
     let now = SystemClock.now();
     let mut group = ClassicGroup::new(now.wall_ms);
