@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod groups;
 pub mod jobs;
+pub mod proxy;
 pub mod records;
 pub mod transactions;
 
