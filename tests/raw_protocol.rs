@@ -878,3 +878,34 @@ fn incremental_fetch_sessions_send_only_what_changed_and_refuse_stale_epochs() {
     let gone: FetchResponse = call(&mut stream, ApiKey::Fetch, 12, 11, &session_fetch(id, 8, "sessions", &[], &[]));
     assert_eq!(gone.error_code, kafka_protocol::error::ResponseError::FetchSessionIdNotFound.code());
 }
+
+#[test]
+fn offset_for_leader_epoch_answers_from_the_epoch_cache() {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::offset_for_leader_epoch_response::OffsetForLeaderEpochResponse;
+    let broker = Broker::start();
+    let mut stream = broker.connect();
+    create_topic(&mut stream, "epochs");
+    for _ in 0..3 {
+        produce(&mut stream, "epochs", 0, one_record_batch());
+    }
+    let ask = |stream: &mut TcpStream, epoch: i32| {
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("epochs")))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(-1)
+                    .with_leader_epoch(epoch)])]);
+        let response: OffsetForLeaderEpochResponse = call(stream, ApiKey::OffsetForLeaderEpoch, 4, 1, &request);
+        let answer = &response.topics[0].partitions[0];
+        (answer.error_code, answer.leader_epoch, answer.end_offset)
+    };
+    // One node leads every partition at epoch 0: it ends at the log end; later epochs are
+    // unknown (a follower asking for one would learn nothing to truncate to).
+    assert_eq!(ask(&mut stream, 0), (0, 0, 3));
+    assert_eq!(ask(&mut stream, 7), (0, -1, -1));
+}

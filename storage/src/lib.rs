@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod config;
+mod epoch_cache;
 mod error;
 mod flush;
 pub mod format;

@@ -806,3 +806,36 @@ fn deleted_segments_wait_out_file_delete_delay_ms() {
     assert_eq!(waiting(dir.path()), 0);
     read_all(&reopened);
 }
+
+#[test]
+fn leader_epochs_are_tracked_cut_with_the_log_and_survive_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments());
+    for (epoch, batches) in [(0, 5), (3, 5), (5, 5)] {
+        for i in 0..batches {
+            log.append(&batch(i, 2, 100), LeaderEpoch(epoch), 0).unwrap();
+        }
+    }
+    // Epoch 0 is offsets 0..10, epoch 3 is 10..20, epoch 5 is 20..30.
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(5)), (LeaderEpoch(5), Offset(30)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(3)), (LeaderEpoch(3), Offset(20)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(4)), (LeaderEpoch(3), Offset(20)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(9)), (LeaderEpoch(-1), Offset(-1)));
+    // A follower truncating to where its epoch ends on the leader: the later epoch goes.
+    log.truncate_to(Offset(20)).unwrap();
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(3)), (LeaderEpoch(3), Offset(20)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(5)), (LeaderEpoch(-1), Offset(-1)));
+    log.append(&batch(0, 2, 100), LeaderEpoch(6), 0).unwrap();
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(3)), (LeaderEpoch(3), Offset(20)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(6)), (LeaderEpoch(6), Offset(22)));
+    // The same after a crash, and rebuilt from the batches when the file is gone.
+    drop(log);
+    let log = open(dir.path(), small_segments());
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(4)), (LeaderEpoch(3), Offset(20)));
+    log.close().unwrap();
+    fs::remove_file(dir.path().join("leader-epoch-checkpoint")).unwrap();
+    let log = open(dir.path(), small_segments());
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(0)), (LeaderEpoch(0), Offset(10)));
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(6)), (LeaderEpoch(6), Offset(22)));
+    assert!(dir.path().join("leader-epoch-checkpoint").exists(), "the rebuilt cache is written back");
+}

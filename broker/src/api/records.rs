@@ -12,12 +12,11 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::RequestHeader;
-use sluice_storage::Offset;
+use sluice_storage::{LeaderEpoch, Offset};
 
 use super::{admin_blocking, leader_partition};
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::partition::Partition;
 
 /// DeleteRecords' "up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
@@ -89,15 +88,9 @@ pub fn offset_for_leader_epoch(
                         Ok(partition) => partition,
                         Err(code) => return result.with_error_code(code.code()),
                     };
-                    // Every batch on a single node carries epoch 0, which is still current, so it
-                    // ends at the log end; later epochs are unknown, earlier ones never existed.
-                    if wanted.leader_epoch == Partition::LEADER_EPOCH {
-                        result
-                            .with_leader_epoch(Partition::LEADER_EPOCH)
-                            .with_end_offset(partition.log.log_end_offset().0)
-                    } else {
-                        result
-                    }
+                    // From the log's leader epoch cache, as Kafka answers (KIP-101).
+                    let (epoch, end) = partition.log.end_offset_for_epoch(LeaderEpoch(wanted.leader_epoch));
+                    result.with_leader_epoch(epoch.0).with_end_offset(end.0)
                 })
                 .collect();
             OffsetForLeaderTopicResult::default().with_topic(topic.topic).with_partitions(partitions)

@@ -148,6 +148,7 @@ impl PartitionLog {
         appended?;
         debug_assert_eq!(state.log_end_offset(), base_offset + i64::from(info.last_offset_delta) + 1);
         self.update_producers(&mut state, &producer_batch, marker, base_offset, now_ms)?;
+        self.note_epoch(leader_epoch, base_offset)?;
         let end_offset = state.log_end_offset();
         drop(state);
         Ok(outcome(base_offset, end_offset, false))

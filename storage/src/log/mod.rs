@@ -16,7 +16,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::flush::Flusher;
 use crate::handle_cache::HandleCache;
-use crate::offset::Offset;
+use crate::offset::{LeaderEpoch, Offset};
 use crate::producer_state::ProducerState;
 use crate::recovery;
 use crate::segment::Segment;
@@ -107,6 +107,8 @@ struct LogInner {
     doomed_files: Mutex<Vec<(i64, PathBuf)>>,
     /// The offset below which compaction has cleaned the log; held by a cleaning pass.
     clean_point: Mutex<i64>,
+    /// Where each leader epoch starts (KIP-101). Locked after `state` when both are held.
+    epochs: Mutex<crate::epoch_cache::EpochCache>,
 }
 
 /// One partition's log. Cheap to clone: clones share the same log.
@@ -161,9 +163,11 @@ impl PartitionLog {
                 snapshot_version: Mutex::new(0),
                 doomed_files: Mutex::new(Vec::new()),
                 clean_point: Mutex::new(clean_point),
+                epochs: Mutex::new(Default::default()),
             }),
         };
         log.rebuild_producers()?;
+        log.load_epochs()?;
         // From here on the log is open for writes: the clean marker must be gone from disk
         // before the first append, or a crash would make the next open trust a torn tail.
         log.write_checkpoint(false)?;
@@ -243,4 +247,68 @@ fn check_recovery_point(found: Option<Checkpoint>, segments: &[Segment], log_end
         });
     }
     Ok(())
+}
+
+impl PartitionLog {
+    /// Loads the leader epoch cache, cut to the log as it is; rebuilt from the batches'
+    /// epochs if its file is missing or damaged.
+    fn load_epochs(&self) -> Result<()> {
+        let (start, end) = (self.log_start_offset().0, self.log_end_offset().0);
+        let (mut cache, mut changed) = match crate::epoch_cache::EpochCache::read(&self.inner.dir) {
+            Some(cache) => (cache, false),
+            None => (self.epochs_from_batches(start, end)?, end > start),
+        };
+        changed |= cache.truncate_from_end(end);
+        changed |= cache.truncate_from_start(start);
+        if changed {
+            cache.write(&self.inner.dir)?;
+        }
+        *self.inner.epochs.lock() = cache;
+        Ok(())
+    }
+
+    fn epochs_from_batches(&self, start: i64, end: i64) -> Result<crate::epoch_cache::EpochCache> {
+        let mut cache = crate::epoch_cache::EpochCache::default();
+        let mut offset = start;
+        while offset < end {
+            let read = self.read(Offset(offset), 1 << 20, Offset(end))?;
+            if read.records.is_empty() {
+                break;
+            }
+            for batch in crate::format::RecordBatch::iter_batches(read.records) {
+                let batch = batch?;
+                cache.assign(batch.partition_leader_epoch(), batch.base_offset());
+                offset = batch.last_offset() + 1;
+            }
+        }
+        Ok(cache)
+    }
+
+    /// Records the epoch of a batch appended at `base_offset` (the caller holds the state
+    /// lock, so epochs are assigned in offset order).
+    pub(super) fn note_epoch(&self, epoch: LeaderEpoch, base_offset: i64) -> Result<()> {
+        let mut epochs = self.inner.epochs.lock();
+        if epochs.assign(epoch.0, base_offset) {
+            epochs.write(&self.inner.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The log was cut at either end: the epoch cache follows.
+    pub(super) fn cut_epochs(&self, start: i64, end: i64) -> Result<()> {
+        let mut epochs = self.inner.epochs.lock();
+        let changed = epochs.truncate_from_end(end) | epochs.truncate_from_start(start);
+        if changed {
+            epochs.write(&self.inner.dir)?;
+        }
+        Ok(())
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` this log knows and the
+    /// offset where it ends (the log end for the latest); (-1, -1) if it cannot say.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
+        let end = self.log_end_offset().0;
+        let (found, offset) = self.inner.epochs.lock().end_offset_for(epoch.0, end);
+        (LeaderEpoch(found), Offset(offset))
+    }
 }

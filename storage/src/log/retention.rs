@@ -38,6 +38,7 @@ impl PartitionLog {
         }
         let doomed = state.segments.iter().take_while(|s| !s.active && s.next_offset <= offset.0).count();
         self.delete_front(&mut state, doomed, &config, crate::log::now_ms())?;
+        self.cut_epochs(state.log_start_offset, state.log_end_offset())?;
         state.debug_check_offsets();
         drop(state);
         self.write_checkpoint(false)?;
@@ -63,6 +64,7 @@ impl PartitionLog {
         }
         let first = state.segments[0].base_offset;
         state.log_start_offset = state.log_start_offset.max(first);
+        self.cut_epochs(state.log_start_offset, state.log_end_offset())?;
         state.high_watermark = state.high_watermark.max(state.log_start_offset);
         state.aborted.retain(|a| a.last_offset >= first);
         state.debug_check_offsets();

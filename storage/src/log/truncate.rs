@@ -49,6 +49,7 @@ impl PartitionLog {
         checkpoint::sync_dir(&self.inner.dir)?;
         state.high_watermark = state.high_watermark.min(end);
         state.debug_check_offsets();
+        self.cut_epochs(state.log_start_offset, end)?;
         self.inner.flusher.truncate(end);
         drop(state);
         self.write_checkpoint(false)?;
