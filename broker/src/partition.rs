@@ -127,11 +127,9 @@ impl Partition {
     /// topic at start), then makes it all visible: everything in such a log was written by
     /// the broker. A batch that does not decode, or that `apply` cannot take, is reported and
     /// skipped (a framing error ends the partition) rather than keeping the broker down.
-    /// Returns whether anything was skipped.
-    pub fn replay(&self, mut apply: impl FnMut(&RecordBatch) -> Result<()>) -> Result<bool> {
+    pub fn replay(&self, mut apply: impl FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
         let end = self.log.log_end_offset();
         let mut offset = self.log.log_start_offset();
-        let mut skipped = false;
         'read: while offset < end {
             let read = self.log.read(offset, 1 << 20, end)?;
             if read.records.is_empty() {
@@ -142,19 +140,17 @@ impl Partition {
                     Ok(batch) => batch,
                     Err(err) => {
                         tracing::error!(topic = %self.topic, partition = self.index, %err, "unreadable batch; skipping the rest of this partition");
-                        skipped = true;
                         break 'read;
                     }
                 };
                 offset = Offset(batch.last_offset() + 1);
                 if let Err(err) = apply(&batch) {
                     tracing::error!(topic = %self.topic, partition = self.index, offset = batch.base_offset(), %err, "skipping an unreadable batch");
-                    skipped = true;
                 }
             }
         }
         self.advance_high_watermark(end);
-        Ok(skipped)
+        Ok(())
     }
 
     /// Asks for `waiter` to be notified when the high watermark next moves. Registering

@@ -68,9 +68,6 @@ pub struct GroupCoordinator {
     /// Partitions of `__consumer_offsets`; 0 until the topic exists.
     pub(super) offsets_partitions: AtomicI32,
     next_expiry_check: Mutex<Instant>,
-    /// Offsets partitions where loading skipped an unreadable batch: never cleaned up, so
-    /// what could not be read is not deleted with the rest.
-    pub(super) damaged: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl GroupCoordinator {
@@ -89,7 +86,6 @@ impl GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             offsets_partitions: AtomicI32::new(0),
             next_expiry_check: Mutex::new(first_check),
-            damaged: Mutex::new(Default::default()),
         }
     }
 

@@ -29,7 +29,9 @@ impl GroupCoordinator {
             let mut open_txns = txn_offsets::OpenTxns::default();
             // The clock is read as each record is applied: a restored member's session runs
             // from when its group was read, however long the whole load takes.
-            let skipped = partition.replay(|batch| {
+            // Replay reports what it skips. Compaction keeps the latest record of every key,
+            // understood here or not, so nothing skipped is lost to the cleaner.
+            partition.replay(|batch| {
                 if batch.is_control() || batch.is_transactional() {
                     return open_txns.replay(&mut groups, batch, self.clock.now());
                 }
@@ -41,9 +43,6 @@ impl GroupCoordinator {
                 }
                 Ok(())
             })?;
-            if skipped {
-                self.damaged.lock().insert(index);
-            }
             open_txns.leave_pending(&mut groups, self.clock.now());
         }
         let now = self.clock.now();

@@ -45,8 +45,6 @@ pub struct TransactionCoordinator {
     by_producer: Mutex<HashMap<i64, String>>,
     /// Partitions of `__transaction_state`; 0 until it exists.
     state_partitions: AtomicI32,
-    /// Partitions where loading skipped an unreadable batch: never cleaned up.
-    damaged: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl TransactionCoordinator {
@@ -68,7 +66,6 @@ impl TransactionCoordinator {
             txns: Mutex::new(HashMap::new()),
             by_producer: Mutex::new(HashMap::new()),
             state_partitions: AtomicI32::new(0),
-            damaged: Mutex::new(Default::default()),
         }
     }
 
@@ -81,7 +78,9 @@ impl TransactionCoordinator {
         let mut loaded: HashMap<String, TxnMetadata> = HashMap::new();
         for index in 0..partitions {
             let Some(partition) = self.replicas.partition(TRANSACTION_STATE_TOPIC, index) else { continue };
-            let skipped = partition.replay(|batch| {
+            // Replay reports what it skips. Compaction keeps the latest record of every key,
+            // understood here or not, so nothing skipped is lost to the cleaner.
+            partition.replay(|batch| {
                 for record in batch.records()? {
                     let Ok(record) = record else { continue };
                     let Some(Ok(Some(id))) = record.key.as_deref().map(record::decode_key) else { continue };
@@ -97,9 +96,6 @@ impl TransactionCoordinator {
                 }
                 Ok(())
             })?;
-            if skipped {
-                self.damaged.lock().insert(index);
-            }
         }
         let mut by_producer = self.by_producer.lock();
         let mut txns = self.txns.lock();
