@@ -129,10 +129,10 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             } else {
                 match broker.replicas.partition(&name, index) {
                     None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
-                    Some(partition) if acks == -1 && partition.log.config().min_insync_replicas > 1 => {
+                    Some(partition) if acks == -1 && partition.log.min_insync_replicas() > 1 => {
                         // One node: the in-sync replica set is this broker alone, so acks=all
                         // cannot meet a min.insync.replicas above 1 (acks 0 and 1 can).
-                        let needed = partition.log.config().min_insync_replicas;
+                        let needed = partition.log.min_insync_replicas();
                         let message = format!("min.insync.replicas is {needed}, but only 1 replica is in sync");
                         partition_error(index, ResponseError::NotEnoughReplicas, Some(message))
                     }

@@ -240,28 +240,12 @@ fn conform(batch: &[u8], info: &BatchInfo, config: &LogConfig, now_ms: i64) -> R
         return Err(Error::RefusedRecord { record, reason: "a compacted topic takes only records with a key".into() });
     }
     if config.message_timestamp_type == TimestampType::CreateTime {
-        let too_old = now_ms.saturating_sub(info.min_timestamp_ms);
-        if too_old > config.message_timestamp_before_max_ms {
-            return Err(Error::InvalidTimestamp {
-                record: info.offset_delta_of_min_timestamp,
-                timestamp_ms: info.min_timestamp_ms,
-                reason: format!(
-                    "{too_old} ms behind the broker's clock, more than message.timestamp.before.max.ms ({})",
-                    config.message_timestamp_before_max_ms
-                ),
-            });
-        }
-        let too_new = info.max_timestamp_ms.saturating_sub(now_ms);
-        if too_new > config.message_timestamp_after_max_ms {
-            return Err(Error::InvalidTimestamp {
-                record: info.offset_delta_of_max_timestamp,
-                timestamp_ms: info.max_timestamp_ms,
-                reason: format!(
-                    "{too_new} ms ahead of the broker's clock, more than message.timestamp.after.max.ms ({})",
-                    config.message_timestamp_after_max_ms
-                ),
-            });
-        }
+        let behind = now_ms.saturating_sub(info.min_timestamp_ms);
+        within(behind, config.message_timestamp_before_max_ms, "behind", "before")
+            .map_err(|reason| timestamp_error(info.offset_delta_of_min_timestamp, info.min_timestamp_ms, reason))?;
+        let ahead = info.max_timestamp_ms.saturating_sub(now_ms);
+        within(ahead, config.message_timestamp_after_max_ms, "ahead of", "after")
+            .map_err(|reason| timestamp_error(info.offset_delta_of_max_timestamp, info.max_timestamp_ms, reason))?;
     }
     match config.compression {
         Some(target) if target != info.compression => {
@@ -271,6 +255,20 @@ fn conform(batch: &[u8], info: &BatchInfo, config: &LogConfig, now_ms: i64) -> R
         }
         _ => Ok(None),
     }
+}
+
+/// Whether a record `distance` ms from the broker's clock is within `max`; if not, why not.
+fn within(distance: i64, max: i64, side: &str, bound: &str) -> std::result::Result<(), String> {
+    if distance > max {
+        return Err(format!(
+            "{distance} ms {side} the broker's clock, more than message.timestamp.{bound}.max.ms ({max})"
+        ));
+    }
+    Ok(())
+}
+
+fn timestamp_error(record: i32, timestamp_ms: i64, reason: String) -> Error {
+    Error::InvalidTimestamp { record, timestamp_ms, reason }
 }
 
 #[cfg(test)]

@@ -182,6 +182,12 @@ impl PartitionLog {
         self.inner.config.read().clone()
     }
 
+    /// `min.insync.replicas`, read without copying the whole config (every acks=all produce
+    /// asks).
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.inner.config.read().min_insync_replicas
+    }
+
     /// Replaces the configuration; it applies from the next append (and retention run).
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
