@@ -107,7 +107,7 @@ struct SegmentView {
 struct PassInput {
     segments: Vec<Cleanable>,
     log_start_offset: i64,
-    aborted: Vec<AbortedTxn>,
+    aborted: AbortedRanges,
     /// Last offsets of the last batch of every producer still remembered.
     producers_last_batches: HashSet<i64>,
     /// The offset of the latest producer snapshot: a marker below it may go, as a restart
@@ -186,7 +186,7 @@ impl PartitionLog {
             snapshot_offset,
             segments,
             log_start_offset: state.log_start_offset,
-            aborted: state.aborted.clone(),
+            aborted: AbortedRanges::new(&state.aborted),
             producers_last_batches,
         }
     }
@@ -321,15 +321,32 @@ fn due(segments: &[Cleanable], clean_point: i64, config: &LogConfig, now_ms: i64
     overdue || dirty_bytes as f64 / total as f64 >= config.min_cleanable_dirty_ratio
 }
 
-/// Whether a batch is part of an aborted transaction.
-fn aborted(batch: &RecordBatch, aborted: &[AbortedTxn]) -> bool {
-    batch.is_transactional()
-        && !batch.is_control()
-        && aborted.iter().any(|a| {
-            a.producer_id == batch.producer_id()
-                && a.first_offset <= batch.base_offset()
-                && batch.base_offset() < a.last_offset
-        })
+/// The aborted transactions of a pass, by producer: (first offset, abort marker offset),
+/// sorted, so a batch's lookup costs its producer's few ranges, not the whole list.
+struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    fn new(aborted: &[AbortedTxn]) -> AbortedRanges {
+        let mut ranges: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for txn in aborted {
+            ranges.entry(txn.producer_id).or_default().push((txn.first_offset, txn.last_offset));
+        }
+        for list in ranges.values_mut() {
+            list.sort_unstable();
+        }
+        AbortedRanges(ranges)
+    }
+
+    /// Whether a batch is part of an aborted transaction. A producer's transactions do not
+    /// overlap, so only the last range starting at or before the batch can hold it.
+    fn holds(&self, batch: &RecordBatch) -> bool {
+        if !batch.is_transactional() || batch.is_control() {
+            return false;
+        }
+        let Some(ranges) = self.0.get(&batch.producer_id()) else { return false };
+        let at = ranges.partition_point(|&(first, _)| first <= batch.base_offset());
+        at.checked_sub(1).is_some_and(|i| batch.base_offset() < ranges[i].1)
+    }
 }
 
 impl PartitionLog {
@@ -344,7 +361,7 @@ impl PartitionLog {
             let records = handle.slice(0, cleanable.segment.size as usize);
             for batch in RecordBatch::iter_batches(records) {
                 let batch = batch?;
-                if batch.last_offset() < start || batch.is_control() || aborted(&batch, &input.aborted) {
+                if batch.last_offset() < start || batch.is_control() || input.aborted.holds(&batch) {
                     continue;
                 }
                 format::filter_batch(&batch, config.max_decompressed_batch_bytes, |record| {
@@ -393,7 +410,7 @@ impl Rules<'_> {
         }
         let filtered = if self.input.producers_last_batches.contains(&batch.last_offset()) {
             (Filtered::All, 0)
-        } else if aborted(batch, &self.input.aborted) {
+        } else if self.input.aborted.holds(batch) {
             (Filtered::Nothing, count)
         } else {
             let mut removed = 0;
@@ -462,4 +479,43 @@ pub(crate) fn finish_interrupted(dir: &Path) -> Result<()> {
     }
     fs::remove_dir(&cleaning).map_err(Error::io("remove cleaning directory", &cleaning))?;
     checkpoint::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::RecordBatchBuilder;
+
+    fn batch(producer_id: i64, base_offset: i64, transactional: bool) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(0).producer(producer_id, 0, 0).transactional(transactional);
+        builder.push(0, Some(b"k"), Some(b"v"), &[]);
+        let mut bytes = builder.build().unwrap();
+        bytes[..8].copy_from_slice(&base_offset.to_be_bytes());
+        RecordBatch::new(Bytes::from(bytes)).unwrap()
+    }
+
+    #[test]
+    fn aborted_ranges_hold_exactly_the_aborted_transactions_batches() {
+        let txn = |producer_id, first_offset, last_offset| AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset,
+            last_stable_offset: first_offset,
+        };
+        // Producer 1 aborted [10, 20) and [40, 45); producer 2 aborted [15, 30).
+        let ranges = AbortedRanges::new(&[txn(1, 40, 45), txn(2, 15, 30), txn(1, 10, 20)]);
+        for (producer, offset, expected) in [
+            (1, 9, false),
+            (1, 10, true),
+            (1, 19, true),
+            (1, 20, false),
+            (1, 30, false),
+            (1, 44, true),
+            (2, 20, true),
+            (3, 12, false),
+        ] {
+            assert_eq!(ranges.holds(&batch(producer, offset, true)), expected, "producer {producer} at {offset}");
+        }
+        assert!(!ranges.holds(&batch(1, 12, false)), "only transactional batches");
+    }
 }
