@@ -28,6 +28,8 @@ use crate::partition::Partition;
 /// Finds the partition a fetch names (by topic name before v13, by id from it).
 pub(crate) type Resolve<'a> = &'a dyn Fn(&FetchTopic, i32) -> Option<Arc<Partition>>;
 
+/// Fetch's `isolation_level` for read_committed consumers.
+pub(crate) const READ_COMMITTED: i8 = 1;
 /// The epoch of a request that opens a session.
 const INITIAL_EPOCH: i32 = 0;
 /// The epoch of a full request that uses (or closes) no session.
@@ -46,10 +48,14 @@ struct Key {
 
 impl Key {
     fn new(topic: &FetchTopic, partition: i32, version: i16) -> Key {
+        Key::of(&topic.topic, topic.topic_id, partition, version)
+    }
+
+    fn of(name: &TopicName, topic_id: Uuid, partition: i32, version: i16) -> Key {
         if version >= 13 {
-            Key { topic: String::new(), topic_id: topic.topic_id, partition }
+            Key { topic: String::new(), topic_id, partition }
         } else {
-            Key { topic: topic.topic.0.to_string(), topic_id: Uuid::nil(), partition }
+            Key { topic: name.0.to_string(), topic_id: Uuid::nil(), partition }
         }
     }
 }
@@ -68,6 +74,21 @@ struct Cached {
 }
 
 impl Cached {
+    /// A partition a request names, with what its response said (None: nothing yet, so the
+    /// next response carries it).
+    fn new(topic: &FetchTopic, wanted: &FetchPartition, resolve: Resolve<'_>, sent: Option<&PartitionData>) -> Cached {
+        let offsets = sent.map_or((-1, -1, -1), |d| (d.high_watermark, d.last_stable_offset, d.log_start_offset));
+        Cached {
+            topic: topic.topic.clone(),
+            topic_id: topic.topic_id,
+            partition: resolve(topic, wanted.partition),
+            request: wanted.clone(),
+            high_watermark: offsets.0,
+            last_stable_offset: offsets.1,
+            log_start_offset: offsets.2,
+        }
+    }
+
     /// Whether a fetch can leave this partition out without reading it: nothing to read at
     /// the client's position, and offsets as last sent. Its log is still live (a deleted
     /// topic is read, so the client hears of it).
@@ -166,26 +187,14 @@ impl FetchSessionCache {
             for topic in &request.topics {
                 for wanted in &topic.partitions {
                     let key = Key::new(topic, wanted.partition, version);
-                    let cached = state.partitions.entry(key).or_insert_with(|| Cached {
-                        topic: topic.topic.clone(),
-                        topic_id: topic.topic_id,
-                        partition: resolve(topic, wanted.partition),
-                        request: wanted.clone(),
-                        high_watermark: -1,
-                        last_stable_offset: -1,
-                        log_start_offset: -1,
-                    });
+                    let cached =
+                        state.partitions.entry(key).or_insert_with(|| Cached::new(topic, wanted, resolve, None));
                     cached.request = wanted.clone();
                 }
             }
             for forgotten in &request.forgotten_topics_data {
                 for &partition in &forgotten.partitions {
-                    let key = if version >= 13 {
-                        Key { topic: String::new(), topic_id: forgotten.topic_id, partition }
-                    } else {
-                        Key { topic: forgotten.topic.0.to_string(), topic_id: Uuid::nil(), partition }
-                    };
-                    state.partitions.remove(&key);
+                    state.partitions.remove(&Key::of(&forgotten.topic, forgotten.topic_id, partition, version));
                 }
             }
         }
@@ -198,15 +207,7 @@ impl FetchSessionCache {
         let mut partitions = BTreeMap::new();
         for (topic, answered) in request.topics.iter().zip(&response.responses) {
             for (wanted, data) in topic.partitions.iter().zip(&answered.partitions) {
-                let cached = Cached {
-                    topic: topic.topic.clone(),
-                    topic_id: topic.topic_id,
-                    partition: resolve(topic, wanted.partition),
-                    request: wanted.clone(),
-                    high_watermark: data.high_watermark,
-                    last_stable_offset: data.last_stable_offset,
-                    log_start_offset: data.log_start_offset,
-                };
+                let cached = Cached::new(topic, wanted, resolve, Some(data));
                 partitions.insert(Key::new(topic, wanted.partition, version), cached);
             }
         }
@@ -265,7 +266,7 @@ impl FetchContext {
     /// them.
     pub fn effective_request(&self, request: &FetchRequest, wake: Option<&Arc<Notify>>) -> Option<FetchRequest> {
         let FetchContext::Incremental { session, .. } = self else { return None };
-        let read_committed = request.isolation_level == 1;
+        let read_committed = request.isolation_level == READ_COMMITTED;
         let slot = session.lock();
         let mut topics: Vec<FetchTopic> = Vec::new();
         for cached in slot.0.partitions.values() {

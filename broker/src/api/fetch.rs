@@ -23,12 +23,11 @@ use tokio::time::Instant;
 use super::check_leader_epoch;
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::fetch_session::FetchContext;
+use crate::fetch_session::{FetchContext, READ_COMMITTED};
 use crate::partition::Partition;
 
 /// Fetch waits are bounded even if a client asks for longer.
 const MAX_WAIT_MS: i32 = 300_000;
-const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -202,7 +201,7 @@ impl Pass<'_> {
             .with_aborted_transactions(aborted);
         // KIP-74: once the response is full, later partitions come back empty. A consumer
         // caught up (the common case of an idle partition) has nothing to read.
-        if self.budget == 0 || (wanted.fetch_offset == limit.0 && limit >= bounds.log_start_offset) {
+        if self.budget == 0 || wanted.fetch_offset == limit.0 {
             return data;
         }
         let max_bytes = (wanted.partition_max_bytes.max(0) as usize).min(self.budget);
