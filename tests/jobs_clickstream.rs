@@ -143,6 +143,7 @@ fn outputs_equal_the_reference_exactly_across_broker_kills() {
         "offsets.topic.segment.bytes=65536",
         "transaction.state.log.segment.bytes=65536",
         "log.cleaner.backoff.ms=200",
+        "log.cleaner.threads=2",
     ]);
     let definition = json!({"name": JOB, "kind": "clickstream", "commit_interval_ms": 100,
                             "idle_timeout_ms": 600_000});

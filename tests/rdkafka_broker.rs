@@ -418,6 +418,7 @@ fn topic_configs_with_an_effect_do_what_kafka_does() {
     create_topic(&admin, "recompressed", 1, &[("compression.type", "zstd"), ("compression.zstd.level", "5")]);
     create_topic(&admin, "guarded", 1, &[("min.insync.replicas", "2")]);
     create_topic(&admin, "recent", 1, &[("message.timestamp.before.max.ms", "3600000")]);
+    create_topic(&admin, "preallocated", 1, &[("preallocate", "true"), ("segment.bytes", "1048576")]);
 
     // compression.type: what producers send uncompressed or with lz4 is stored as zstd and
     // read back unchanged.
@@ -441,6 +442,16 @@ fn topic_configs_with_an_effect_do_what_kafka_does() {
     // And the broker's default message.timestamp.after.max.ms (an hour, as in Kafka 4).
     let future = deliveries(&broker, "recent", &strict, 1, now_ms() + 2 * 3_600_000);
     assert_eq!(error_code(&future[0]), Some(RDKafkaErrorCode::InvalidTimestamp), "{future:?}");
+
+    // preallocate: the active segment's file is allocated to segment.bytes up front.
+    produce_all(&broker, "preallocated", &[], 1, "p", now_ms());
+    let allocated: u64 = std::fs::read_dir(broker.data_dir().join("preallocated-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512)
+        .sum();
+    assert!(allocated >= 1 << 20, "the preallocated segment takes {allocated} bytes");
 
     broker.stop();
     let dir = broker.data_dir().join("recompressed-0");

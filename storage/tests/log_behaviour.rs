@@ -839,3 +839,34 @@ fn leader_epochs_are_tracked_cut_with_the_log_and_survive_reopens() {
     assert_eq!(log.end_offset_for_epoch(LeaderEpoch(6)), (LeaderEpoch(6), Offset(22)));
     assert!(dir.path().join("leader-epoch-checkpoint").exists(), "the rebuilt cache is written back");
 }
+
+#[test]
+fn segment_jitter_ms_rolls_segments_early_by_a_different_amount_each() {
+    // Batch timestamps 100 ms apart: the age at which each segment rolls is measured in them.
+    let roll_ages = |jitter_ms: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_ms: Some(10_000),
+            segment_jitter_ms: jitter_ms,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config);
+        let (mut ages, mut first) = (Vec::new(), 0);
+        for i in 0..3_000i64 {
+            let ts = i * 100;
+            let segments = log.segment_count();
+            log.append(&batch(ts, 1, 10), LeaderEpoch(0), ts).unwrap();
+            if log.segment_count() > segments {
+                ages.push(ts - first);
+                first = ts;
+            }
+        }
+        ages
+    };
+    assert!(roll_ages(0).iter().all(|&age| age == 10_000), "without jitter, segment.ms exactly");
+    let jittered = roll_ages(10_000);
+    assert!(jittered.len() >= 20, "{jittered:?}");
+    assert!(jittered.iter().all(|&age| age <= 10_000), "never later than segment.ms: {jittered:?}");
+    assert!(jittered.iter().any(|&age| age != jittered[0]), "each segment its own jitter: {jittered:?}");
+}
