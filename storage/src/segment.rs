@@ -192,6 +192,8 @@ impl Segment {
             // SAFETY: plain syscall on an open descriptor.
             let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, config.segment_bytes as libc::off_t) };
             if rc != 0 {
+                // Nothing half made is left behind.
+                fs::remove_file(&segment.paths.log).ok();
                 return Err(Error::io("preallocate segment", &segment.paths.log)(std::io::Error::from_raw_os_error(
                     rc,
                 )));

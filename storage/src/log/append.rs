@@ -188,9 +188,11 @@ impl PartitionLog {
     /// in them counts as durable.
     pub(super) fn roll(&self, state: &mut LogState, config: &LogConfig) -> Result<()> {
         let new_base = state.log_end_offset();
+        // The new segment first: if it cannot be made (a full disk, a preallocation that does
+        // not fit), the log keeps its active segment and stays as it was.
+        let segment = Segment::create_with(&self.inner.dir, new_base, config)?;
         let rolled = state.active_mut().seal(&self.inner.cache, config)?;
         self.inner.flusher.push_rolled(rolled);
-        let segment = Segment::create_with(&self.inner.dir, new_base, config)?;
         tracing::debug!(dir = %self.inner.dir.display(), base_offset = new_base, "rolled a new segment");
         state.segments.push(segment);
         Ok(())
