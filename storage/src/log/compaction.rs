@@ -205,45 +205,46 @@ impl PartitionLog {
     fn rewrite(&self, cleanable: &Cleanable, rules: &mut Rules, stats: &mut CleanStats) -> Result<Option<Segment>> {
         let view = &cleanable.segment;
         let Some(handle) = self.handle_of(view, rules.config)? else { return Ok(None) };
-        let records = handle.slice(0, view.size as usize);
-        let mut kept: Vec<Bytes> = Vec::new();
-        let mut changed = false;
-        for batch in RecordBatch::iter_batches(records) {
+        stats.bytes_before += view.size;
+        let paths = SegmentPaths::new(&self.inner.dir.join(CLEANING_DIR), view.base_offset);
+        // Batches kept as they are, before the first change: slices of the mapping (no copy).
+        // From the first change on, batches stream to the copy, one rebuilt batch at a time.
+        let mut unchanged: Vec<Bytes> = Vec::new();
+        let mut copy: Option<CleanedCopy> = None;
+        for batch in RecordBatch::iter_batches(handle.slice(0, view.size as usize)) {
             let batch = batch?;
             let (filtered, removed) = rules.filter(&batch)?;
             stats.records_removed += removed;
-            match filtered {
-                Filtered::All => kept.push(batch.as_bytes().clone()),
-                Filtered::Nothing => changed = true,
-                Filtered::Some(bytes) => {
-                    changed = true;
-                    kept.push(Bytes::from(bytes));
+            let rebuilt = match filtered {
+                Filtered::All => {
+                    match copy.as_mut() {
+                        Some(copy) => copy.write(batch.as_bytes())?,
+                        None => unchanged.push(batch.as_bytes().clone()),
+                    }
+                    continue;
                 }
+                Filtered::Nothing => None,
+                Filtered::Some(bytes) => Some(bytes),
+            };
+            if copy.is_none() {
+                let mut started = CleanedCopy::create(&paths)?;
+                for bytes in unchanged.drain(..) {
+                    started.write(&bytes)?;
+                }
+                copy = Some(started);
+            }
+            if let (Some(copy), Some(bytes)) = (copy.as_mut(), rebuilt) {
+                copy.write(&bytes)?;
             }
         }
-        stats.bytes_before += view.size;
-        if !changed {
+        let Some(copy) = copy else {
             stats.bytes_after += view.size;
             return Ok(None);
-        }
-        let dir = self.inner.dir.join(CLEANING_DIR);
-        fs::create_dir_all(&dir).map_err(Error::io("create cleaning directory", &dir))?;
-        let paths = SegmentPaths::new(&dir, view.base_offset);
-        let mut file = fs::File::create(&paths.log).map_err(Error::io("create cleaned segment", &paths.log))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-        let mut segment = Segment::empty(paths.clone(), view.base_offset, true);
-        let mut written = Vec::with_capacity(kept.len());
-        let mut position = 0u64;
-        for bytes in &kept {
-            out.write_all(bytes).map_err(Error::io("write cleaned segment", &paths.log))?;
-            written.push((position, bytes.len()));
-            position += bytes.len() as u64;
-        }
-        out.flush().map_err(Error::io("write cleaned segment", &paths.log))?;
-        drop(out);
-        file.sync_data().map_err(Error::io("fsync cleaned segment", &paths.log))?;
-        segment.size = position;
-        stats.bytes_after += position;
+        };
+        let written = copy.finish()?;
+        let mut segment = Segment::empty(paths, view.base_offset, true);
+        segment.size = written.last().map_or(0, |&(position, size)| position + size as u64);
+        stats.bytes_after += segment.size;
         self.index_cleaned(&mut segment, &written, rules.config)?;
         segment.next_offset = view.next_offset;
         segment.rolling_timestamp_ms = view.rolling_timestamp_ms;
@@ -435,6 +436,38 @@ impl Rules<'_> {
         let Some(key) = record.key else { return true };
         let latest = self.map.get(&key_hash(key)).is_none_or(|&latest| record.offset >= latest);
         latest && !(record.is_tombstone && tombstones_expire && record.offset < self.clean_point)
+    }
+}
+
+/// A segment's cleaned copy being written into `cleaning/`: where each batch went.
+struct CleanedCopy {
+    path: PathBuf,
+    out: std::io::BufWriter<fs::File>,
+    written: Vec<(u64, usize)>,
+    position: u64,
+}
+
+impl CleanedCopy {
+    fn create(paths: &SegmentPaths) -> Result<CleanedCopy> {
+        let dir = paths.log.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(Error::io("create cleaning directory", dir))?;
+        let file = fs::File::create(&paths.log).map_err(Error::io("create cleaned segment", &paths.log))?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(CleanedCopy { path: paths.log.clone(), out, written: Vec::new(), position: 0 })
+    }
+
+    fn write(&mut self, batch: &[u8]) -> Result<()> {
+        self.out.write_all(batch).map_err(Error::io("write cleaned segment", &self.path))?;
+        self.written.push((self.position, batch.len()));
+        self.position += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the copy; returns (position, size) of each batch in it.
+    fn finish(self) -> Result<Vec<(u64, usize)>> {
+        let file = self.out.into_inner().map_err(|e| Error::io("write cleaned segment", &self.path)(e.into_error()))?;
+        file.sync_data().map_err(Error::io("fsync cleaned segment", &self.path))?;
+        Ok(self.written)
     }
 }
 
