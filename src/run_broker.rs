@@ -133,7 +133,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let admin = tokio::spawn(crate::admin::serve(admin_listener, host.clone(), admin_stopped));
-        wait_for_signal().await?;
+        let fatal = tokio::select! {
+            signal = wait_for_signal() => { signal?; None }
+            message = server.fatal() => Some(message),
+        };
         tracing::info!("shutting down");
         stop_admin.send(true).ok();
         admin.await.ok();
@@ -142,6 +145,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         server.stop_serving().await;
         tokio::task::spawn_blocking(move || host.shutdown()).await?;
         server.shutdown().await;
+        if let Some(message) = fatal {
+            return Err(anyhow!(message));
+        }
         tracing::info!("shut down cleanly");
         Ok(())
     })

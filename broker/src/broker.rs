@@ -6,16 +6,19 @@
 use std::sync::Arc;
 
 use sluice_storage::{HandleCache, LogConfig};
+use uuid::Uuid;
 
 use crate::clock::{self, Clock};
 use crate::config::BrokerConfig;
 use crate::controller::{Controller, InternalTopics, ProducerIdBlocks};
-use crate::data_dir::DataDirLock;
+use crate::data_dir::{DataDirLock, MetaProperties};
 use crate::error::Result;
 use crate::fetch_session::FetchSessionCache;
 use crate::group::GroupCoordinator;
 use crate::internal_topics::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
-use crate::metadata::{ClusterMetadata, MetadataLog};
+use crate::metadata::{ClusterMetadata, Endpoint};
+use crate::publisher::{self, MetadataPublisher, Reconciled};
+use crate::quorum::{BrokerHeartbeat, ControllerRequest, ControllerResponse, MetadataQuorum};
 use crate::replica_manager::ReplicaManager;
 use crate::topic_config;
 use crate::txn::{MarkerWriter, TransactionCoordinator};
@@ -34,9 +37,20 @@ pub struct Broker {
     last_retention_ms: std::sync::atomic::AtomicI64,
     /// Incremental fetch sessions (KIP-227).
     pub(crate) fetch_sessions: FetchSessionCache,
+    /// Applies metadata images to this broker's parts.
+    publisher: MetadataPublisher,
+    /// This process's registration with the controller: a new one at every start.
+    pub(crate) incarnation: Uuid,
+    /// The incarnation of the process before this one on the same data directory.
+    replaces: Option<Uuid>,
+    /// A runtime of the broker's own, for a broker opened outside one (tools and tests); the
+    /// server's runtime otherwise.
+    _runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Broker {
+    /// Opens the broker on the current tokio runtime (a multi-threaded one), or on a small
+    /// one of its own when called outside any.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
         Broker::open_with_clock(config, clock::system())
     }
@@ -44,18 +58,66 @@ impl Broker {
     /// [`Broker::open`] with a clock of the caller's (a test's).
     pub fn open_with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Broker>> {
         config.validate()?;
+        // The quorum's tasks need worker threads of their own while this thread blocks on
+        // them: a current-thread runtime (a plain #[tokio::test]) cannot give them that.
+        let current = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let (own_runtime, runtime) = match current {
+            Some(handle) => (None, handle),
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("sluice-broker")
+                    .enable_all()
+                    .build()?;
+                let handle = runtime.handle().clone();
+                (Some(runtime), handle)
+            }
+        };
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
+        let incarnation = Uuid::new_v4();
+        let previous = MetaProperties::claim(&config.data_dir, config.node_id, incarnation)?;
         let cache = HandleCache::new(config.max_open_segments);
-        let metadata_log = MetadataLog::open(&config.data_dir, cache.clone())?;
-        let metadata = metadata_log.state().clone();
+        let (images, published) = publisher::channel();
+        let voters = config.cluster.quorum_voters(config.node_id);
+        let publish = Arc::new(move |image: Arc<ClusterMetadata>| {
+            images.send(image).ok();
+        });
+        let quorum = MetadataQuorum::open(&config.data_dir, config.node_id, &voters, cache.clone(), runtime, publish)?;
+        let metadata = quorum.image();
         let defaults = log_defaults(&config, &metadata);
-        let replicas = Arc::new(ReplicaManager::open(&config.data_dir, cache, &metadata, |topic| {
-            topic_config::resolve(&defaults, &topic.configs).unwrap_or_else(|err| {
+        let config_for = |defaults: &LogConfig, topic: &crate::metadata::TopicMetadata| {
+            topic_config::resolve(defaults, &topic.configs).unwrap_or_else(|err| {
                 tracing::error!(topic = %topic.name, %err, "stored topic config is invalid; using broker defaults");
                 defaults.clone()
             })
+        };
+        let replicas = Arc::new(ReplicaManager::open(&config.data_dir, cache, &metadata, config.node_id, |topic| {
+            config_for(&defaults, topic)
         })?);
-        let controller = Arc::new(Controller::new(config.clone(), metadata_log, defaults, replicas.clone()));
+        let reconciled = Arc::new(Reconciled::new(metadata.offset));
+        let controller = Arc::new(Controller::new(config.clone(), quorum.clone(), defaults, reconciled.clone()));
+        let publisher = {
+            let (controller, replicas) = (controller.clone(), replicas.clone());
+            MetadataPublisher::start(
+                published,
+                move |image| {
+                    let defaults = controller.refresh_defaults(image);
+                    if let Err(err) = replicas.apply_image(image, |topic| config_for(&defaults, topic)) {
+                        tracing::error!(%err, offset = image.offset, "applying metadata to this broker's partitions failed");
+                    }
+                },
+                reconciled,
+            )
+        };
+        quorum.service.set(controller.clone()).ok();
+        let replaces = previous.incarnation;
+        if voters.len() == 1 {
+            // A quorum of one elects itself at once: register before serving, so the first
+            // request already finds a broker to place partitions on.
+            register(&controller, heartbeat_of(&config, incarnation, replaces, false));
+        }
         let internal_topics = InternalTopics::new(controller.clone());
         let groups = Arc::new(GroupCoordinator::new(
             config.groups.clone(),
@@ -98,7 +160,43 @@ impl Broker {
             clock,
             last_retention_ms,
             fetch_sessions,
+            publisher,
+            incarnation,
+            replaces,
+            _runtime: own_runtime,
         }))
+    }
+
+    /// What this broker tells the controller when it heartbeats.
+    pub(crate) fn heartbeat(&self, shutting_down: bool) -> BrokerHeartbeat {
+        heartbeat_of(&self.config, self.incarnation, self.replaces, shutting_down)
+    }
+
+    /// The live brokers and their endpoints on this broker's listener; this broker itself
+    /// even before its registration lands, so a client always has somewhere to go.
+    pub(crate) fn live_brokers(&self, metadata: &ClusterMetadata) -> Vec<(i32, Endpoint)> {
+        let listener = &self.config.cluster.listener_name;
+        let mut brokers: Vec<(i32, Endpoint)> =
+            metadata.live_brokers().filter_map(|b| b.endpoint(listener).map(|e| (b.node_id, e.clone()))).collect();
+        if !brokers.iter().any(|(id, _)| *id == self.config.node_id) {
+            let own = self.heartbeat(false).endpoints.remove(0);
+            brokers.push((self.config.node_id, own));
+            brokers.sort_by_key(|(id, _)| *id);
+        }
+        brokers
+    }
+
+    /// The active controller (this broker if none is known).
+    pub(crate) fn controller_id(&self) -> i32 {
+        self.controller.quorum().leader().unwrap_or(self.config.node_id)
+    }
+
+    /// Whether the controller has this broker registered and unfenced.
+    pub fn is_registered(&self) -> bool {
+        self.metadata()
+            .brokers
+            .get(&self.config.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
     }
 
     /// The latest cluster metadata.
@@ -166,13 +264,58 @@ impl Broker {
 
     /// Clean shutdown: every log flushed and marked clean.
     pub fn shutdown(&self) {
+        self.publisher.stop();
         self.replicas.close_all();
         self.controller.close();
     }
 }
 
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // A broker may be dropped on an async thread, where a runtime cannot be dropped.
+        if let Some(runtime) = self._runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn heartbeat_of(
+    config: &BrokerConfig,
+    incarnation: Uuid,
+    replaces: Option<Uuid>,
+    shutting_down: bool,
+) -> BrokerHeartbeat {
+    let endpoints = vec![Endpoint {
+        listener: config.cluster.listener_name.clone(),
+        host: config.advertised_host.clone(),
+        port: config.advertised_port,
+    }];
+    BrokerHeartbeat { node_id: config.node_id, incarnation, endpoints, replaces, shutting_down }
+}
+
+/// Registers this broker with the controller (blocking, bounded by the propose timeout).
+fn register(controller: &Arc<Controller>, heartbeat: BrokerHeartbeat) {
+    let quorum = controller.quorum().clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    quorum.runtime().spawn({
+        let quorum = quorum.clone();
+        async move {
+            let answer = quorum.call_controller(ControllerRequest::Heartbeat(heartbeat)).await;
+            if let Ok(ControllerResponse::Alive) = answer {
+                // The registration is applied here too before anything is placed on it.
+                quorum.wait_for_offset(quorum.committed_offset(), crate::quorum::PROPOSE_TIMEOUT).await;
+            }
+            tx.send(answer).ok();
+        }
+    });
+    match rx.recv_timeout(crate::quorum::PROPOSE_TIMEOUT * 2) {
+        Ok(Ok(ControllerResponse::Alive)) => {}
+        other => tracing::warn!(answer = ?other, "registering with the controller failed; the heartbeat retries"),
+    }
+}
+
 /// Topic defaults: the static ones with the stored dynamic broker configs applied.
-fn log_defaults(config: &BrokerConfig, metadata: &ClusterMetadata) -> LogConfig {
+pub(crate) fn log_defaults(config: &BrokerConfig, metadata: &ClusterMetadata) -> LogConfig {
     match config.with_dynamic(&metadata.broker_configs) {
         Ok(effective) => effective.log_defaults,
         Err(err) => {

@@ -50,9 +50,152 @@ pub struct BrokerConfig {
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
     pub transactions: TransactionConfig,
+    /// The cluster: roles, the controller quorum, replication defaults, liveness.
+    pub cluster: ClusterConfig,
     /// The keys set when the broker was started (config file and `--set`), as given: what
     /// DescribeConfigs reports as static broker configs.
     pub static_settings: std::collections::BTreeMap<String, String>,
+}
+
+/// What a node is and which cluster it belongs to, under Kafka's (KRaft's) names.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `process.roles`: `broker,controller` (the default) or `controller,broker`; a node
+    /// without the broker role, or without the controller role, is not supported yet.
+    pub controller_role: bool,
+    /// `controller.quorum.voters`: node id to the `host:port` of its controller listener.
+    /// Empty: this node is a quorum of one on its own.
+    pub voters: std::collections::BTreeMap<i32, String>,
+    /// `controller.listener.names`: the names in `listeners` that serve controller traffic.
+    pub controller_listener_names: Vec<String>,
+    /// The controller listener's address, from `listeners` (None: no controller listener).
+    pub controller_listener: Option<SocketAddr>,
+    /// The client listener's name in `listeners` (`PLAINTEXT` unless named otherwise).
+    pub listener_name: String,
+    /// `listeners` as given, read again when `controller.listener.names` changes.
+    listeners_raw: Option<String>,
+    /// `inter.broker.listener.name`: the listener brokers reach each other on.
+    pub inter_broker_listener_name: Option<String>,
+    /// `default.replication.factor`: replicas of a topic created without a factor.
+    pub default_replication_factor: i32,
+    /// `broker.session.timeout.ms`: a broker the active controller has not heard from for
+    /// this long is fenced. Kafka's default is 9000; 3000 here, with heartbeats every 500 ms
+    /// (six missed in a row), so a dead leader's partitions move within a few seconds.
+    pub broker_session_timeout_ms: u64,
+    /// `broker.heartbeat.interval.ms`.
+    pub broker_heartbeat_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            controller_role: true,
+            voters: Default::default(),
+            controller_listener_names: vec!["CONTROLLER".into()],
+            controller_listener: None,
+            listeners_raw: None,
+            listener_name: "PLAINTEXT".into(),
+            inter_broker_listener_name: None,
+            default_replication_factor: 1,
+            broker_session_timeout_ms: 3_000,
+            broker_heartbeat_interval_ms: 500,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The voters, or this node alone when none are configured.
+    pub fn quorum_voters(&self, node_id: i32) -> std::collections::BTreeMap<i32, String> {
+        if self.voters.is_empty() {
+            // A quorum of one never dials anyone: the address is only a label.
+            return [(node_id, "local".to_string())].into_iter().collect();
+        }
+        self.voters.clone()
+    }
+
+    fn validate(&self, node_id: i32) -> Result<()> {
+        if !self.controller_role {
+            return Err(Error::Config(
+                "process.roles without controller (a broker-only node) is not supported yet; use process.roles=broker,controller".into(),
+            ));
+        }
+        if self.voters.is_empty() {
+            return Ok(());
+        }
+        if !self.voters.contains_key(&node_id) {
+            let ids: Vec<String> = self.voters.keys().map(i32::to_string).collect();
+            return Err(Error::Config(format!(
+                "controller.quorum.voters names nodes {} but not this node's node.id {node_id}",
+                ids.join(", ")
+            )));
+        }
+        if self.controller_listener.is_none() {
+            return Err(Error::Config(format!(
+                "listeners has no controller listener: with controller.quorum.voters, listeners needs one named in \
+                 controller.listener.names ({}), e.g. CONTROLLER://127.0.0.1:19093",
+                self.controller_listener_names.join(",")
+            )));
+        }
+        if let Some(name) = &self.inter_broker_listener_name {
+            if *name != self.listener_name {
+                return Err(Error::Config(format!(
+                    "inter.broker.listener.name is {name}, which is not a listener in listeners (its broker listener is {})",
+                    self.listener_name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a cluster key; false if `setting` is not one.
+    fn apply(&mut self, setting: &Setting) -> std::result::Result<bool, String> {
+        match setting.key {
+            "process.roles" => {
+                let roles: Vec<&str> = setting.value.split(',').map(str::trim).collect();
+                if let Some(bad) = roles.iter().find(|r| !matches!(**r, "broker" | "controller")) {
+                    return Err(format!("process.roles may name broker and controller, got \"{bad}\""));
+                }
+                if !roles.contains(&"broker") {
+                    return Err("process.roles without broker (a controller-only node) is not supported yet".into());
+                }
+                self.controller_role = roles.contains(&"controller");
+            }
+            "controller.quorum.voters" => self.voters = parse_voters(setting.value)?,
+            "controller.listener.names" => {
+                self.controller_listener_names = setting.value.split(',').map(|n| n.trim().to_string()).collect()
+            }
+            "inter.broker.listener.name" => self.inter_broker_listener_name = Some(setting.value.trim().to_string()),
+            "default.replication.factor" => {
+                self.default_replication_factor = setting.int(1, i64::from(i16::MAX))? as i32
+            }
+            "broker.session.timeout.ms" => {
+                self.broker_session_timeout_ms = setting.int(100, i64::from(i32::MAX))? as u64
+            }
+            "broker.heartbeat.interval.ms" => {
+                self.broker_heartbeat_interval_ms = setting.int(10, i64::from(i32::MAX))? as u64
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `controller.quorum.voters`: `id@host:port` entries, comma-separated, each id once.
+fn parse_voters(value: &str) -> std::result::Result<std::collections::BTreeMap<i32, String>, String> {
+    let mut voters = std::collections::BTreeMap::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || format!("controller.quorum.voters entries look like 1@127.0.0.1:19093, got \"{entry}\"");
+        let (id, address) = entry.split_once('@').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let (host, port) = parse_host_port("controller.quorum.voters", address)?;
+        if host.is_empty() || id < 0 {
+            return Err(bad());
+        }
+        if voters.insert(id, format!("{host}:{port}")).is_some() {
+            return Err(format!("controller.quorum.voters names node {id} twice"));
+        }
+    }
+    Ok(voters)
 }
 
 /// The transaction coordinator's settings, under Kafka's names and with Kafka's defaults.
@@ -144,6 +287,7 @@ impl Default for BrokerConfig {
             cleaner_backoff_ms: 15_000,
             groups: GroupConfig::default(),
             transactions: TransactionConfig::default(),
+            cluster: ClusterConfig::default(),
             static_settings: Default::default(),
         }
     }
@@ -186,6 +330,7 @@ impl BrokerConfig {
         if self.advertised_host.is_empty() {
             return Err(Error::Config("advertised.listeners needs a host name".into()));
         }
+        self.cluster.validate(self.node_id)?;
         self.log_defaults.validate().map_err(|e| Error::Config(e.to_string()))
     }
 }
@@ -195,6 +340,13 @@ impl BrokerConfig {
 pub const KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
+    "broker.heartbeat.interval.ms",
+    "broker.session.timeout.ms",
+    "controller.listener.names",
+    "controller.quorum.voters",
+    "default.replication.factor",
+    "inter.broker.listener.name",
+    "process.roles",
     "group.consumer.heartbeat.interval.ms",
     "group.consumer.session.timeout.ms",
     "group.initial.rebalance.delay.ms",
@@ -239,6 +391,59 @@ fn all_keys() -> Vec<&'static str> {
     keys
 }
 
+/// Kafka's listener lists: `NAME://host:port` entries, comma-separated; a bare `host:port`
+/// is the `PLAINTEXT` listener.
+fn named_entries(key: &str, value: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, address) = entry.split_once("://").unwrap_or(("PLAINTEXT", entry));
+        if entries.iter().any(|(n, _)| n == name) {
+            return Err(format!("{key} names listener {name} twice"));
+        }
+        entries.push((name.to_string(), address.to_string()));
+    }
+    if entries.is_empty() {
+        return Err(format!("{key} is empty"));
+    }
+    Ok(entries)
+}
+
+fn socket_address(key: &str, value: &str) -> std::result::Result<SocketAddr, String> {
+    let (host, port) = parse_host_port(key, value)?;
+    let ip = if host.is_empty() { "0.0.0.0".to_string() } else { host };
+    format!("{ip}:{port}")
+        .parse()
+        .or_else(|_| format!("[{ip}]:{port}").parse())
+        .map_err(|_| format!("{key} must be an IP address and port, got \"{value}\""))
+}
+
+impl BrokerConfig {
+    /// `listeners`: one broker listener (its name is the client and inter-broker listener)
+    /// and, on a controller, one named in `controller.listener.names`.
+    fn apply_listeners(&mut self, value: &str) -> std::result::Result<(), String> {
+        let key = "listeners";
+        self.cluster.listeners_raw = Some(value.to_string());
+        let mut broker = None;
+        self.cluster.controller_listener = None;
+        for (name, address) in named_entries(key, value)? {
+            let address = socket_address(key, &address)?;
+            if self.cluster.controller_listener_names.contains(&name) {
+                self.cluster.controller_listener = Some(address);
+            } else if broker.replace((name.clone(), address)).is_some() {
+                return Err(format!(
+                    "listeners has more than one broker listener (at {name}); several client listeners are not supported yet"
+                ));
+            }
+        }
+        let (name, address) = broker.ok_or_else(|| {
+            format!("listeners needs a broker listener (e.g. PLAINTEXT://127.0.0.1:9092), got \"{value}\"")
+        })?;
+        self.cluster.listener_name = name;
+        self.listener = address;
+        Ok(())
+    }
+}
+
 /// `host:port`, optionally behind Kafka's `PLAINTEXT://` prefix.
 fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16), String> {
     let address = value.trim().trim_start_matches("PLAINTEXT://");
@@ -280,20 +485,27 @@ impl BrokerConfig {
     /// what is allowed.
     pub fn apply(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
         let setting = Setting { key, value };
-        if self.groups.apply(&setting)? || self.transactions.apply(&setting)? || apply_topic_default(self, &setting)? {
+        if self.groups.apply(&setting)?
+            || self.transactions.apply(&setting)?
+            || self.cluster.apply(&setting)?
+            || apply_topic_default(self, &setting)?
+        {
+            if key == "controller.listener.names" {
+                if let Some(listeners) = self.cluster.listeners_raw.clone() {
+                    self.apply_listeners(&listeners)?;
+                }
+            }
             return Ok(());
         }
         match key {
-            "listeners" => {
-                let (host, port) = parse_host_port(key, value)?;
-                let ip = if host.is_empty() { "0.0.0.0".to_string() } else { host };
-                self.listener = format!("{ip}:{port}")
-                    .parse()
-                    .or_else(|_| format!("[{ip}]:{port}").parse())
-                    .map_err(|_| format!("listeners must be an IP address and port, got \"{value}\""))?;
-            }
+            "listeners" => self.apply_listeners(value)?,
             "advertised.listeners" => {
-                let (host, port) = parse_host_port(key, value)?;
+                let listeners = named_entries(key, value)?;
+                let client = listeners
+                    .iter()
+                    .find(|(name, _)| !self.cluster.controller_listener_names.contains(name))
+                    .ok_or_else(|| format!("advertised.listeners has no broker listener, got \"{value}\""))?;
+                let (host, port) = parse_host_port(key, &client.1)?;
                 self.advertised_host = host;
                 self.advertised_port = port;
                 self.advertised_listeners_set = true;

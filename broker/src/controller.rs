@@ -1,14 +1,18 @@
-//! The controller: the only writer of cluster metadata (topics with their ids, partition
-//! counts and configs, the dynamic broker configs, producer-id blocks). Each change is
-//! checked, recorded in the metadata log and only then takes effect, so that what the log
-//! says is what the broker does after any restart. On one node it appends to the local
-//! metadata log; the cluster issue puts a Raft quorum of controllers under it.
+//! The controller: the only writer of cluster metadata (topics with their ids, partitions
+//! and where they live, configs, brokers, producer-id blocks). Each change is checked against
+//! the image, proposed to the metadata quorum and takes effect once committed, so what the log
+//! says is what every broker does after any restart. Any broker takes admin requests; the
+//! proposal goes to the active controller (the quorum's leader). The active controller also
+//! keeps brokers' liveness: heartbeats register and unfence brokers, and a broker silent for
+//! `broker.session.timeout.ms` is fenced and its partitions get other leaders
+//! ([`crate::liveness`]).
 //!
 //! Coordinators reach it only through the narrow handles at the end of this file
 //! ([`InternalTopics`], [`ProducerIdBlocks`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::{Mutex, RwLock};
@@ -18,8 +22,10 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::error::Result;
 use crate::internal_topics;
-use crate::metadata::{ClusterMetadata, MetadataLog, MetadataRecord, TopicMetadata};
-use crate::replica_manager::ReplicaManager;
+use crate::liveness::Liveness;
+use crate::metadata::{ClusterMetadata, MetadataRecord, PartitionAssignment, TopicMetadata};
+use crate::publisher::Reconciled;
+use crate::quorum::{ControllerRequest, ControllerResponse, MetadataQuorum, ProposeError};
 use crate::topic_config;
 
 /// A refused admin operation: the Kafka error code and a message for the client.
@@ -47,6 +53,17 @@ impl From<crate::error::Error> for AdminError {
 
 /// Producer ids are reserved in blocks, one metadata write per block (as Kafka's KIP-730).
 const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl From<ProposeError> for AdminError {
+    fn from(err: ProposeError) -> AdminError {
+        match err {
+            ProposeError::Refused(code, message) => AdminError::new(code, message),
+            ProposeError::Unavailable(why) => {
+                AdminError::new(ResponseError::RequestTimedOut, format!("no active controller answered: {why}"))
+            }
+        }
+    }
+}
 
 /// Kafka's rule for topic names.
 pub fn validate_topic_name(name: &str) -> Result<(), AdminError> {
@@ -87,41 +104,45 @@ fn refuse_internal(name: &str, action: &str) -> Result<(), AdminError> {
 pub struct Controller {
     /// The static broker config (dynamic topic defaults are in `log_defaults`).
     config: BrokerConfig,
-    metadata_log: Mutex<MetadataLog>,
-    /// The latest metadata, cheap to snapshot for every request.
-    metadata: RwLock<Arc<ClusterMetadata>>,
+    quorum: Arc<MetadataQuorum>,
     /// Topic defaults: the static config with the dynamic broker configs applied.
     log_defaults: RwLock<LogConfig>,
-    /// Topics are opened here before their record publishes them, and closed after.
-    replicas: Arc<ReplicaManager>,
-    /// The next producer id to hand out, and the end of the block the metadata log has
-    /// reserved.
+    /// How far this broker has acted on the metadata: a change is done here once it has.
+    reconciled: Arc<Reconciled>,
+    /// The next producer id to hand out, and the end of the block reserved for this broker.
     producer_ids: Mutex<(i64, i64)>,
+    /// Serialises this broker's read-modify-write changes (config alters), so two concurrent
+    /// alters through it cannot lose one another's changes.
+    alter_lock: Mutex<()>,
+    /// Brokers' heartbeats, as the active controller has seen them.
+    liveness: Liveness,
 }
 
 impl Controller {
-    /// Takes over the opened metadata log, with the topic defaults in force and the
-    /// partitions it describes opened.
     pub(crate) fn new(
         config: BrokerConfig,
-        metadata_log: MetadataLog,
+        quorum: Arc<MetadataQuorum>,
         log_defaults: LogConfig,
-        replicas: Arc<ReplicaManager>,
+        reconciled: Arc<Reconciled>,
     ) -> Controller {
-        let metadata = Arc::new(metadata_log.state().clone());
-        let next = metadata.producer_ids_next;
+        let liveness = Liveness::new(Duration::from_millis(config.cluster.broker_session_timeout_ms));
         Controller {
             config,
-            metadata_log: Mutex::new(metadata_log),
-            metadata: RwLock::new(metadata),
+            quorum,
             log_defaults: RwLock::new(log_defaults),
-            replicas,
-            producer_ids: Mutex::new((next, next)),
+            reconciled,
+            producer_ids: Mutex::new((0, 0)),
+            alter_lock: Mutex::new(()),
+            liveness,
         }
     }
 
     pub fn metadata(&self) -> Arc<ClusterMetadata> {
-        self.metadata.read().clone()
+        self.quorum.image()
+    }
+
+    pub fn quorum(&self) -> &Arc<MetadataQuorum> {
+        &self.quorum
     }
 
     /// The log config of a topic with these overrides.
@@ -137,37 +158,41 @@ impl Controller {
         config
     }
 
-    /// Changes the dynamic broker configs to what `alter` makes of the current ones, under
-    /// the metadata lock (see `alter_topic_configs`).
+    /// Takes the dynamic broker configs of a new image; returns the topic defaults now in force.
+    pub(crate) fn refresh_defaults(&self, metadata: &ClusterMetadata) -> LogConfig {
+        let defaults = crate::broker::log_defaults(&self.config, metadata);
+        *self.log_defaults.write() = defaults.clone();
+        defaults
+    }
+
+    /// Proposes `records` and waits until this broker has acted on them. Blocking.
+    fn commit(&self, records: Vec<MetadataRecord>) -> Result<u64, AdminError> {
+        let offset = self.quorum.propose_blocking(records)?;
+        if !self.reconciled.wait(offset, crate::quorum::PROPOSE_TIMEOUT) {
+            tracing::warn!(offset, "a metadata change landed but this broker has not applied it yet");
+        }
+        Ok(offset)
+    }
+
+    /// Changes the dynamic broker configs to what `alter` makes of the current ones.
     pub fn alter_broker_configs(
         &self,
         alter: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, AdminError>,
         validate_only: bool,
     ) -> Result<(), AdminError> {
         let invalid = |msg: String| AdminError::new(ResponseError::InvalidConfig, msg);
-        let mut log = self.metadata_log.lock();
-        let configs = alter(&log.state().broker_configs)?;
+        let _serialised = self.alter_lock.lock();
+        let metadata = self.metadata();
+        let configs = alter(&metadata.broker_configs)?;
         let effective = self.config.with_dynamic(&configs).map_err(invalid)?;
-        let mut resolved = Vec::new();
-        for topic in log.state().topics() {
-            let config = topic_config::resolve(&effective.log_defaults, &topic.configs)
+        for topic in metadata.topics() {
+            topic_config::resolve(&effective.log_defaults, &topic.configs)
                 .map_err(|msg| invalid(format!("topic {}: {msg}", topic.name)))?;
-            resolved.push((topic.name.clone(), config));
         }
         if validate_only {
             return Ok(());
         }
-        self.commit(&mut log, vec![MetadataRecord::BrokerConfigs { configs }])?;
-        *self.log_defaults.write() = effective.log_defaults;
-        for (name, config) in resolved {
-            self.replicas.set_config(&name, &config)?;
-        }
-        Ok(())
-    }
-
-    fn commit(&self, log: &mut MetadataLog, records: Vec<MetadataRecord>) -> Result<(), AdminError> {
-        log.append(records)?;
-        *self.metadata.write() = Arc::new(log.state().clone());
+        self.commit(vec![MetadataRecord::BrokerConfigs { configs }])?;
         Ok(())
     }
 
@@ -201,30 +226,50 @@ impl Controller {
         }
     }
 
-    /// A producer id no producer has had, reserving a new block in the metadata log when
-    /// the current one is used up. Blocking: the reservation is fsynced.
+    /// A producer id no producer has had, reserving a new block in the metadata when the
+    /// current one is used up. Blocking when it reserves.
     fn allocate_producer_id(&self) -> Result<i64, AdminError> {
         let mut ids = self.producer_ids.lock();
-        if ids.0 >= ids.1 {
-            let end = ids.0 + PRODUCER_ID_BLOCK;
-            let mut log = self.metadata_log.lock();
-            self.commit(&mut log, vec![MetadataRecord::ProducerIds { next: end }])?;
-            ids.1 = end;
+        // Another broker may reserve the same block first: the loser reads the image again.
+        let mut attempts = 0;
+        while ids.0 >= ids.1 {
+            let from = self.metadata().producer_ids_next;
+            let next = from + PRODUCER_ID_BLOCK;
+            match self.commit(vec![MetadataRecord::ReserveProducerIds { from, next }]) {
+                Ok(_) => *ids = (from, next),
+                Err(err) if err.code == ResponseError::ConcurrentTransactions && attempts < 20 => attempts += 1,
+                Err(err) => return Err(err),
+            }
         }
         let id = ids.0;
         ids.0 += 1;
         Ok(id)
     }
 
-    /// Creates a topic (or, with `validate_only`, only checks that it could be created).
-    pub fn create_topic(
-        &self,
-        name: &str,
-        partitions: i32,
-        configs: BTreeMap<String, String>,
-        validate_only: bool,
-    ) -> Result<Arc<TopicMetadata>, AdminError> {
-        validate_topic_name(name)?;
+    /// Replicas for `count` new partitions, `replication_factor` each, spread over the live
+    /// brokers round robin from a point that differs per topic (as Kafka's placement does).
+    fn place(&self, count: i32, replication_factor: i32, seed: usize) -> Result<Vec<PartitionAssignment>, AdminError> {
+        let live: Vec<i32> = self.metadata().live_brokers().map(|b| b.node_id).collect();
+        if replication_factor < 1 || replication_factor as usize > live.len() {
+            return Err(AdminError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} cannot be reached: {} broker(s) are registered and alive",
+                    live.len()
+                ),
+            ));
+        }
+        let n = live.len();
+        Ok((0..count as usize)
+            .map(|i| {
+                let start = (seed + i) % n;
+                PartitionAssignment::new((0..replication_factor as usize).map(|k| live[(start + k) % n]).collect())
+            })
+            .collect())
+    }
+
+    /// Checks a topic's partition count (Kafka's limits and messages).
+    fn check_partition_count(&self, partitions: i32) -> Result<i32, AdminError> {
         let partitions = if partitions == -1 { self.config.num_partitions } else { partitions };
         if partitions < 1 {
             return Err(AdminError::new(
@@ -238,50 +283,109 @@ impl Controller {
                 format!("{partitions} partitions is more than the 100000 allowed"),
             ));
         }
-        let log_config = self.topic_log_config(&configs)?;
-        let mut log = self.metadata_log.lock();
-        if log.state().topic(name).is_some() {
+        Ok(partitions)
+    }
+
+    /// Creates a topic with the default replication factor and placement.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMetadata>, AdminError> {
+        self.create_topic_with(name, partitions, -1, None, configs, validate_only)
+    }
+
+    /// Creates a topic (or, with `validate_only`, only checks that it could be created) with
+    /// `replication_factor` replicas per partition (-1: `default.replication.factor`), or on
+    /// the replicas `assignments` names.
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMetadata>, AdminError> {
+        validate_topic_name(name)?;
+        self.topic_log_config(&configs)?;
+        if self.metadata().topic(name).is_some() {
             return Err(AdminError::new(ResponseError::TopicAlreadyExists, format!("topic \"{name}\" already exists")));
         }
-        let topic = TopicMetadata { name: name.to_string(), id: Uuid::new_v4(), partitions, configs };
+        let id = Uuid::new_v4();
+        let assignments = match assignments {
+            Some(explicit) => self.check_assignments(explicit)?,
+            None => {
+                let partitions = self.check_partition_count(partitions)?;
+                let factor = if replication_factor == -1 {
+                    self.config.cluster.default_replication_factor
+                } else {
+                    replication_factor
+                };
+                self.place(partitions, factor, id.as_bytes()[0] as usize)?
+            }
+        };
+        let topic =
+            TopicMetadata { name: name.to_string(), id, partitions: assignments.len() as i32, configs, assignments };
         if validate_only {
             return Ok(Arc::new(topic));
         }
-        // Logs first, record second: once the topic is published its partitions are there.
-        self.replicas.add_partitions(&topic, &log_config)?;
-        let record = MetadataRecord::Topic {
+        self.commit(vec![MetadataRecord::Topic {
             name: topic.name.clone(),
             id: topic.id,
-            partitions,
+            partitions: topic.partitions,
             configs: topic.configs.clone(),
-        };
-        if let Err(err) = self.commit(&mut log, vec![record]) {
-            self.replicas.remove_topic(name)?;
-            return Err(err);
+            assignments: topic.assignments.clone(),
+        }])?;
+        tracing::info!(topic = name, partitions = topic.partitions, "created topic");
+        Ok(self.metadata().topic(name).cloned().unwrap_or_else(|| Arc::new(topic)))
+    }
+
+    /// Checks replica lists a client gave for new partitions: each names distinct live
+    /// brokers, and all have the same length.
+    fn check_assignments(&self, explicit: Vec<Vec<i32>>) -> Result<Vec<PartitionAssignment>, AdminError> {
+        let metadata = self.metadata();
+        let bad = |message: String| AdminError::new(ResponseError::InvalidReplicaAssignment, message);
+        let factor = explicit.first().map_or(0, Vec::len);
+        for (index, replicas) in explicit.iter().enumerate() {
+            if replicas.is_empty() || replicas.len() != factor {
+                return Err(bad(format!(
+                    "partition {index} has {} replicas; every partition needs {factor}",
+                    replicas.len()
+                )));
+            }
+            let mut seen = replicas.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() != replicas.len() {
+                return Err(bad(format!("partition {index} names a broker twice")));
+            }
+            if let Some(unknown) = replicas.iter().find(|b| !metadata.brokers.contains_key(b)) {
+                return Err(bad(format!("partition {index} names broker {unknown}, which is not registered")));
+            }
         }
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(Arc::new(topic))
+        self.check_partition_count(explicit.len() as i32)?;
+        Ok(explicit.into_iter().map(PartitionAssignment::new).collect())
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<Uuid, AdminError> {
         refuse_internal(name, "deleted")?;
-        let mut log = self.metadata_log.lock();
-        let Some(topic) = log.state().topic(name).cloned() else {
+        let Some(topic) = self.metadata().topic(name).cloned() else {
             return Err(AdminError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("topic \"{name}\" does not exist"),
             ));
         };
-        self.commit(&mut log, vec![MetadataRecord::RemoveTopic { id: topic.id }])?;
-        self.replicas.remove_topic(name)?;
+        self.commit(vec![MetadataRecord::RemoveTopic { id: topic.id }])?;
         tracing::info!(topic = name, "deleted topic");
         Ok(topic.id)
     }
 
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), AdminError> {
         refuse_internal(name, "given more partitions")?;
-        let mut log = self.metadata_log.lock();
-        let Some(topic) = log.state().topic(name).cloned() else {
+        let Some(topic) = self.metadata().topic(name).cloned() else {
             return Err(AdminError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("topic \"{name}\" does not exist"),
@@ -296,55 +400,91 @@ impl Controller {
                 ),
             ));
         }
-        if count > 100_000 {
-            return Err(AdminError::new(
-                ResponseError::InvalidPartitions,
-                format!("{count} partitions is more than the 100000 allowed"),
-            ));
-        }
+        self.check_partition_count(count)?;
+        let factor = topic.assignments.first().map_or(1, |a| a.replicas.len() as i32);
+        let seed = topic.id.as_bytes()[0] as usize + topic.partitions as usize;
+        let assignments = self.place(count - topic.partitions, factor, seed)?;
         if validate_only {
             return Ok(());
         }
-        let log_config = self.topic_log_config(&topic.configs)?;
-        // The new partitions' logs are opened before the record publishes them. Should the
-        // record fail, they stay unpublished, and the next start removes their directories.
-        let grown = TopicMetadata { partitions: count, ..(*topic).clone() };
-        self.replicas.add_partitions(&grown, &log_config)?;
-        self.commit(&mut log, vec![MetadataRecord::Partitions { id: topic.id, partitions: count }])?;
+        self.commit(vec![MetadataRecord::Partitions { id: topic.id, partitions: count, assignments }])?;
         Ok(())
     }
 
-    /// Changes a topic's config overrides to what `alter` makes of the current ones. The
-    /// read, the change and the write happen under the metadata lock, so two concurrent
-    /// alters cannot lose one another's changes.
+    /// Changes a topic's config overrides to what `alter` makes of the current ones.
     pub fn alter_topic_configs(
         &self,
         name: &str,
         alter: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, AdminError>,
         validate_only: bool,
     ) -> Result<(), AdminError> {
-        let mut log = self.metadata_log.lock();
-        let Some(topic) = log.state().topic(name).cloned() else {
+        let _serialised = self.alter_lock.lock();
+        let Some(topic) = self.metadata().topic(name).cloned() else {
             return Err(AdminError::new(
                 ResponseError::UnknownTopicOrPartition,
                 format!("topic \"{name}\" does not exist"),
             ));
         };
         let configs = alter(&topic.configs)?;
-        let log_config = self.topic_log_config(&configs)?;
+        self.topic_log_config(&configs)?;
         if validate_only {
             return Ok(());
         }
-        self.commit(&mut log, vec![MetadataRecord::TopicConfigs { id: topic.id, configs }])?;
-        self.replicas.set_config(name, &log_config)?;
+        self.commit(vec![MetadataRecord::TopicConfigs { id: topic.id, configs }])?;
         Ok(())
     }
 
-    /// Closes the metadata log cleanly (the last step of a clean shutdown).
-    pub(crate) fn close(&self) {
-        if let Err(err) = self.metadata_log.lock().close() {
-            tracing::error!(%err, "closing the metadata log failed");
+    /// The active controller's answer to a broker's heartbeat: registers a new incarnation,
+    /// unfences a returning one (electing it where its partitions have no leader), or fences
+    /// one that is shutting down.
+    pub async fn heartbeat(&self, heartbeat: crate::quorum::BrokerHeartbeat) -> ControllerResponse {
+        if !self.quorum.is_leader() {
+            return ControllerResponse::NotController;
         }
+        let image = self.quorum.image();
+        match self.liveness.on_heartbeat(&image, &heartbeat, self.quorum.term()) {
+            Err(message) => ControllerResponse::Refused(ResponseError::DuplicateBrokerRegistration.code(), message),
+            Ok(records) if records.is_empty() => ControllerResponse::Alive,
+            Ok(records) => match self.quorum.propose_as_leader(records).await {
+                ControllerResponse::Proposed(_) => ControllerResponse::Alive,
+                other => other,
+            },
+        }
+    }
+
+    /// The active controller's periodic check: fences brokers whose session expired.
+    pub async fn fence_expired_brokers(&self) {
+        if !self.quorum.is_leader() {
+            return;
+        }
+        let image = self.quorum.image();
+        for records in self.liveness.expired(&image, self.quorum.term()) {
+            if let ControllerResponse::Refused(_, message) = self.quorum.propose_as_leader(records).await {
+                tracing::warn!(%message, "fencing a broker failed");
+            }
+        }
+    }
+
+    /// Stops the metadata quorum (the last step of a clean shutdown).
+    pub(crate) fn close(&self) {
+        self.quorum.close();
+    }
+}
+
+impl crate::quorum::ControllerService for Controller {
+    fn handle(
+        &self,
+        request: ControllerRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ControllerResponse> + Send + '_>> {
+        Box::pin(async move {
+            match request {
+                ControllerRequest::Propose(records) if self.quorum.is_leader() => {
+                    self.quorum.propose_as_leader(records).await
+                }
+                ControllerRequest::Propose(_) => ControllerResponse::NotController,
+                ControllerRequest::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await,
+            }
+        })
     }
 }
 

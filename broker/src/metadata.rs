@@ -1,27 +1,72 @@
-//! Cluster metadata: topics (ids, partition counts, config overrides) and dynamic broker
-//! configs. Every change is a record appended and fsynced to the metadata log
-//! (`__cluster_metadata-0`) before it takes effect, and the log is replayed at start; the
-//! replication issue puts this log under a Raft quorum (a single node is a quorum of one).
-//! Invariants: names and ids are unique; partition counts only grow.
+//! Cluster metadata: the records of the metadata log and the image they add up to: brokers
+//! (their endpoints and whether they are fenced), topics (ids, partition counts, config
+//! overrides) with each partition's replicas, leader, leader epoch and ISR, the dynamic broker
+//! configs and producer-id blocks. The log is replicated by the metadata quorum
+//! ([`crate::quorum`]); every node applies the same records in the same order, so `apply` is
+//! deterministic and refuses a record that does not fit the image instead of half-applying it.
+//! Invariants: names and ids are unique; partition counts only grow; a partition's leader
+//! epoch only grows, and its leader is one of its replicas or none.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 
+use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
-use sluice_storage::{
-    FlushPolicy, HandleCache, LeaderEpoch, LogConfig, Offset, PartitionLog, RecordBatch, RecordBatchBuilder,
-};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
-
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
+
+/// A partition without a leader (every replica that could lead is fenced).
+pub const NO_LEADER: i32 = -1;
+
+/// Where a partition lives: its replicas in preference order (the first is the preferred
+/// leader), the one leading it, the epoch of that leadership and the in-sync replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    pub replicas: Vec<i32>,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+impl PartitionAssignment {
+    /// A new partition on `replicas`, led by the first of them at epoch 0.
+    pub fn new(replicas: Vec<i32>) -> PartitionAssignment {
+        let leader = replicas.first().copied().unwrap_or(NO_LEADER);
+        PartitionAssignment { isr: replicas.clone(), replicas, leader, leader_epoch: 0 }
+    }
+}
+
+/// One listener of a broker, as other brokers and clients are told to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub listener: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A broker the controller knows: registered by its node id, one incarnation (process start)
+/// at a time. A fenced broker leads nothing until it registers or heartbeats again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub node_id: i32,
+    pub incarnation: Uuid,
+    pub endpoints: Vec<Endpoint>,
+    pub fenced: bool,
+}
+
+impl BrokerRegistration {
+    /// The endpoint of `listener`, the listener a client or broker connected on.
+    pub fn endpoint(&self, listener: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.listener == listener)
+    }
+}
 
 /// One change to the cluster metadata, stored as JSON in the metadata log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MetadataRecord {
+    /// Names the cluster; only the first one counts.
     Cluster {
         cluster_id: String,
     },
@@ -30,10 +75,14 @@ pub enum MetadataRecord {
         id: Uuid,
         partitions: i32,
         configs: BTreeMap<String, String>,
+        /// One per partition.
+        assignments: Vec<PartitionAssignment>,
     },
+    /// Grows a topic to `partitions`; `assignments` are the new partitions'.
     Partitions {
         id: Uuid,
         partitions: i32,
+        assignments: Vec<PartitionAssignment>,
     },
     /// Replaces the topic's config overrides as a whole.
     TopicConfigs {
@@ -52,6 +101,49 @@ pub enum MetadataRecord {
     ProducerIds {
         next: i64,
     },
+    /// Reserves the producer ids from `from` (which must be the first unreserved one, so two
+    /// brokers reserving at once never get the same block) up to `next`.
+    ReserveProducerIds {
+        from: i64,
+        next: i64,
+    },
+    /// A broker process started (a new incarnation) and is reachable at `endpoints`.
+    RegisterBroker {
+        node_id: i32,
+        incarnation: Uuid,
+        endpoints: Vec<Endpoint>,
+    },
+    /// The broker stopped heartbeating (or is shutting down): it is fenced until it is back.
+    FenceBroker {
+        node_id: i32,
+        incarnation: Uuid,
+    },
+    /// The broker heartbeats again in the same incarnation.
+    UnfenceBroker {
+        node_id: i32,
+        incarnation: Uuid,
+    },
+    /// A partition's leadership or ISR changed; the epoch grows with every leader change.
+    PartitionChange {
+        topic_id: Uuid,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    },
+}
+
+/// A record that does not fit the image: the Kafka error and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRejected {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl RecordRejected {
+    fn new(code: ResponseError, message: impl Into<String>) -> RecordRejected {
+        RecordRejected { code, message: message.into() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +152,14 @@ pub struct TopicMetadata {
     pub id: Uuid,
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
+    /// One per partition, by index.
+    pub assignments: Vec<PartitionAssignment>,
+}
+
+impl TopicMetadata {
+    pub fn assignment(&self, partition: i32) -> Option<&PartitionAssignment> {
+        usize::try_from(partition).ok().and_then(|i| self.assignments.get(i))
+    }
 }
 
 /// The metadata state the log's records add up to.
@@ -72,6 +172,9 @@ pub struct ClusterMetadata {
     names_by_id: HashMap<Uuid, String>,
     /// The first producer id never handed out.
     pub producer_ids_next: i64,
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
+    /// The metadata log offset this image is as of (the last record applied; 0 before any).
+    pub offset: u64,
 }
 
 impl ClusterMetadata {
@@ -87,124 +190,183 @@ impl ClusterMetadata {
         self.topics.values()
     }
 
+    /// Brokers that may lead partitions: registered and not fenced.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    pub fn is_live(&self, node_id: i32) -> bool {
+        self.brokers.get(&node_id).is_some_and(|b| !b.fenced)
+    }
+
     /// State as if these records had been replayed (for tests of code that reads metadata).
     #[cfg(test)]
     pub fn from_records(records: Vec<MetadataRecord>) -> ClusterMetadata {
         let mut metadata = ClusterMetadata::default();
-        for record in records {
-            metadata.apply(record).expect("consistent test records");
-        }
+        metadata.apply_all(&records).expect("consistent test records");
         metadata
     }
 
-    fn apply(&mut self, record: MetadataRecord) -> Result<()> {
-        // Records are checked before they are written, so a failure here on replay means the
-        // log itself is damaged.
-        let unknown = |id: &Uuid| Error::Metadata(format!("record names unknown topic id {id}"));
+    /// Applies every record of one proposal, or none of them.
+    pub fn apply_all(&mut self, records: &[MetadataRecord]) -> Result<(), RecordRejected> {
+        let mut next = self.clone();
+        for record in records {
+            next.apply(record.clone())?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    fn topic_mut(&mut self, id: &Uuid) -> Result<&mut TopicMetadata, RecordRejected> {
+        let unknown = || RecordRejected::new(ResponseError::UnknownTopicId, format!("no topic has id {id}"));
+        let name = self.names_by_id.get(id).ok_or_else(unknown)?;
+        let topic = self.topics.get_mut(name).ok_or_else(unknown)?;
+        Ok(Arc::make_mut(topic))
+    }
+
+    fn apply(&mut self, record: MetadataRecord) -> Result<(), RecordRejected> {
         match record {
-            MetadataRecord::Cluster { cluster_id } => self.cluster_id = cluster_id,
-            MetadataRecord::Topic { name, id, partitions, configs } => {
+            MetadataRecord::Cluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id;
+                }
+            }
+            MetadataRecord::Topic { name, id, partitions, configs, assignments } => {
+                if self.topics.contains_key(&name) {
+                    return Err(RecordRejected::new(
+                        ResponseError::TopicAlreadyExists,
+                        format!("topic \"{name}\" already exists"),
+                    ));
+                }
+                if assignments.len() != partitions as usize {
+                    return Err(RecordRejected::new(ResponseError::InvalidRequest, "one assignment per partition"));
+                }
                 self.names_by_id.insert(id, name.clone());
-                self.topics.insert(name.clone(), Arc::new(TopicMetadata { name, id, partitions, configs }));
+                let topic = TopicMetadata { name: name.clone(), id, partitions, configs, assignments };
+                self.topics.insert(name, Arc::new(topic));
             }
-            MetadataRecord::Partitions { id, partitions } => {
-                let name = self.names_by_id.get(&id).ok_or_else(|| unknown(&id))?;
-                let topic = self.topics.get_mut(name).ok_or_else(|| unknown(&id))?;
-                Arc::make_mut(topic).partitions = partitions;
+            MetadataRecord::Partitions { id, partitions, assignments } => {
+                let topic = self.topic_mut(&id)?;
+                if partitions <= topic.partitions || assignments.len() != (partitions - topic.partitions) as usize {
+                    return Err(RecordRejected::new(
+                        ResponseError::InvalidPartitions,
+                        format!(
+                            "topic \"{}\" has {} partitions, not fewer than {partitions}",
+                            topic.name, topic.partitions
+                        ),
+                    ));
+                }
+                topic.partitions = partitions;
+                topic.assignments.extend(assignments);
             }
-            MetadataRecord::TopicConfigs { id, configs } => {
-                let name = self.names_by_id.get(&id).ok_or_else(|| unknown(&id))?;
-                let topic = self.topics.get_mut(name).ok_or_else(|| unknown(&id))?;
-                Arc::make_mut(topic).configs = configs;
-            }
+            MetadataRecord::TopicConfigs { id, configs } => self.topic_mut(&id)?.configs = configs,
             MetadataRecord::RemoveTopic { id } => {
-                let name = self.names_by_id.remove(&id).ok_or_else(|| unknown(&id))?;
+                let name = self.names_by_id.remove(&id).ok_or_else(|| {
+                    RecordRejected::new(ResponseError::UnknownTopicId, format!("no topic has id {id}"))
+                })?;
                 self.topics.remove(&name);
             }
             MetadataRecord::BrokerConfigs { configs } => self.broker_configs = configs,
             MetadataRecord::ProducerIds { next } => {
                 if next < self.producer_ids_next {
-                    return Err(Error::Metadata(format!(
-                        "producer ids would go back from {} to {next}",
-                        self.producer_ids_next
-                    )));
+                    return Err(RecordRejected::new(
+                        ResponseError::UnknownServerError,
+                        format!("producer ids would go back from {} to {next}", self.producer_ids_next),
+                    ));
                 }
                 self.producer_ids_next = next;
             }
-        }
-        Ok(())
-    }
-}
-
-/// The metadata log and the state it has been replayed into.
-pub struct MetadataLog {
-    log: PartitionLog,
-    state: ClusterMetadata,
-}
-
-impl MetadataLog {
-    /// Opens (or creates) the metadata log under `data_dir` and replays it.
-    pub fn open(data_dir: &Path, cache: Arc<HandleCache>) -> Result<MetadataLog> {
-        // Metadata changes are rare and must survive power loss before they are acknowledged.
-        let config = LogConfig { flush_policy: FlushPolicy::EveryAppend, retention_ms: None, ..LogConfig::default() };
-        let log = PartitionLog::open(data_dir.join(METADATA_LOG_DIR), config, cache)?;
-        let mut state = ClusterMetadata::default();
-        let end = log.log_end_offset();
-        let mut next = log.log_start_offset();
-        while next < end {
-            let read = log.read(next, 1 << 20, end)?;
-            if read.records.is_empty() {
-                break;
-            }
-            for batch in RecordBatch::iter_batches(read.records) {
-                let batch = batch?;
-                for record in batch.records()? {
-                    let record = record?;
-                    let value = record.value.unwrap_or_default();
-                    let parsed: MetadataRecord = serde_json::from_slice(&value).map_err(|err| {
-                        Error::Metadata(format!("unreadable metadata record at offset {}: {err}", record.offset))
-                    })?;
-                    state.apply(parsed)?;
+            MetadataRecord::ReserveProducerIds { from, next } => {
+                if from != self.producer_ids_next || next <= from {
+                    return Err(RecordRejected::new(
+                        ResponseError::ConcurrentTransactions,
+                        format!(
+                            "producer ids from {} are the next to reserve, not from {from}",
+                            self.producer_ids_next
+                        ),
+                    ));
                 }
-                next = Offset(batch.last_offset() + 1);
+                self.producer_ids_next = next;
+            }
+            MetadataRecord::RegisterBroker { node_id, incarnation, endpoints } => {
+                self.brokers.insert(node_id, BrokerRegistration { node_id, incarnation, endpoints, fenced: false });
+            }
+            MetadataRecord::FenceBroker { node_id, incarnation }
+            | MetadataRecord::UnfenceBroker { node_id, incarnation } => {
+                let fenced = matches!(record, MetadataRecord::FenceBroker { .. });
+                let broker =
+                    self.brokers.get_mut(&node_id).filter(|b| b.incarnation == incarnation).ok_or_else(|| {
+                        RecordRejected::new(
+                            ResponseError::StaleBrokerEpoch,
+                            format!("broker {node_id} registered again"),
+                        )
+                    })?;
+                broker.fenced = fenced;
+            }
+            MetadataRecord::PartitionChange { topic_id, partition, leader, leader_epoch, isr } => {
+                let topic = self.topic_mut(&topic_id)?;
+                let name = topic.name.clone();
+                let assignment =
+                    usize::try_from(partition).ok().and_then(|i| topic.assignments.get_mut(i)).ok_or_else(|| {
+                        RecordRejected::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            format!("{name} has no partition {partition}"),
+                        )
+                    })?;
+                if leader_epoch < assignment.leader_epoch
+                    || (leader_epoch == assignment.leader_epoch && leader != assignment.leader)
+                {
+                    return Err(RecordRejected::new(
+                        ResponseError::FencedLeaderEpoch,
+                        format!(
+                            "{name}-{partition} is at leader epoch {}, not {leader_epoch}",
+                            assignment.leader_epoch
+                        ),
+                    ));
+                }
+                if leader != NO_LEADER && !assignment.replicas.contains(&leader) {
+                    return Err(RecordRejected::new(
+                        ResponseError::InvalidReplicaAssignment,
+                        format!("broker {leader} is not a replica of {name}-{partition}"),
+                    ));
+                }
+                assignment.leader = leader;
+                assignment.leader_epoch = leader_epoch;
+                assignment.isr = isr;
             }
         }
-        log.set_high_watermark(end);
-        let mut metadata = MetadataLog { log, state };
-        if metadata.state.cluster_id.is_empty() {
-            let cluster_id = Uuid::new_v4().simple().to_string();
-            metadata.append(vec![MetadataRecord::Cluster { cluster_id }])?;
-        }
-        Ok(metadata)
-    }
-
-    pub fn state(&self) -> &ClusterMetadata {
-        &self.state
-    }
-
-    /// Checks that `records` apply, appends them as one batch, waits until it is durable, and
-    /// only then makes them visible. A change that does not apply is never written.
-    pub fn append(&mut self, records: Vec<MetadataRecord>) -> Result<()> {
-        let mut next = self.state.clone();
-        for record in &records {
-            next.apply(record.clone())?;
-        }
-        let now = sluice_storage::now_ms();
-        let mut builder = RecordBatchBuilder::new(now);
-        for record in &records {
-            let value = serde_json::to_vec(record).map_err(|e| Error::Metadata(e.to_string()))?;
-            builder.push(now, None, Some(&value), &[]);
-        }
-        let outcome = self.log.append(&builder.build()?, LeaderEpoch(0), now)?;
-        outcome.wait_durable()?;
-        self.log.set_high_watermark(self.log.log_end_offset());
-        self.state = next;
         Ok(())
     }
 
-    /// Clean shutdown; later appends fail.
-    pub fn close(&self) -> Result<()> {
-        Ok(self.log.clone().close()?)
+    /// Records that rebuild this image from nothing: what a metadata snapshot holds.
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if !self.cluster_id.is_empty() {
+            records.push(MetadataRecord::Cluster { cluster_id: self.cluster_id.clone() });
+        }
+        if !self.broker_configs.is_empty() {
+            records.push(MetadataRecord::BrokerConfigs { configs: self.broker_configs.clone() });
+        }
+        if self.producer_ids_next > 0 {
+            records.push(MetadataRecord::ProducerIds { next: self.producer_ids_next });
+        }
+        for broker in self.brokers.values() {
+            let (node_id, incarnation) = (broker.node_id, broker.incarnation);
+            records.push(MetadataRecord::RegisterBroker { node_id, incarnation, endpoints: broker.endpoints.clone() });
+            if broker.fenced {
+                records.push(MetadataRecord::FenceBroker { node_id, incarnation });
+            }
+        }
+        for topic in self.topics.values() {
+            records.push(MetadataRecord::Topic {
+                name: topic.name.clone(),
+                id: topic.id,
+                partitions: topic.partitions,
+                configs: topic.configs.clone(),
+                assignments: topic.assignments.clone(),
+            });
+        }
+        records
     }
 }
 
@@ -212,37 +374,62 @@ impl MetadataLog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn changes_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = HandleCache::new(8);
-        let id = Uuid::new_v4();
-        let cluster_id = {
-            let mut log = MetadataLog::open(dir.path(), cache.clone()).unwrap();
-            log.append(vec![MetadataRecord::Topic {
-                name: "clicks".into(),
-                id,
-                partitions: 2,
-                configs: BTreeMap::new(),
-            }])
-            .unwrap();
-            log.append(vec![MetadataRecord::Partitions { id, partitions: 8 }]).unwrap();
-            let cluster_id = log.state().cluster_id.clone();
-            drop(log); // not even a clean close: every change was fsynced
-            cluster_id
-        };
-        let log = MetadataLog::open(dir.path(), cache).unwrap();
-        assert_eq!(log.state().cluster_id, cluster_id);
-        let topic = log.state().topic("clicks").unwrap();
-        assert_eq!((topic.id, topic.partitions), (id, 8));
-        assert_eq!(log.state().topic_by_id(&id).unwrap().name, "clicks");
+    fn topic(name: &str, id: Uuid, partitions: i32) -> MetadataRecord {
+        MetadataRecord::Topic {
+            name: name.into(),
+            id,
+            partitions,
+            configs: BTreeMap::new(),
+            assignments: (0..partitions).map(|_| PartitionAssignment::new(vec![1])).collect(),
+        }
     }
 
     #[test]
-    fn a_record_that_does_not_apply_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = MetadataLog::open(dir.path(), HandleCache::new(8)).unwrap();
-        assert!(log.append(vec![MetadataRecord::RemoveTopic { id: Uuid::new_v4() }]).is_err());
-        assert_eq!(log.state().topics().count(), 0);
+    fn a_proposal_that_does_not_apply_changes_nothing() {
+        let id = Uuid::new_v4();
+        let mut metadata = ClusterMetadata::from_records(vec![topic("a", id, 1)]);
+        let err = metadata.apply_all(&[topic("b", Uuid::new_v4(), 1), topic("a", Uuid::new_v4(), 1)]).unwrap_err();
+        assert_eq!(err.code, ResponseError::TopicAlreadyExists);
+        assert!(metadata.topic("b").is_none(), "half a proposal was applied");
+        assert!(metadata.apply_all(&[MetadataRecord::RemoveTopic { id: Uuid::new_v4() }]).is_err());
+    }
+
+    #[test]
+    fn leader_epochs_only_grow() {
+        let id = Uuid::new_v4();
+        let mut metadata = ClusterMetadata::from_records(vec![topic("a", id, 1)]);
+        let change = |leader, leader_epoch| MetadataRecord::PartitionChange {
+            topic_id: id,
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr: vec![1],
+        };
+        metadata.apply_all(&[change(NO_LEADER, 1)]).unwrap();
+        assert_eq!(metadata.apply_all(&[change(1, 1)]).unwrap_err().code, ResponseError::FencedLeaderEpoch);
+        assert_eq!(metadata.apply_all(&[change(1, 0)]).unwrap_err().code, ResponseError::FencedLeaderEpoch);
+        assert_eq!(metadata.apply_all(&[change(7, 2)]).unwrap_err().code, ResponseError::InvalidReplicaAssignment);
+        metadata.apply_all(&[change(1, 2)]).unwrap();
+        let assignment = metadata.topic("a").unwrap().assignments[0].clone();
+        assert_eq!((assignment.leader, assignment.leader_epoch), (1, 2));
+    }
+
+    #[test]
+    fn the_records_of_an_image_rebuild_it() {
+        let id = Uuid::new_v4();
+        let incarnation = Uuid::new_v4();
+        let endpoints = vec![Endpoint { listener: "PLAINTEXT".into(), host: "h".into(), port: 1 }];
+        let metadata = ClusterMetadata::from_records(vec![
+            MetadataRecord::Cluster { cluster_id: "c".into() },
+            MetadataRecord::RegisterBroker { node_id: 1, incarnation, endpoints },
+            MetadataRecord::FenceBroker { node_id: 1, incarnation },
+            topic("a", id, 2),
+            MetadataRecord::ProducerIds { next: 3000 },
+        ]);
+        let rebuilt = ClusterMetadata::from_records(metadata.to_records());
+        assert_eq!(rebuilt.cluster_id, "c");
+        assert_eq!(rebuilt.brokers, metadata.brokers);
+        assert_eq!(rebuilt.topic("a"), metadata.topic("a"));
+        assert_eq!(rebuilt.producer_ids_next, 3000);
     }
 }

@@ -9,6 +9,7 @@
 //! Invariant: the high watermark only moves forward, and never past the log end offset
 //! (the log enforces the latter).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -26,6 +27,9 @@ pub struct Partition {
     /// Long-polling fetches waiting for this partition's high watermark to move; each entry
     /// is one fetch request's wake-up, held weakly so a finished fetch leaves nothing behind.
     fetch_waiters: Mutex<Vec<Weak<Notify>>>,
+    /// Whether this broker leads the partition (high 32 bits: 1 or 0) and at which leader
+    /// epoch (low 32 bits), as the metadata last said; one word, so both are read together.
+    leadership: AtomicU64,
 }
 
 /// An append that is in the log but not yet acknowledged: consumers do not see it until
@@ -71,17 +75,39 @@ impl PendingAppend {
 }
 
 impl Partition {
-    /// A single node never changes leaders, so every partition stays at epoch 0.
-    pub const LEADER_EPOCH: i32 = 0;
-
+    /// A partition this broker leads at epoch 0 until the metadata says otherwise.
     pub(crate) fn new(topic: Arc<str>, topic_id: Uuid, index: i32, log: PartitionLog) -> Partition {
-        Partition { topic, topic_id, index, log, fetch_waiters: Mutex::new(Vec::new()) }
+        let partition = Partition {
+            topic,
+            topic_id,
+            index,
+            log,
+            fetch_waiters: Mutex::new(Vec::new()),
+            leadership: AtomicU64::new(0),
+        };
+        partition.set_leadership(true, 0);
+        partition
+    }
+
+    /// Takes what the metadata says of this partition's leadership.
+    pub(crate) fn set_leadership(&self, is_leader: bool, leader_epoch: i32) {
+        let word = (u64::from(is_leader) << 32) | u64::from(leader_epoch as u32);
+        self.leadership.store(word, Ordering::Release);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership.load(Ordering::Acquire) >> 32 == 1
+    }
+
+    /// The partition's leader epoch as this broker knows it (stamped into what it appends).
+    pub fn leader_epoch(&self) -> i32 {
+        self.leadership.load(Ordering::Acquire) as u32 as i32
     }
 
     /// Appends a record batch as the leader. Under a flush policy that does not wait for
     /// an fsync the append is durable at once, and visible before this returns.
     pub fn append(self: &Arc<Self>, batch: &[u8], now_ms: i64) -> sluice_storage::Result<PendingAppend> {
-        let outcome = self.log.append(batch, LeaderEpoch(Self::LEADER_EPOCH), now_ms)?;
+        let outcome = self.log.append(batch, LeaderEpoch(self.leader_epoch()), now_ms)?;
         Ok(self.pending(outcome))
     }
 
@@ -93,7 +119,7 @@ impl Partition {
         kind: MarkerKind,
         now_ms: i64,
     ) -> sluice_storage::Result<PendingAppend> {
-        let epoch = LeaderEpoch(Self::LEADER_EPOCH);
+        let epoch = LeaderEpoch(self.leader_epoch());
         let outcome = self.log.append_marker(ProducerId(producer_id), producer_epoch, kind, 0, epoch, now_ms)?;
         Ok(self.pending(outcome))
     }

@@ -1,7 +1,6 @@
-//! The partitions this broker holds, each a [`PartitionLog`] in `<topic>-<partition>/` under
-//! the data directory: opened at start, added and removed as topics change. On a single node
-//! every partition's leader is this broker, its leader epoch is 0 and its ISR is itself; the
-//! replication issue extends this module.
+//! The partitions this broker holds (those whose replicas the metadata assigns to it), each a
+//! [`PartitionLog`] in `<topic>-<partition>/` under the data directory: opened at start, then
+//! added, removed and given their leadership as each new metadata image says.
 //!
 //! Invariant: startup deletes only directories whose `partition.metadata` proves they are a
 //! deleted topic's; a directory without one is never touched.
@@ -20,11 +19,13 @@ use crate::partition::Partition;
 
 pub struct TopicPartitions {
     pub id: Uuid,
-    pub partitions: Vec<Arc<Partition>>,
+    /// By partition index; None for a partition another broker holds.
+    pub partitions: Vec<Option<Arc<Partition>>>,
 }
 
 pub struct ReplicaManager {
     data_dir: PathBuf,
+    node_id: i32,
     cache: Arc<HandleCache>,
     topics: RwLock<HashMap<String, Arc<TopicPartitions>>>,
 }
@@ -61,14 +62,16 @@ impl ReplicaManager {
         data_dir: &Path,
         cache: Arc<HandleCache>,
         metadata: &ClusterMetadata,
+        node_id: i32,
         config_for: impl Fn(&TopicMetadata) -> LogConfig,
     ) -> Result<ReplicaManager> {
-        let manager = ReplicaManager { data_dir: data_dir.to_path_buf(), cache, topics: RwLock::new(HashMap::new()) };
+        let manager =
+            ReplicaManager { data_dir: data_dir.to_path_buf(), cache, node_id, topics: RwLock::new(HashMap::new()) };
         for entry in std::fs::read_dir(data_dir)? {
             let entry = entry?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !path.is_dir() || name == METADATA_LOG_DIR {
+            if !path.is_dir() || name.starts_with(METADATA_LOG_DIR) {
                 continue;
             }
             // A partition index the topic does not have was opened but never published.
@@ -83,10 +86,38 @@ impl ReplicaManager {
                 std::fs::remove_dir_all(&path)?;
             }
         }
-        for topic in metadata.topics() {
-            manager.add_partitions(topic, &config_for(topic))?;
-        }
+        manager.apply_image(metadata, config_for)?;
         Ok(manager)
+    }
+
+    /// Makes this broker's partitions what `metadata` says: partitions of deleted topics go,
+    /// new ones assigned here are opened, and each gets its leadership and config.
+    pub fn apply_image(
+        &self,
+        metadata: &ClusterMetadata,
+        config_for: impl Fn(&TopicMetadata) -> LogConfig,
+    ) -> Result<()> {
+        let gone: Vec<String> = self
+            .topics
+            .read()
+            .iter()
+            .filter(|(name, held)| metadata.topic(name).is_none_or(|topic| topic.id != held.id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove_topic(&name)?;
+        }
+        for topic in metadata.topics() {
+            let config = config_for(topic);
+            self.add_partitions(topic, &config)?;
+            let Some(held) = self.topic(&topic.name) else { continue };
+            for partition in held.partitions.iter().flatten() {
+                if partition.log.config() != config {
+                    partition.log.set_config(config.clone())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<TopicPartitions>> {
@@ -95,38 +126,46 @@ impl ReplicaManager {
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let topics = self.topics.read();
-        usize::try_from(index).ok().and_then(|i| topics.get(topic)?.partitions.get(i).cloned())
+        usize::try_from(index).ok().and_then(|i| topics.get(topic)?.partitions.get(i)?.clone())
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics.read().values().flat_map(|t| t.partitions.iter().cloned()).collect()
+        self.topics.read().values().flat_map(|t| t.partitions.iter().flatten().cloned()).collect()
     }
 
-    /// Opens logs for the partitions of `topic` this broker does not have yet.
-    pub fn add_partitions(&self, topic: &TopicMetadata, config: &LogConfig) -> Result<()> {
+    /// Opens logs for the partitions of `topic` assigned to this broker that it does not
+    /// have yet, and gives every partition it holds the leadership the metadata says.
+    fn add_partitions(&self, topic: &TopicMetadata, config: &LogConfig) -> Result<()> {
         let existing = self.topic(&topic.name).map(|t| t.partitions.clone()).unwrap_or_default();
         let mut partitions = existing.clone();
+        partitions.resize(topic.partitions.max(existing.len() as i32) as usize, None);
         let name: Arc<str> = Arc::from(topic.name.as_str());
-        for index in existing.len() as i32..topic.partitions {
+        let mut opened = false;
+        for (index, assignment) in topic.assignments.iter().enumerate() {
+            let is_leader = assignment.leader == self.node_id;
+            if let Some(partition) = &partitions[index] {
+                partition.set_leadership(is_leader, assignment.leader_epoch);
+                continue;
+            }
+            if !assignment.replicas.contains(&self.node_id) {
+                continue;
+            }
+            let index = index as i32;
             let dir = partition_dir(&self.data_dir, &topic.name, index);
             assert_ne!(dir, self.data_dir.join(METADATA_LOG_DIR), "a topic partition must never open the metadata log");
             let log = PartitionLog::open(&dir, config.clone(), self.cache.clone())?;
             if read_topic_id(&dir) != Some(topic.id) {
                 write_topic_id(&dir, topic.id)?;
             }
-            // A single node is its own ISR: everything in the log is committed.
+            // Without followers the leader is the whole ISR: everything in its log is committed.
             log.set_high_watermark(log.log_end_offset());
-            partitions.push(Arc::new(Partition::new(name.clone(), topic.id, index, log)));
+            let partition = Partition::new(name.clone(), topic.id, index, log);
+            partition.set_leadership(is_leader, assignment.leader_epoch);
+            partitions[index as usize] = Some(Arc::new(partition));
+            opened = true;
         }
-        self.topics.write().insert(topic.name.clone(), Arc::new(TopicPartitions { id: topic.id, partitions }));
-        Ok(())
-    }
-
-    pub fn set_config(&self, topic: &str, config: &LogConfig) -> Result<()> {
-        if let Some(topic) = self.topic(topic) {
-            for partition in &topic.partitions {
-                partition.log.set_config(config.clone())?;
-            }
+        if opened || partitions.len() != existing.len() || self.topic(&topic.name).is_none() {
+            self.topics.write().insert(topic.name.clone(), Arc::new(TopicPartitions { id: topic.id, partitions }));
         }
         Ok(())
     }
@@ -136,7 +175,7 @@ impl ReplicaManager {
     /// shares a directory with the old one, then removed (or swept at the next start).
     pub fn remove_topic(&self, name: &str) -> Result<()> {
         let Some(topic) = self.topics.write().remove(name) else { return Ok(()) };
-        for partition in &topic.partitions {
+        for partition in topic.partitions.iter().flatten() {
             partition.log.mark_deleted();
             let dir = partition.log.dir().to_path_buf();
             let mut doomed = dir.clone().into_os_string();
@@ -152,7 +191,7 @@ impl ReplicaManager {
     /// Clean shutdown of every log: flushed, indexes trimmed, marked clean.
     pub fn close_all(&self) {
         for (_, topic) in self.topics.write().drain() {
-            for partition in &topic.partitions {
+            for partition in topic.partitions.iter().flatten() {
                 if let Err(err) = partition.log.clone().close() {
                     tracing::error!(topic = %partition.topic, partition = partition.index, %err, "closing log failed");
                 }

@@ -1,6 +1,7 @@
-//! The server's life cycle: bind the Kafka listener, open the broker, serve connections,
-//! run the timers (group sessions and rebalances, transaction timeouts, internal-topic
-//! cleanup) and log maintenance, and shut it all down in order. A process (the `sluice`
+//! The server's life cycle: bind the Kafka and controller listeners, open the broker, serve
+//! connections and the metadata quorum, heartbeat to the active controller (and, on it, fence
+//! brokers that stopped), run the timers (group sessions and rebalances, transaction timeouts,
+//! internal-topic cleanup) and log maintenance, and shut it all down in order. A process (the `sluice`
 //! binary) starts one; a test may start several in one process, each on its own port and
 //! data directory, on the caller's tokio runtime.
 
@@ -16,6 +17,8 @@ use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::group::coordinator::TICK_INTERVAL;
 use crate::network;
+use crate::quorum::{ControllerRequest, ControllerResponse};
+use kafka_protocol::error::ResponseError;
 
 /// How often transaction timeouts (and markers that failed) are looked at.
 const TRANSACTION_TICK: Duration = Duration::from_secs(1);
@@ -40,12 +43,17 @@ pub enum ServerError {
     Open(String),
 }
 
+/// How often the active controller looks for brokers whose session expired.
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A running broker: its listener, its timers and its maintenance.
 pub struct Server {
     broker: Arc<Broker>,
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set when the node must stop (the controller refused it: another live node has its id).
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl Server {
@@ -64,19 +72,43 @@ impl Server {
             config.advertised_host = local_addr.ip().to_string();
             config.advertised_port = local_addr.port();
         }
+        let controller_listener = match config.cluster.controller_listener {
+            Some(address) => {
+                Some(TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })?)
+            }
+            None => None,
+        };
         let broker = tokio::task::spawn_blocking(move || Broker::open(config))
             .await
             .map_err(|join| ServerError::Open(join.to_string()))??;
         let (shutdown, stop) = watch::channel(false);
-        let tasks = vec![
+        let (fatal_tx, fatal) = watch::channel(None);
+        let mut tasks = vec![
+            tokio::spawn(heartbeats(broker.clone(), fatal_tx, stop.clone())),
+            tokio::spawn(fence_expired_brokers(broker.clone(), stop.clone())),
             tokio::spawn(network::serve(broker.clone(), listener, stop.clone())),
             tokio::spawn(group_timers(broker.clone(), stop.clone())),
             tokio::spawn(transaction_timers(broker.clone(), stop.clone())),
             tokio::spawn(maintenance(broker.clone(), stop.clone())),
-            tokio::spawn(log_cleaner(broker.clone(), stop)),
+            tokio::spawn(log_cleaner(broker.clone(), stop.clone())),
         ];
+        if let Some(listener) = controller_listener {
+            let quorum = broker.controller.quorum().clone();
+            tasks.push(tokio::spawn(async move { quorum.serve(listener, stop).await }));
+        }
+        wait_registered(&broker).await;
         tracing::info!(%local_addr, "broker ready");
-        Ok(Server { broker, local_addr, shutdown, tasks })
+        Ok(Server { broker, local_addr, shutdown, tasks, fatal })
+    }
+
+    /// Resolves with a sentence when the node must stop on its own.
+    pub async fn fatal(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        let message = match fatal.wait_for(Option::is_some).await {
+            Ok(message) => message.clone().unwrap_or_default(),
+            Err(_) => return std::future::pending().await,
+        };
+        message
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -99,12 +131,89 @@ impl Server {
     }
 
     /// [`Self::stop_serving`] if it has not been, then flushes every log and marks it clean.
+    /// First, if other brokers are alive, the controller moves this broker's leaderships to
+    /// them (a controlled shutdown), so clients move on at once instead of after a session.
     pub async fn shutdown(mut self) {
+        controlled_shutdown(&self.broker).await;
         self.stop_serving().await;
         let broker = self.broker;
         if tokio::task::spawn_blocking(move || broker.shutdown()).await.is_err() {
             tracing::error!("the broker's shutdown panicked");
         }
+    }
+}
+
+/// Waits (a bounded time) until the controller has registered this broker: at once for a
+/// quorum of one; a cluster still forming goes on without it and registers when it can.
+async fn wait_registered(broker: &Arc<Broker>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !broker.is_registered() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !broker.is_registered() {
+        tracing::warn!("not registered with the controller quorum yet; serving meanwhile");
+    }
+}
+
+/// Tells the active controller this broker is alive every `broker.heartbeat.interval.ms`.
+async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_millis(broker.config.cluster.broker_heartbeat_interval_ms);
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let quorum = broker.controller.quorum().clone();
+    // A refusal for this node's id is fatal only once it outlasts any session an earlier
+    // process of this node could still hold: then another live node has the id.
+    let patience = Duration::from_millis(broker.config.cluster.broker_session_timeout_ms) * 2;
+    let mut refused_since = None;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let request = ControllerRequest::Heartbeat(broker.heartbeat(false));
+                // One attempt per beat: a late answer is worth less than the next beat.
+                let answer = tokio::time::timeout(period * 2, quorum.call_controller(request)).await;
+                match answer {
+                    Ok(Ok(ControllerResponse::Alive)) => refused_since = None,
+                    Ok(Ok(ControllerResponse::Refused(code, message))) if code == ResponseError::DuplicateBrokerRegistration.code() => {
+                        let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= patience {
+                            tracing::error!(%message, "the controller refused this node");
+                            fatal.send_replace(Some(message));
+                            return;
+                        }
+                    }
+                    Ok(other) => tracing::debug!(answer = ?other, "heartbeat not acknowledged"),
+                    Err(_) => tracing::debug!("heartbeat timed out"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// On the active controller: fences brokers whose session expired.
+async fn fence_expired_brokers(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(FENCE_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => broker.controller.fence_expired_brokers().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Asks the active controller to move this broker's leaderships away, if any other broker
+/// is alive to take them (bounded: a shutdown does not wait on a lost quorum for long).
+async fn controlled_shutdown(broker: &Arc<Broker>) {
+    let others_alive = broker.metadata().live_brokers().any(|b| b.node_id != broker.config.node_id);
+    if !others_alive {
+        return;
+    }
+    let request = ControllerRequest::Heartbeat(broker.heartbeat(true));
+    let quorum = broker.controller.quorum().clone();
+    match tokio::time::timeout(Duration::from_secs(5), quorum.call_controller(request)).await {
+        Ok(Ok(ControllerResponse::Alive)) => tracing::info!("leaderships moved to other brokers"),
+        other => tracing::warn!(answer = ?other, "controlled shutdown did not complete"),
     }
 }
 

@@ -103,6 +103,14 @@ impl Flusher {
         state.truncations += 1;
     }
 
+    /// After the log was emptied and restarted at `start`: everything below it counts as
+    /// durable (there is nothing there to lose), and waiters on older offsets are told.
+    pub fn restart_at(&self, start: i64) {
+        let mut state = self.state.lock();
+        state.durable_offset = start;
+        state.truncations += 1;
+    }
+
     /// Refuses all further writes (a write that could not be cleaned up after failing).
     pub fn fail(&self, reason: String) {
         let mut state = self.state.lock();

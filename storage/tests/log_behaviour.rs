@@ -449,6 +449,30 @@ fn truncation_lowers_the_recovery_point_first() {
 }
 
 #[test]
+fn a_log_restarted_past_its_end_continues_there_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { flush_policy: FlushPolicy::EveryAppend, ..small_segments() };
+    let log = open(dir.path(), config.clone());
+    for i in 0..20 {
+        log.append(&batch(i, 2, 200), LeaderEpoch(1), 0).unwrap().wait_durable().unwrap();
+    }
+    log.restart_at(Offset(1000)).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset(), log.high_watermark()),
+        (Offset(1000), Offset(1000), Offset(1000))
+    );
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(1)).0, LeaderEpoch(-1), "old epochs are forgotten");
+    let outcome = log.append(&batch(50, 3, 10), LeaderEpoch(4), 0).unwrap();
+    outcome.wait_durable().unwrap();
+    assert_eq!(outcome.base_offset, Offset(1000));
+    assert_eq!(log_files(dir.path()).len(), 1, "the old segments are gone");
+    drop(log); // no clean close
+    let log = open(dir.path(), config);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(1000), Offset(1003)));
+    log.verify().unwrap();
+}
+
+#[test]
 fn negative_batch_lengths_from_the_network_are_errors() {
     let mut bytes = batch(0, 1, 10);
     bytes[8..12].copy_from_slice(&(-1i32).to_be_bytes());

@@ -1,4 +1,4 @@
-//! DescribeCluster: this broker, the cluster id and the controller (itself).
+//! DescribeCluster: the live brokers, the cluster id and the active controller.
 
 use std::sync::Arc;
 
@@ -14,14 +14,21 @@ pub fn describe_cluster(
     _header: &RequestHeader,
     _request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let node = BrokerId(broker.config.node_id);
+    let metadata = broker.metadata();
+    let brokers = broker
+        .live_brokers(&metadata)
+        .into_iter()
+        .map(|(id, endpoint)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(str_bytes(endpoint.host))
+                .with_port(i32::from(endpoint.port))
+        })
+        .collect();
     DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(broker.metadata().cluster_id.clone()))
-        .with_controller_id(node)
+        .with_cluster_id(str_bytes(metadata.cluster_id.clone()))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_endpoint_type(1)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(node)
-            .with_host(str_bytes(broker.config.advertised_host.clone()))
-            .with_port(i32::from(broker.config.advertised_port))])
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(i32::MIN)
 }

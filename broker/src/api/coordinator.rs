@@ -1,5 +1,5 @@
-//! FindCoordinator: on one node this broker coordinates every group and transactional id.
-//! v0-v3 ask for one key, v4+ for a batch. The first lookup of each kind creates
+//! FindCoordinator: a key's coordinator is the leader of its partition of `__consumer_offsets`
+//! or `__transaction_state`. v0-v3 ask for one key, v4+ for a batch. The first lookup of each kind creates
 //! `__consumer_offsets` or `__transaction_state`, as in Kafka.
 
 use std::sync::Arc;
@@ -51,11 +51,29 @@ pub async fn find_coordinator(
         }
         _ => Err((ResponseError::InvalidRequest, "unknown coordinator key type")),
     };
-    let node = BrokerId(broker.config.node_id);
-    let host = str_bytes(broker.config.advertised_host.clone());
-    let port = i32::from(broker.config.advertised_port);
-    let coordinator = |key| match outcome {
-        Ok(()) => Coordinator::default().with_key(key).with_node_id(node).with_host(host.clone()).with_port(port),
+    let metadata = broker.metadata();
+    let brokers = broker.live_brokers(&metadata);
+    let topic = match request.key_type {
+        KEY_TYPE_TRANSACTION => crate::internal_topics::TRANSACTION_STATE_TOPIC,
+        _ => crate::internal_topics::OFFSETS_TOPIC,
+    };
+    let leader_of = |key: &str| -> Result<(i32, crate::metadata::Endpoint), (ResponseError, &'static str)> {
+        let topic =
+            metadata.topic(topic).ok_or((ResponseError::CoordinatorNotAvailable, "the coordinator is loading"))?;
+        let partition = crate::internal_topics::partition_for(key, topic.partitions);
+        let leader = topic.assignment(partition).map_or(crate::metadata::NO_LEADER, |a| a.leader);
+        brokers
+            .iter()
+            .find(|(id, _)| *id == leader)
+            .cloned()
+            .ok_or((ResponseError::CoordinatorNotAvailable, "the coordinator's partition has no leader"))
+    };
+    let coordinator = |key: kafka_protocol::protocol::StrBytes| match outcome.and_then(|()| leader_of(key.as_str())) {
+        Ok((node, endpoint)) => Coordinator::default()
+            .with_key(key)
+            .with_node_id(BrokerId(node))
+            .with_host(str_bytes(endpoint.host))
+            .with_port(i32::from(endpoint.port)),
         Err((code, message)) => Coordinator::default()
             .with_key(key)
             .with_node_id(BrokerId(-1))

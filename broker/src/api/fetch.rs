@@ -146,17 +146,20 @@ impl Pass<'_> {
     ) -> Result<Arc<Partition>, ResponseError> {
         // By id (v13+), the partition must still belong to that topic: a topic deleted and
         // recreated under the same name has a new id.
-        let partition = name
-            .and_then(|name| self.broker.replicas.partition(name, wanted.partition))
-            .filter(|p| self.version < 13 || p.topic_id == topic.topic_id);
-        let Some(partition) = partition else {
-            return Err(if self.version >= 13 && name.is_none() {
+        let Some(name) = name else {
+            return Err(if self.version >= 13 {
                 ResponseError::UnknownTopicId
             } else {
                 ResponseError::UnknownTopicOrPartition
             });
         };
-        check_leader_epoch(wanted.current_leader_epoch)?;
+        let partition = self.broker.replicas.partition(name, wanted.partition);
+        let partition = match partition {
+            Some(p) if self.version >= 13 && p.topic_id != topic.topic_id => return Err(ResponseError::UnknownTopicId),
+            Some(p) if p.is_leader() => p,
+            _ => return Err(super::not_led_here(self.broker, name, wanted.partition)),
+        };
+        check_leader_epoch(partition.leader_epoch(), wanted.current_leader_epoch)?;
         Ok(partition)
     }
 

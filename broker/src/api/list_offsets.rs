@@ -47,7 +47,7 @@ fn lookup(partition: &Partition, timestamp: i64, isolation_level: i8) -> Result<
 pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let isolation_level = request.isolation_level;
     // The leader epoch field exists from v4.
-    let leader_epoch = if header.request_api_version >= 4 { Partition::LEADER_EPOCH } else { -1 };
+    let with_epoch = header.request_api_version >= 4;
     let topics = request
         .topics
         .into_iter()
@@ -63,9 +63,12 @@ pub fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: ListOffsets
                         wanted.partition_index,
                         wanted.current_leader_epoch,
                     )
-                    .and_then(|partition| lookup(&partition, wanted.timestamp, isolation_level));
+                    .and_then(|partition| {
+                        let leader_epoch = if with_epoch { partition.leader_epoch() } else { -1 };
+                        lookup(&partition, wanted.timestamp, isolation_level).map(|(o, t)| (o, t, leader_epoch))
+                    });
                     match result {
-                        Ok((offset, timestamp)) => {
+                        Ok((offset, timestamp, leader_epoch)) => {
                             response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(leader_epoch)
                         }
                         Err(code) => response.with_error_code(code.code()).with_offset(-1).with_timestamp(-1),

@@ -13,17 +13,17 @@ use kafka_protocol::messages::{BrokerId, RequestHeader};
 use super::{str_bytes, topic_name};
 use crate::broker::Broker;
 use crate::controller::validate_topic_name;
-use crate::metadata::TopicMetadata;
+use crate::metadata::{ClusterMetadata, TopicMetadata, NO_LEADER};
 
 /// Kafka's "authorized operations not requested" value.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
 pub async fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: MetadataRequest) -> MetadataResponse {
     let version = header.request_api_version;
-    let node = BrokerId(broker.config.node_id);
     // Before v4 the request has no flag and clients expect the broker's default behaviour.
     let auto_create = broker.config.auto_create_topics_enable && (version < 4 || request.allow_auto_topic_creation);
     let metadata = broker.metadata();
+    let node = &metadata;
 
     let topics = match request.topics {
         // v0 uses an empty list for "all topics"; v1+ uses null.
@@ -35,7 +35,7 @@ pub async fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: Metad
             let mut topics = Vec::with_capacity(requested.len());
             for wanted in requested {
                 let response = match wanted.name {
-                    Some(name) => topic_by_name(broker, name.as_str(), auto_create, node).await,
+                    Some(name) => topic_by_name(broker, name.as_str(), auto_create).await,
                     None => match metadata.topic_by_id(&wanted.topic_id) {
                         Some(topic) => describe_topic(topic, node),
                         None => MetadataResponseTopic::default()
@@ -49,20 +49,28 @@ pub async fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: Metad
         }
     };
 
+    let brokers = broker
+        .live_brokers(&metadata)
+        .into_iter()
+        .map(|(id, endpoint)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(endpoint.host))
+                .with_port(i32::from(endpoint.port))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(str_bytes(broker.config.advertised_host.clone()))
-            .with_port(i32::from(broker.config.advertised_port))])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(metadata.cluster_id.clone())))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }
 
-async fn topic_by_name(broker: &Arc<Broker>, name: &str, auto_create: bool, node: BrokerId) -> MetadataResponseTopic {
-    if let Some(topic) = broker.metadata().topic(name) {
-        return describe_topic(topic, node);
+async fn topic_by_name(broker: &Arc<Broker>, name: &str, auto_create: bool) -> MetadataResponseTopic {
+    let metadata = broker.metadata();
+    if let Some(topic) = metadata.topic(name) {
+        return describe_topic(topic, &metadata);
     }
     let error = |code: ResponseError| {
         MetadataResponseTopic::default().with_name(Some(topic_name(name))).with_error_code(code.code())
@@ -79,11 +87,12 @@ async fn topic_by_name(broker: &Arc<Broker>, name: &str, auto_create: bool, node
         creator.controller.create_topic(&owned, partitions, Default::default(), false)
     })
     .await;
+    let metadata = broker.metadata();
     match created {
-        Ok(Ok(topic)) => describe_topic(&topic, node),
+        Ok(Ok(topic)) => describe_topic(&topic, &metadata),
         // Another request created it first.
-        Ok(Err(err)) if err.code == ResponseError::TopicAlreadyExists => match broker.metadata().topic(name) {
-            Some(topic) => describe_topic(topic, node),
+        Ok(Err(err)) if err.code == ResponseError::TopicAlreadyExists => match metadata.topic(name) {
+            Some(topic) => describe_topic(topic, &metadata),
             None => error(ResponseError::UnknownTopicOrPartition),
         },
         Ok(Err(err)) => {
@@ -94,15 +103,25 @@ async fn topic_by_name(broker: &Arc<Broker>, name: &str, auto_create: bool, node
     }
 }
 
-fn describe_topic(topic: &TopicMetadata, node: BrokerId) -> MetadataResponseTopic {
-    let partitions = (0..topic.partitions)
-        .map(|index| {
+/// A topic's partitions as the metadata has them: each partition's leader (LEADER_NOT_AVAILABLE
+/// while it has none), leader epoch, replicas, ISR and the replicas on fenced brokers.
+fn describe_topic(topic: &TopicMetadata, metadata: &ClusterMetadata) -> MetadataResponseTopic {
+    let ids = |nodes: &[i32]| nodes.iter().map(|&n| BrokerId(n)).collect::<Vec<_>>();
+    let partitions = topic
+        .assignments
+        .iter()
+        .enumerate()
+        .map(|(index, assignment)| {
+            let offline: Vec<i32> = assignment.replicas.iter().copied().filter(|&r| !metadata.is_live(r)).collect();
+            let error = if assignment.leader == NO_LEADER { ResponseError::LeaderNotAvailable.code() } else { 0 };
             MetadataResponsePartition::default()
-                .with_partition_index(index)
-                .with_leader_id(node)
-                .with_leader_epoch(crate::partition::Partition::LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_error_code(error)
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(assignment.leader))
+                .with_leader_epoch(assignment.leader_epoch)
+                .with_replica_nodes(ids(&assignment.replicas))
+                .with_isr_nodes(ids(&assignment.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()

@@ -54,16 +54,32 @@ pub(crate) fn leader_partition(
     index: i32,
     current_leader_epoch: i32,
 ) -> Result<std::sync::Arc<crate::partition::Partition>, kafka_protocol::error::ResponseError> {
-    let partition =
-        broker.replicas.partition(topic, index).ok_or(kafka_protocol::error::ResponseError::UnknownTopicOrPartition)?;
-    check_leader_epoch(current_leader_epoch)?;
-    Ok(partition)
+    match broker.replicas.partition(topic, index) {
+        Some(partition) if partition.is_leader() => {
+            check_leader_epoch(partition.leader_epoch(), current_leader_epoch)?;
+            Ok(partition)
+        }
+        _ => Err(not_led_here(broker, topic, index)),
+    }
+}
+
+/// The error for a partition this broker does not lead: NOT_LEADER_OR_FOLLOWER if it exists
+/// (the client looks up the leader and retries there), UNKNOWN_TOPIC_OR_PARTITION if not.
+pub(crate) fn not_led_here(
+    broker: &crate::broker::Broker,
+    topic: &str,
+    index: i32,
+) -> kafka_protocol::error::ResponseError {
+    use kafka_protocol::error::ResponseError;
+    match broker.metadata().topic(topic).and_then(|t| t.assignment(index)) {
+        Some(_) => ResponseError::NotLeaderOrFollower,
+        None => ResponseError::UnknownTopicOrPartition,
+    }
 }
 
 /// The leader epoch check every partition request carries: -1 means "do not check".
-pub(crate) fn check_leader_epoch(requested: i32) -> Result<(), kafka_protocol::error::ResponseError> {
+pub(crate) fn check_leader_epoch(current: i32, requested: i32) -> Result<(), kafka_protocol::error::ResponseError> {
     use kafka_protocol::error::ResponseError;
-    let current = crate::partition::Partition::LEADER_EPOCH;
     match requested {
         -1 => Ok(()),
         e if e == current => Ok(()),

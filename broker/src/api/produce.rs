@@ -127,16 +127,16 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                     Some(format!("cannot append to internal topic {name}")),
                 )
             } else {
-                match broker.replicas.partition(&name, index) {
-                    None => partition_error(index, ResponseError::UnknownTopicOrPartition, None),
-                    Some(partition) if acks == -1 && partition.log.min_insync_replicas() > 1 => {
-                        // One node: the in-sync replica set is this broker alone, so acks=all
-                        // cannot meet a min.insync.replicas above 1 (acks 0 and 1 can).
+                match super::leader_partition(broker, &name, index, -1) {
+                    Err(code) => partition_error(index, code, None),
+                    Ok(partition) if acks == -1 && partition.log.min_insync_replicas() > 1 => {
+                        // Without replication the in-sync replica set is the leader alone, so
+                        // acks=all cannot meet a min.insync.replicas above 1 (acks 0 and 1 can).
                         let needed = partition.log.min_insync_replicas();
                         let message = format!("min.insync.replicas is {needed}, but only 1 replica is in sync");
                         partition_error(index, ResponseError::NotEnoughReplicas, Some(message))
                     }
-                    Some(partition) => {
+                    Ok(partition) => {
                         let (response, appended) = append(broker, &partition, index, data.records.as_deref(), now_ms);
                         // An append that needs no wait is durable, and visible, already.
                         if let Some(append) = appended.filter(PendingAppend::must_wait) {

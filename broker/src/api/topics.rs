@@ -38,37 +38,52 @@ fn create_one(
     validate_only: bool,
 ) -> Result<CreatableTopicResult, AdminError> {
     let name = topic.name.0.as_str();
-    if !matches!(topic.replication_factor, -1 | 1) {
+    if topic.replication_factor > 1 {
         return Err(AdminError::new(
             ResponseError::InvalidReplicationFactor,
-            format!("replication factor {} is larger than the 1 broker available", topic.replication_factor),
+            format!(
+                "replication factor {} needs partition replication, which this Sluice does not have yet; use 1",
+                topic.replication_factor
+            ),
         ));
     }
-    let mut partitions = topic.num_partitions;
+    let mut assignments = None;
     if !topic.assignments.is_empty() {
-        if partitions != -1 {
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
             return Err(AdminError::new(
                 ResponseError::InvalidRequest,
-                "give either a partition count or assignments, not both",
+                "give either a partition count and replication factor or assignments, not both",
             ));
         }
-        let node = broker.config.node_id;
-        if let Some(bad) =
-            topic.assignments.iter().find(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
-        {
+        let mut explicit: Vec<_> = topic.assignments.iter().collect();
+        explicit.sort_by_key(|a| a.partition_index);
+        if explicit.iter().enumerate().any(|(i, a)| a.partition_index != i as i32) {
             return Err(AdminError::new(
                 ResponseError::InvalidReplicaAssignment,
-                format!("partition {} must be assigned to broker {node} alone", bad.partition_index),
+                "assignments must name partitions 0, 1, 2... each once",
             ));
         }
-        partitions = topic.assignments.len() as i32;
+        if explicit.iter().any(|a| a.broker_ids.len() > 1) {
+            return Err(AdminError::new(
+                ResponseError::InvalidReplicationFactor,
+                "an assignment with several replicas needs partition replication, which this Sluice does not have yet",
+            ));
+        }
+        assignments = Some(explicit.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect());
     }
     let mut configs = BTreeMap::new();
     for config in &topic.configs {
         let Some(value) = &config.value else { continue };
         configs.insert(config.name.as_str().to_string(), value.as_str().to_string());
     }
-    let created = broker.controller.create_topic(name, partitions, configs, validate_only)?;
+    let created = broker.controller.create_topic_with(
+        name,
+        topic.num_partitions,
+        topic.replication_factor as i32,
+        assignments,
+        configs,
+        validate_only,
+    )?;
     let log_config = broker.controller.topic_log_config(&created.configs)?;
     let metadata = broker.metadata();
     let settings = topic_config::BrokerSettings {
@@ -89,7 +104,7 @@ fn create_one(
         .with_name(topic.name.clone())
         .with_topic_id(created.id)
         .with_num_partitions(created.partitions)
-        .with_replication_factor(1)
+        .with_replication_factor(created.assignments.first().map_or(1, |a| a.replicas.len() as i16))
         // Configs are in the response from v5.
         .with_configs((version >= 5).then_some(described)))
 }

@@ -136,7 +136,8 @@ impl GroupCoordinator {
         }
         self.replicas
             .partition(OFFSETS_TOPIC, partition_for(group, partitions))
-            .ok_or(ResponseError::CoordinatorNotAvailable)
+            .filter(|p| p.is_leader())
+            .ok_or(ResponseError::NotCoordinator)
     }
 
     /// Appends a group's records to its `__consumer_offsets` partition, one batch.

@@ -154,7 +154,8 @@ impl TransactionCoordinator {
         let partition = self
             .replicas
             .partition(TRANSACTION_STATE_TOPIC, partition_for(&meta.transactional_id, partitions))
-            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+            .filter(|p| p.is_leader())
+            .ok_or(ResponseError::NotCoordinator)?;
         let value = value_of(meta);
         let now = self.now_ms();
         let mut builder = RecordBatchBuilder::new(now);

@@ -60,6 +60,45 @@ impl PartitionLog {
         Ok(Offset(end))
     }
 
+    /// Empties the log and restarts it at `start` (Kafka's truncate-fully-and-start-at): a
+    /// replica whose log is behind the leader's log start, or a Raft follower that installed a
+    /// snapshot past its log end, keeps nothing and continues from there.
+    pub fn restart_at(&self, start: Offset) -> Result<()> {
+        self.refuse_if_deleted()?;
+        if self.inner.flusher.has_rolled() {
+            self.flush()?;
+        }
+        let start = start.0.max(0);
+        // The recovery point goes to zero first: a crash between here and the new checkpoint
+        // recovers whatever files remain by scanning them, never trusting a stale point.
+        self.inner.flusher.truncate(0);
+        self.write_checkpoint(false)?;
+        let mut state = self.inner.state.write();
+        if state.closed {
+            return Err(Error::LogFailed { path: self.inner.dir.clone(), reason: "the log was closed".into() });
+        }
+        for segment in state.segments.drain(..) {
+            segment.delete(&self.inner.cache)?;
+        }
+        state.segments.push(Segment::create(&self.inner.dir, start)?);
+        state.log_start_offset = start;
+        state.high_watermark = start;
+        state.aborted.clear();
+        checkpoint::sync_dir(&self.inner.dir)?;
+        state.debug_check_offsets();
+        self.inner.flusher.restart_at(start);
+        {
+            let mut epochs = self.inner.epochs.lock();
+            *epochs = Default::default();
+            epochs.write(&self.inner.dir)?;
+        }
+        drop(state);
+        self.write_checkpoint(false)?;
+        self.rebuild_producers()?;
+        remove_producer_snapshot(&self.inner.dir)?;
+        Ok(())
+    }
+
     /// Where the log will end once truncated at `offset` (below the log end): the base
     /// offset of the batch holding it, or the log start if that is higher.
     fn end_after_truncation(&self, state: &LogState, config: &LogConfig, offset: i64) -> Result<i64> {

@@ -579,7 +579,9 @@ mod tests {
 
     fn metadata(partitions: i32) -> (ClusterMetadata, Uuid) {
         let id = Uuid::new_v4();
-        let record = MetadataRecord::Topic { name: "t".into(), id, partitions, configs: Default::default() };
+        let assignments = (0..partitions).map(|_| crate::metadata::PartitionAssignment::new(vec![0])).collect();
+        let record =
+            MetadataRecord::Topic { name: "t".into(), id, partitions, configs: Default::default(), assignments };
         (ClusterMetadata::from_records(vec![record]), id)
     }
 
