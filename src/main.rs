@@ -5,6 +5,7 @@
 mod admin;
 mod allocator;
 mod client;
+mod cluster;
 mod demo;
 mod groups;
 mod jobs;
@@ -54,6 +55,12 @@ enum Command {
     Transactions {
         #[command(subcommand)]
         command: transactions::TransactionsCommand,
+    },
+    /// A local cluster: `cluster up --brokers 3` starts three nodes and prints the bootstrap
+    /// list.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Demonstrations in one command: `demo clickstream` starts a broker (or uses a running
     /// one), produces generated clicks, runs the clickstream job and prints its results.
@@ -166,6 +173,7 @@ fn main() -> ExitCode {
         Some(Command::Transactions { command }) => transactions::run(command),
         Some(Command::Job { command }) => jobs::run(command),
         Some(Command::Demo { command }) => demo::run(command),
+        Some(Command::Cluster { command }) => cluster::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -191,6 +191,28 @@ impl Broker {
         self.controller.quorum().leader().unwrap_or(self.config.node_id)
     }
 
+    /// Checks that the quorum's cluster is the one this data directory belongs to, recording
+    /// it the first time; the sentence names the mismatch if not.
+    pub(crate) fn check_cluster_id(&self) -> std::result::Result<(), String> {
+        let cluster_id = self.metadata().cluster_id.clone();
+        if cluster_id.is_empty() {
+            return Ok(());
+        }
+        let mut meta = MetaProperties::read(&self.config.data_dir).map_err(|e| e.to_string())?;
+        match &meta.cluster_id {
+            Some(stored) if *stored == cluster_id => Ok(()),
+            Some(stored) => Err(format!(
+                "log.dirs {} belongs to cluster {stored}, but controller.quorum.voters is cluster {cluster_id}; \
+                 use an empty directory to join this cluster",
+                self.config.data_dir.display()
+            )),
+            None => {
+                meta.cluster_id = Some(cluster_id);
+                meta.write(&self.config.data_dir).map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Whether the controller has this broker registered and unfenced.
     pub fn is_registered(&self) -> bool {
         self.metadata()

@@ -452,12 +452,18 @@ impl Controller {
         }
     }
 
-    /// The active controller's periodic check: fences brokers whose session expired.
+    /// The active controller's periodic duties: names a new cluster, and fences brokers whose
+    /// session expired.
     pub async fn fence_expired_brokers(&self) {
         if !self.quorum.is_leader() {
             return;
         }
         let image = self.quorum.image();
+        if image.cluster_id.is_empty() {
+            // Only the first Cluster record counts, so two controllers racing here agree.
+            let cluster_id = Uuid::new_v4().simple().to_string();
+            self.quorum.propose_as_leader(vec![MetadataRecord::Cluster { cluster_id }]).await;
+        }
         for records in self.liveness.expired(&image, self.quorum.term()) {
             if let ControllerResponse::Refused(_, message) = self.quorum.propose_as_leader(records).await {
                 tracing::warn!(%message, "fencing a broker failed");

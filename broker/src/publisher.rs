@@ -65,7 +65,7 @@ impl MetadataPublisher {
     /// with `apply`, then marks its offset reconciled.
     pub fn start(
         images: Receiver<Arc<ClusterMetadata>>,
-        mut apply: impl FnMut(&ClusterMetadata) + Send + 'static,
+        mut apply: impl FnMut(&Arc<ClusterMetadata>) + Send + 'static,
         reconciled: Arc<Reconciled>,
     ) -> MetadataPublisher {
         let stop = Arc::new(AtomicBool::new(false));

@@ -28,6 +28,8 @@ pub struct ReplicaManager {
     node_id: i32,
     cache: Arc<HandleCache>,
     topics: RwLock<HashMap<String, Arc<TopicPartitions>>>,
+    /// The metadata image last applied: which partitions exist in the cluster, here or not.
+    image: RwLock<Arc<ClusterMetadata>>,
 }
 
 fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
@@ -61,12 +63,17 @@ impl ReplicaManager {
     pub fn open(
         data_dir: &Path,
         cache: Arc<HandleCache>,
-        metadata: &ClusterMetadata,
+        metadata: &Arc<ClusterMetadata>,
         node_id: i32,
         config_for: impl Fn(&TopicMetadata) -> LogConfig,
     ) -> Result<ReplicaManager> {
-        let manager =
-            ReplicaManager { data_dir: data_dir.to_path_buf(), cache, node_id, topics: RwLock::new(HashMap::new()) };
+        let manager = ReplicaManager {
+            data_dir: data_dir.to_path_buf(),
+            cache,
+            node_id,
+            topics: RwLock::new(HashMap::new()),
+            image: RwLock::new(metadata.clone()),
+        };
         for entry in std::fs::read_dir(data_dir)? {
             let entry = entry?;
             let path = entry.path();
@@ -127,6 +134,11 @@ impl ReplicaManager {
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let topics = self.topics.read();
         usize::try_from(index).ok().and_then(|i| topics.get(topic)?.partitions.get(i)?.clone())
+    }
+
+    /// Whether the cluster has this partition (on this broker or another).
+    pub fn partition_exists(&self, topic: &str, index: i32) -> bool {
+        self.image.read().topic(topic).is_some_and(|t| t.assignment(index).is_some())
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {

@@ -172,7 +172,14 @@ async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, m
                 // One attempt per beat: a late answer is worth less than the next beat.
                 let answer = tokio::time::timeout(period * 2, quorum.call_controller(request)).await;
                 match answer {
-                    Ok(Ok(ControllerResponse::Alive)) => refused_since = None,
+                    Ok(Ok(ControllerResponse::Alive)) => {
+                        refused_since = None;
+                        if let Err(message) = broker.check_cluster_id() {
+                            tracing::error!(%message, "this node belongs to another cluster");
+                            fatal.send_replace(Some(message));
+                            return;
+                        }
+                    }
                     Ok(Ok(ControllerResponse::Refused(code, message))) if code == ResponseError::DuplicateBrokerRegistration.code() => {
                         let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() >= patience {

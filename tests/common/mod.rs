@@ -34,6 +34,8 @@ pub struct TestBroker {
     settings: Vec<String>,
     /// Where the broker keeps its data, when not in its own temporary directory.
     data_dir: Option<PathBuf>,
+    /// `--listen` as given (a cluster node's listeners), instead of the broker port alone.
+    listen: Option<String>,
 }
 
 impl TestBroker {
@@ -53,9 +55,44 @@ impl TestBroker {
             admin_port: 0,
             settings: settings.iter().map(|s| s.to_string()).collect(),
             data_dir,
+            listen: None,
         };
         broker.spawn();
         broker
+    }
+
+    /// A cluster node: `listen` is its `listeners` (`PLAINTEXT://...,CONTROLLER://...`).
+    /// Returns once it prints that it listens (it may not have joined a quorum yet).
+    pub fn start_node(listen: &str, settings: &[String]) -> TestBroker {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let mut broker = TestBroker {
+            child: None,
+            dir,
+            port: 0,
+            admin_port: 0,
+            settings: settings.to_vec(),
+            data_dir: None,
+            listen: Some(listen.to_string()),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Kills the broker with SIGKILL and leaves it down.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the broker is running");
+        child.kill().expect("SIGKILL the broker");
+        wait_with_deadline(&mut child, STOP_DEADLINE).expect("a SIGKILLed broker exits");
+    }
+
+    /// Starts a broker that was stopped or killed again, on the same ports and data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `host:port` for `bootstrap.servers`; the same across restarts.
@@ -122,7 +159,7 @@ impl TestBroker {
         command
             .arg("broker")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(self.listen.clone().unwrap_or_else(|| format!("127.0.0.1:{}", self.port)))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
             .arg("--data-dir")

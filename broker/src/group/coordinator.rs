@@ -263,7 +263,7 @@ impl GroupCoordinator {
     fn check_commit(&self, commit: &OffsetCommit) -> Option<ResponseError> {
         if commit.metadata.as_ref().is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes) {
             Some(ResponseError::OffsetMetadataTooLarge)
-        } else if self.replicas.partition(&commit.topic, commit.partition).is_none() {
+        } else if !self.replicas.partition_exists(&commit.topic, commit.partition) {
             Some(ResponseError::UnknownTopicOrPartition)
         } else {
             None

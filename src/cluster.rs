@@ -1,0 +1,139 @@
+//! `sluice cluster up`: a local cluster in one command, for trying a cluster out and for
+//! scripts. It starts N broker processes (this binary) on 127.0.0.1, each a broker and a
+//! controller voter with its own data directory under `--dir`, prints the bootstrap list once
+//! every broker listens, and stops them all (SIGTERM) on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Start a local cluster: node i (1..=N) serves Kafka on base-port + i - 1 and its
+    /// controller on controller-base-port + i - 1.
+    Up {
+        /// Number of nodes (each a broker and a controller voter).
+        #[arg(long, default_value_t = 3)]
+        brokers: u16,
+        /// Where the nodes keep their data (`node-1/`, `node-2/`, ...).
+        #[arg(long, default_value = "./sluice-cluster")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 19092)]
+        base_port: u16,
+        #[arg(long, default_value_t = 19192)]
+        controller_base_port: u16,
+        /// Admin HTTP API of node i on admin-base-port + i - 1.
+        #[arg(long, default_value_t = 19644)]
+        admin_base_port: u16,
+        /// Extra broker configs for every node, `KEY=VALUE`.
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+}
+
+pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Up { brokers, dir, base_port, controller_base_port, admin_base_port, set } = command;
+    if !(1..=9).contains(&brokers) {
+        bail!("--brokers must be between 1 and 9, got {brokers}");
+    }
+    let voters: Vec<String> =
+        (1..=brokers).map(|id| format!("{id}@127.0.0.1:{}", controller_base_port + id - 1)).collect();
+    let voters = voters.join(",");
+    let executable = std::env::current_exe().context("finding the sluice executable")?;
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for id in 1..=brokers {
+        let node_dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+        let log = std::fs::File::create(node_dir.join("broker.log"))?;
+        let mut command = Command::new(&executable);
+        command
+            .arg("broker")
+            .arg("--listen")
+            .arg(format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                base_port + id - 1,
+                controller_base_port + id - 1
+            ))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", admin_base_port + id - 1))
+            .arg("--data-dir")
+            .arg(node_dir.join("data"))
+            .arg("--set")
+            .arg(format!("node.id={id}"))
+            .arg("--set")
+            .arg(format!("controller.quorum.voters={voters}"));
+        for setting in &set {
+            command.arg("--set").arg(setting);
+        }
+        let child = command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting a broker process")?;
+        children.push((id, child));
+    }
+    let bootstrap: Vec<String> = (1..=brokers).map(|id| format!("127.0.0.1:{}", base_port + id - 1)).collect();
+    let ready = wait_until_listening(&bootstrap, &mut children);
+    if let Err(err) = ready {
+        stop_all(&mut children);
+        return Err(err);
+    }
+    println!("sluice cluster of {brokers} node(s) is up; logs in {}/node-N/broker.log", dir.display());
+    println!("bootstrap.servers={}", bootstrap.join(","));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    stop_all(&mut children);
+    Ok(())
+}
+
+/// Waits (up to a minute) until every broker accepts connections; fails if one exits.
+fn wait_until_listening(bootstrap: &[String], children: &mut [(u16, Child)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for address in bootstrap {
+        while std::net::TcpStream::connect(address).is_err() {
+            for (id, child) in children.iter_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("node {id} exited ({status}); see its broker.log");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{address} did not start listening within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn stop_all(children: &mut [(u16, Child)]) {
+    for (_, child) in children.iter_mut() {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) only sends a signal to our own, not yet reaped, child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (id, child) in children.iter_mut() {
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("node {id} did not stop within 30 s; killing it");
+                child.kill().ok();
+                child.wait().ok();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

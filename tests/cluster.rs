@@ -1,0 +1,273 @@
+//! Several real `sluice` processes as one cluster: the metadata quorum forms over the
+//! controller listeners (each behind the harness's fault proxy), every broker serves the
+//! whole cluster's metadata, partitions are led by different brokers and librdkafka produces
+//! to and consumes from each leader. A SIGKILLed broker is fenced and its partitions go
+//! without a leader; the quorum goes on without it (a new controller if it was the one), and
+//! when it comes back it leads them again with nothing acknowledged lost. A bad cluster
+//! config stops a node with one sentence naming the key.
+//!
+//! Not yet here: consumer groups across the cluster (a group whose partitions several
+//! brokers lead stalls in a test), replication (RF > 1), isolation loops.
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::proxy::FaultProxy;
+use common::TestBroker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const NODES: i32 = 3;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three nodes, each with a broker listener of its own and its controller listener behind a
+/// fault proxy: the voters are the proxies, so the test can cut controller traffic.
+struct Cluster {
+    nodes: BTreeMap<i32, TestBroker>,
+    /// Kept alive for the nodes' controller traffic.
+    _proxies: BTreeMap<i32, FaultProxy>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut ports = BTreeMap::new();
+        let mut proxies = BTreeMap::new();
+        for id in 1..=NODES {
+            let (broker, controller) = (free_port(), free_port());
+            proxies.insert(id, FaultProxy::start(format!("127.0.0.1:{controller}").parse().unwrap()));
+            ports.insert(id, (broker, controller));
+        }
+        let voters: Vec<String> = proxies.iter().map(|(id, proxy)| format!("{id}@{}", proxy.addr())).collect();
+        let voters = voters.join(",");
+        let starting: Vec<_> = ports
+            .iter()
+            .map(|(&id, &(broker, controller))| {
+                let voters = voters.clone();
+                std::thread::spawn(move || {
+                    let listen = format!("PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}");
+                    let settings = vec![
+                        format!("node.id={id}"),
+                        format!("controller.quorum.voters={voters}"),
+                        "num.partitions=6".to_string(),
+                        "group.initial.rebalance.delay.ms=0".to_string(),
+                    ];
+                    (id, TestBroker::start_node(&listen, &settings))
+                })
+            })
+            .collect();
+        let nodes = starting.into_iter().map(|t| t.join().expect("a node started")).collect();
+        let cluster = Cluster { nodes, _proxies: proxies };
+        cluster.wait_for_brokers(NODES as usize);
+        cluster
+    }
+
+    fn bootstrap(&self) -> String {
+        let running: Vec<String> = self.nodes.values().filter(|n| n.is_running()).map(|n| n.bootstrap()).collect();
+        running.join(",")
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap()).set("topic.metadata.refresh.interval.ms", "500");
+        config
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        self.client().create().expect("admin client")
+    }
+
+    /// Waits until Metadata (from any live broker) lists `count` brokers.
+    fn wait_for_brokers(&self, count: usize) {
+        let admin = self.admin();
+        wait_for(&format!("{count} brokers in the metadata"), Duration::from_secs(60), || {
+            let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(2)).ok()?;
+            (metadata.brokers().len() == count).then_some(())
+        });
+    }
+
+    /// Each partition's leader, as Metadata says (-1: none).
+    fn leaders(&self, topic: &str) -> Vec<i32> {
+        let admin = self.admin();
+        let metadata = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+        let topic = &metadata.topics()[0];
+        let mut leaders: Vec<(i32, i32)> = topic.partitions().iter().map(|p| (p.id(), p.leader())).collect();
+        leaders.sort();
+        leaders.into_iter().map(|(_, leader)| leader).collect()
+    }
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn create_topic(cluster: &Cluster, name: &str, partitions: i32) {
+    let admin = cluster.admin();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let results = common::clients::block_on(admin.create_topics([&topic], &options)).expect("create topics");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("creating {topic} failed: {code:?}"));
+    }
+}
+
+/// Produces `count` records round robin over the partitions, acks=all, idempotent, and
+/// returns (partition, offset) of each acknowledgement.
+fn produce(cluster: &Cluster, topic: &str, partitions: i32, from: usize, count: usize) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = cluster
+        .client()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    let sends: Vec<_> = (from..from + count)
+        .map(|i| {
+            let value = format!("record-{i}");
+            let partition = (i % partitions as usize) as i32;
+            let record = FutureRecord::to(topic).partition(partition).key("k").payload(&value);
+            producer.send_result(record).expect("queue a record")
+        })
+        .collect();
+    sends
+        .into_iter()
+        .map(|send| {
+            let delivery =
+                common::clients::block_on(send).expect("delivery").unwrap_or_else(|(err, _)| panic!("produce: {err}"));
+            (delivery.partition, delivery.offset)
+        })
+        .collect()
+}
+
+/// Reads every partition of `topic` from the start up to its end, as values by partition.
+fn consume_all(cluster: &Cluster, topic: &str, partitions: i32, expected: usize) -> BTreeMap<i32, Vec<String>> {
+    let consumer: BaseConsumer = cluster.client().set("group.id", "checker").create().expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut seen: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.values().map(Vec::len).sum::<usize>() < expected {
+        assert!(Instant::now() < deadline, "consumed {} of {expected}", seen.values().map(Vec::len).sum::<usize>());
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            seen.entry(message.partition()).or_default().push(value);
+        }
+    }
+    seen
+}
+
+#[test]
+fn three_nodes_form_a_cluster_whose_partitions_live_on_different_brokers() {
+    let cluster = Cluster::start();
+    create_topic(&cluster, "spread", 6);
+    let leaders = cluster.leaders("spread");
+    let distinct: std::collections::BTreeSet<i32> = leaders.iter().copied().collect();
+    assert_eq!(distinct.len(), NODES as usize, "six partitions on three brokers, each leading some: {leaders:?}");
+
+    let acknowledged = produce(&cluster, "spread", 6, 0, 600);
+    assert_eq!(acknowledged.len(), 600);
+    let seen = consume_all(&cluster, "spread", 6, 600);
+    for (partition, values) in &seen {
+        assert_eq!(values.len(), 100, "partition {partition}");
+        let expected: Vec<String> =
+            (0..600).filter(|i| i % 6 == *partition as usize).map(|i| format!("record-{i}")).collect();
+        assert_eq!(values, &expected, "partition {partition} in order, once each");
+    }
+}
+
+#[test]
+fn a_killed_broker_is_fenced_and_leads_its_partitions_again_when_back() {
+    let mut cluster = Cluster::start();
+    create_topic(&cluster, "fenced", 6);
+    let acknowledged = produce(&cluster, "fenced", 6, 0, 300);
+    assert_eq!(acknowledged.len(), 300);
+
+    // Kill the broker leading partition 0, and with it, whatever it coordinated.
+    let victim = cluster.leaders("fenced")[0];
+    cluster.nodes.get_mut(&victim).unwrap().kill9();
+    wait_for("the killed broker's partitions to lose their leader", Duration::from_secs(30), || {
+        let leaders = cluster.leaders("fenced");
+        (leaders[0] == -1 && !leaders.contains(&victim)).then_some(())
+    });
+    cluster.wait_for_brokers(NODES as usize - 1);
+
+    // The two left are a majority: metadata still changes (a new controller if need be).
+    create_topic(&cluster, "while-one-is-down", 2);
+    assert!(cluster.leaders("while-one-is-down").iter().all(|l| *l != victim && *l != -1));
+
+    cluster.nodes.get_mut(&victim).unwrap().start_again();
+    cluster.wait_for_brokers(NODES as usize);
+    wait_for("the returning broker to lead partition 0 again", Duration::from_secs(30), || {
+        (cluster.leaders("fenced")[0] == victim).then_some(())
+    });
+    let more = produce(&cluster, "fenced", 6, 300, 300);
+    assert_eq!(more.len(), 300);
+    let seen = consume_all(&cluster, "fenced", 6, 600);
+    for (partition, values) in &seen {
+        let expected: Vec<String> =
+            (0..600).filter(|i| i % 6 == *partition as usize).map(|i| format!("record-{i}")).collect();
+        assert_eq!(values, &expected, "partition {partition}: every acknowledged record, once, in order");
+    }
+}
+
+#[test]
+fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--set", "node.id=4", "--set", "controller.quorum.voters=1@127.0.0.1:1,2@127.0.0.1:2"],
+            "controller.quorum.voters",
+        ),
+        (&["--set", "controller.quorum.voters=0@127.0.0.1:1,0@127.0.0.1:2"], "controller.quorum.voters"),
+        (&["--set", "controller.quorum.voters=0@127.0.0.1:1"], "controller listener"),
+        (&["--set", "process.roles=controller"], "process.roles"),
+    ];
+    for (args, key) in cases {
+        let mut all = vec!["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
+        all.extend_from_slice(args);
+        let run = common::run_sluice(&all, Duration::from_secs(30));
+        assert!(!run.status.success(), "{args:?} started");
+        assert!(run.stderr.contains(key), "{args:?}: the message does not name {key}: {}", run.stderr);
+    }
+    // A directory that belongs to another node id.
+    let ok = ["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(ok)
+        .args(["--set", "node.id=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("meta.properties", Duration::from_secs(30), || {
+        dir.path().join("data/meta.properties").exists().then_some(())
+    });
+    first.kill().ok();
+    first.wait().ok();
+    let mut other = ok.to_vec();
+    other.extend_from_slice(&["--set", "node.id=2"]);
+    let run = common::run_sluice(&other, Duration::from_secs(30));
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("node.id") && run.stderr.contains("belongs to node 1"), "{}", run.stderr);
+}
