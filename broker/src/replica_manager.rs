@@ -101,9 +101,10 @@ impl ReplicaManager {
     /// new ones assigned here are opened, and each gets its leadership and config.
     pub fn apply_image(
         &self,
-        metadata: &ClusterMetadata,
+        metadata: &Arc<ClusterMetadata>,
         config_for: impl Fn(&TopicMetadata) -> LogConfig,
     ) -> Result<()> {
+        *self.image.write() = metadata.clone();
         let gone: Vec<String> = self
             .topics
             .read()
