@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::fetch_session::FetchSessionCache;
 use crate::group::GroupCoordinator;
 use crate::internal_topics::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
-use crate::metadata::{ClusterMetadata, Endpoint};
+use crate::metadata::{ClusterMetadata, Endpoint, MetadataRecord};
 use crate::publisher::{self, MetadataPublisher, Reconciled};
 use crate::quorum::{BrokerHeartbeat, ControllerRequest, ControllerResponse, MetadataQuorum};
 use crate::replica_manager::ReplicaManager;
@@ -184,6 +184,27 @@ impl Broker {
             brokers.sort_by_key(|(id, _)| *id);
         }
         brokers
+    }
+
+    /// Proposes the ISR changes this broker's led partitions want (one proposal each).
+    pub(crate) async fn propose_isr_changes(&self) {
+        let now_ms = self.clock.now_ms();
+        let lag_max_ms = self.config.cluster.replica_lag_time_max_ms as i64;
+        for partition in self.replicas.all_partitions() {
+            let Some(change) = partition.wanted_isr_change(now_ms, lag_max_ms) else { continue };
+            tracing::info!(topic = %partition.topic, partition = partition.index, isr = ?change.isr, "asking for an ISR change");
+            let record = MetadataRecord::PartitionChange {
+                topic_id: partition.topic_id,
+                partition: partition.index,
+                leader: self.config.node_id,
+                leader_epoch: change.leader_epoch,
+                isr: change.isr,
+            };
+            let quorum = self.controller.quorum().clone();
+            if let Err(err) = quorum.propose(vec![record]).await {
+                tracing::debug!(?err, "the ISR change was not made");
+            }
+        }
     }
 
     /// The active controller (this broker if none is known).

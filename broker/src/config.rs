@@ -84,6 +84,8 @@ pub struct ClusterConfig {
     pub broker_session_timeout_ms: u64,
     /// `broker.heartbeat.interval.ms`.
     pub broker_heartbeat_interval_ms: u64,
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -99,6 +101,7 @@ impl Default for ClusterConfig {
             default_replication_factor: 1,
             broker_session_timeout_ms: 3_000,
             broker_heartbeat_interval_ms: 500,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 }
@@ -171,6 +174,7 @@ impl ClusterConfig {
             "broker.session.timeout.ms" => {
                 self.broker_session_timeout_ms = setting.int(100, i64::from(i32::MAX))? as u64
             }
+            "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = setting.int(100, i64::from(i32::MAX))? as u64,
             "broker.heartbeat.interval.ms" => {
                 self.broker_heartbeat_interval_ms = setting.int(10, i64::from(i32::MAX))? as u64
             }
@@ -347,6 +351,7 @@ pub const KEYS: &[&str] = &[
     "default.replication.factor",
     "inter.broker.listener.name",
     "process.roles",
+    "replica.lag.time.max.ms",
     "group.consumer.heartbeat.interval.ms",
     "group.consumer.session.timeout.ms",
     "group.initial.rebalance.delay.ms",

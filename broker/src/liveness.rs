@@ -160,7 +160,7 @@ fn changes(
 /// The ISR keeps its last member (the replica with every acknowledged record) when no other
 /// can take over, so the partition comes back only with it (no unclean election).
 pub fn move_leadership_off(image: &ClusterMetadata, node_id: i32) -> Vec<MetadataRecord> {
-    changes(image, |assignment| {
+    let mut records = changes(image, |assignment| {
         if assignment.leader != node_id {
             return None;
         }
@@ -169,7 +169,23 @@ pub fn move_leadership_off(image: &ClusterMetadata, node_id: i32) -> Vec<Metadat
             Some(leader) => (leader, assignment.isr.iter().copied().filter(|&r| r != node_id).collect()),
             None => (NO_LEADER, assignment.isr.clone()),
         })
-    })
+    });
+    // Where it only follows, it leaves the ISR at once (the leader keeps its epoch), so
+    // acks=all produces stop waiting for it without waiting out replica.lag.time.max.ms.
+    for topic in image.topics() {
+        for (index, assignment) in topic.assignments.iter().enumerate() {
+            if assignment.leader != node_id && assignment.leader != NO_LEADER && assignment.isr.contains(&node_id) {
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: topic.id,
+                    partition: index as i32,
+                    leader: assignment.leader,
+                    leader_epoch: assignment.leader_epoch,
+                    isr: assignment.isr.iter().copied().filter(|&r| r != node_id).collect(),
+                });
+            }
+        }
+    }
+    records
 }
 
 /// Gives `node_id` the leaderless partitions whose ISR it is in.

@@ -30,6 +30,39 @@ pub struct Partition {
     /// Whether this broker leads the partition (high 32 bits: 1 or 0) and at which leader
     /// epoch (low 32 bits), as the metadata last said; one word, so both are read together.
     leadership: AtomicU64,
+    /// The replicas and what the leader knows of each follower.
+    pub(crate) replication: Mutex<Replication>,
+    /// Woken when the log grows (followers long-polling for new data) or the high
+    /// watermark moves (acks=all produces waiting for the ISR).
+    pub(crate) progress: Notify,
+}
+
+/// The leader's view of its partition's replication (Kafka's `Partition` ISR state).
+#[derive(Default)]
+pub(crate) struct Replication {
+    /// This broker's node id.
+    pub(crate) node_id: i32,
+    pub(crate) replicas: Vec<i32>,
+    /// The in-sync replicas as the metadata last said (the leader among them).
+    pub(crate) isr: Vec<i32>,
+    /// Each follower's log end offset as of its last fetch, and when it was last caught up
+    /// (fetched from the leader's log end).
+    pub(crate) followers: std::collections::HashMap<i32, Follower>,
+    /// What this broker has durably (per the flush policy) in its own log.
+    pub(crate) local_end: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Follower {
+    pub(crate) log_end_offset: i64,
+    pub(crate) last_caught_up_ms: i64,
+}
+
+/// An ISR change the leader asks the controller for (Kafka's AlterPartition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrChange {
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// An append that is in the log but not yet acknowledged: consumers do not see it until
@@ -49,6 +82,11 @@ pub struct DurableAppend {
 impl PendingAppend {
     pub fn base_offset(&self) -> Offset {
         self.outcome.base_offset
+    }
+
+    /// The offset after the append's last record.
+    pub fn end_offset(&self) -> Offset {
+        Offset(self.outcome.last_offset.0 + 1)
     }
 
     /// The broker's timestamp for the batch under `LogAppendTime`; None under `CreateTime`.
@@ -77,6 +115,8 @@ impl PendingAppend {
 impl Partition {
     /// A partition this broker leads at epoch 0 until the metadata says otherwise.
     pub(crate) fn new(topic: Arc<str>, topic_id: Uuid, index: i32, log: PartitionLog) -> Partition {
+        // What a log holds when it is opened is on disk: durable, as far as this broker goes.
+        let local_end = log.log_end_offset().0;
         let partition = Partition {
             topic,
             topic_id,
@@ -84,6 +124,8 @@ impl Partition {
             log,
             fetch_waiters: Mutex::new(Vec::new()),
             leadership: AtomicU64::new(0),
+            replication: Mutex::new(Replication { local_end, ..Replication::default() }),
+            progress: Notify::new(),
         };
         partition.set_leadership(true, 0);
         partition
@@ -131,17 +173,29 @@ impl Partition {
 
     fn pending(self: &Arc<Self>, outcome: AppendOutcome) -> PendingAppend {
         let durable = outcome.durable_handle();
+        self.progress.notify_waiters();
         if !durable.needs_fsync() {
             self.advance_high_watermark(durable.end_offset());
         }
         PendingAppend { partition: self.clone(), outcome }
     }
 
-    /// Moves the high watermark to `end` (never back) and wakes the fetches waiting on this
-    /// partition (only those: a busy partition does not wake every idle poll).
+    /// This broker has everything below `end` durably: the high watermark moves as far as
+    /// the ISR allows (to `end` when the leader is the whole ISR).
     fn advance_high_watermark(&self, end: Offset) {
+        {
+            let mut replication = self.replication.lock();
+            replication.local_end = replication.local_end.max(end.0);
+        }
+        self.update_high_watermark();
+    }
+
+    /// Sets the high watermark (never back) and wakes the fetches waiting on this partition
+    /// (only those: a busy partition does not wake every idle poll) and acks=all produces.
+    pub(crate) fn publish_high_watermark(&self, end: Offset) {
         let advanced = self.log.advance_high_watermark(end);
         debug_assert!(advanced <= self.log.log_end_offset(), "the high watermark passed the log end offset");
+        self.progress.notify_waiters();
         for waiter in std::mem::take(&mut *self.fetch_waiters.lock()) {
             if let Some(waiter) = waiter.upgrade() {
                 waiter.notify_one();

@@ -137,6 +137,26 @@ impl ReplicaManager {
         usize::try_from(index).ok().and_then(|i| topics.get(topic)?.partitions.get(i)?.clone())
     }
 
+    /// The partitions this broker follows, with the leader each follows.
+    pub fn followed(&self) -> Vec<(i32, Arc<Partition>)> {
+        let image = self.image.read().clone();
+        let mut followed = Vec::new();
+        for partition in self.all_partitions() {
+            let Some(assignment) = image.topic(&partition.topic).and_then(|t| t.assignment(partition.index)) else {
+                continue;
+            };
+            if assignment.leader != self.node_id && assignment.leader >= 0 && image.is_live(assignment.leader) {
+                followed.push((assignment.leader, partition));
+            }
+        }
+        followed
+    }
+
+    /// The metadata image this broker last applied.
+    pub fn image(&self) -> Arc<ClusterMetadata> {
+        self.image.read().clone()
+    }
+
     /// Whether the cluster has this partition (on this broker or another).
     pub fn partition_exists(&self, topic: &str, index: i32) -> bool {
         self.image.read().topic(topic).is_some_and(|t| t.assignment(index).is_some())
@@ -155,9 +175,9 @@ impl ReplicaManager {
         let name: Arc<str> = Arc::from(topic.name.as_str());
         let mut opened = false;
         for (index, assignment) in topic.assignments.iter().enumerate() {
-            let is_leader = assignment.leader == self.node_id;
+            let now_ms = sluice_storage::now_ms();
             if let Some(partition) = &partitions[index] {
-                partition.set_leadership(is_leader, assignment.leader_epoch);
+                partition.apply_assignment(self.node_id, assignment, now_ms);
                 continue;
             }
             if !assignment.replicas.contains(&self.node_id) {
@@ -170,10 +190,13 @@ impl ReplicaManager {
             if read_topic_id(&dir) != Some(topic.id) {
                 write_topic_id(&dir, topic.id)?;
             }
-            // Without followers the leader is the whole ISR: everything in its log is committed.
-            log.set_high_watermark(log.log_end_offset());
+            // A partition without followers is its own ISR: everything in its log is committed.
+            // With followers the high watermark is the checkpointed one until the ISR says more.
+            if assignment.replicas.len() == 1 {
+                log.set_high_watermark(log.log_end_offset());
+            }
             let partition = Partition::new(name.clone(), topic.id, index, log);
-            partition.set_leadership(is_leader, assignment.leader_epoch);
+            partition.apply_assignment(self.node_id, assignment, now_ms);
             partitions[index as usize] = Some(Arc::new(partition));
             opened = true;
         }

@@ -91,6 +91,8 @@ impl Server {
             tokio::spawn(transaction_timers(broker.clone(), stop.clone())),
             tokio::spawn(maintenance(broker.clone(), stop.clone())),
             tokio::spawn(log_cleaner(broker.clone(), stop.clone())),
+            tokio::spawn(crate::replica_fetcher::run(broker.clone(), stop.clone())),
+            tokio::spawn(isr_changes(broker.clone(), stop.clone())),
         ];
         if let Some(listener) = controller_listener {
             let quorum = broker.controller.quorum().clone();
@@ -192,6 +194,19 @@ async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, m
                     Err(_) => tracing::debug!("heartbeat timed out"),
                 }
             }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// On each leader: asks the controller to shrink or grow ISRs as followers fall behind or
+/// catch up (Kafka's AlterPartition), every 200 ms.
+async fn isr_changes(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => broker.propose_isr_changes().await,
             _ = shutdown.changed() => return,
         }
     }

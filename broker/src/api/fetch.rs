@@ -35,6 +35,9 @@ pub async fn handle(
     request: FetchRequest,
 ) -> (FetchResponse, Vec<Bytes>) {
     let version = header.request_api_version;
+    if let Some(replica) = super::replica_fetch::replica_of(&request, version) {
+        return super::replica_fetch::handle(broker, version, replica, request).await;
+    }
     let metadata = broker.metadata();
     let resolve = |topic: &FetchTopic, partition: i32| {
         let name = if version >= 13 {

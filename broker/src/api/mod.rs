@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod offsets;
 pub mod produce;
 pub mod records;
+pub mod replica_fetch;
 pub mod topics;
 pub mod txn;
 pub mod txn_describe;

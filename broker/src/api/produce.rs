@@ -4,6 +4,7 @@
 //! (on one node the ISR is this broker alone, so -1 and 1 wait for the same thing).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
@@ -108,6 +109,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
     let now_ms = broker.clock.now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pending = Vec::new();
+    let mut replicated = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
@@ -129,15 +131,30 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             } else {
                 match super::leader_partition(broker, &name, index, -1) {
                     Err(code) => partition_error(index, code, None),
-                    Ok(partition) if acks == -1 && partition.log.min_insync_replicas() > 1 => {
-                        // Without replication the in-sync replica set is the leader alone, so
-                        // acks=all cannot meet a min.insync.replicas above 1 (acks 0 and 1 can).
+                    Ok(partition)
+                        if acks == -1 && (partition.isr_len() as i32) < partition.log.min_insync_replicas() =>
+                    {
+                        // acks=all needs min.insync.replicas in sync before it appends (acks 0
+                        // and 1 do not).
                         let needed = partition.log.min_insync_replicas();
-                        let message = format!("min.insync.replicas is {needed}, but only 1 replica is in sync");
+                        let message = format!(
+                            "min.insync.replicas is {needed}, but {} replica(s) are in sync",
+                            partition.isr_len()
+                        );
                         partition_error(index, ResponseError::NotEnoughReplicas, Some(message))
                     }
                     Ok(partition) => {
                         let (response, appended) = append(broker, &partition, index, data.records.as_deref(), now_ms);
+                        if acks == -1 && partition.has_insync_followers() {
+                            if let Some(append) = &appended {
+                                replicated.push((
+                                    responses.len(),
+                                    partitions.len(),
+                                    partition.clone(),
+                                    append.end_offset(),
+                                ));
+                            }
+                        }
                         // An append that needs no wait is durable, and visible, already.
                         if let Some(append) = appended.filter(PendingAppend::must_wait) {
                             pending.push(PendingDurability {
@@ -157,6 +174,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         );
     }
     let refused = responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0);
+    let replication_timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(pending)));
     if acks == 0 {
         // No response, but the high watermark still moves once the data is durable. A refused
@@ -164,6 +182,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         return if refused { ProduceReply::Close("acks=0 produce refused".into()) } else { ProduceReply::NoResponse };
     }
     let Some(durability) = durability else {
+        wait_replicated(&mut responses, replicated, replication_timeout).await;
         return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
     };
     let failures = match durability.await {
@@ -184,7 +203,29 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             response.error_message = Some(str_bytes(err));
         }
     }
+    wait_replicated(&mut responses, replicated, replication_timeout).await;
     ProduceReply::Respond(ProduceResponse::default().with_responses(responses))
+}
+
+/// acks=all: waits until every in-sync replica has each append (the high watermark passes
+/// it), failing those that do not get there in time or whose ISR shrank below
+/// `min.insync.replicas`.
+async fn wait_replicated(
+    responses: &mut [TopicProduceResponse],
+    replicated: Vec<(usize, usize, Arc<crate::partition::Partition>, sluice_storage::Offset)>,
+    timeout: Duration,
+) {
+    for (t, p, partition, end) in replicated {
+        let Some(response) = responses.get_mut(t).and_then(|r| r.partition_responses.get_mut(p)) else { continue };
+        if response.error_code != 0 {
+            continue;
+        }
+        if let Err(code) = partition.wait_replicated(end, timeout).await {
+            response.error_code = code.code();
+            response.error_message =
+                Some(str_bytes(format!("the in-sync replicas did not all get the append: {code:?}")));
+        }
+    }
 }
 
 /// Waits (on a blocking thread: fsyncs block; group commit lets concurrent producers share

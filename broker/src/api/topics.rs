@@ -38,15 +38,6 @@ fn create_one(
     validate_only: bool,
 ) -> Result<CreatableTopicResult, AdminError> {
     let name = topic.name.0.as_str();
-    if topic.replication_factor > 1 {
-        return Err(AdminError::new(
-            ResponseError::InvalidReplicationFactor,
-            format!(
-                "replication factor {} needs partition replication, which this Sluice does not have yet; use 1",
-                topic.replication_factor
-            ),
-        ));
-    }
     let mut assignments = None;
     if !topic.assignments.is_empty() {
         if topic.num_partitions != -1 || topic.replication_factor != -1 {
@@ -61,12 +52,6 @@ fn create_one(
             return Err(AdminError::new(
                 ResponseError::InvalidReplicaAssignment,
                 "assignments must name partitions 0, 1, 2... each once",
-            ));
-        }
-        if explicit.iter().any(|a| a.broker_ids.len() > 1) {
-            return Err(AdminError::new(
-                ResponseError::InvalidReplicationFactor,
-                "an assignment with several replicas needs partition replication, which this Sluice does not have yet",
             ));
         }
         assignments = Some(explicit.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect());

@@ -188,10 +188,12 @@ impl MetadataQuorum {
         Ok(quorum)
     }
 
-    /// Gives a new quorum its voters (every voter does so with the same set, which is safe).
+    /// Gives a new quorum its voters. Only the lowest voter does: the first entry names the
+    /// node that wrote it, so voters initialising on their own would start from different
+    /// logs; the others get that entry from the first leader.
     async fn initialize(&self) -> Result<()> {
         let initialized = self.raft.is_initialized().await.map_err(|e| Error::Metadata(e.to_string()))?;
-        if initialized || !self.voters.contains_key(&self.node_id) {
+        if initialized || self.voters.keys().next() != Some(&self.node_id) {
             return Ok(());
         }
         match self.raft.initialize(self.voters.clone()).await {

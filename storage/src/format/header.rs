@@ -179,6 +179,11 @@ impl StoredHeader {
     }
 }
 
+/// The partition leader epoch stamped in a batch header (what a leader wrote it under).
+pub(crate) fn read_leader_epoch(buf: &[u8]) -> i32 {
+    read_i32(buf, LEADER_EPOCH_AT)
+}
+
 /// Reads the header of the stored batch at the start of `buf`, checking only its framing.
 pub(crate) fn read_stored_header(buf: &[u8]) -> Result<StoredHeader> {
     let size = check_framing(buf)?;

@@ -18,6 +18,6 @@ pub use validate::BatchInfo;
 
 pub(crate) use builder::recompress;
 pub(crate) use compression::Levels;
-pub(crate) use header::{check_crc, read_stored_header, stamp_header, StoredHeader};
+pub(crate) use header::{check_crc, read_leader_epoch, read_stored_header, stamp_header, StoredHeader};
 pub(crate) use records::{filter_batch, Filtered, RecordView, MAX_DECOMPRESSED_BATCH_BYTES};
 pub(crate) use validate::validate;

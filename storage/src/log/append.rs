@@ -25,7 +25,7 @@ pub struct AppendOutcome {
     /// The batch was an idempotent producer's retry of one already in the log: nothing was
     /// appended, and the offsets are the original batch's.
     pub duplicate: bool,
-    durable: DurableHandle,
+    pub(super) durable: DurableHandle,
 }
 
 impl AppendOutcome {
@@ -44,9 +44,9 @@ impl AppendOutcome {
 /// a (shared) fsync for `EveryAppend`.
 #[derive(Clone)]
 pub struct DurableHandle {
-    log: PartitionLog,
-    end_offset: i64,
-    needs_fsync: bool,
+    pub(super) log: PartitionLog,
+    pub(super) end_offset: i64,
+    pub(super) needs_fsync: bool,
 }
 
 impl DurableHandle {
@@ -157,7 +157,7 @@ impl PartitionLog {
     /// What can be checked of a batch before the log's lock is taken: its size, its format
     /// (fully), that control batches come only from the coordinator, and that the log still
     /// takes writes.
-    fn check_append(&self, batch: &[u8], config: &LogConfig, is_marker: bool) -> Result<BatchInfo> {
+    pub(super) fn check_append(&self, batch: &[u8], config: &LogConfig, is_marker: bool) -> Result<BatchInfo> {
         let max = config.max_message_bytes as usize;
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
@@ -174,7 +174,13 @@ impl PartitionLog {
 
     /// Rolls the active segment before a batch that would overfill it, or when it is older
     /// than `segment.ms`, or an index of it is full.
-    fn roll_if_due(&self, state: &mut LogState, config: &LogConfig, info: &BatchInfo, now_ms: i64) -> Result<()> {
+    pub(super) fn roll_if_due(
+        &self,
+        state: &mut LogState,
+        config: &LogConfig,
+        info: &BatchInfo,
+        now_ms: i64,
+    ) -> Result<()> {
         let active = state.active().handle(&self.inner.cache, config)?;
         if state.active().should_roll(&active, info, state.log_end_offset(), config, now_ms) {
             self.roll(state, config)?;

@@ -26,6 +26,7 @@ mod append;
 mod compaction;
 mod maintenance;
 mod read;
+mod replica;
 mod retention;
 mod transactions;
 mod truncate;

@@ -18,7 +18,7 @@ use crate::txn_index::{self, AbortedTxn};
 pub(super) type Marker = (ProducerId, i16, MarkerKind);
 
 /// The kind of a stored control batch's marker, from its first record's key.
-fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
+pub(super) fn marker_kind(batch: &RecordBatch) -> Option<MarkerKind> {
     let record = batch.records().ok()?.next()?.ok()?;
     let key = record.key?;
     let kind = i16::from_be_bytes([*key.get(2)?, *key.get(3)?]);

@@ -1,0 +1,154 @@
+//! The leader's side of replication for one partition: what it knows of each follower (its
+//! log end offset as of its last fetch, and when it was last caught up), the high watermark
+//! that follows from the ISR, the ISR changes it asks the controller for (Kafka's
+//! AlterPartition), and the waits of acks=all produces and of followers' long polls.
+//!
+//! Invariant: the high watermark never passes what every ISR member (the leader included,
+//! durably per its flush policy) has; it only moves forward.
+
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use sluice_storage::Offset;
+
+use crate::metadata::PartitionAssignment;
+use crate::partition::{Follower, IsrChange, Partition};
+
+impl Partition {
+    /// Takes what the metadata says of this partition: its replicas, ISR and leader.
+    pub(crate) fn apply_assignment(&self, node_id: i32, assignment: &PartitionAssignment, now_ms: i64) {
+        let is_leader = assignment.leader == node_id;
+        let new_leadership = !self.is_leader() || self.leader_epoch() != assignment.leader_epoch;
+        {
+            let mut replication = self.replication.lock();
+            replication.node_id = node_id;
+            replication.replicas = assignment.replicas.clone();
+            replication.isr = assignment.isr.clone();
+            if is_leader && new_leadership {
+                // A new leadership starts knowing nothing of the followers: each gets a full
+                // lag window to fetch before it counts as out of sync.
+                replication.followers = assignment
+                    .replicas
+                    .iter()
+                    .filter(|&&r| r != node_id)
+                    .map(|&r| (r, Follower { log_end_offset: -1, last_caught_up_ms: now_ms }))
+                    .collect();
+            }
+        }
+        self.set_leadership(is_leader, assignment.leader_epoch);
+        if is_leader {
+            self.update_high_watermark();
+        }
+    }
+
+    /// The in-sync replicas as the metadata last said.
+    pub fn isr_len(&self) -> usize {
+        self.replication.lock().isr.len()
+    }
+
+    /// Whether acks=all must wait for followers (an ISR beyond the leader).
+    pub fn has_insync_followers(&self) -> bool {
+        self.replication.lock().isr.len() > 1
+    }
+
+    pub fn is_replica(&self, node_id: i32) -> bool {
+        self.replication.lock().replicas.contains(&node_id)
+    }
+
+    /// A follower fetched from `fetch_offset`: it has everything below it. Moves the high
+    /// watermark if the ISR now has more.
+    pub(crate) fn record_follower_fetch(&self, replica: i32, fetch_offset: i64, now_ms: i64) {
+        {
+            let mut replication = self.replication.lock();
+            let leader_end = self.log.log_end_offset().0;
+            let follower = replication
+                .followers
+                .entry(replica)
+                .or_insert(Follower { log_end_offset: -1, last_caught_up_ms: now_ms });
+            follower.log_end_offset = fetch_offset;
+            if fetch_offset >= leader_end {
+                follower.last_caught_up_ms = now_ms;
+            }
+        }
+        self.update_high_watermark();
+    }
+
+    /// The ISR change this leader should ask for, if any: followers not caught up for
+    /// `lag_max_ms` leave; replicas with everything below the high watermark join.
+    pub(crate) fn wanted_isr_change(&self, now_ms: i64, lag_max_ms: i64) -> Option<IsrChange> {
+        if !self.is_leader() {
+            return None;
+        }
+        let replication = self.replication.lock();
+        let high_watermark = self.log.high_watermark().0;
+        let in_time = |f: &Follower| now_ms - f.last_caught_up_ms <= lag_max_ms;
+        let mut isr: Vec<i32> = replication
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r == replication.node_id || replication.followers.get(r).is_some_and(in_time))
+            .collect();
+        for (&replica, follower) in &replication.followers {
+            let joins = !isr.contains(&replica)
+                && replication.replicas.contains(&replica)
+                && follower.log_end_offset >= high_watermark
+                && in_time(follower);
+            if joins {
+                isr.push(replica);
+            }
+        }
+        isr.sort_by_key(|r| replication.replicas.iter().position(|x| x == r));
+        (isr != replication.isr).then(|| IsrChange { leader_epoch: self.leader_epoch(), isr })
+    }
+
+    /// Moves the high watermark to the most every ISR member has (the leader's durable end
+    /// included), never back.
+    pub(crate) fn update_high_watermark(&self) {
+        let target = {
+            let replication = self.replication.lock();
+            let mut target = replication.local_end;
+            for member in replication.isr.iter().filter(|m| **m != replication.node_id) {
+                target = target.min(replication.followers.get(member).map_or(-1, |f| f.log_end_offset));
+            }
+            target
+        };
+        if target > self.log.high_watermark().0 {
+            self.publish_high_watermark(Offset(target));
+        }
+    }
+
+    /// Waits until the high watermark passes `end` (the ISR has the append), for up to
+    /// `timeout`. NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR is then below
+    /// `min.insync.replicas`; REQUEST_TIMED_OUT if it never got there.
+    pub async fn wait_replicated(&self, end: Offset, timeout: Duration) -> Result<(), ResponseError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if self.log.high_watermark() >= end {
+                if (self.isr_len() as i32) < self.log.min_insync_replicas() {
+                    return Err(ResponseError::NotEnoughReplicasAfterAppend);
+                }
+                return Ok(());
+            }
+            if !self.is_leader() {
+                return Err(ResponseError::NotLeaderOrFollower);
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return Err(ResponseError::RequestTimedOut);
+            }
+        }
+    }
+
+    /// Waits until the log grows past `offset`, or `timeout` (a follower's long poll).
+    pub async fn wait_for_data(&self, offset: i64, timeout: Duration) {
+        let progressed = self.progress.notified();
+        tokio::pin!(progressed);
+        progressed.as_mut().enable();
+        if self.log.log_end_offset().0 > offset {
+            return;
+        }
+        tokio::time::timeout(timeout, progressed).await.ok();
+    }
+}
