@@ -26,8 +26,11 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 const NODES: i32 = 3;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Free ports, distinct: each is held until all are chosen (and the proxies have bound
+/// theirs), so none is handed out twice.
+fn free_ports(count: usize) -> (Vec<u16>, Vec<TcpListener>) {
+    let held: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    (held.iter().map(|l| l.local_addr().unwrap().port()).collect(), held)
 }
 
 /// Three nodes, each with a broker listener of its own and its controller listener behind a
@@ -40,19 +43,28 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with extra broker configs for every node.
+    fn start_with(extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut ports = BTreeMap::new();
         let mut proxies = BTreeMap::new();
+        let (free, held) = free_ports(2 * NODES as usize);
         for id in 1..=NODES {
-            let (broker, controller) = (free_port(), free_port());
+            let (broker, controller) = (free[2 * (id - 1) as usize], free[2 * (id - 1) as usize + 1]);
             proxies.insert(id, FaultProxy::start(format!("127.0.0.1:{controller}").parse().unwrap()));
             ports.insert(id, (broker, controller));
         }
+        drop(held);
         let voters: Vec<String> = proxies.iter().map(|(id, proxy)| format!("{id}@{}", proxy.addr())).collect();
         let voters = voters.join(",");
         let starting: Vec<_> = ports
             .iter()
             .map(|(&id, &(broker, controller))| {
                 let voters = voters.clone();
+                let extra = extra.clone();
                 std::thread::spawn(move || {
                     let listen = format!("PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}");
                     let settings = vec![
@@ -61,6 +73,7 @@ impl Cluster {
                         "num.partitions=6".to_string(),
                         "group.initial.rebalance.delay.ms=0".to_string(),
                     ];
+                    let settings: Vec<String> = settings.into_iter().chain(extra).collect();
                     (id, TestBroker::start_node(&listen, &settings))
                 })
             })
@@ -95,6 +108,17 @@ impl Cluster {
         });
     }
 
+    /// Each partition's (leader, ISR), as Metadata says (leader -1: none).
+    fn partitions(&self, topic: &str) -> Vec<(i32, Vec<i32>)> {
+        let admin = self.admin();
+        let Ok(metadata) = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5)) else { return Vec::new() };
+        let Some(topic) = metadata.topics().first() else { return Vec::new() };
+        let mut partitions: Vec<_> =
+            topic.partitions().iter().map(|p| (p.id(), p.leader(), p.isr().to_vec())).collect();
+        partitions.sort();
+        partitions.into_iter().map(|(_, leader, isr)| (leader, isr)).collect()
+    }
+
     /// Each partition's leader, as Metadata says (-1: none).
     fn leaders(&self, topic: &str) -> Vec<i32> {
         let admin = self.admin();
@@ -118,8 +142,12 @@ fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>
 }
 
 fn create_topic(cluster: &Cluster, name: &str, partitions: i32) {
+    create_replicated_topic(cluster, name, partitions, 1);
+}
+
+fn create_replicated_topic(cluster: &Cluster, name: &str, partitions: i32, replicas: i32) {
     let admin = cluster.admin();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let results = common::clients::block_on(admin.create_topics([&topic], &options)).expect("create topics");
     for result in results {
@@ -293,4 +321,124 @@ fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
     let run = common::run_sluice(&other, Duration::from_secs(30));
     assert!(!run.status.success());
     assert!(run.stderr.contains("node.id") && run.stderr.contains("belongs to node 1"), "{}", run.stderr);
+}
+
+/// The bytes of every segment of a partition on one node, in offset order.
+fn partition_bytes(node: &TestBroker, topic: &str, partition: i32) -> Vec<u8> {
+    let dir = node.data_dir().join(format!("{topic}-{partition}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
+    let long = std::env::var("SLUICE_LONG_TESTS").is_ok_and(|v| v == "1");
+    let kills = if long { 20 } else { 3 };
+    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    const PARTITIONS: i32 = 3;
+    create_replicated_topic(&cluster, "replicated", PARTITIONS, 3);
+
+    // An idempotent acks=all producer runs throughout, recording what was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(i32, i64, String, Instant)>::new()));
+    let producer: FutureProducer = cluster
+        .client()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let producing = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut next = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sends: Vec<_> = (next..next + 50)
+                    .map(|i| {
+                        let value = format!("v{i}");
+                        let record = FutureRecord::to("replicated").partition((i % 3) as i32).key("k").payload(&value);
+                        (value.clone(), producer.send_result(record).expect("queue"))
+                    })
+                    .collect();
+                next += 50;
+                for (value, send) in sends {
+                    if let Ok(Ok(delivery)) = common::clients::block_on(send) {
+                        acked.lock().unwrap().push((delivery.partition, delivery.offset, value, Instant::now()));
+                    }
+                }
+            }
+        })
+    };
+    let mut failovers = Vec::new();
+    for kill in 0..kills {
+        let partition = kill % PARTITIONS as usize;
+        let victim = wait_for("a leader to kill", Duration::from_secs(30), || {
+            let partitions = cluster.partitions("replicated");
+            let (leader, isr) = partitions.get(partition)?.clone();
+            (leader >= 0 && partitions.iter().all(|(_, isr)| isr.len() == 3) && isr.len() == 3).then_some(leader)
+        });
+        let acked_before = acked.lock().unwrap().len();
+        let killed_at = Instant::now();
+        cluster.nodes.get_mut(&victim).unwrap().kill9();
+        let recovered = wait_for("an acknowledgement after the kill", Duration::from_secs(60), || {
+            let acked = acked.lock().unwrap();
+            acked[acked_before..].iter().find(|(p, ..)| *p == partition as i32).map(|(.., at)| *at)
+        });
+        failovers.push(recovered.saturating_duration_since(killed_at));
+        cluster.nodes.get_mut(&victim).unwrap().start_again();
+        cluster.wait_for_brokers(NODES as usize);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producing.join().expect("the producer thread");
+    failovers.sort();
+    eprintln!(
+        "failover after {kills} leader kills: p50 {:?}, max {:?}",
+        failovers[failovers.len() / 2],
+        failovers.last().unwrap()
+    );
+
+    // Every acknowledged record is there once, at the offset it was acknowledged at.
+    let acked = acked.lock().unwrap().clone();
+    let seen = consume_all(&cluster, "replicated", PARTITIONS, acked.len());
+    let mut by_offset: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for (partition, values) in &seen {
+        let mut unique = std::collections::BTreeSet::new();
+        for value in values {
+            assert!(unique.insert(value.clone()), "{value} was read twice from partition {partition}");
+        }
+    }
+    let consumer: BaseConsumer = cluster.client().set("group.id", "offsets").create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset("replicated", partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let total: usize = seen.values().map(Vec::len).sum();
+    wait_for("every record with its offset", Duration::from_secs(60), || {
+        while let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            by_offset.insert((message.partition(), message.offset()), value);
+        }
+        (by_offset.len() >= total).then_some(())
+    });
+    for (partition, offset, value, _) in &acked {
+        assert_eq!(by_offset.get(&(*partition, *offset)), Some(value), "acknowledged {value} at {partition}/{offset}");
+    }
+
+    // Every replica holds the same batches (the segment files, not just the API).
+    wait_for("every replica back in sync", Duration::from_secs(60), || {
+        let partitions = cluster.partitions("replicated");
+        let in_sync = partitions.len() == PARTITIONS as usize && partitions.iter().all(|(_, isr)| isr.len() == 3);
+        let same = (0..PARTITIONS).all(|p| {
+            let copies: Vec<Vec<u8>> = cluster.nodes.values().map(|n| partition_bytes(n, "replicated", p)).collect();
+            copies.windows(2).all(|w| w[0] == w[1])
+        });
+        (in_sync && same).then_some(())
+    });
 }
