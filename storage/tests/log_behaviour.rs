@@ -894,3 +894,58 @@ fn segment_jitter_ms_rolls_segments_early_by_a_different_amount_each() {
     assert!(jittered.iter().all(|&age| age <= 10_000), "never later than segment.ms: {jittered:?}");
     assert!(jittered.iter().any(|&age| age != jittered[0]), "each segment its own jitter: {jittered:?}");
 }
+
+#[test]
+fn a_follower_holds_the_leaders_batches_byte_for_byte_with_its_transactions_and_epochs() {
+    use sluice_storage::{AbortedTxn, MarkerKind, ProducerId};
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(leader_dir.path(), small_segments());
+    let follower = open(follower_dir.path(), small_segments());
+    leader.append(&batch(1, 2, 300), LeaderEpoch(1), 1).unwrap();
+    leader.append(&transactional(2, 0, 0, 2), LeaderEpoch(1), 1).unwrap();
+    leader.append(&batch(2, 3, 300), LeaderEpoch(3), 1).unwrap();
+    leader.append_marker(ProducerId(2), 0, MarkerKind::Abort, 0, LeaderEpoch(3), 1).unwrap();
+    for i in 0..20 {
+        leader.append(&batch(3 + i, 2, 300), LeaderEpoch(4), 1).unwrap();
+    }
+    let end = leader.log_end_offset();
+    leader.advance_high_watermark(end);
+
+    // Replicate as a fetcher does: whatever the leader reads, the follower appends.
+    let mut next = Offset(0);
+    while next < end {
+        let read = leader.read(next, 2000, end).unwrap();
+        for stored in RecordBatch::iter_batches(read.records) {
+            let stored = stored.unwrap();
+            follower.append_replicated(stored.as_bytes(), 5).unwrap().wait_durable().unwrap();
+            next = Offset(stored.last_offset() + 1);
+        }
+    }
+    assert_eq!(follower.log_end_offset(), end);
+    let gap = batch(9, 1, 1);
+    assert!(follower.append_replicated(&gap, 5).is_err(), "a batch not at the log end is refused");
+    follower.advance_high_watermark(end);
+    let bytes = |log: &PartitionLog| {
+        let mut offset = Offset(0);
+        let mut out = Vec::new();
+        while offset < log.log_end_offset() {
+            let read = log.read(offset, 1 << 20, log.log_end_offset()).unwrap();
+            for b in RecordBatch::iter_batches(read.records) {
+                let b = b.unwrap();
+                out.extend_from_slice(b.as_bytes());
+                offset = Offset(b.last_offset() + 1);
+            }
+        }
+        out
+    };
+    assert_eq!(bytes(&follower), bytes(&leader), "the follower stores exactly what the leader did");
+    assert_eq!(follower.latest_epoch(), LeaderEpoch(4));
+    assert_eq!(follower.end_offset_for_epoch(LeaderEpoch(1)), leader.end_offset_for_epoch(LeaderEpoch(1)));
+    let aborted = AbortedTxn { producer_id: 2, first_offset: 2, last_offset: 7, last_stable_offset: 2 };
+    assert_eq!(follower.aborted_transactions(Offset(0), end), vec![aborted]);
+    assert_eq!(leader.aborted_transactions(Offset(0), end), vec![aborted]);
+    drop(follower);
+    let reopened = open(follower_dir.path(), small_segments());
+    assert_eq!(reopened.log_end_offset(), end);
+    reopened.verify().unwrap();
+}
