@@ -442,3 +442,50 @@ fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
         (in_sync && same).then_some(())
     });
 }
+
+/// Kafka's partition of a coordinator key: `abs(hashCode) % partitions`, Java's String hash.
+fn coordinator_partition(key: &str, partitions: i32) -> i32 {
+    let hash = key.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)));
+    (hash & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn a_group_keeps_its_committed_offsets_when_its_coordinator_is_killed() {
+    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    create_replicated_topic(&cluster, "watched", 3, 3);
+    produce(&cluster, "watched", 3, 0, 300);
+    let commit = |cluster: &Cluster, offset: i64| {
+        let consumer: BaseConsumer = cluster.client().set("group.id", "survivor").create().unwrap();
+        let mut offsets = TopicPartitionList::new();
+        for partition in 0..3 {
+            offsets.add_partition_offset("watched", partition, Offset::Offset(offset)).unwrap();
+        }
+        wait_for("a commit the coordinator takes", Duration::from_secs(60), || {
+            consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync).ok()
+        });
+    };
+    commit(&cluster, 42);
+
+    // The coordinator is the leader of the group's partition of __consumer_offsets.
+    let offsets_partition = coordinator_partition("survivor", 50) as usize;
+    let coordinator = wait_for("the offsets partition's leader", Duration::from_secs(30), || {
+        let partitions = cluster.partitions("__consumer_offsets");
+        let (leader, isr) = partitions.get(offsets_partition)?.clone();
+        (leader >= 0 && isr.len() == 3).then_some(leader)
+    });
+    cluster.nodes.get_mut(&coordinator).unwrap().kill9();
+
+    let consumer: BaseConsumer = cluster.client().set("group.id", "survivor").create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..3 {
+        wanted.add_partition("watched", partition);
+    }
+    let committed = wait_for("the committed offsets from the new coordinator", Duration::from_secs(60), || {
+        let committed = consumer.committed_offsets(wanted.clone(), Duration::from_secs(5)).ok()?;
+        committed.elements().iter().all(|e| e.offset() == Offset::Offset(42)).then_some(committed)
+    });
+    assert_eq!(committed.count(), 3);
+    // And it takes new commits.
+    commit(&cluster, 43);
+    cluster.nodes.get_mut(&coordinator).unwrap().start_again();
+}

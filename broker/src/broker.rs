@@ -97,15 +97,23 @@ impl Broker {
             config_for(&defaults, topic)
         })?);
         let reconciled = Arc::new(Reconciled::new(metadata.offset));
+        // The coordinators follow leadership of their topics' partitions; they exist after the
+        // publisher starts.
+        let coordinators: Arc<std::sync::OnceLock<Arc<GroupCoordinator>>> = Default::default();
         let controller = Arc::new(Controller::new(config.clone(), quorum.clone(), defaults, reconciled.clone()));
         let publisher = {
-            let (controller, replicas) = (controller.clone(), replicas.clone());
+            let (controller, replicas, coordinators) = (controller.clone(), replicas.clone(), coordinators.clone());
             MetadataPublisher::start(
                 published,
                 move |image| {
                     let defaults = controller.refresh_defaults(image);
                     if let Err(err) = replicas.apply_image(image, |topic| config_for(&defaults, topic)) {
                         tracing::error!(%err, offset = image.offset, "applying metadata to this broker's partitions failed");
+                    }
+                    if let Some(groups) = coordinators.get() {
+                        if let Err(err) = groups.follow_leadership() {
+                            tracing::error!(%err, "loading the groups of newly led offsets partitions failed");
+                        }
                     }
                 },
                 reconciled,
@@ -129,6 +137,7 @@ impl Broker {
             controller.compact_internal_topic(OFFSETS_TOPIC, config.groups.offsets_topic_segment_bytes);
             groups.load(offsets_topic.partitions)?;
         }
+        coordinators.set(groups.clone()).ok();
         let txns = TransactionCoordinator::new(
             config.transactions.clone(),
             internal_topics,

@@ -212,11 +212,20 @@ pub struct TransactionConfig {
     /// `transaction.state.log.segment.bytes` (16 MiB here, below Kafka's 100 MiB: the topic
     /// is compacted, and only closed segments are cleaned).
     pub state_segment_bytes: u32,
+    /// `transaction.state.log.replication.factor` and `transaction.state.log.min.isr`.
+    pub state_replication_factor: i32,
+    pub state_min_isr: i32,
 }
 
 impl Default for TransactionConfig {
     fn default() -> Self {
-        TransactionConfig { max_timeout_ms: 900_000, state_partitions: 50, state_segment_bytes: 16 << 20 }
+        TransactionConfig {
+            max_timeout_ms: 900_000,
+            state_partitions: 50,
+            state_segment_bytes: 16 << 20,
+            state_replication_factor: 3,
+            state_min_isr: 2,
+        }
     }
 }
 
@@ -234,6 +243,8 @@ pub struct GroupConfig {
     pub max_size: usize,
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
     pub offsets_topic_partitions: i32,
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` (Kafka's 3).
+    pub offsets_topic_replication_factor: i32,
     /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets` (16 MiB here, below
     /// Kafka's 100 MiB: the topic is compacted, and only closed segments are cleaned, so
     /// this bounds the garbage a partition keeps).
@@ -258,6 +269,7 @@ impl Default for GroupConfig {
             max_session_timeout_ms: 1_800_000,
             max_size: i32::MAX as usize,
             offsets_topic_partitions: 50,
+            offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: 16 << 20,
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
@@ -373,11 +385,14 @@ pub const KEYS: &[&str] = &[
     "offsets.retention.check.interval.ms",
     "offsets.retention.minutes",
     "offsets.topic.num.partitions",
+    "offsets.topic.replication.factor",
     "offsets.topic.segment.bytes",
     "producer.id.expiration.ms",
     "socket.request.max.bytes",
     "transaction.max.timeout.ms",
+    "transaction.state.log.min.isr",
     "transaction.state.log.num.partitions",
+    "transaction.state.log.replication.factor",
     "transaction.state.log.segment.bytes",
 ];
 
@@ -586,6 +601,9 @@ impl GroupConfig {
                 self.consumer_heartbeat_interval_ms = setting.int(1, I32_MAX)? as i32
             }
             "group.consumer.session.timeout.ms" => self.consumer_session_timeout_ms = setting.int(1, I32_MAX)? as i32,
+            "offsets.topic.replication.factor" => {
+                self.offsets_topic_replication_factor = setting.int(1, i64::from(i16::MAX))? as i32
+            }
             "offsets.topic.num.partitions" => self.offsets_topic_partitions = setting.int(1, 1000)? as i32,
             "offsets.topic.segment.bytes" => self.offsets_topic_segment_bytes = setting.int(64 << 10, I32_MAX)? as u32,
             "offset.metadata.max.bytes" => {
@@ -607,6 +625,10 @@ impl TransactionConfig {
         match setting.key {
             "transaction.max.timeout.ms" => self.max_timeout_ms = setting.int(1, i64::from(i32::MAX))? as i32,
             "transaction.state.log.num.partitions" => self.state_partitions = setting.int(1, 1000)? as i32,
+            "transaction.state.log.replication.factor" => {
+                self.state_replication_factor = setting.int(1, i64::from(i16::MAX))? as i32
+            }
+            "transaction.state.log.min.isr" => self.state_min_isr = setting.int(1, i64::from(i16::MAX))? as i32,
             "transaction.state.log.segment.bytes" => {
                 self.state_segment_bytes = setting.int(64 << 10, i64::from(i32::MAX))? as u32
             }

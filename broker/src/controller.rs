@@ -199,7 +199,18 @@ impl Controller {
     /// Creates an internal topic the first time its coordinator needs it (as Kafka does), and
     /// returns its partition count. Blocking: metadata is fsynced.
     fn ensure_internal_topic(&self, name: &str, partitions: i32, segment_bytes: u32) -> Result<i32, ResponseError> {
-        match self.create_topic(name, partitions, internal_topics::configs(segment_bytes), false) {
+        let (factor, min_isr) = if name == internal_topics::TRANSACTION_STATE_TOPIC {
+            (self.config.transactions.state_replication_factor, self.config.transactions.state_min_isr)
+        } else {
+            (self.config.groups.offsets_topic_replication_factor, 1)
+        };
+        // Kafka's factors (3) assume a cluster of three; a smaller quorum (a single node)
+        // gets as many replicas as it has voters, so no configuration is needed to start one.
+        let voters = self.config.cluster.quorum_voters(self.config.node_id).len() as i32;
+        let factor = factor.min(voters);
+        let mut configs = internal_topics::configs(segment_bytes);
+        configs.insert("min.insync.replicas".into(), min_isr.min(factor).to_string());
+        match self.create_topic_with(name, partitions, factor, None, configs, false) {
             Ok(topic) => Ok(topic.partitions),
             Err(err) if err.code == ResponseError::TopicAlreadyExists => {
                 self.compact_internal_topic(name, segment_bytes);

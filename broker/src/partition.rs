@@ -35,6 +35,8 @@ pub struct Partition {
     /// Woken when the log grows (followers long-polling for new data) or the high
     /// watermark moves (acks=all produces waiting for the ISR).
     pub(crate) progress: Notify,
+    /// The same for threads that block (coordinators' appends waiting for the ISR).
+    pub(crate) high_watermark_moved: (Mutex<()>, parking_lot::Condvar),
 }
 
 /// The leader's view of its partition's replication (Kafka's `Partition` ISR state).
@@ -57,6 +59,9 @@ pub(crate) struct Follower {
     pub(crate) log_end_offset: i64,
     pub(crate) last_caught_up_ms: i64,
 }
+
+/// How long the broker's own writers wait for the ISR to have an append.
+const REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An ISR change the leader asks the controller for (Kafka's AlterPartition).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +105,20 @@ impl PendingAppend {
         self.outcome.durable_handle().needs_fsync()
     }
 
+    /// Whether [`Self::wait_committed`] blocks (an fsync, or in-sync followers to wait for).
+    pub fn must_wait_committed(&self) -> bool {
+        self.must_wait() || self.partition.has_insync_followers()
+    }
+
+    /// [`Self::wait_durable`], then (with followers in the ISR) until every in-sync replica
+    /// has the append: what the broker's own writers acknowledge on. Blocking.
+    pub fn wait_committed(self) -> sluice_storage::Result<DurableAppend> {
+        let (partition, end) = (self.partition.clone(), self.end_offset());
+        let durable = self.wait_durable()?;
+        partition.wait_replicated_blocking(end)?;
+        Ok(durable)
+    }
+
     /// Blocks until the append is durable, then makes it visible: the high watermark moves
     /// past it and fetches waiting on the partition wake.
     pub fn wait_durable(self) -> sluice_storage::Result<DurableAppend> {
@@ -126,6 +145,7 @@ impl Partition {
             leadership: AtomicU64::new(0),
             replication: Mutex::new(Replication { local_end, ..Replication::default() }),
             progress: Notify::new(),
+            high_watermark_moved: (Mutex::new(()), parking_lot::Condvar::new()),
         };
         partition.set_leadership(true, 0);
         partition
@@ -166,9 +186,26 @@ impl Partition {
         Ok(self.pending(outcome))
     }
 
-    /// [`Self::append`], then [`PendingAppend::wait_durable`]. Blocking.
+    /// [`Self::append`], then [`PendingAppend::wait_durable`], then (with followers in the
+    /// ISR) until every in-sync replica has it: what the broker's own writers (coordinators,
+    /// markers, job sinks) acknowledge on. Blocking.
     pub fn append_durable(self: &Arc<Self>, batch: &[u8], now_ms: i64) -> sluice_storage::Result<DurableAppend> {
-        self.append(batch, now_ms)?.wait_durable()
+        self.append(batch, now_ms)?.wait_committed()
+    }
+
+    /// Blocks until the high watermark passes `end` (bounded by [`REPLICATION_TIMEOUT`]).
+    pub(crate) fn wait_replicated_blocking(&self, end: Offset) -> sluice_storage::Result<()> {
+        let deadline = std::time::Instant::now() + REPLICATION_TIMEOUT;
+        let (lock, moved) = &self.high_watermark_moved;
+        let mut guard = lock.lock();
+        while self.log.high_watermark() < end {
+            if !self.is_leader()
+                || moved.wait_until(&mut guard, deadline).timed_out() && self.log.high_watermark() < end
+            {
+                return Err(sluice_storage::Error::AppendTruncated { offset: Offset(end.0 - 1) });
+            }
+        }
+        Ok(())
     }
 
     fn pending(self: &Arc<Self>, outcome: AppendOutcome) -> PendingAppend {
@@ -196,6 +233,11 @@ impl Partition {
         let advanced = self.log.advance_high_watermark(end);
         debug_assert!(advanced <= self.log.log_end_offset(), "the high watermark passed the log end offset");
         self.progress.notify_waiters();
+        {
+            let (lock, moved) = &self.high_watermark_moved;
+            let _held = lock.lock();
+            moved.notify_all();
+        }
         for waiter in std::mem::take(&mut *self.fetch_waiters.lock()) {
             if let Some(waiter) = waiter.upgrade() {
                 waiter.notify_one();

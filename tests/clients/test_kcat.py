@@ -107,8 +107,12 @@ def test_produce_and_consume(broker, codec):
     assert sorted(consumed_lines) == sorted(tuple(line.split("\t")) for line in lines)
 
     # kcat falls back to no compression silently when it believes the broker cannot take the
-    # codec; the stored batches show what it really sent.
-    assert set(broker.stored_codecs(topic)) == {codec}
+    # codec; the stored batches show what it really sent. librdkafka also sends a batch
+    # uncompressed when compressing would not shrink it (a small batch of a busy run), so a
+    # few uncompressed batches beside the codec's are fine; only the codec's batches count.
+    stored = broker.stored_codecs(topic)
+    assert set(stored) <= {codec, "none"}, stored
+    assert stored.get(codec, 0) > stored.get("none", 0), stored
 
 
 def test_offsets(broker):

@@ -43,7 +43,7 @@ const REPLY_SLACK: Duration = Duration::from_secs(5);
 
 /// Waits until a deletion's tombstones are durable.
 pub(super) fn wait_tombstones(tombstones: Option<PendingAppend>) -> Result<(), ResponseError> {
-    match tombstones.map(PendingAppend::wait_durable) {
+    match tombstones.map(PendingAppend::wait_committed) {
         Some(Err(err)) => {
             tracing::error!(%err, "group tombstones not durable");
             Err(ResponseError::KafkaStorageError)

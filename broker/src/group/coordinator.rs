@@ -67,6 +67,9 @@ pub struct GroupCoordinator {
     pub(super) groups: Mutex<HashMap<Arc<str>, Arc<Mutex<Group>>>>,
     /// Partitions of `__consumer_offsets`; 0 until the topic exists.
     pub(super) offsets_partitions: AtomicI32,
+    /// The `__consumer_offsets` partitions whose groups are loaded here: those this broker
+    /// leads, once their records are replayed.
+    pub(super) loaded: Mutex<std::collections::BTreeSet<i32>>,
     next_expiry_check: Mutex<Instant>,
 }
 
@@ -85,6 +88,7 @@ impl GroupCoordinator {
             clock,
             groups: Mutex::new(HashMap::new()),
             offsets_partitions: AtomicI32::new(0),
+            loaded: Mutex::new(Default::default()),
             next_expiry_check: Mutex::new(first_check),
         }
     }
@@ -101,6 +105,9 @@ impl GroupCoordinator {
             self.config.offsets_topic_segment_bytes,
         )?;
         self.offsets_partitions.store(partitions, Ordering::Release);
+        if let Err(err) = self.follow_leadership() {
+            tracing::error!(%err, "loading groups failed");
+        }
         Ok(())
     }
 
@@ -134,10 +141,16 @@ impl GroupCoordinator {
         if partitions == 0 {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        self.replicas
-            .partition(OFFSETS_TOPIC, partition_for(group, partitions))
+        let index = partition_for(group, partitions);
+        let partition = self
+            .replicas
+            .partition(OFFSETS_TOPIC, index)
             .filter(|p| p.is_leader())
-            .ok_or(ResponseError::NotCoordinator)
+            .ok_or(ResponseError::NotCoordinator)?;
+        if !self.loaded.lock().contains(&index) {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        Ok(partition)
     }
 
     /// Appends a group's records to its `__consumer_offsets` partition, one batch.
@@ -302,7 +315,7 @@ impl GroupCoordinator {
     /// Waits for a commit's record to be durable (on a blocking thread when that means an
     /// fsync), so that it can be acknowledged.
     pub async fn complete_commit(pending: PendingCommit) -> Vec<Option<ResponseError>> {
-        if pending.append.as_ref().is_some_and(PendingAppend::must_wait) {
+        if pending.append.as_ref().is_some_and(PendingAppend::must_wait_committed) {
             let count = pending.results.len();
             return tokio::task::spawn_blocking(move || GroupCoordinator::complete_commit_blocking(pending))
                 .await
@@ -318,8 +331,8 @@ impl GroupCoordinator {
     /// [`Self::complete_commit`] for callers on their own threads (in-broker jobs).
     pub fn complete_commit_blocking(mut pending: PendingCommit) -> Vec<Option<ResponseError>> {
         let Some(append) = pending.append.take() else { return pending.results };
-        if let Err(err) = append.wait_durable() {
-            tracing::error!(%err, "offset commit not durable");
+        if let Err(err) = append.wait_committed() {
+            tracing::error!(%err, "offset commit not durable in the ISR");
             for result in pending.results.iter_mut().filter(|r| r.is_none()) {
                 *result = Some(ResponseError::KafkaStorageError);
             }

@@ -1,6 +1,8 @@
-//! Loading the coordinator's state from `__consumer_offsets` at start: every record is
-//! replayed in log order (the last one per key wins, tombstones delete), transactional
-//! offsets wait for their markers, and an unreadable batch is reported and skipped.
+//! Loading the coordinator's state from `__consumer_offsets`: at start, and whenever this
+//! broker comes to lead one of its partitions (a coordinator failover), that partition's
+//! records are replayed in log order (the last one per key wins, tombstones delete),
+//! transactional offsets wait for their markers, and an unreadable batch is reported and
+//! skipped. A partition this broker no longer leads has its groups dropped here.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,16 +17,46 @@ use super::record::{GroupValue, OffsetValue, RecordKey};
 use super::state::Group;
 use super::txn_offsets;
 use crate::clock::Now;
-use crate::internal_topics::OFFSETS_TOPIC;
+use crate::internal_topics::{partition_for, OFFSETS_TOPIC};
 
 impl GroupCoordinator {
-    /// Rebuilds every group from `__consumer_offsets`, if it exists: the last record per key
-    /// wins and tombstones delete. A record that does not decode is logged and skipped.
+    /// Rebuilds the groups of every `__consumer_offsets` partition this broker leads.
     pub(crate) fn load(&self, partitions: i32) -> crate::Result<()> {
+        self.offsets_partitions.store(partitions, Ordering::Release);
+        self.follow_leadership()
+    }
+
+    /// Loads the groups of the offsets partitions this broker has come to lead and drops those
+    /// of the partitions it no longer leads. Blocking (it replays logs); called as metadata
+    /// changes.
+    pub(crate) fn follow_leadership(&self) -> crate::Result<()> {
+        let Some(topic) = self.replicas.image().topic(OFFSETS_TOPIC).cloned() else { return Ok(()) };
+        self.offsets_partitions.store(topic.partitions, Ordering::Release);
+        let led: Vec<i32> = (0..topic.partitions)
+            .filter(|&i| self.replicas.partition(OFFSETS_TOPIC, i).is_some_and(|p| p.is_leader()))
+            .collect();
+        let loaded = self.loaded.lock().clone();
+        let lost: Vec<i32> = loaded.iter().copied().filter(|i| !led.contains(i)).collect();
+        if !lost.is_empty() {
+            self.groups.lock().retain(|id, _| !lost.contains(&partition_for(id, topic.partitions)));
+            self.loaded.lock().retain(|i| !lost.contains(i));
+            tracing::info!(partitions = ?lost, "dropped the groups of offsets partitions led elsewhere now");
+        }
+        let gained: Vec<i32> = led.into_iter().filter(|i| !loaded.contains(i)).collect();
+        if !gained.is_empty() {
+            self.load_partitions(&gained)?;
+            self.loaded.lock().extend(gained);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the groups of these `__consumer_offsets` partitions: the last record per key
+    /// wins and tombstones delete. A record that does not decode is logged and skipped.
+    fn load_partitions(&self, indexes: &[i32]) -> crate::Result<()> {
         let started = Instant::now();
         let mut groups: HashMap<String, Group> = HashMap::new();
         let mut records = 0u64;
-        for index in 0..partitions {
+        for &index in indexes {
             let Some(partition) = self.replicas.partition(OFFSETS_TOPIC, index) else { continue };
             let mut open_txns = txn_offsets::OpenTxns::default();
             // The clock is read as each record is applied: a restored member's session runs
@@ -53,8 +85,13 @@ impl GroupCoordinator {
                 map.insert(Arc::from(id), Arc::new(Mutex::new(group)));
             }
         }
-        self.offsets_partitions.store(partitions, Ordering::Release);
-        tracing::info!(groups = map.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "groups loaded");
+        tracing::info!(
+            partitions = indexes.len(),
+            groups = map.len(),
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "groups loaded"
+        );
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ impl MarkerWriter {
         };
         let kind = if commit { MarkerKind::Commit } else { MarkerKind::Abort };
         let written =
-            partition.append_marker(producer_id, producer_epoch, kind, now_ms).and_then(PendingAppend::wait_durable);
+            partition.append_marker(producer_id, producer_epoch, kind, now_ms).and_then(PendingAppend::wait_committed);
         match written {
             Ok(_) => {}
             // Deleted while the marker was written.
