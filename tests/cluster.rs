@@ -489,3 +489,93 @@ fn a_group_keeps_its_committed_offsets_when_its_coordinator_is_killed() {
     commit(&cluster, 43);
     cluster.nodes.get_mut(&coordinator).unwrap().start_again();
 }
+
+type Transactional = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+fn transactional(cluster: &Cluster, id: &str) -> Transactional {
+    use rdkafka::producer::Producer;
+    let producer: Transactional = cluster
+        .client()
+        .set("transactional.id", id)
+        .set("linger.ms", "1")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "200")
+        .create()
+        .expect("transactional producer");
+    producer.init_transactions(Duration::from_secs(60)).expect("InitProducerId");
+    producer
+}
+
+/// One transaction of `count` records, `prefix-N`, spread round robin over the partitions.
+fn transaction(producer: &Transactional, prefix: &str, count: usize, commit: bool) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    producer.begin_transaction().expect("begin");
+    for i in 0..count {
+        let value = format!("{prefix}-{i}");
+        let record = BaseRecord::<str, str>::to("spanning").partition((i % 3) as i32).key("k").payload(&value);
+        producer.send(record).expect("queue");
+    }
+    if commit {
+        producer.commit_transaction(Duration::from_secs(60)).expect("commit");
+    } else {
+        producer.abort_transaction(Duration::from_secs(60)).expect("abort");
+    }
+}
+
+/// What a read_committed consumer reads of the whole topic, once it has `expected` records.
+fn read_committed(cluster: &Cluster, expected: usize) -> Vec<String> {
+    let consumer: BaseConsumer =
+        cluster.client().set("group.id", "rc").set("isolation.level", "read_committed").create().unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..3 {
+        assignment.add_partition_offset("spanning", partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut values = Vec::new();
+    wait_for("the committed records", Duration::from_secs(60), || {
+        while let Some(Ok(message)) = consumer.poll(Duration::from_millis(300)) {
+            values.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+        }
+        (values.len() >= expected).then_some(())
+    });
+    // Nothing more arrives (an aborted record would).
+    while let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
+        values.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
+    }
+    values.sort();
+    values
+}
+
+#[test]
+fn transactions_span_brokers_and_survive_their_coordinators_death() {
+    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    create_replicated_topic(&cluster, "spanning", 3, 3);
+    let leaders: std::collections::BTreeSet<i32> = cluster.leaders("spanning").into_iter().collect();
+    assert_eq!(leaders.len(), 3, "the transaction's partitions are led by three brokers");
+
+    let producer = transactional(&cluster, "spanning-writer");
+    transaction(&producer, "first", 30, true);
+    transaction(&producer, "aborted", 30, false);
+    transaction(&producer, "second", 30, true);
+    let mut expected: Vec<String> =
+        (0..30).map(|i| format!("first-{i}")).chain((0..30).map(|i| format!("second-{i}"))).collect();
+    expected.sort();
+    assert_eq!(read_committed(&cluster, 60), expected);
+    drop(producer);
+
+    // Kill the coordinator: the leader of the id's partition of __transaction_state.
+    let state_partition = coordinator_partition("spanning-writer", 50) as usize;
+    let coordinator = wait_for("the state partition's leader", Duration::from_secs(30), || {
+        let partitions = cluster.partitions("__transaction_state");
+        let (leader, isr) = partitions.get(state_partition)?.clone();
+        (leader >= 0 && isr.len() == 3).then_some(leader)
+    });
+    cluster.nodes.get_mut(&coordinator).unwrap().kill9();
+    cluster.wait_for_brokers(NODES as usize - 1);
+    let producer = transactional(&cluster, "spanning-writer");
+    transaction(&producer, "third", 30, true);
+    expected.extend((0..30).map(|i| format!("third-{i}")));
+    expected.sort();
+    assert_eq!(read_committed(&cluster, 90), expected);
+    cluster.nodes.get_mut(&coordinator).unwrap().start_again();
+}

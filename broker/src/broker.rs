@@ -30,7 +30,7 @@ pub struct Broker {
     pub(crate) controller: Arc<Controller>,
     pub(crate) replicas: Arc<ReplicaManager>,
     pub(crate) groups: Arc<GroupCoordinator>,
-    pub(crate) txns: TransactionCoordinator,
+    pub(crate) txns: Arc<TransactionCoordinator>,
     /// The clock every state machine of the broker reads.
     pub(crate) clock: Arc<dyn Clock>,
     /// When retention last ran over every log (wall ms).
@@ -99,7 +99,8 @@ impl Broker {
         let reconciled = Arc::new(Reconciled::new(metadata.offset));
         // The coordinators follow leadership of their topics' partitions; they exist after the
         // publisher starts.
-        let coordinators: Arc<std::sync::OnceLock<Arc<GroupCoordinator>>> = Default::default();
+        let coordinators: Arc<std::sync::OnceLock<(Arc<GroupCoordinator>, Arc<TransactionCoordinator>)>> =
+            Default::default();
         let controller = Arc::new(Controller::new(config.clone(), quorum.clone(), defaults, reconciled.clone()));
         let publisher = {
             let (controller, replicas, coordinators) = (controller.clone(), replicas.clone(), coordinators.clone());
@@ -110,9 +111,12 @@ impl Broker {
                     if let Err(err) = replicas.apply_image(image, |topic| config_for(&defaults, topic)) {
                         tracing::error!(%err, offset = image.offset, "applying metadata to this broker's partitions failed");
                     }
-                    if let Some(groups) = coordinators.get() {
+                    if let Some((groups, txns)) = coordinators.get() {
                         if let Err(err) = groups.follow_leadership() {
                             tracing::error!(%err, "loading the groups of newly led offsets partitions failed");
+                        }
+                        if let Err(err) = txns.follow_leadership(true) {
+                            tracing::error!(%err, "loading the transactions of newly led state partitions failed");
                         }
                     }
                 },
@@ -137,15 +141,14 @@ impl Broker {
             controller.compact_internal_topic(OFFSETS_TOPIC, config.groups.offsets_topic_segment_bytes);
             groups.load(offsets_topic.partitions)?;
         }
-        coordinators.set(groups.clone()).ok();
-        let txns = TransactionCoordinator::new(
+        let txns = Arc::new(TransactionCoordinator::new(
             config.transactions.clone(),
             internal_topics,
             ProducerIdBlocks::new(controller.clone()),
             replicas.clone(),
-            MarkerWriter::new(replicas.clone(), groups.clone()),
+            MarkerWriter::new(replicas.clone(), groups.clone(), inter_broker_listener(&config)),
             clock.clone(),
-        );
+        ));
         if let Some(state_topic) = metadata.topic(TRANSACTION_STATE_TOPIC) {
             controller.compact_internal_topic(TRANSACTION_STATE_TOPIC, config.transactions.state_segment_bytes);
             txns.load(state_topic.partitions)?;
@@ -157,6 +160,7 @@ impl Broker {
             "broker state loaded"
         );
         txns.complete_prepared();
+        coordinators.set((groups.clone(), txns.clone())).ok();
         let last_retention_ms = clock.now_ms().into();
         let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots);
         Ok(Arc::new(Broker {
@@ -329,6 +333,11 @@ impl Drop for Broker {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The listener brokers reach each other on.
+pub(crate) fn inter_broker_listener(config: &BrokerConfig) -> String {
+    config.cluster.inter_broker_listener_name.clone().unwrap_or_else(|| config.cluster.listener_name.clone())
 }
 
 fn heartbeat_of(

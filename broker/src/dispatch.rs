@@ -184,6 +184,9 @@ pub const APIS: &[ApiSpec] = &[
     api!(TxnOffsetCommit, 0, 4, TxnOffsetCommitRequest, |call, req| {
         call.reply(&api::txn::txn_offset_commit(call.broker, &call.header, req).await)
     }),
+    api!(WriteTxnMarkers, 1, 1, WriteTxnMarkersRequest, |call, req| {
+        call.reply(&api::txn_markers::write_txn_markers(call.broker, &call.header, req).await)
+    }),
     api!(DescribeProducers, 0, 0, DescribeProducersRequest, |call, req| {
         call.reply(&api::txn_describe::describe_producers(call.broker, &call.header, req))
     }),
@@ -297,6 +300,7 @@ mod tests {
             ApiKey::DescribeProducers => RequestKind::DescribeProducers(DescribeProducersRequest::default()),
             ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(DescribeTransactionsRequest::default()),
             ApiKey::ListTransactions => RequestKind::ListTransactions(ListTransactionsRequest::default()),
+            ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

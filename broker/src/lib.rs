@@ -20,6 +20,7 @@ mod error;
 mod fetch_session;
 mod group;
 pub mod in_process;
+mod inter_broker;
 mod internal_topics;
 mod isr;
 mod liveness;

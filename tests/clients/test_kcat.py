@@ -112,7 +112,8 @@ def test_produce_and_consume(broker, codec):
     # few uncompressed batches beside the codec's are fine; only the codec's batches count.
     stored = broker.stored_codecs(topic)
     assert set(stored) <= {codec, "none"}, stored
-    assert stored.get(codec, 0) > stored.get("none", 0), stored
+    if codec != "none":
+        assert stored.get(codec, 0) > stored.get("none", 0), stored
 
 
 def test_offsets(broker):

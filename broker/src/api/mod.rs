@@ -18,6 +18,7 @@ pub mod replica_fetch;
 pub mod topics;
 pub mod txn;
 pub mod txn_describe;
+pub mod txn_markers;
 
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;

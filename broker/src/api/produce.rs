@@ -33,6 +33,7 @@ fn append(
     partition: &Arc<Partition>,
     index: i32,
     records: Option<&[u8]>,
+    transactional_id: Option<&str>,
     now_ms: i64,
 ) -> (PartitionProduceResponse, Option<PendingAppend>) {
     let Some(records) = records.filter(|r| !r.is_empty()) else {
@@ -52,7 +53,16 @@ fn append(
             // ongoing transaction, checked and appended under the transaction's lock, so a
             // late or retried write cannot slip past the transaction's end.
             let epoch = format::peek_producer_epoch(records).unwrap_or(-1);
-            match broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append) {
+            let checked = match transactional_id.filter(|id| !broker.txns.coordinates(id)) {
+                // Another broker coordinates the transaction: it is asked (blocking this
+                // worker for a round trip, once per transaction and partition).
+                Some(id) => tokio::task::block_in_place(|| {
+                    broker.txns.verify_remotely(id, producer_id, epoch, &partition.topic, index)
+                })
+                .map(|()| append()),
+                None => broker.txns.in_transaction(producer_id, epoch, &partition.topic, index, append),
+            };
+            match checked {
                 Ok(appended) => appended,
                 Err(code) => {
                     let message =
@@ -106,6 +116,7 @@ pub enum ProduceReply {
 
 pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> ProduceReply {
     let acks = request.acks;
+    let transactional_id = request.transactional_id.as_ref().map(|id| id.0.as_str());
     let now_ms = broker.clock.now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pending = Vec::new();
@@ -144,7 +155,8 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                         partition_error(index, ResponseError::NotEnoughReplicas, Some(message))
                     }
                     Ok(partition) => {
-                        let (response, appended) = append(broker, &partition, index, data.records.as_deref(), now_ms);
+                        let (response, appended) =
+                            append(broker, &partition, index, data.records.as_deref(), transactional_id, now_ms);
                         if acks == -1 && partition.has_insync_followers() {
                             if let Some(append) = &appended {
                                 replicated.push((

@@ -123,7 +123,7 @@ fn add_partitions(
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |&p| TopicPartition::new(t.name.0.as_str(), p)))
         .collect();
-    let unknown = |tp: &TopicPartition| broker.replicas.partition(&tp.topic, tp.partition).is_none();
+    let unknown = |tp: &TopicPartition| !broker.replicas.partition_exists(&tp.topic, tp.partition);
     if partitions.iter().any(unknown) {
         return topics
             .iter()

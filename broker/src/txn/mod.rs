@@ -8,4 +8,4 @@ pub mod record;
 pub mod state;
 
 pub use coordinator::TransactionCoordinator;
-pub use markers::MarkerWriter;
+pub use markers::{MarkerOutcome, MarkerWriter};
