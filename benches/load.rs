@@ -10,6 +10,8 @@
 //!   cargo bench --bench load -- footprint --partitions 1000   (disk per idle partition)
 //!   cargo bench --bench load -- fetch-sessions --partitions 1000   (broker CPU per fetch, KIP-227)
 //!   cargo bench --bench load -- --bootstrap host:9092 produce ...   (any broker)
+//!   cargo bench --bench load -- --bootstrap 127.0.0.1:19092 produce --replication-factor 3
+//!       --acks -1   (a cluster from `sluice cluster up --brokers 3`)
 //!   cargo bench --bench load -- --set group.initial.rebalance.delay.ms=0 rebalance ...
 //!
 //! Without `--bootstrap` it starts a release-built `sluice` broker of its own in a temporary
@@ -133,6 +135,9 @@ struct ProduceArgs {
     /// librdkafka `enable.idempotence` (needs acks -1).
     #[arg(long)]
     idempotent: bool,
+    /// Replicas of the topic (a cluster, e.g. `sluice cluster up`, given with --bootstrap).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     /// Offset commits per second (synchronous, one partition each) made alongside the
     /// measured phase, to show what group traffic costs data traffic.
     #[arg(long, default_value_t = 0.0)]
@@ -156,6 +161,9 @@ struct LatencyArgs {
     /// millisecond's records share a request.
     #[arg(long, default_value_t = 1)]
     linger_ms: u64,
+    /// Replicas of the topic (a cluster given with --bootstrap).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
 }
 
 /// The harness's own broker, killed on drop.
@@ -204,13 +212,18 @@ fn now_ns() -> u64 {
 }
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_replicated_topic(bootstrap, topic, partitions, 1)
+}
+
+fn create_replicated_topic(bootstrap: &str, topic: &str, partitions: i32, replication_factor: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let results = runtime
-        .block_on(
-            admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()),
-        )
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(replication_factor))],
+            &AdminOptions::new(),
+        ))
         .expect("create topic");
     for result in results {
         if let Err((name, code)) = result {
@@ -394,6 +407,7 @@ fn footprint(bootstrap: &str, topic: &str, partitions: i32, data_dir: &std::path
         partitions,
         producers: 1,
         idempotent: false,
+        replication_factor: 1,
         commits_per_sec: 0.0,
     };
     produce(bootstrap, topic, &args);
@@ -596,7 +610,7 @@ fn main() {
     let _ = cli.bench;
     match &cli.mode {
         Mode::Produce(args) => {
-            create_topic(&bootstrap, &topic, args.partitions);
+            create_replicated_topic(&bootstrap, &topic, args.partitions, args.replication_factor);
             let (seconds, commits) = with_commits(&bootstrap, &topic, args.partitions, args.commits_per_sec, || {
                 produce(&bootstrap, &topic, args)
             });
@@ -634,7 +648,7 @@ fn main() {
             );
         }
         Mode::Latency(args) => {
-            create_topic(&bootstrap, &topic, args.partitions);
+            create_replicated_topic(&bootstrap, &topic, args.partitions, args.replication_factor);
             latency(&bootstrap, &topic, args);
         }
         Mode::Transactions(args) => {

@@ -103,12 +103,16 @@ struct Connection {
 pub struct Cluster {
     pub brokers: BTreeMap<i32, String>,
     pub topics: BTreeMap<String, TopicMetadata>,
+    /// The active controller, as the broker asked says.
+    pub controller_id: i32,
 }
 
 pub struct TopicMetadata {
     pub error_code: i16,
     /// Partition index -> leader's node id (-1 when it has none).
     pub leaders: BTreeMap<i32, i32>,
+    /// Partition index -> (replicas, ISR).
+    pub replicas: BTreeMap<i32, (Vec<i32>, Vec<i32>)>,
 }
 
 impl Cluster {
@@ -206,10 +210,16 @@ impl Client {
             .filter_map(|topic| {
                 let name = topic.name.as_ref()?.to_string();
                 let leaders = topic.partitions.iter().map(|p| (p.partition_index, p.leader_id.0)).collect();
-                Some((name, TopicMetadata { error_code: topic.error_code, leaders }))
+                let ids = |nodes: &[kafka_protocol::messages::BrokerId]| nodes.iter().map(|n| n.0).collect::<Vec<_>>();
+                let replicas = topic
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, (ids(&p.replica_nodes), ids(&p.isr_nodes))))
+                    .collect();
+                Some((name, TopicMetadata { error_code: topic.error_code, leaders, replicas }))
             })
             .collect();
-        Ok(Cluster { brokers, topics })
+        Ok(Cluster { brokers, topics, controller_id: response.controller_id.0 })
     }
 
     /// The brokers, and the leaders of the partitions of every topic among `partitions`.

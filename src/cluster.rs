@@ -1,3 +1,6 @@
+//! `sluice cluster status`: a running cluster's health as Metadata tells it (brokers, the
+//! active controller, under-replicated and offline partitions).
+//!
 //! `sluice cluster up`: a local cluster in one command, for trying a cluster out and for
 //! scripts. It starts N broker processes (this binary) on 127.0.0.1, each a broker and a
 //! controller voter with its own data directory under `--dir`, prints the bootstrap list once
@@ -12,6 +15,12 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
+    /// Brokers, the active controller, and partitions that are under-replicated (an ISR
+    /// smaller than the replicas) or offline (no leader).
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+    },
     /// Start a local cluster: node i (1..=N) serves Kafka on base-port + i - 1 and its
     /// controller on controller-base-port + i - 1.
     Up {
@@ -35,7 +44,46 @@ pub enum ClusterCommand {
 }
 
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Up { brokers, dir, base_port, controller_base_port, admin_base_port, set } = command;
+    match command {
+        ClusterCommand::Status { bootstrap } => status(&bootstrap),
+        ClusterCommand::Up { brokers, dir, base_port, controller_base_port, admin_base_port, set } => {
+            up(brokers, dir, [base_port, controller_base_port, admin_base_port], &set)
+        }
+    }
+}
+
+fn status(bootstrap: &str) -> anyhow::Result<()> {
+    let mut client = crate::client::Client::connect(bootstrap)?;
+    let cluster = client.metadata(None)?;
+    println!("BROKER  ADDRESS");
+    for (id, address) in &cluster.brokers {
+        let role = if *id == cluster.controller_id { "  (controller)" } else { "" };
+        println!("{id:<7} {address}{role}");
+    }
+    let (mut total, mut under, mut offline) = (0, Vec::new(), Vec::new());
+    for (topic, metadata) in &cluster.topics {
+        for (partition, (replicas, isr)) in &metadata.replicas {
+            total += 1;
+            let leader = metadata.leaders.get(partition).copied().unwrap_or(-1);
+            if leader < 0 {
+                offline.push(format!("{topic}-{partition}"));
+            } else if isr.len() < replicas.len() {
+                under.push(format!("{topic}-{partition} (isr {isr:?} of {replicas:?})"));
+            }
+        }
+    }
+    println!("partitions: {total}, under-replicated: {}, offline: {}", under.len(), offline.len());
+    for line in under {
+        println!("  under-replicated {line}");
+    }
+    for line in offline {
+        println!("  offline {line}");
+    }
+    Ok(())
+}
+
+fn up(brokers: u16, dir: PathBuf, ports: [u16; 3], set: &[String]) -> anyhow::Result<()> {
+    let [base_port, controller_base_port, admin_base_port] = ports;
     if !(1..=9).contains(&brokers) {
         bail!("--brokers must be between 1 and 9, got {brokers}");
     }
@@ -65,7 +113,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             .arg(format!("node.id={id}"))
             .arg("--set")
             .arg(format!("controller.quorum.voters={voters}"));
-        for setting in &set {
+        for setting in set {
             command.arg("--set").arg(setting);
         }
         let child = command

@@ -261,6 +261,15 @@ fn a_killed_broker_is_fenced_and_leads_its_partitions_again_when_back() {
         (leaders[0] == -1 && !leaders.contains(&victim)).then_some(())
     });
     cluster.wait_for_brokers(NODES as usize - 1);
+    let live = cluster.nodes.values().find(|n| n.is_running()).unwrap().bootstrap();
+    let status = common::run_sluice(&["cluster", "status", "--bootstrap", &live], Duration::from_secs(30))
+        .success("cluster status");
+    assert!(status.stdout.contains("(controller)"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("offline fenced-"),
+        "the killed broker's partitions show offline: {}",
+        status.stdout
+    );
 
     // The two left are a majority: metadata still changes (a new controller if need be).
     create_topic(&cluster, "while-one-is-down", 2);

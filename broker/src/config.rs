@@ -79,8 +79,9 @@ pub struct ClusterConfig {
     /// `default.replication.factor`: replicas of a topic created without a factor.
     pub default_replication_factor: i32,
     /// `broker.session.timeout.ms`: a broker the active controller has not heard from for
-    /// this long is fenced. Kafka's default is 9000; 3000 here, with heartbeats every 500 ms
-    /// (six missed in a row), so a dead leader's partitions move within a few seconds.
+    /// this long is fenced. Kafka's default is 9000; 1500 here, with heartbeats every 250 ms
+    /// (six missed in a row), so a dead leader's partitions move in about two seconds. A live
+    /// broker fenced by mistake (a stalled machine) unfences with its next heartbeat.
     pub broker_session_timeout_ms: u64,
     /// `broker.heartbeat.interval.ms`.
     pub broker_heartbeat_interval_ms: u64,
@@ -99,8 +100,8 @@ impl Default for ClusterConfig {
             listener_name: "PLAINTEXT".into(),
             inter_broker_listener_name: None,
             default_replication_factor: 1,
-            broker_session_timeout_ms: 3_000,
-            broker_heartbeat_interval_ms: 500,
+            broker_session_timeout_ms: 1_500,
+            broker_heartbeat_interval_ms: 250,
             replica_lag_time_max_ms: 30_000,
         }
     }

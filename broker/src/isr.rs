@@ -152,3 +152,118 @@ impl Partition {
         tokio::time::timeout(timeout, progressed).await.ok();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use sluice_storage::{HandleCache, LogConfig, PartitionLog, RecordBatchBuilder};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn leader(dir: &std::path::Path) -> Arc<Partition> {
+        let log = PartitionLog::open(dir.join("t-0"), LogConfig::default(), HandleCache::new(8)).unwrap();
+        let partition = Arc::new(Partition::new(Arc::from("t"), Uuid::nil(), 0, log));
+        partition.apply_assignment(1, &PartitionAssignment::new(vec![1, 2, 3]), 0);
+        partition
+    }
+
+    fn append(partition: &Arc<Partition>) {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(0, None, Some(b"v"), &[]);
+        partition.append(&builder.build().unwrap(), 0).unwrap().wait_durable().unwrap();
+    }
+
+    fn isr_of(partition: &Partition, isr: Vec<i32>) {
+        let assignment = PartitionAssignment { replicas: vec![1, 2, 3], leader: 1, leader_epoch: 0, isr };
+        partition.apply_assignment(1, &assignment, 0);
+    }
+
+    #[test]
+    fn the_high_watermark_waits_for_every_isr_member_and_the_isr_follows_the_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = leader(dir.path());
+        (0..3).for_each(|_| append(&partition));
+        assert_eq!(partition.log.high_watermark().0, 0, "no follower has anything yet");
+        partition.record_follower_fetch(2, 3, 10);
+        assert_eq!(partition.log.high_watermark().0, 0, "replica 3 is in the ISR and has nothing");
+        partition.record_follower_fetch(3, 2, 10);
+        assert_eq!(partition.log.high_watermark().0, 2);
+        assert_eq!(partition.wanted_isr_change(10, 100), None, "both fetched within the lag");
+
+        // Replica 3 stops fetching: after the lag it leaves, and the high watermark moves on.
+        partition.record_follower_fetch(2, 3, 200);
+        let change = partition.wanted_isr_change(200, 100).expect("an ISR shrink");
+        assert_eq!(change.isr, vec![1, 2]);
+        isr_of(&partition, change.isr);
+        assert_eq!(partition.log.high_watermark().0, 3);
+
+        // It catches up to the leader's end: it joins again.
+        partition.record_follower_fetch(3, 3, 250);
+        assert_eq!(partition.wanted_isr_change(250, 100).map(|c| c.isr), Some(vec![1, 2, 3]));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Event {
+        Append,
+        Fetch { replica: i32, behind: i64 },
+        Tick { ms: i64 },
+        ApplyIsrChange,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::Append),
+            (2..4i32, 0..4i64).prop_map(|(replica, behind)| Event::Fetch { replica, behind }),
+            (1..80i64).prop_map(|ms| Event::Tick { ms }),
+            Just(Event::ApplyIsrChange),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the interleaving of appends, follower fetches, time and ISR changes: the
+        /// high watermark never goes back, never passes the log end, and never passes what a
+        /// member of the ISR (as the metadata has it) has fetched.
+        #[test]
+        fn the_high_watermark_never_passes_an_isr_member(events in proptest::collection::vec(event(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let partition = leader(dir.path());
+            let mut now = 0i64;
+            let mut fetched = std::collections::HashMap::<i32, i64>::new();
+            let mut isr = vec![1, 2, 3];
+            let mut last_high_watermark = 0;
+            for event in events {
+                match event {
+                    Event::Append => append(&partition),
+                    Event::Fetch { replica, behind } => {
+                        let end = partition.log.log_end_offset().0;
+                        let offset = (end - behind).max(*fetched.get(&replica).unwrap_or(&0));
+                        fetched.insert(replica, offset);
+                        partition.record_follower_fetch(replica, offset, now);
+                    }
+                    Event::Tick { ms } => now += ms,
+                    Event::ApplyIsrChange => {
+                        if let Some(change) = partition.wanted_isr_change(now, 100) {
+                            isr = change.isr.clone();
+                            isr_of(&partition, change.isr);
+                        }
+                    }
+                }
+                let high_watermark = partition.log.high_watermark().0;
+                prop_assert!(high_watermark >= last_high_watermark, "the high watermark went back");
+                prop_assert!(high_watermark <= partition.log.log_end_offset().0);
+                for member in isr.iter().filter(|m| **m != 1) {
+                    // A member that joined got there with everything below the high
+                    // watermark, and fetch offsets only grow.
+                    let has = *fetched.get(member).unwrap_or(&0);
+                    prop_assert!(high_watermark <= has.max(last_high_watermark),
+                        "high watermark {} passed ISR member {} at {}", high_watermark, member, has);
+                }
+                last_high_watermark = high_watermark;
+            }
+        }
+    }
+}
