@@ -86,7 +86,7 @@ impl Broker {
         });
         let quorum = MetadataQuorum::open(&config.data_dir, config.node_id, &voters, cache.clone(), runtime, publish)?;
         let metadata = quorum.image();
-        let defaults = log_defaults(&config, &metadata);
+        let defaults = crate::controller::log_defaults(&config, &metadata);
         let config_for = |defaults: &LogConfig, topic: &crate::metadata::TopicMetadata| {
             topic_config::resolve(defaults, &topic.configs).unwrap_or_else(|err| {
                 tracing::error!(topic = %topic.name, %err, "stored topic config is invalid; using broker defaults");
@@ -372,17 +372,6 @@ fn register(controller: &Arc<Controller>, heartbeat: BrokerHeartbeat) {
     match rx.recv_timeout(crate::quorum::PROPOSE_TIMEOUT * 2) {
         Ok(Ok(ControllerResponse::Alive)) => {}
         other => tracing::warn!(answer = ?other, "registering with the controller failed; the heartbeat retries"),
-    }
-}
-
-/// Topic defaults: the static ones with the stored dynamic broker configs applied.
-pub(crate) fn log_defaults(config: &BrokerConfig, metadata: &ClusterMetadata) -> LogConfig {
-    match config.with_dynamic(&metadata.broker_configs) {
-        Ok(effective) => effective.log_defaults,
-        Err(err) => {
-            tracing::error!(%err, "stored dynamic broker configs are invalid; using the static ones");
-            config.log_defaults.clone()
-        }
     }
 }
 

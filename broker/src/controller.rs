@@ -160,7 +160,7 @@ impl Controller {
 
     /// Takes the dynamic broker configs of a new image; returns the topic defaults now in force.
     pub(crate) fn refresh_defaults(&self, metadata: &ClusterMetadata) -> LogConfig {
-        let defaults = crate::broker::log_defaults(&self.config, metadata);
+        let defaults = log_defaults(&self.config, metadata);
         *self.log_defaults.write() = defaults.clone();
         defaults
     }
@@ -502,6 +502,17 @@ impl crate::quorum::ControllerService for Controller {
                 ControllerRequest::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await,
             }
         })
+    }
+}
+
+/// Topic defaults: the static ones with the stored dynamic broker configs applied.
+pub(crate) fn log_defaults(config: &BrokerConfig, metadata: &ClusterMetadata) -> LogConfig {
+    match config.with_dynamic(&metadata.broker_configs) {
+        Ok(effective) => effective.log_defaults,
+        Err(err) => {
+            tracing::error!(%err, "stored dynamic broker configs are invalid; using the static ones");
+            config.log_defaults.clone()
+        }
     }
 }
 

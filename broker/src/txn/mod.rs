@@ -3,6 +3,7 @@
 //! end a transaction in each of its partitions (`markers`).
 
 pub mod coordinator;
+mod leadership;
 pub mod markers;
 pub mod record;
 pub mod state;
