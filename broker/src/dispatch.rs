@@ -81,6 +81,11 @@ pub const APIS: &[ApiSpec] = &[
             api::produce::ProduceReply::Respond(response) => call.reply(&response),
             api::produce::ProduceReply::NoResponse => Outcome::NoResponse,
             api::produce::ProduceReply::Close(reason) => Outcome::Close(reason),
+            api::produce::ProduceReply::Later(response) => {
+                let (key, version, correlation_id) =
+                    (call.api_key, call.header.request_api_version, call.header.correlation_id);
+                Outcome::Later(Box::pin(async move { respond(key, version, correlation_id, &response.await, &[]) }))
+            }
         }
     }),
     api!(Fetch, 4, 16, FetchRequest, |call, req| {

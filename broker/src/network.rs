@@ -41,6 +41,11 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: wat
     }
 }
 
+/// Responses a connection may owe at once (requests read ahead of their answers): as many
+/// as a producer pipelines (librdkafka's `max.in.flight` is 5), and a bound on what a client
+/// can make the broker hold for it.
+const MAX_IN_FLIGHT: usize = 16;
+
 async fn handle_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
@@ -48,36 +53,68 @@ async fn handle_connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
     let mut state = ConnectionState { peer: Some(peer), ..ConnectionState::default() };
     let max = broker.config.socket_request_max_bytes;
+    // Requests are handled in order here; their responses go to the writer in that order,
+    // which waits for a late one (acks=all) before writing those after it.
+    let (outcomes, queue) = tokio::sync::mpsc::channel::<Outcome>(MAX_IN_FLIGHT);
+    let writing = tokio::spawn(write_responses(writer, queue, peer));
     loop {
         let size = tokio::select! {
             size = reader.read_i32() => match size {
                 Ok(size) => size,
-                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(err) => return Err(err),
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(err) => {
+                    drop(outcomes);
+                    writing.await.ok();
+                    return Err(err);
+                }
             },
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
         };
         if size < 0 || size as usize > max {
             tracing::warn!(%peer, size, max, "closing connection: request size outside [0, socket.request.max.bytes]");
-            return Ok(());
+            break;
         }
         let mut frame = BytesMut::zeroed(size as usize);
         reader.read_exact(&mut frame).await?;
-        match dispatch::handle(&broker, &mut state, frame.freeze()).await {
+        let outcome = dispatch::handle(&broker, &mut state, frame.freeze()).await;
+        if let Outcome::Close(reason) = &outcome {
+            tracing::warn!(%peer, client = state.client_software.as_deref().unwrap_or("unknown"), reason, "closing connection");
+        }
+        let closing = matches!(outcome, Outcome::Close(_));
+        if outcomes.send(outcome).await.is_err() || closing {
+            break;
+        }
+    }
+    drop(outcomes);
+    writing.await.ok();
+    Ok(())
+}
+
+/// Writes each response as it becomes ready, in request order; stops at a close.
+async fn write_responses(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut queue: tokio::sync::mpsc::Receiver<Outcome>,
+    peer: SocketAddr,
+) {
+    while let Some(mut outcome) = queue.recv().await {
+        if let Outcome::Later(response) = outcome {
+            outcome = response.await;
+        }
+        match outcome {
             Outcome::Respond(response) => {
                 for chunk in response {
-                    writer.write_all(&chunk).await?;
+                    if let Err(err) = writer.write_all(&chunk).await {
+                        tracing::debug!(%peer, %err, "writing a response failed");
+                        return;
+                    }
                 }
             }
-            Outcome::NoResponse => {}
-            Outcome::Close(reason) => {
-                tracing::warn!(%peer, client = state.client_software.as_deref().unwrap_or("unknown"), reason, "closing connection");
-                return Ok(());
-            }
+            Outcome::NoResponse | Outcome::Later(_) => {}
+            Outcome::Close(_) => return,
         }
     }
 }

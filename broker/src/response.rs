@@ -112,6 +112,9 @@ pub enum Outcome {
     /// Produce with acks=0 gets no response.
     NoResponse,
     Close(String),
+    /// A response ready later (acks=all waiting for the ISR); it still goes out in request
+    /// order, after those of the requests before it.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>),
 }
 
 /// Encodes a response frame, or closes the connection if it cannot be encoded.

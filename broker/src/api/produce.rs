@@ -112,6 +112,10 @@ pub enum ProduceReply {
     NoResponse,
     /// acks=0 with a refused batch.
     Close(String),
+    /// acks=all waiting for the ISR: the response once it has the appends. The connection
+    /// reads its next requests meanwhile (as Kafka's purgatory lets it), so a producer's
+    /// pipelined requests each wait one replication round trip, not the sum of them.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>),
 }
 
 pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> ProduceReply {
@@ -194,8 +198,13 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         return if refused { ProduceReply::Close("acks=0 produce refused".into()) } else { ProduceReply::NoResponse };
     }
     let Some(durability) = durability else {
-        wait_replicated(&mut responses, replicated, replication_timeout).await;
-        return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
+        if replicated.is_empty() {
+            return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
+        }
+        return ProduceReply::Later(Box::pin(async move {
+            wait_replicated(&mut responses, replicated, replication_timeout).await;
+            ProduceResponse::default().with_responses(responses)
+        }));
     };
     let failures = match durability.await {
         Ok(failures) => failures,
