@@ -16,7 +16,7 @@ apt_needed=()
 command -v kcat >/dev/null 2>&1 || apt_needed+=(kcat)
 command -v python3 >/dev/null 2>&1 || apt_needed+=(python3)
 # Debian splits venv/ensurepip into python3-venv; without it `python3 -m venv` fails.
-if ! [ -x "$VENV/bin/python" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+if ! [ -x "$VENV/bin/pip" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   apt_needed+=(python3-venv)
 fi
 if ((${#apt_needed[@]})); then
@@ -36,7 +36,8 @@ fi
 # --- Python clients in a venv under the repo (.venv is git-ignored). pip runs only if a pinned
 # version is missing or different; --only-binary makes a missing wheel fail loudly instead of
 # compiling librdkafka from source.
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# A venv whose creation was interrupted has python but no pip: make it again.
+[ -x "$VENV/bin/pip" ] || python3 -m venv --clear "$VENV"
 if ! "$VENV/bin/python" - "${PYTHON_PINS[@]}" <<'EOF' >/dev/null 2>&1
 import importlib.metadata, re, sys
 for pin in sys.argv[1:]:

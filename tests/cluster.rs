@@ -6,7 +6,6 @@
 //! when it comes back it leads them again with nothing acknowledged lost. A bad cluster
 //! config stops a node with one sentence naming the key.
 //!
-//! Not yet here: replication (RF > 1) and isolation loops.
 
 #[allow(dead_code)]
 mod common;
@@ -15,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::proxy::FaultProxy;
+use common::proxy::{Direction, FaultProxy};
 use common::TestBroker;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -33,12 +32,42 @@ fn free_ports(count: usize) -> (Vec<u16>, Vec<TcpListener>) {
     (held.iter().map(|l| l.local_addr().unwrap().port()).collect(), held)
 }
 
-/// Three nodes, each with a broker listener of its own and its controller listener behind a
-/// fault proxy: the voters are the proxies, so the test can cut controller traffic.
+/// Three nodes. Clients reach each node's PLAINTEXT listener directly; everything between
+/// nodes goes through fault proxies: each node's REPLICATION listener (its
+/// `inter.broker.listener.name`: followers' fetches, transaction markers) is advertised as a
+/// proxy in front of it, and each node's `controller.quorum.voters` names a proxy of its own
+/// for every other voter (Raft and heartbeats), so one node's links can be cut both ways
+/// while the other two keep theirs. A node's own fetches from other leaders share those
+/// leaders' proxies and stay up when it is isolated; cut off from the quorum it is fenced,
+/// and a fenced broker joins no ISR, so they cannot acknowledge anything.
 struct Cluster {
     nodes: BTreeMap<i32, TestBroker>,
-    /// Kept alive for the nodes' controller traffic.
-    _proxies: BTreeMap<i32, FaultProxy>,
+    links: Links,
+}
+
+/// The fault proxies between nodes.
+struct Links {
+    /// In front of each node's REPLICATION listener.
+    replication: BTreeMap<i32, FaultProxy>,
+    /// (from, to): what node `from` dials for voter `to`.
+    controller: BTreeMap<(i32, i32), FaultProxy>,
+}
+
+impl Links {
+    /// Every link into or out of `node`.
+    fn of(&self, node: i32) -> impl Iterator<Item = &FaultProxy> {
+        let controller = self.controller.iter().filter(move |((from, to), _)| *from == node || *to == node);
+        controller.map(|(_, proxy)| proxy).chain(self.replication.get(&node))
+    }
+
+    /// Cuts `node` off from the other nodes, both ways (bytes wait, as on a partitioned link).
+    fn isolate(&self, node: i32) {
+        self.of(node).for_each(|proxy| proxy.cut(Direction::Both));
+    }
+
+    fn heal(&self, node: i32) {
+        self.of(node).for_each(FaultProxy::heal);
+    }
 }
 
 impl Cluster {
@@ -49,27 +78,44 @@ impl Cluster {
     /// [`Cluster::start`] with extra broker configs for every node.
     fn start_with(extra: &[&str]) -> Cluster {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut ports = BTreeMap::new();
-        let mut proxies = BTreeMap::new();
-        let (free, held) = free_ports(2 * NODES as usize);
-        for id in 1..=NODES {
-            let (broker, controller) = (free[2 * (id - 1) as usize], free[2 * (id - 1) as usize + 1]);
-            proxies.insert(id, FaultProxy::start(format!("127.0.0.1:{controller}").parse().unwrap()));
-            ports.insert(id, (broker, controller));
+        let (free, held) = free_ports(3 * NODES as usize);
+        // Per node: its client, replication and controller ports.
+        let ports: BTreeMap<i32, [u16; 3]> = (1..=NODES)
+            .map(|id| {
+                let at = 3 * (id - 1) as usize;
+                (id, [free[at], free[at + 1], free[at + 2]])
+            })
+            .collect();
+        let local = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+        let replication: BTreeMap<i32, FaultProxy> =
+            ports.iter().map(|(&id, p)| (id, FaultProxy::start(local(p[1])))).collect();
+        let mut controller = BTreeMap::new();
+        for from in 1..=NODES {
+            for (&to, p) in ports.iter().filter(|(&to, _)| to != from) {
+                controller.insert((from, to), FaultProxy::start(local(p[2])));
+            }
         }
         drop(held);
-        let voters: Vec<String> = proxies.iter().map(|(id, proxy)| format!("{id}@{}", proxy.addr())).collect();
-        let voters = voters.join(",");
         let starting: Vec<_> = ports
             .iter()
-            .map(|(&id, &(broker, controller))| {
-                let voters = voters.clone();
+            .map(|(&id, &[client, replicated, control])| {
+                let voters: Vec<String> = (1..=NODES)
+                    .map(|to| match controller.get(&(id, to)) {
+                        Some(proxy) => format!("{to}@{}", proxy.addr()),
+                        None => format!("{to}@127.0.0.1:{control}"),
+                    })
+                    .collect();
+                let advertised = format!("PLAINTEXT://127.0.0.1:{client},REPLICATION://{}", replication[&id].addr());
                 let extra = extra.clone();
                 std::thread::spawn(move || {
-                    let listen = format!("PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}");
+                    let listen = format!(
+                        "PLAINTEXT://127.0.0.1:{client},REPLICATION://127.0.0.1:{replicated},CONTROLLER://127.0.0.1:{control}"
+                    );
                     let settings = vec![
                         format!("node.id={id}"),
-                        format!("controller.quorum.voters={voters}"),
+                        format!("controller.quorum.voters={}", voters.join(",")),
+                        format!("advertised.listeners={advertised}"),
+                        "inter.broker.listener.name=REPLICATION".to_string(),
                         "num.partitions=6".to_string(),
                         "group.initial.rebalance.delay.ms=0".to_string(),
                     ];
@@ -79,7 +125,7 @@ impl Cluster {
             })
             .collect();
         let nodes = starting.into_iter().map(|t| t.join().expect("a node started")).collect();
-        let cluster = Cluster { nodes, _proxies: proxies };
+        let cluster = Cluster { nodes, links: Links { replication, controller } };
         cluster.wait_for_brokers(NODES as usize);
         cluster
     }
@@ -295,7 +341,7 @@ fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--set", "node.id=4", "--set", "controller.quorum.voters=1@127.0.0.1:1,2@127.0.0.1:2"],
             "controller.quorum.voters",
@@ -303,6 +349,8 @@ fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
         (&["--set", "controller.quorum.voters=0@127.0.0.1:1,0@127.0.0.1:2"], "controller.quorum.voters"),
         (&["--set", "controller.quorum.voters=0@127.0.0.1:1"], "controller listener"),
         (&["--set", "process.roles=controller"], "process.roles"),
+        (&["--set", "inter.broker.listener.name=REPLICATION"], "inter.broker.listener.name"),
+        (&["--set", "listener.security.protocol.map=PLAINTEXT:SSL"], "listener.security.protocol.map"),
     ];
     for (args, key) in cases {
         let mut all = vec!["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
@@ -344,78 +392,87 @@ fn partition_bytes(node: &TestBroker, topic: &str, partition: i32) -> Vec<u8> {
     segments.iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
 }
 
-#[test]
-fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
-    let long = std::env::var("SLUICE_LONG_TESTS").is_ok_and(|v| v == "1");
-    let kills = if long { 20 } else { 3 };
-    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
-    const PARTITIONS: i32 = 3;
-    create_replicated_topic(&cluster, "replicated", PARTITIONS, 3);
+/// An acknowledged record: (partition, offset, value, when).
+type Ack = (i32, i64, String, Instant);
 
-    // An idempotent acks=all producer runs throughout, recording what was acknowledged.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(i32, i64, String, Instant)>::new()));
-    let producer: FutureProducer = cluster
-        .client()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "120000")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let producing = {
-        let (stop, acked) = (stop.clone(), acked.clone());
-        std::thread::spawn(move || {
-            let mut next = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let sends: Vec<_> = (next..next + 50)
-                    .map(|i| {
-                        let value = format!("v{i}");
-                        let record = FutureRecord::to("replicated").partition((i % 3) as i32).key("k").payload(&value);
-                        (value.clone(), producer.send_result(record).expect("queue"))
-                    })
-                    .collect();
-                next += 50;
-                for (value, send) in sends {
-                    if let Ok(Ok(delivery)) = common::clients::block_on(send) {
-                        acked.lock().unwrap().push((delivery.partition, delivery.offset, value, Instant::now()));
+/// An idempotent acks=all producer sending to every partition of a topic in rounds until
+/// stopped, recording each acknowledgement: (partition, offset, value, when).
+struct AckedProducer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AckedProducer {
+    fn start(cluster: &Cluster, topic: &str, partitions: i32) -> AckedProducer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let producer: FutureProducer = cluster
+            .client()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "120000")
+            // A request held by a leader that lost its followers (isolated) fails after this and
+            // is retried on the new leader; 30 s by default.
+            .set("request.timeout.ms", "5000")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let thread = {
+            let (stop, acked, topic) = (stop.clone(), acked.clone(), topic.to_string());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+                let mut next = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sends: Vec<_> = (next..next + 50)
+                        .map(|i| {
+                            let value = format!("v{i}");
+                            let partition = (i % partitions as usize) as i32;
+                            let record = FutureRecord::to(&topic).partition(partition).key("k").payload(&value);
+                            (value.clone(), producer.send_result(record).expect("queue"))
+                        })
+                        .collect();
+                    next += 50;
+                    for (value, send) in sends {
+                        // Past message.timeout.ms a record is not acknowledged, whatever happens.
+                        let delivery =
+                            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(150), send).await });
+                        if let Ok(Ok(Ok(delivery))) = delivery {
+                            let ack = (delivery.partition, delivery.offset, value, Instant::now());
+                            acked.lock().unwrap().push(ack);
+                        }
                     }
                 }
-            }
-        })
-    };
-    let mut failovers = Vec::new();
-    for kill in 0..kills {
-        let partition = kill % PARTITIONS as usize;
-        let victim = wait_for("a leader to kill", Duration::from_secs(30), || {
-            let partitions = cluster.partitions("replicated");
-            let (leader, isr) = partitions.get(partition)?.clone();
-            (leader >= 0 && partitions.iter().all(|(_, isr)| isr.len() == 3) && isr.len() == 3).then_some(leader)
-        });
-        let acked_before = acked.lock().unwrap().len();
-        let killed_at = Instant::now();
-        cluster.nodes.get_mut(&victim).unwrap().kill9();
-        let recovered = wait_for("an acknowledgement after the kill", Duration::from_secs(60), || {
-            let acked = acked.lock().unwrap();
-            acked[acked_before..].iter().find(|(p, ..)| *p == partition as i32).map(|(.., at)| *at)
-        });
-        failovers.push(recovered.saturating_duration_since(killed_at));
-        cluster.nodes.get_mut(&victim).unwrap().start_again();
-        cluster.wait_for_brokers(NODES as usize);
+            })
+        };
+        AckedProducer { stop, acked, thread }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    producing.join().expect("the producer thread");
-    failovers.sort();
-    eprintln!(
-        "failover after {kills} leader kills: p50 {:?}, max {:?}",
-        failovers[failovers.len() / 2],
-        failovers.last().unwrap()
-    );
 
-    // Every acknowledged record is there once, at the offset it was acknowledged at.
-    let acked = acked.lock().unwrap().clone();
-    let seen = consume_all(&cluster, "replicated", PARTITIONS, acked.len());
-    let mut by_offset: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits for an acknowledgement from `partition` among those after the first `after`, and
+    /// says when it came.
+    fn next_ack(&self, after: usize, partition: i32, limit: Duration) -> Instant {
+        wait_for(&format!("an acknowledgement from partition {partition}"), limit, || {
+            let acked = self.acked.lock().unwrap();
+            acked[after..].iter().find(|(p, ..)| *p == partition).map(|(.., at)| *at)
+        })
+    }
+
+    fn finish(self) -> Vec<Ack> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the producer thread");
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
+
+/// Every acknowledged record is there once, at the offset it was acknowledged at, and every
+/// replica ends up holding the same batches (the segment files, not just the API).
+fn check_acknowledged(cluster: &Cluster, topic: &str, partitions: i32, acked: &[Ack]) {
+    let seen = consume_all(cluster, topic, partitions, acked.len());
     for (partition, values) in &seen {
         let mut unique = std::collections::BTreeSet::new();
         for value in values {
@@ -424,11 +481,12 @@ fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
     }
     let consumer: BaseConsumer = cluster.client().set("group.id", "offsets").create().unwrap();
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset("replicated", partition, Offset::Beginning).unwrap();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let total: usize = seen.values().map(Vec::len).sum();
+    let mut by_offset: BTreeMap<(i32, i64), String> = BTreeMap::new();
     wait_for("every record with its offset", Duration::from_secs(60), || {
         while let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
@@ -436,20 +494,95 @@ fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
         }
         (by_offset.len() >= total).then_some(())
     });
-    for (partition, offset, value, _) in &acked {
+    for (partition, offset, value, _) in acked {
         assert_eq!(by_offset.get(&(*partition, *offset)), Some(value), "acknowledged {value} at {partition}/{offset}");
     }
-
-    // Every replica holds the same batches (the segment files, not just the API).
     wait_for("every replica back in sync", Duration::from_secs(60), || {
-        let partitions = cluster.partitions("replicated");
-        let in_sync = partitions.len() == PARTITIONS as usize && partitions.iter().all(|(_, isr)| isr.len() == 3);
-        let same = (0..PARTITIONS).all(|p| {
-            let copies: Vec<Vec<u8>> = cluster.nodes.values().map(|n| partition_bytes(n, "replicated", p)).collect();
+        let state = cluster.partitions(topic);
+        let in_sync = state.len() == partitions as usize && state.iter().all(|(_, isr)| isr.len() == 3);
+        let same = (0..partitions).all(|p| {
+            let copies: Vec<Vec<u8>> = cluster.nodes.values().map(|n| partition_bytes(n, topic, p)).collect();
             copies.windows(2).all(|w| w[0] == w[1])
         });
         (in_sync && same).then_some(())
     });
+}
+
+/// Waits until every partition of `topic` has a leader and all three replicas in sync, and
+/// returns the leader of `partition`.
+fn leader_with_full_isr(cluster: &Cluster, topic: &str, partition: usize) -> i32 {
+    wait_for("a leader with every replica in sync", Duration::from_secs(60), || {
+        let partitions = cluster.partitions(topic);
+        let (leader, _) = partitions.get(partition)?.clone();
+        (leader >= 0 && partitions.iter().all(|(leader, isr)| *leader >= 0 && isr.len() == 3)).then_some(leader)
+    })
+}
+
+fn long_tests() -> bool {
+    std::env::var("SLUICE_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
+fn report(what: &str, mut times: Vec<Duration>) {
+    times.sort();
+    eprintln!("{what} over {} runs: p50 {:?}, max {:?}", times.len(), times[times.len() / 2], times.last().unwrap());
+}
+
+#[test]
+fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
+    let kills = if long_tests() { 20 } else { 3 };
+    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    const PARTITIONS: i32 = 3;
+    create_replicated_topic(&cluster, "replicated", PARTITIONS, 3);
+    let producer = AckedProducer::start(&cluster, "replicated", PARTITIONS);
+    let mut failovers = Vec::new();
+    for kill in 0..kills {
+        let partition = kill % PARTITIONS as usize;
+        let victim = leader_with_full_isr(&cluster, "replicated", partition);
+        let acked_before = producer.count();
+        let killed_at = Instant::now();
+        cluster.nodes.get_mut(&victim).unwrap().kill9();
+        let recovered = producer.next_ack(acked_before, partition as i32, Duration::from_secs(60));
+        failovers.push(recovered.saturating_duration_since(killed_at));
+        cluster.nodes.get_mut(&victim).unwrap().start_again();
+        cluster.wait_for_brokers(NODES as usize);
+    }
+    let acked = producer.finish();
+    report("failover (SIGKILL of a leader to its successor's first acks=all acknowledgement)", failovers);
+    check_acknowledged(&cluster, "replicated", PARTITIONS, &acked);
+}
+
+#[test]
+fn an_isolated_leader_acknowledges_nothing_it_loses_and_rejoins_when_healed() {
+    let isolations = if long_tests() { 10 } else { 2 };
+    let cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    const PARTITIONS: i32 = 3;
+    create_replicated_topic(&cluster, "isolated", PARTITIONS, 3);
+    let producer = AckedProducer::start(&cluster, "isolated", PARTITIONS);
+    // Its producer id first: a broker cut off from the quorum cannot hand out new ones.
+    for partition in 0..PARTITIONS {
+        producer.next_ack(0, partition, Duration::from_secs(60));
+    }
+    let mut failovers = Vec::new();
+    for round in 0..isolations {
+        let partition = round % PARTITIONS as usize;
+        let victim = leader_with_full_isr(&cluster, "isolated", partition);
+        let acked_before = producer.count();
+        let cut_at = Instant::now();
+        cluster.links.isolate(victim);
+        // The other two fence it and one of them leads: acks=all goes on without it (the
+        // producer finds the new leader through the brokers it can still ask).
+        let recovered = producer.next_ack(acked_before, partition as i32, Duration::from_secs(60));
+        failovers.push(recovered.saturating_duration_since(cut_at));
+        eprintln!("isolation {round} of broker {victim}: acks=all again after {:?}", recovered - cut_at);
+        wait_for("another leader", Duration::from_secs(30), || {
+            let leader = cluster.partitions("isolated").get(partition)?.0;
+            (leader >= 0 && leader != victim).then_some(())
+        });
+        cluster.links.heal(victim);
+    }
+    let acked = producer.finish();
+    report("failover (isolation of a leader to its successor's first acks=all acknowledgement)", failovers);
+    check_acknowledged(&cluster, "isolated", PARTITIONS, &acked);
 }
 
 /// Kafka's partition of a coordinator key: `abs(hashCode) % partitions`, Java's String hash.

@@ -43,6 +43,8 @@ pub struct Broker {
     pub(crate) incarnation: Uuid,
     /// The incarnation of the process before this one on the same data directory.
     replaces: Option<Uuid>,
+    /// When the active controller last answered this broker's heartbeat.
+    heard_from_controller: parking_lot::Mutex<std::time::Instant>,
     /// A runtime of the broker's own, for a broker opened outside one (tools and tests); the
     /// server's runtime otherwise.
     _runtime: Option<tokio::runtime::Runtime>,
@@ -146,7 +148,7 @@ impl Broker {
             internal_topics,
             ProducerIdBlocks::new(controller.clone()),
             replicas.clone(),
-            MarkerWriter::new(replicas.clone(), groups.clone(), inter_broker_listener(&config)),
+            MarkerWriter::new(replicas.clone(), groups.clone(), config.inter_broker_listener().to_string()),
             clock.clone(),
         ));
         if let Some(state_topic) = metadata.topic(TRANSACTION_STATE_TOPIC) {
@@ -176,6 +178,7 @@ impl Broker {
             publisher,
             incarnation,
             replaces,
+            heard_from_controller: parking_lot::Mutex::new(std::time::Instant::now()),
             _runtime: own_runtime,
         }))
     }
@@ -185,16 +188,38 @@ impl Broker {
         heartbeat_of(&self.config, self.incarnation, self.replaces, shutting_down)
     }
 
-    /// The live brokers and their endpoints on this broker's listener; this broker itself
-    /// even before its registration lands, so a client always has somewhere to go.
-    pub(crate) fn live_brokers(&self, metadata: &ClusterMetadata) -> Vec<(i32, Endpoint)> {
-        let listener = &self.config.cluster.listener_name;
+    /// Records that the active controller answered a heartbeat.
+    pub(crate) fn heard_from_controller(&self) {
+        *self.heard_from_controller.lock() = std::time::Instant::now();
+    }
+
+    /// Whether this broker is cut off from the controller quorum: no heartbeat answered for
+    /// twice `broker.session.timeout.ms`, by when the controller has fenced it and its
+    /// partitions have other leaders. It then acts as fenced (its leaderships answer
+    /// NOT_LEADER_OR_FOLLOWER, so nothing is written to them, not even acks=1) and sends
+    /// clients that ask it for metadata elsewhere, since all it has is stale: without that,
+    /// a client asking only this broker would never learn of the new leaders. Twice the
+    /// session, so that a controller election (under a second) never sets it off.
+    pub(crate) fn cut_off_from_quorum(&self) -> bool {
+        if self.config.cluster.voters.len() <= 1 {
+            return false;
+        }
+        let session = std::time::Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
+        self.heard_from_controller.lock().elapsed() > session * 2
+    }
+
+    /// The live brokers and their endpoints on `listener` (the one a client connected on, as
+    /// Kafka answers); this broker itself even before its registration lands, so a client
+    /// always has somewhere to go.
+    pub(crate) fn live_brokers(&self, metadata: &ClusterMetadata, listener: &str) -> Vec<(i32, Endpoint)> {
+        let listener = if listener.is_empty() { &self.config.cluster.listener_name } else { listener };
         let mut brokers: Vec<(i32, Endpoint)> =
             metadata.live_brokers().filter_map(|b| b.endpoint(listener).map(|e| (b.node_id, e.clone()))).collect();
         if !brokers.iter().any(|(id, _)| *id == self.config.node_id) {
-            let own = self.heartbeat(false).endpoints.remove(0);
-            brokers.push((self.config.node_id, own));
-            brokers.sort_by_key(|(id, _)| *id);
+            if let Some(own) = self.config.advertised(listener) {
+                brokers.push((self.config.node_id, own.clone()));
+                brokers.sort_by_key(|(id, _)| *id);
+            }
         }
         brokers
     }
@@ -203,8 +228,10 @@ impl Broker {
     pub(crate) async fn propose_isr_changes(&self) {
         let now_ms = self.clock.now_ms();
         let lag_max_ms = self.config.cluster.replica_lag_time_max_ms as i64;
+        let metadata = self.replicas.image();
         for partition in self.replicas.all_partitions() {
-            let Some(change) = partition.wanted_isr_change(now_ms, lag_max_ms) else { continue };
+            let eligible = |replica| metadata.is_live(replica);
+            let Some(change) = partition.wanted_isr_change(now_ms, lag_max_ms, eligible) else { continue };
             tracing::info!(topic = %partition.topic, partition = partition.index, isr = ?change.isr, "asking for an ISR change");
             let record = MetadataRecord::PartitionChange {
                 topic_id: partition.topic_id,
@@ -335,22 +362,15 @@ impl Drop for Broker {
     }
 }
 
-/// The listener brokers reach each other on.
-pub(crate) fn inter_broker_listener(config: &BrokerConfig) -> String {
-    config.cluster.inter_broker_listener_name.clone().unwrap_or_else(|| config.cluster.listener_name.clone())
-}
-
 fn heartbeat_of(
     config: &BrokerConfig,
     incarnation: Uuid,
     replaces: Option<Uuid>,
     shutting_down: bool,
 ) -> BrokerHeartbeat {
-    let endpoints = vec![Endpoint {
-        listener: config.cluster.listener_name.clone(),
-        host: config.advertised_host.clone(),
-        port: config.advertised_port,
-    }];
+    // The server has advertised every broker listener by the time the broker opens.
+    let endpoints =
+        config.broker_listeners().iter().filter_map(|listener| config.advertised(&listener.name).cloned()).collect();
     BrokerHeartbeat { node_id: config.node_id, incarnation, endpoints, replaces, shutting_down }
 }
 

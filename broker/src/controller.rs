@@ -449,7 +449,10 @@ impl Controller {
     /// unfences a returning one (electing it where its partitions have no leader), or fences
     /// one that is shutting down.
     pub async fn heartbeat(&self, heartbeat: crate::quorum::BrokerHeartbeat) -> ControllerResponse {
-        if !self.quorum.is_leader() {
+        // A leader the other voters have not answered for a session may have been replaced:
+        // its answer would keep a broker believing it is not fenced.
+        let session = std::time::Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
+        if !self.quorum.leads_with_quorum(session) {
             return ControllerResponse::NotController;
         }
         let image = self.quorum.image();

@@ -46,6 +46,15 @@ impl Call<'_> {
     }
 }
 
+/// A broker cut off from the controller quorum has only stale metadata: it closes the
+/// connection of a client asking for metadata, which then asks another broker (see
+/// [`Broker::cut_off_from_quorum`]).
+fn stale_metadata(call: &Call) -> Option<Outcome> {
+    call.broker
+        .cut_off_from_quorum()
+        .then(|| Outcome::Close("this broker is cut off from the controller quorum: its metadata is stale".into()))
+}
+
 type Handler = for<'a> fn(Call<'a>) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 /// An implemented API, the versions of it that work, and its handler.
@@ -97,8 +106,12 @@ pub const APIS: &[ApiSpec] = &[
         &call.header,
         req
     ))),
-    api!(Metadata, 0, 12, MetadataRequest, |call, req| call
-        .reply(&api::metadata::handle(call.broker, &call.header, req).await)),
+    api!(Metadata, 0, 12, MetadataRequest, |call, req| {
+        if let Some(outcome) = stale_metadata(&call) {
+            return outcome;
+        }
+        call.reply(&api::metadata::handle(call.broker, &call.conn.listener, &call.header, req).await)
+    }),
     api!(ApiVersions, 0, 4, ApiVersionsRequest, |call, req| {
         let response = api::api_versions::handle(call.conn, &call.header, req, &advertised_versions());
         call.reply(&response)
@@ -120,7 +133,10 @@ pub const APIS: &[ApiSpec] = &[
         call.reply(&api::configs::alter_configs(call.broker, &call.header, req).await)
     }),
     api!(DescribeCluster, 0, 1, DescribeClusterRequest, |call, req| {
-        call.reply(&api::cluster::describe_cluster(call.broker, &call.header, req))
+        if let Some(outcome) = stale_metadata(&call) {
+            return outcome;
+        }
+        call.reply(&api::cluster::describe_cluster(call.broker, &call.conn.listener, &call.header, req))
     }),
     api!(DeleteRecords, 0, 2, DeleteRecordsRequest, |call, req| {
         call.reply(&api::records::delete_records(call.broker, &call.header, req).await)
@@ -129,7 +145,10 @@ pub const APIS: &[ApiSpec] = &[
         call.reply(&api::records::offset_for_leader_epoch(call.broker, &call.header, req))
     }),
     api!(FindCoordinator, 0, 5, FindCoordinatorRequest, |call, req| {
-        call.reply(&api::coordinator::find_coordinator(call.broker, &call.header, req).await)
+        if let Some(outcome) = stale_metadata(&call) {
+            return outcome;
+        }
+        call.reply(&api::coordinator::find_coordinator(call.broker, &call.conn.listener, &call.header, req).await)
     }),
     api!(JoinGroup, 0, 9, JoinGroupRequest, |call, req| {
         let response = api::group::join_group(call.broker, call.conn, &call.header, req).await;

@@ -75,7 +75,13 @@ impl Partition {
 
     /// The ISR change this leader should ask for, if any: followers not caught up for
     /// `lag_max_ms` leave; replicas with everything below the high watermark join.
-    pub(crate) fn wanted_isr_change(&self, now_ms: i64, lag_max_ms: i64) -> Option<IsrChange> {
+    /// `eligible`: whether a replica may join the ISR (a fenced broker may not, KIP-841).
+    pub(crate) fn wanted_isr_change(
+        &self,
+        now_ms: i64,
+        lag_max_ms: i64,
+        eligible: impl Fn(i32) -> bool,
+    ) -> Option<IsrChange> {
         if !self.is_leader() {
             return None;
         }
@@ -92,7 +98,8 @@ impl Partition {
             let joins = !isr.contains(&replica)
                 && replication.replicas.contains(&replica)
                 && follower.log_end_offset >= high_watermark
-                && in_time(follower);
+                && in_time(follower)
+                && eligible(replica);
             if joins {
                 isr.push(replica);
             }
@@ -191,18 +198,19 @@ mod tests {
         assert_eq!(partition.log.high_watermark().0, 0, "replica 3 is in the ISR and has nothing");
         partition.record_follower_fetch(3, 2, 10);
         assert_eq!(partition.log.high_watermark().0, 2);
-        assert_eq!(partition.wanted_isr_change(10, 100), None, "both fetched within the lag");
+        assert_eq!(partition.wanted_isr_change(10, 100, |_| true), None, "both fetched within the lag");
 
         // Replica 3 stops fetching: after the lag it leaves, and the high watermark moves on.
         partition.record_follower_fetch(2, 3, 200);
-        let change = partition.wanted_isr_change(200, 100).expect("an ISR shrink");
+        let change = partition.wanted_isr_change(200, 100, |_| true).expect("an ISR shrink");
         assert_eq!(change.isr, vec![1, 2]);
         isr_of(&partition, change.isr);
         assert_eq!(partition.log.high_watermark().0, 3);
 
         // It catches up to the leader's end: it joins again.
         partition.record_follower_fetch(3, 3, 250);
-        assert_eq!(partition.wanted_isr_change(250, 100).map(|c| c.isr), Some(vec![1, 2, 3]));
+        assert_eq!(partition.wanted_isr_change(250, 100, |r| r != 3), None, "a fenced replica stays out");
+        assert_eq!(partition.wanted_isr_change(250, 100, |_| true).map(|c| c.isr), Some(vec![1, 2, 3]));
     }
 
     #[derive(Clone, Debug)]
@@ -246,7 +254,7 @@ mod tests {
                     }
                     Event::Tick { ms } => now += ms,
                     Event::ApplyIsrChange => {
-                        if let Some(change) = partition.wanted_isr_change(now, 100) {
+                        if let Some(change) = partition.wanted_isr_change(now, 100, |_| true) {
                             isr = change.isr.clone();
                             isr_of(&partition, change.isr);
                         }

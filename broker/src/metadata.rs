@@ -304,6 +304,7 @@ impl ClusterMetadata {
                 broker.fenced = fenced;
             }
             MetadataRecord::PartitionChange { topic_id, partition, leader, leader_epoch, isr } => {
+                let live: Vec<i32> = isr.iter().copied().filter(|id| self.is_live(*id)).collect();
                 let topic = self.topic_mut(&topic_id)?;
                 let name = topic.name.clone();
                 let assignment =
@@ -328,6 +329,13 @@ impl ClusterMetadata {
                     return Err(RecordRejected::new(
                         ResponseError::InvalidReplicaAssignment,
                         format!("broker {leader} is not a replica of {name}-{partition}"),
+                    ));
+                }
+                // A fenced broker (KIP-841) may fetch, but joins no ISR until it is back.
+                if let Some(fenced) = isr.iter().find(|id| !assignment.isr.contains(id) && !live.contains(id)) {
+                    return Err(RecordRejected::new(
+                        ResponseError::IneligibleReplica,
+                        format!("broker {fenced} is fenced and cannot join the ISR of {name}-{partition}"),
                     ));
                 }
                 assignment.leader = leader;
@@ -412,6 +420,23 @@ mod tests {
         metadata.apply_all(&[change(1, 2)]).unwrap();
         let assignment = metadata.topic("a").unwrap().assignments[0].clone();
         assert_eq!((assignment.leader, assignment.leader_epoch), (1, 2));
+    }
+
+    #[test]
+    fn a_fenced_broker_joins_no_isr() {
+        let (id, incarnation) = (Uuid::new_v4(), Uuid::new_v4());
+        let endpoints = vec![Endpoint { listener: "PLAINTEXT".into(), host: "h".into(), port: 2 }];
+        let assignments = vec![PartitionAssignment { isr: vec![1], ..PartitionAssignment::new(vec![1, 2]) }];
+        let mut metadata = ClusterMetadata::from_records(vec![
+            MetadataRecord::RegisterBroker { node_id: 2, incarnation, endpoints },
+            MetadataRecord::FenceBroker { node_id: 2, incarnation },
+            MetadataRecord::Topic { name: "a".into(), id, partitions: 1, configs: BTreeMap::new(), assignments },
+        ]);
+        let grow =
+            MetadataRecord::PartitionChange { topic_id: id, partition: 0, leader: 1, leader_epoch: 0, isr: vec![1, 2] };
+        assert_eq!(metadata.apply_all(std::slice::from_ref(&grow)).unwrap_err().code, ResponseError::IneligibleReplica);
+        metadata.apply_all(&[MetadataRecord::UnfenceBroker { node_id: 2, incarnation }, grow]).unwrap();
+        assert_eq!(metadata.topic("a").unwrap().assignments[0].isr, [1, 2]);
     }
 
     #[test]

@@ -16,16 +16,15 @@ use crate::connection::ConnectionState;
 use crate::dispatch;
 use crate::response::Outcome;
 
-/// Accepts connections until `shutdown` turns true.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Accepts connections on the listener named `name` until `shutdown` turns true.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, name: Arc<str>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let broker = broker.clone();
-                    let shutdown = shutdown.clone();
+                    let (broker, name, shutdown) = (broker.clone(), name.clone(), shutdown.clone());
                     tokio::spawn(async move {
-                        if let Err(err) = handle_connection(broker, stream, peer, shutdown).await {
+                        if let Err(err) = handle_connection(broker, stream, peer, name, shutdown).await {
                             tracing::debug!(%peer, %err, "connection closed with an error");
                         }
                     });
@@ -50,12 +49,13 @@ async fn handle_connection(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Arc<str>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (reader, writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, reader);
-    let mut state = ConnectionState { peer: Some(peer), ..ConnectionState::default() };
+    let mut state = ConnectionState { peer: Some(peer), listener, ..ConnectionState::default() };
     let max = broker.config.socket_request_max_bytes;
     // Requests are handled in order here; their responses go to the writer in that order,
     // which waits for a late one (acks=all) before writing those after it.

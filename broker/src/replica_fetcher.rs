@@ -102,8 +102,7 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32) {
 
 async fn connect(broker: &Broker, leader: i32) -> Option<TcpStream> {
     let metadata = broker.replicas.image();
-    let listener =
-        broker.config.cluster.inter_broker_listener_name.as_ref().unwrap_or(&broker.config.cluster.listener_name);
+    let listener = broker.config.inter_broker_listener();
     let endpoint = metadata.brokers.get(&leader)?.endpoint(listener)?.clone();
     let address = format!("{}:{}", endpoint.host, endpoint.port);
     match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&address)).await {

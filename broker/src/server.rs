@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::group::coordinator::TICK_INTERVAL;
+use crate::metadata::Endpoint;
 use crate::network;
 use crate::quorum::{ControllerRequest, ControllerResponse};
 use kafka_protocol::error::ResponseError;
@@ -61,17 +62,22 @@ impl Server {
     /// `advertised.listeners`, clients are told the address actually bound (port 0 picks a
     /// free one). Call from within a multi-threaded tokio runtime.
     pub async fn start(mut config: BrokerConfig) -> Result<Server, ServerError> {
-        let address = config.listener;
-        let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { address, source })?;
-        if !config.advertised_listeners_set {
-            // Clients cannot connect to a wildcard address, as Kafka's own check says.
-            if local_addr.ip().is_unspecified() {
-                return Err(ServerError::WildcardAdvertised(local_addr));
+        let mut listeners = Vec::new();
+        for broker_listener in config.broker_listeners() {
+            let address = broker_listener.address;
+            let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })?;
+            let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { address, source })?;
+            if config.advertised(&broker_listener.name).is_none() {
+                // Clients cannot connect to a wildcard address, as Kafka's own check says.
+                if local_addr.ip().is_unspecified() {
+                    return Err(ServerError::WildcardAdvertised(local_addr));
+                }
+                let (host, port) = (local_addr.ip().to_string(), local_addr.port());
+                config.advertised_listeners.push(Endpoint { listener: broker_listener.name.clone(), host, port });
             }
-            config.advertised_host = local_addr.ip().to_string();
-            config.advertised_port = local_addr.port();
+            listeners.push((Arc::<str>::from(broker_listener.name), listener, local_addr));
         }
+        let local_addr = listeners[0].2;
         let controller_listener = match config.cluster.controller_listener {
             Some(address) => {
                 Some(TcpListener::bind(address).await.map_err(|source| ServerError::Bind { address, source })?)
@@ -86,7 +92,6 @@ impl Server {
         let mut tasks = vec![
             tokio::spawn(heartbeats(broker.clone(), fatal_tx, stop.clone())),
             tokio::spawn(fence_expired_brokers(broker.clone(), stop.clone())),
-            tokio::spawn(network::serve(broker.clone(), listener, stop.clone())),
             tokio::spawn(group_timers(broker.clone(), stop.clone())),
             tokio::spawn(transaction_timers(broker.clone(), stop.clone())),
             tokio::spawn(maintenance(broker.clone(), stop.clone())),
@@ -94,6 +99,9 @@ impl Server {
             tokio::spawn(crate::replica_fetcher::run(broker.clone(), stop.clone())),
             tokio::spawn(isr_changes(broker.clone(), stop.clone())),
         ];
+        for (name, listener, _) in listeners {
+            tasks.push(tokio::spawn(network::serve(broker.clone(), listener, name, stop.clone())));
+        }
         if let Some(listener) = controller_listener {
             let quorum = broker.controller.quorum().clone();
             tasks.push(tokio::spawn(async move { quorum.serve(listener, stop).await }));
@@ -167,6 +175,7 @@ async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, m
     // process of this node could still hold: then another live node has the id.
     let patience = Duration::from_millis(broker.config.cluster.broker_session_timeout_ms) * 2;
     let mut refused_since = None;
+    let mut cut_off = false;
     loop {
         tokio::select! {
             _ = interval.tick() => {
@@ -176,6 +185,10 @@ async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, m
                 match answer {
                     Ok(Ok(ControllerResponse::Alive)) => {
                         refused_since = None;
+                        if broker.cut_off_from_quorum() {
+                            tracing::info!("the controller answers again: leading and serving metadata again");
+                        }
+                        broker.heard_from_controller();
                         if let Err(message) = broker.check_cluster_id() {
                             tracing::error!(%message, "this node belongs to another cluster");
                             fatal.send_replace(Some(message));
@@ -193,6 +206,10 @@ async fn heartbeats(broker: Arc<Broker>, fatal: watch::Sender<Option<String>>, m
                     Ok(other) => tracing::debug!(answer = ?other, "heartbeat not acknowledged"),
                     Err(_) => tracing::debug!("heartbeat timed out"),
                 }
+                if broker.cut_off_from_quorum() && !cut_off {
+                    tracing::warn!("no answer from the controller for twice broker.session.timeout.ms: acting as fenced");
+                }
+                cut_off = broker.cut_off_from_quorum();
             }
             _ = shutdown.changed() => return,
         }
@@ -333,7 +350,7 @@ mod tests {
         let second = Server::start(config(b.path())).await.unwrap();
         assert_ne!(first.local_addr(), second.local_addr());
         for server in [&first, &second] {
-            assert_eq!(server.broker().config.advertised_port, server.local_addr().port());
+            assert_eq!(server.broker().config.advertised("PLAINTEXT").unwrap().port, server.local_addr().port());
             tokio::net::TcpStream::connect(server.local_addr()).await.expect("the listener accepts");
         }
         let taken = BrokerConfig { listener: first.local_addr(), ..config(b.path()) };

@@ -11,12 +11,13 @@ use crate::broker::Broker;
 
 pub fn describe_cluster(
     broker: &Arc<Broker>,
+    listener: &str,
     _header: &RequestHeader,
     _request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let metadata = broker.metadata();
     let brokers = broker
-        .live_brokers(&metadata)
+        .live_brokers(&metadata, listener)
         .into_iter()
         .map(|(id, endpoint)| {
             DescribeClusterBroker::default()

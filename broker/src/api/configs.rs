@@ -113,11 +113,21 @@ fn describe_broker(
             format!("this is broker {}, not {name}", config.node_id),
         ));
     }
+    let mut listeners: Vec<String> =
+        config.broker_listeners().iter().map(|l| format!("{}://{}", l.name, l.address)).collect();
+    if let Some(address) = config.cluster.controller_listener {
+        let name = config.cluster.controller_listener_names.first().map_or("CONTROLLER", String::as_str);
+        listeners.push(format!("{name}://{address}"));
+    }
+    let listeners = listeners.join(",");
+    let advertised: Vec<String> =
+        config.advertised_listeners.iter().map(|e| format!("{}://{}:{}", e.listener, e.host, e.port)).collect();
+    let advertised = advertised.join(",");
     let mut values: Vec<(String, String)> = vec![
         ("node.id".into(), config.node_id.to_string()),
         ("log.dirs".into(), config.data_dir.display().to_string()),
-        ("listeners".into(), format!("PLAINTEXT://{}", config.listener)),
-        ("advertised.listeners".into(), format!("PLAINTEXT://{}:{}", config.advertised_host, config.advertised_port)),
+        ("listeners".into(), listeners),
+        ("advertised.listeners".into(), advertised),
         ("num.partitions".into(), config.num_partitions.to_string()),
         ("auto.create.topics.enable".into(), config.auto_create_topics_enable.to_string()),
         ("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()),

@@ -40,6 +40,7 @@ pub(crate) async fn ensure_transaction_coordinator(broker: &Arc<Broker>) -> Resu
 
 pub async fn find_coordinator(
     broker: &Arc<Broker>,
+    listener: &str,
     header: &RequestHeader,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -52,7 +53,7 @@ pub async fn find_coordinator(
         _ => Err((ResponseError::InvalidRequest, "unknown coordinator key type")),
     };
     let metadata = broker.metadata();
-    let brokers = broker.live_brokers(&metadata);
+    let brokers = broker.live_brokers(&metadata, listener);
     let topic = match request.key_type {
         KEY_TYPE_TRANSACTION => crate::internal_topics::TRANSACTION_STATE_TOPIC,
         _ => crate::internal_topics::OFFSETS_TOPIC,

@@ -18,7 +18,12 @@ use crate::metadata::{ClusterMetadata, TopicMetadata, NO_LEADER};
 /// Kafka's "authorized operations not requested" value.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
-pub async fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    listener: &str,
+    header: &RequestHeader,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let version = header.request_api_version;
     // Before v4 the request has no flag and clients expect the broker's default behaviour.
     let auto_create = broker.config.auto_create_topics_enable && (version < 4 || request.allow_auto_topic_creation);
@@ -50,7 +55,7 @@ pub async fn handle(broker: &Arc<Broker>, header: &RequestHeader, request: Metad
     };
 
     let brokers = broker
-        .live_brokers(&metadata)
+        .live_brokers(&metadata, listener)
         .into_iter()
         .map(|(id, endpoint)| {
             MetadataResponseBroker::default()

@@ -57,7 +57,7 @@ pub(crate) fn leader_partition(
     current_leader_epoch: i32,
 ) -> Result<std::sync::Arc<crate::partition::Partition>, kafka_protocol::error::ResponseError> {
     match broker.replicas.partition(topic, index) {
-        Some(partition) if partition.is_leader() => {
+        Some(partition) if partition.is_leader() && !broker.cut_off_from_quorum() => {
             check_leader_epoch(partition.leader_epoch(), current_leader_epoch)?;
             Ok(partition)
         }

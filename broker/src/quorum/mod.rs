@@ -169,8 +169,11 @@ impl MetadataQuorum {
             voters.iter().map(|(id, address)| (*id as u64, BasicNode::new(address.clone()))).collect();
         let log = log_store.log().clone();
         let config = raft_config()?;
-        let raft = run_on(&runtime, Raft::new(node_id as u64, config, network::Network, log_store, state_machine))?
-            .map_err(|e| Error::Metadata(format!("starting the metadata quorum: {e}")))?;
+        let raft = run_on(
+            &runtime,
+            Raft::new(node_id as u64, config, network::Network { voters: voters.clone() }, log_store, state_machine),
+        )?
+        .map_err(|e| Error::Metadata(format!("starting the metadata quorum: {e}")))?;
         let quorum = Arc::new(MetadataQuorum {
             raft,
             node_id: node_id as u64,
@@ -252,6 +255,15 @@ impl MetadataQuorum {
 
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.node_id as i32)
+    }
+
+    /// Whether this node leads and a quorum of voters acknowledged it within `within`: a
+    /// leader cut off from the other voters believes it leads until a newer term reaches it.
+    pub fn leads_with_quorum(&self, within: Duration) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let acked = || metrics.millis_since_quorum_ack.is_some_and(|ms| u128::from(ms) <= within.as_millis());
+        metrics.current_leader == Some(self.node_id) && (self.voters.len() <= 1 || acked())
     }
 
     /// Changes the metadata: proposes `records` on the active controller (this node, or

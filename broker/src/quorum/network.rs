@@ -4,6 +4,7 @@
 //! connection carries one request at a time. Frames are bounded before anything is allocated
 //! for them, and a peer that sends garbage loses its connection, nothing else.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -113,14 +114,18 @@ impl Connection {
     }
 }
 
-/// Opens connections to voters for openraft.
-pub struct Network;
+/// Opens connections to voters for openraft, at the addresses this node's
+/// `controller.quorum.voters` gives (as in Kafka, each node's own list: the one in the
+/// membership is the first voter's).
+pub struct Network {
+    pub voters: BTreeMap<u64, BasicNode>,
+}
 
 impl RaftNetworkFactory<QuorumConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Connection {
-        Connection::new(node.addr.clone())
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Connection {
+        Connection::new(self.voters.get(&target).unwrap_or(node).addr.clone())
     }
 }
 

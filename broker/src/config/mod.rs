@@ -7,19 +7,23 @@ use std::path::PathBuf;
 use sluice_storage::LogConfig;
 
 use crate::error::{Error, Result};
+use crate::metadata::Endpoint;
 use crate::topic_config;
+
+mod listeners;
+pub use listeners::BrokerListener;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// `listeners`: the address the broker binds.
+    /// `listeners`: the address the first broker listener binds (its name is
+    /// `cluster.listener_name`).
     pub listener: SocketAddr,
-    /// `advertised.listeners`: host and port clients are told to connect to.
-    pub advertised_host: String,
-    pub advertised_port: u16,
-    /// Whether `advertised.listeners` was given (set by [`BrokerConfig::apply`]). If not, the
-    /// server advertises the address its listener bound, as Kafka advertises `listeners` by
-    /// default, whatever `advertised_host` and `advertised_port` say.
-    pub advertised_listeners_set: bool,
+    /// The further broker listeners `listeners` names, e.g. one for inter-broker traffic.
+    pub other_listeners: Vec<BrokerListener>,
+    /// `advertised.listeners`: the host and port each broker listener is advertised as. The
+    /// server adds the bound address of a listener this does not name, as Kafka advertises
+    /// `listeners` by default.
+    pub advertised_listeners: Vec<Endpoint>,
     /// `log.dirs`: one data directory.
     pub data_dir: PathBuf,
     /// `node.id`.
@@ -70,7 +74,7 @@ pub struct ClusterConfig {
     pub controller_listener_names: Vec<String>,
     /// The controller listener's address, from `listeners` (None: no controller listener).
     pub controller_listener: Option<SocketAddr>,
-    /// The client listener's name in `listeners` (`PLAINTEXT` unless named otherwise).
+    /// The first broker listener's name in `listeners` (`PLAINTEXT` unless named otherwise).
     pub listener_name: String,
     /// `listeners` as given, read again when `controller.listener.names` changes.
     listeners_raw: Option<String>,
@@ -140,14 +144,6 @@ impl ClusterConfig {
                 self.controller_listener_names.join(",")
             )));
         }
-        if let Some(name) = &self.inter_broker_listener_name {
-            if *name != self.listener_name {
-                return Err(Error::Config(format!(
-                    "inter.broker.listener.name is {name}, which is not a listener in listeners (its broker listener is {})",
-                    self.listener_name
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -192,7 +188,7 @@ fn parse_voters(value: &str) -> std::result::Result<std::collections::BTreeMap<i
         let bad = || format!("controller.quorum.voters entries look like 1@127.0.0.1:19093, got \"{entry}\"");
         let (id, address) = entry.split_once('@').ok_or_else(bad)?;
         let id: i32 = id.trim().parse().map_err(|_| bad())?;
-        let (host, port) = parse_host_port("controller.quorum.voters", address)?;
+        let (host, port) = listeners::parse_host_port("controller.quorum.voters", address)?;
         if host.is_empty() || id < 0 {
             return Err(bad());
         }
@@ -285,9 +281,8 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listener: SocketAddr::from(([127, 0, 0, 1], 9092)),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
-            advertised_listeners_set: false,
+            other_listeners: Vec::new(),
+            advertised_listeners: Vec::new(),
             data_dir: PathBuf::from("./sluice-data"),
             node_id: 0,
             num_partitions: 1,
@@ -344,9 +339,7 @@ impl BrokerConfig {
                 groups.consumer_heartbeat_interval_ms, groups.consumer_session_timeout_ms
             )));
         }
-        if self.advertised_host.is_empty() {
-            return Err(Error::Config("advertised.listeners needs a host name".into()));
-        }
+        self.validate_listeners().map_err(Error::Config)?;
         self.cluster.validate(self.node_id)?;
         self.log_defaults.validate().map_err(|e| Error::Config(e.to_string()))
     }
@@ -371,6 +364,7 @@ pub const KEYS: &[&str] = &[
     "group.max.session.timeout.ms",
     "group.max.size",
     "group.min.session.timeout.ms",
+    "listener.security.protocol.map",
     "listeners",
     "log.dirs",
     "log.retention.check.interval.ms",
@@ -410,69 +404,6 @@ fn all_keys() -> Vec<&'static str> {
     keys.sort_unstable();
     keys.dedup();
     keys
-}
-
-/// Kafka's listener lists: `NAME://host:port` entries, comma-separated; a bare `host:port`
-/// is the `PLAINTEXT` listener.
-fn named_entries(key: &str, value: &str) -> std::result::Result<Vec<(String, String)>, String> {
-    let mut entries = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (name, address) = entry.split_once("://").unwrap_or(("PLAINTEXT", entry));
-        if entries.iter().any(|(n, _)| n == name) {
-            return Err(format!("{key} names listener {name} twice"));
-        }
-        entries.push((name.to_string(), address.to_string()));
-    }
-    if entries.is_empty() {
-        return Err(format!("{key} is empty"));
-    }
-    Ok(entries)
-}
-
-fn socket_address(key: &str, value: &str) -> std::result::Result<SocketAddr, String> {
-    let (host, port) = parse_host_port(key, value)?;
-    let ip = if host.is_empty() { "0.0.0.0".to_string() } else { host };
-    format!("{ip}:{port}")
-        .parse()
-        .or_else(|_| format!("[{ip}]:{port}").parse())
-        .map_err(|_| format!("{key} must be an IP address and port, got \"{value}\""))
-}
-
-impl BrokerConfig {
-    /// `listeners`: one broker listener (its name is the client and inter-broker listener)
-    /// and, on a controller, one named in `controller.listener.names`.
-    fn apply_listeners(&mut self, value: &str) -> std::result::Result<(), String> {
-        let key = "listeners";
-        self.cluster.listeners_raw = Some(value.to_string());
-        let mut broker = None;
-        self.cluster.controller_listener = None;
-        for (name, address) in named_entries(key, value)? {
-            let address = socket_address(key, &address)?;
-            if self.cluster.controller_listener_names.contains(&name) {
-                self.cluster.controller_listener = Some(address);
-            } else if broker.replace((name.clone(), address)).is_some() {
-                return Err(format!(
-                    "listeners has more than one broker listener (at {name}); several client listeners are not supported yet"
-                ));
-            }
-        }
-        let (name, address) = broker.ok_or_else(|| {
-            format!("listeners needs a broker listener (e.g. PLAINTEXT://127.0.0.1:9092), got \"{value}\"")
-        })?;
-        self.cluster.listener_name = name;
-        self.listener = address;
-        Ok(())
-    }
-}
-
-/// `host:port`, optionally behind Kafka's `PLAINTEXT://` prefix.
-fn parse_host_port(key: &str, value: &str) -> std::result::Result<(String, u16), String> {
-    let address = value.trim().trim_start_matches("PLAINTEXT://");
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{key} must look like host:port (e.g. 127.0.0.1:9092), got \"{value}\""))?;
-    let port = port.parse::<u16>().map_err(|_| format!("{key} has an invalid port in \"{value}\""))?;
-    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port))
 }
 
 impl BrokerConfig {
@@ -520,17 +451,8 @@ impl BrokerConfig {
         }
         match key {
             "listeners" => self.apply_listeners(value)?,
-            "advertised.listeners" => {
-                let listeners = named_entries(key, value)?;
-                let client = listeners
-                    .iter()
-                    .find(|(name, _)| !self.cluster.controller_listener_names.contains(name))
-                    .ok_or_else(|| format!("advertised.listeners has no broker listener, got \"{value}\""))?;
-                let (host, port) = parse_host_port(key, &client.1)?;
-                self.advertised_host = host;
-                self.advertised_port = port;
-                self.advertised_listeners_set = true;
-            }
+            "advertised.listeners" => self.apply_advertised_listeners(value)?,
+            "listener.security.protocol.map" => listeners::check_security_protocol_map(value)?,
             "log.dirs" => {
                 if value.contains(',') {
                     return Err("log.dirs takes one directory; several data directories are not supported yet".into());
