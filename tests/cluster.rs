@@ -165,6 +165,16 @@ impl Cluster {
         partitions.into_iter().map(|(_, leader, isr)| (leader, isr)).collect()
     }
 
+    /// Each partition's replicas, as Metadata says.
+    fn replicas(&self, topic: &str) -> Vec<Vec<i32>> {
+        let admin = self.admin();
+        let Ok(metadata) = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5)) else { return Vec::new() };
+        let Some(topic) = metadata.topics().first() else { return Vec::new() };
+        let mut partitions: Vec<_> = topic.partitions().iter().map(|p| (p.id(), p.replicas().to_vec())).collect();
+        partitions.sort();
+        partitions.into_iter().map(|(_, replicas)| replicas).collect()
+    }
+
     /// Each partition's leader, as Metadata says (-1: none).
     fn leaders(&self, topic: &str) -> Vec<i32> {
         let admin = self.admin();
@@ -400,6 +410,8 @@ type Ack = (i32, i64, String, Instant);
 struct AckedProducer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acked: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
+    /// How many records have been handed to the client so far (record i is `v{i}`).
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -407,6 +419,7 @@ impl AckedProducer {
     fn start(cluster: &Cluster, topic: &str, partitions: i32) -> AckedProducer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let producer: FutureProducer = cluster
             .client()
             .set("acks", "all")
@@ -419,45 +432,49 @@ impl AckedProducer {
             .create()
             .expect("producer");
         let thread = {
-            let (stop, acked, topic) = (stop.clone(), acked.clone(), topic.to_string());
+            let (stop, acked, queued, topic) = (stop.clone(), acked.clone(), queued.clone(), topic.to_string());
             std::thread::spawn(move || {
+                use futures::StreamExt;
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
                 let mut next = 0usize;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let sends: Vec<_> = (next..next + 50)
+                    let sends: futures::stream::FuturesUnordered<_> = (next..next + 50)
                         .map(|i| {
                             let value = format!("v{i}");
                             let partition = (i % partitions as usize) as i32;
                             let record = FutureRecord::to(&topic).partition(partition).key("k").payload(&value);
-                            (value.clone(), producer.send_result(record).expect("queue"))
+                            let send = producer.send_result(record).expect("queue");
+                            // Past message.timeout.ms a record is not acknowledged, whatever happens.
+                            async move { (value, tokio::time::timeout(Duration::from_secs(150), send).await) }
                         })
                         .collect();
                     next += 50;
-                    for (value, send) in sends {
-                        // Past message.timeout.ms a record is not acknowledged, whatever happens.
-                        let delivery =
-                            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(150), send).await });
+                    queued.store(next, std::sync::atomic::Ordering::SeqCst);
+                    // Each acknowledgement is timed as it comes, not in the order sent.
+                    runtime.block_on(sends.for_each(|(value, delivery)| {
                         if let Ok(Ok(Ok(delivery))) = delivery {
-                            let ack = (delivery.partition, delivery.offset, value, Instant::now());
-                            acked.lock().unwrap().push(ack);
+                            acked.lock().unwrap().push((delivery.partition, delivery.offset, value, Instant::now()));
                         }
-                    }
+                        std::future::ready(())
+                    }));
                 }
             })
         };
-        AckedProducer { stop, acked, thread }
+        AckedProducer { stop, acked, queued, thread }
     }
 
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
+    /// Records handed to the client so far: those after are sent later.
+    fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits for an acknowledgement from `partition` among those after the first `after`, and
-    /// says when it came.
-    fn next_ack(&self, after: usize, partition: i32, limit: Duration) -> Instant {
+    /// Waits for the acknowledgement of a record to `partition` queued after the first
+    /// `queued` records, and says when it came.
+    fn next_ack(&self, queued: usize, partition: i32, limit: Duration) -> Instant {
         wait_for(&format!("an acknowledgement from partition {partition}"), limit, || {
             let acked = self.acked.lock().unwrap();
-            acked[after..].iter().find(|(p, ..)| *p == partition).map(|(.., at)| *at)
+            let later = |value: &str| value[1..].parse::<usize>().is_ok_and(|i| i >= queued);
+            acked.iter().rev().filter(|(p, _, value, _)| *p == partition && later(value)).map(|(.., at)| *at).min()
         })
     }
 
@@ -498,10 +515,12 @@ fn check_acknowledged(cluster: &Cluster, topic: &str, partitions: i32, acked: &[
         assert_eq!(by_offset.get(&(*partition, *offset)), Some(value), "acknowledged {value} at {partition}/{offset}");
     }
     wait_for("every replica back in sync", Duration::from_secs(60), || {
-        let state = cluster.partitions(topic);
-        let in_sync = state.len() == partitions as usize && state.iter().all(|(_, isr)| isr.len() == 3);
-        let same = (0..partitions).all(|p| {
-            let copies: Vec<Vec<u8>> = cluster.nodes.values().map(|n| partition_bytes(n, topic, p)).collect();
+        let (state, replicas) = (cluster.partitions(topic), cluster.replicas(topic));
+        let in_sync = state.len() == partitions as usize
+            && state.iter().zip(&replicas).all(|((_, isr), replicas)| isr.len() == replicas.len());
+        let same = replicas.iter().enumerate().all(|(p, replicas)| {
+            let copies: Vec<Vec<u8>> =
+                replicas.iter().map(|r| partition_bytes(&cluster.nodes[r], topic, p as i32)).collect();
             copies.windows(2).all(|w| w[0] == w[1])
         });
         (in_sync && same).then_some(())
@@ -538,10 +557,10 @@ fn replicated_partitions_lose_nothing_acknowledged_when_leaders_are_killed() {
     for kill in 0..kills {
         let partition = kill % PARTITIONS as usize;
         let victim = leader_with_full_isr(&cluster, "replicated", partition);
-        let acked_before = producer.count();
+        let queued = producer.queued();
         let killed_at = Instant::now();
         cluster.nodes.get_mut(&victim).unwrap().kill9();
-        let recovered = producer.next_ack(acked_before, partition as i32, Duration::from_secs(60));
+        let recovered = producer.next_ack(queued, partition as i32, Duration::from_secs(60));
         failovers.push(recovered.saturating_duration_since(killed_at));
         cluster.nodes.get_mut(&victim).unwrap().start_again();
         cluster.wait_for_brokers(NODES as usize);
@@ -566,12 +585,12 @@ fn an_isolated_leader_acknowledges_nothing_it_loses_and_rejoins_when_healed() {
     for round in 0..isolations {
         let partition = round % PARTITIONS as usize;
         let victim = leader_with_full_isr(&cluster, "isolated", partition);
-        let acked_before = producer.count();
+        let queued = producer.queued();
         let cut_at = Instant::now();
         cluster.links.isolate(victim);
         // The other two fence it and one of them leads: acks=all goes on without it (the
         // producer finds the new leader through the brokers it can still ask).
-        let recovered = producer.next_ack(acked_before, partition as i32, Duration::from_secs(60));
+        let recovered = producer.next_ack(queued, partition as i32, Duration::from_secs(60));
         failovers.push(recovered.saturating_duration_since(cut_at));
         eprintln!("isolation {round} of broker {victim}: acks=all again after {:?}", recovered - cut_at);
         wait_for("another leader", Duration::from_secs(30), || {
@@ -720,4 +739,122 @@ fn transactions_span_brokers_and_survive_their_coordinators_death() {
     expected.sort();
     assert_eq!(read_committed(&cluster, 90), expected);
     cluster.nodes.get_mut(&coordinator).unwrap().start_again();
+}
+
+fn sluice(args: &[&str]) -> String {
+    common::run_sluice(args, Duration::from_secs(120)).success(&args.join(" ")).stdout
+}
+
+#[test]
+fn partitions_move_between_brokers_while_a_producer_keeps_going_and_a_broker_is_decommissioned() {
+    let mut cluster = Cluster::start();
+    const PARTITIONS: i32 = 3;
+    create_replicated_topic(&cluster, "moving", PARTITIONS, 2);
+    let producer = AckedProducer::start(&cluster, "moving", PARTITIONS);
+    for partition in 0..PARTITIONS {
+        producer.next_ack(0, partition, Duration::from_secs(60));
+    }
+    let bootstrap = cluster.bootstrap();
+    let bootstrap = bootstrap.split(',').next().unwrap().to_string();
+
+    // Partition 0 moves to the broker that does not have it, in place of its leader.
+    let before = cluster.replicas("moving")[0].clone();
+    let newcomer = (1..=NODES).find(|id| !before.contains(id)).unwrap();
+    let leaving = cluster.leaders("moving")[0];
+    let target: Vec<i32> = before.iter().map(|r| if *r == leaving { newcomer } else { *r }).collect();
+    let list = target.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let out = sluice(&[
+        "cluster",
+        "reassign",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "moving",
+        "--partition",
+        "0",
+        "--replicas",
+        &list,
+        "--wait",
+        "60",
+    ]);
+    assert!(out.contains("is on"), "{out}");
+    assert_eq!(cluster.replicas("moving")[0], target);
+    wait_for("the old copy deleted", Duration::from_secs(30), || {
+        (!cluster.nodes[&leaving].data_dir().join("moving-0").exists()).then_some(())
+    });
+    let queued = producer.queued();
+    producer.next_ack(queued, 0, Duration::from_secs(60));
+    let out = sluice(&["cluster", "reassignments", "--bootstrap", &bootstrap]);
+    assert!(out.contains("0 reassignment(s) in progress"), "{out}");
+    let out = sluice(&["cluster", "log-dirs", "--bootstrap", &bootstrap]);
+    assert!(out.lines().any(|l| l.starts_with(&newcomer.to_string()) && l.contains("moving-0")), "{out}");
+
+    // Reordering the replicas moves no data; an election then gives the preferred one the lead.
+    let reordered: Vec<i32> = target.iter().rev().copied().collect();
+    let list = reordered.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    sluice(&[
+        "cluster",
+        "reassign",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "moving",
+        "--partition",
+        "0",
+        "--replicas",
+        &list,
+        "--wait",
+        "60",
+    ]);
+    if cluster.leaders("moving")[0] != reordered[0] {
+        let out = sluice(&["cluster", "elect-leaders", "--bootstrap", &bootstrap, "--topic", "moving"]);
+        assert!(out.contains("moving-0: elected"), "{out}");
+    }
+    wait_for("the preferred leader", Duration::from_secs(30), || {
+        (cluster.leaders("moving")[0] == reordered[0]).then_some(())
+    });
+
+    // A bad move is refused with the protocol's error, naming the partition.
+    let run = common::run_sluice(
+        &[
+            "cluster",
+            "reassign",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "moving",
+            "--partition",
+            "0",
+            "--replicas",
+            "1,1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!run.status.success() && run.stderr.contains("INVALID_REPLICA_ASSIGNMENT"), "{}", run.stderr);
+
+    // Decommissioning a broker moves everything off it; it can then go.
+    let victim = cluster.leaders("moving")[1];
+    let out = sluice(&[
+        "cluster",
+        "decommission",
+        "--bootstrap",
+        &bootstrap,
+        "--broker",
+        &victim.to_string(),
+        "--wait",
+        "60",
+    ]);
+    assert!(out.contains("holds no replicas"), "{out}");
+    assert!(cluster.replicas("moving").iter().all(|r| !r.contains(&victim)));
+    wait_for("its copies deleted", Duration::from_secs(30), || {
+        (0..PARTITIONS).all(|p| !cluster.nodes[&victim].data_dir().join(format!("moving-{p}")).exists()).then_some(())
+    });
+    cluster.nodes.get_mut(&victim).unwrap().kill9();
+    let queued = producer.queued();
+    for partition in 0..PARTITIONS {
+        producer.next_ack(queued, partition, Duration::from_secs(60));
+    }
+    let acked = producer.finish();
+    cluster.nodes.remove(&victim);
+    check_acknowledged(&cluster, "moving", PARTITIONS, &acked);
 }

@@ -166,7 +166,7 @@ impl Controller {
     }
 
     /// Proposes `records` and waits until this broker has acted on them. Blocking.
-    fn commit(&self, records: Vec<MetadataRecord>) -> Result<u64, AdminError> {
+    pub(crate) fn commit(&self, records: Vec<MetadataRecord>) -> Result<u64, AdminError> {
         let offset = self.quorum.propose_blocking(records)?;
         if !self.reconciled.wait(offset, crate::quorum::PROPOSE_TIMEOUT) {
             tracing::warn!(offset, "a metadata change landed but this broker has not applied it yet");

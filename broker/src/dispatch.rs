@@ -141,6 +141,18 @@ pub const APIS: &[ApiSpec] = &[
     api!(DeleteRecords, 0, 2, DeleteRecordsRequest, |call, req| {
         call.reply(&api::records::delete_records(call.broker, &call.header, req).await)
     }),
+    api!(AlterPartitionReassignments, 0, 1, AlterPartitionReassignmentsRequest, |call, req| {
+        call.reply(&api::replicas::alter_partition_reassignments(call.broker, &call.header, req).await)
+    }),
+    api!(ListPartitionReassignments, 0, 0, ListPartitionReassignmentsRequest, |call, req| {
+        call.reply(&api::replicas::list_partition_reassignments(call.broker, &call.header, req))
+    }),
+    api!(ElectLeaders, 0, 2, ElectLeadersRequest, |call, req| {
+        call.reply(&api::replicas::elect_leaders(call.broker, &call.header, req).await)
+    }),
+    api!(DescribeLogDirs, 1, 4, DescribeLogDirsRequest, |call, req| {
+        call.reply(&api::replicas::describe_log_dirs(call.broker, &call.header, req))
+    }),
     api!(OffsetForLeaderEpoch, 2, 4, OffsetForLeaderEpochRequest, |call, req| {
         call.reply(&api::records::offset_for_leader_epoch(call.broker, &call.header, req))
     }),

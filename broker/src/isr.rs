@@ -14,6 +14,9 @@ use sluice_storage::Offset;
 use crate::metadata::PartitionAssignment;
 use crate::partition::{Follower, IsrChange, Partition};
 
+/// How often an acks=all wait looks whether this broker was cut off from the quorum.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(250);
+
 impl Partition {
     /// Takes what the metadata says of this partition: its replicas, ISR and leader.
     pub(crate) fn apply_assignment(&self, node_id: i32, assignment: &PartitionAssignment, now_ms: i64) {
@@ -126,8 +129,15 @@ impl Partition {
 
     /// Waits until the high watermark passes `end` (the ISR has the append), for up to
     /// `timeout`. NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR is then below
-    /// `min.insync.replicas`; REQUEST_TIMED_OUT if it never got there.
-    pub async fn wait_replicated(&self, end: Offset, timeout: Duration) -> Result<(), ResponseError> {
+    /// `min.insync.replicas`; REQUEST_TIMED_OUT if it never got there; NOT_LEADER_OR_FOLLOWER
+    /// once this broker stops leading or `cut_off` says it is cut off from the quorum (looked
+    /// at every [`CUT_OFF_CHECK`]), so that the client retries on the new leader at once.
+    pub async fn wait_replicated(
+        &self,
+        end: Offset,
+        timeout: Duration,
+        cut_off: impl Fn() -> bool,
+    ) -> Result<(), ResponseError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let progressed = self.progress.notified();
@@ -139,10 +149,11 @@ impl Partition {
                 }
                 return Ok(());
             }
-            if !self.is_leader() {
+            if !self.is_leader() || cut_off() {
                 return Err(ResponseError::NotLeaderOrFollower);
             }
-            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+            let wake = deadline.min(tokio::time::Instant::now() + CUT_OFF_CHECK);
+            if tokio::time::timeout_at(wake, progressed).await.is_err() && wake == deadline {
                 return Err(ResponseError::RequestTimedOut);
             }
         }
@@ -184,7 +195,7 @@ mod tests {
     }
 
     fn isr_of(partition: &Partition, isr: Vec<i32>) {
-        let assignment = PartitionAssignment { replicas: vec![1, 2, 3], leader: 1, leader_epoch: 0, isr };
+        let assignment = PartitionAssignment { isr, ..PartitionAssignment::new(vec![1, 2, 3]) };
         partition.apply_assignment(1, &assignment, 0);
     }
 

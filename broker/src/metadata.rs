@@ -27,13 +27,26 @@ pub struct PartitionAssignment {
     pub leader: i32,
     pub leader_epoch: i32,
     pub isr: Vec<i32>,
+    /// A reassignment in progress ([`crate::reassignment`]): the replicas being added (they
+    /// fetch, and must join the ISR) and those removed once they have; `replicas` holds both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionAssignment {
     /// A new partition on `replicas`, led by the first of them at epoch 0.
     pub fn new(replicas: Vec<i32>) -> PartitionAssignment {
         let leader = replicas.first().copied().unwrap_or(NO_LEADER);
-        PartitionAssignment { isr: replicas.clone(), replicas, leader, leader_epoch: 0 }
+        PartitionAssignment {
+            isr: replicas.clone(),
+            replicas,
+            leader,
+            leader_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        }
     }
 }
 
@@ -123,6 +136,12 @@ pub enum MetadataRecord {
         node_id: i32,
         incarnation: Uuid,
     },
+    /// Moves a partition to the `target` replicas (KIP-455); None cancels the move in progress.
+    ReassignPartition {
+        topic_id: Uuid,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    },
     /// A partition's leadership or ISR changed; the epoch grows with every leader change.
     PartitionChange {
         topic_id: Uuid,
@@ -141,7 +160,7 @@ pub struct RecordRejected {
 }
 
 impl RecordRejected {
-    fn new(code: ResponseError, message: impl Into<String>) -> RecordRejected {
+    pub(crate) fn new(code: ResponseError, message: impl Into<String>) -> RecordRejected {
         RecordRejected { code, message: message.into() }
     }
 }
@@ -341,6 +360,26 @@ impl ClusterMetadata {
                 assignment.leader = leader;
                 assignment.leader_epoch = leader_epoch;
                 assignment.isr = isr;
+                crate::reassignment::finish_if_done(assignment);
+            }
+            MetadataRecord::ReassignPartition { topic_id, partition, target } => {
+                let registered: Vec<i32> = self.brokers.keys().copied().collect();
+                let topic = self.topic_mut(&topic_id)?;
+                let name = topic.name.clone();
+                let assignment =
+                    usize::try_from(partition).ok().and_then(|i| topic.assignments.get_mut(i)).ok_or_else(|| {
+                        RecordRejected::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            format!("{name} has no partition {partition}"),
+                        )
+                    })?;
+                // Checked on a copy, so that a refused move leaves the image as it was.
+                let mut moved = assignment.clone();
+                match target {
+                    Some(target) => crate::reassignment::start(&mut moved, target, |r| registered.contains(&r))?,
+                    None => crate::reassignment::cancel(&mut moved)?,
+                }
+                *assignment = moved;
             }
         }
         Ok(())

@@ -36,6 +36,21 @@ fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
+/// Stops a partition's log (requests still holding it fail from now on) and deletes its
+/// directory: renamed first, so a partition that comes back later never shares a directory
+/// with this copy, then removed (or swept at the next start).
+fn delete_copy(partition: &Partition, topic_id: Uuid) -> Result<()> {
+    partition.log.mark_deleted();
+    let dir = partition.log.dir().to_path_buf();
+    let mut doomed = dir.clone().into_os_string();
+    doomed.push(format!(".{}{DELETED_SUFFIX}", topic_id.simple()));
+    std::fs::rename(&dir, &doomed)?;
+    if let Err(err) = std::fs::remove_dir_all(&doomed) {
+        tracing::warn!(dir = ?doomed, %err, "could not remove a deleted partition; it is removed at the next start");
+    }
+    Ok(())
+}
+
 /// Names the topic a partition directory belongs to, as Kafka's file of the same name does,
 /// so that startup only ever deletes directories it can prove are its own.
 const PARTITION_METADATA: &str = "partition.metadata";
@@ -86,7 +101,10 @@ impl ReplicaManager {
             let stale = name.ends_with(DELETED_SUFFIX)
                 || read_topic_id(&path).is_some_and(|id| match metadata.topic_by_id(&id) {
                     None => true,
-                    Some(topic) => index.is_none_or(|index| index >= topic.partitions),
+                    // Or a partition moved to other brokers while this one was down.
+                    Some(topic) => {
+                        index.is_none_or(|index| topic.assignment(index).is_none_or(|a| !a.replicas.contains(&node_id)))
+                    }
                 });
             if stale {
                 tracing::info!(dir = %path.display(), "removing the directory of a deleted partition");
@@ -177,7 +195,15 @@ impl ReplicaManager {
         for (index, assignment) in topic.assignments.iter().enumerate() {
             let now_ms = sluice_storage::now_ms();
             if let Some(partition) = &partitions[index] {
-                partition.apply_assignment(self.node_id, assignment, now_ms);
+                if assignment.replicas.contains(&self.node_id) {
+                    partition.apply_assignment(self.node_id, assignment, now_ms);
+                } else {
+                    // Moved to other brokers (a reassignment completed): this copy goes.
+                    tracing::info!(topic = %topic.name, partition = index, "deleting a replica moved off this broker");
+                    delete_copy(partition, topic.id)?;
+                    partitions[index] = None;
+                    opened = true;
+                }
                 continue;
             }
             if !assignment.replicas.contains(&self.node_id) {
@@ -206,20 +232,11 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// Stops the topic's logs (requests still holding them fail from now on) and deletes
-    /// their directories: renamed first, so a topic recreated under the same name never
-    /// shares a directory with the old one, then removed (or swept at the next start).
+    /// Stops the topic's logs and deletes their directories ([`delete_copy`]).
     pub fn remove_topic(&self, name: &str) -> Result<()> {
         let Some(topic) = self.topics.write().remove(name) else { return Ok(()) };
         for partition in topic.partitions.iter().flatten() {
-            partition.log.mark_deleted();
-            let dir = partition.log.dir().to_path_buf();
-            let mut doomed = dir.clone().into_os_string();
-            doomed.push(format!(".{}{DELETED_SUFFIX}", topic.id.simple()));
-            std::fs::rename(&dir, &doomed)?;
-            if let Err(err) = std::fs::remove_dir_all(&doomed) {
-                tracing::warn!(dir = ?doomed, %err, "could not remove a deleted partition; it is removed at the next start");
-            }
+            delete_copy(partition, topic.id)?;
         }
         Ok(())
     }

@@ -233,6 +233,11 @@ fn print_log_tail(path: &Path) {
     let Ok(file) = File::open(path) else { return };
     let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
     let skipped = lines.len().saturating_sub(LOG_TAIL_LINES);
+    // A panic inside the broker is the first thing to see, however long ago it was.
+    for (at, line) in lines[..skipped].iter().enumerate().filter(|(_, l)| l.contains("panicked at")) {
+        eprintln!("---- broker log line {at}: {line}");
+        lines[at + 1..skipped].iter().take(5).for_each(|l| eprintln!("{l}"));
+    }
     eprintln!("---- broker log ({}, last {} of {} lines) ----", path.display(), lines.len() - skipped, lines.len());
     for line in &lines[skipped..] {
         eprintln!("{line}");

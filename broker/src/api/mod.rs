@@ -15,6 +15,7 @@ pub mod offsets;
 pub mod produce;
 pub mod records;
 pub mod replica_fetch;
+pub mod replicas;
 pub mod topics;
 pub mod txn;
 pub mod txn_describe;

@@ -201,8 +201,9 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         if replicated.is_empty() {
             return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
         }
+        let broker = broker.clone();
         return ProduceReply::Later(Box::pin(async move {
-            wait_replicated(&mut responses, replicated, replication_timeout).await;
+            wait_replicated(&broker, &mut responses, replicated, replication_timeout).await;
             ProduceResponse::default().with_responses(responses)
         }));
     };
@@ -224,7 +225,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             response.error_message = Some(str_bytes(err));
         }
     }
-    wait_replicated(&mut responses, replicated, replication_timeout).await;
+    wait_replicated(broker, &mut responses, replicated, replication_timeout).await;
     ProduceReply::Respond(ProduceResponse::default().with_responses(responses))
 }
 
@@ -232,6 +233,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
 /// it), failing those that do not get there in time or whose ISR shrank below
 /// `min.insync.replicas`.
 async fn wait_replicated(
+    broker: &Broker,
     responses: &mut [TopicProduceResponse],
     replicated: Vec<(usize, usize, Arc<crate::partition::Partition>, sluice_storage::Offset)>,
     timeout: Duration,
@@ -241,7 +243,7 @@ async fn wait_replicated(
         if response.error_code != 0 {
             continue;
         }
-        if let Err(code) = partition.wait_replicated(end, timeout).await {
+        if let Err(code) = partition.wait_replicated(end, timeout, || broker.cut_off_from_quorum()).await {
             response.error_code = code.code();
             response.error_message =
                 Some(str_bytes(format!("the in-sync replicas did not all get the append: {code:?}")));

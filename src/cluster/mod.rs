@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
+mod replicas;
+
 #[derive(Subcommand)]
 pub enum ClusterCommand {
     /// Brokers, the active controller, and partitions that are under-replicated (an ISR
@@ -20,6 +22,58 @@ pub enum ClusterCommand {
     Status {
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap: String,
+    },
+    /// Move a partition to other brokers (KIP-455): the new replicas copy it while producers
+    /// and consumers go on, then the old ones drop it. `--cancel` stops a move in progress.
+    Reassign {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new replicas, the preferred leader first: `--replicas 2,3,1`.
+        #[arg(long, required_unless_present = "cancel")]
+        replicas: Option<String>,
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        /// Wait up to this many seconds for the move to complete.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// The partition moves in progress: replicas, and those being added and removed.
+    Reassignments {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+    },
+    /// Give partitions their preferred leader (the first replica), or with `--unclean` a
+    /// leader for partitions that have none, even a replica outside the ISR (records only the
+    /// lost in-sync replicas had are then gone).
+    ElectLeaders {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long)]
+        unclean: bool,
+        /// Only this topic (default: every partition).
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+    },
+    /// What each broker holds: partition sizes and how far each copy is behind.
+    LogDirs {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+    },
+    /// Move every replica off a broker, so that it can be taken out of the cluster.
+    Decommission {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        #[arg(long)]
+        broker: i32,
+        /// Wait up to this many seconds until it holds nothing.
+        #[arg(long)]
+        wait: Option<u64>,
     },
     /// Start a local cluster: node i (1..=N) serves Kafka on base-port + i - 1 and its
     /// controller on controller-base-port + i - 1.
@@ -46,6 +100,15 @@ pub enum ClusterCommand {
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Status { bootstrap } => status(&bootstrap),
+        ClusterCommand::Reassign { bootstrap, topic, partition, replicas, cancel: _, wait } => {
+            replicas::reassign(&bootstrap, &topic, partition, replicas.as_deref(), wait)
+        }
+        ClusterCommand::Reassignments { bootstrap } => replicas::reassignments(&bootstrap),
+        ClusterCommand::ElectLeaders { bootstrap, unclean, topic, partition } => {
+            replicas::elect_leaders(&bootstrap, unclean, topic.as_deref(), partition)
+        }
+        ClusterCommand::LogDirs { bootstrap } => replicas::log_dirs(&bootstrap),
+        ClusterCommand::Decommission { bootstrap, broker, wait } => replicas::decommission(&bootstrap, broker, wait),
         ClusterCommand::Up { brokers, dir, base_port, controller_base_port, admin_base_port, set } => {
             up(brokers, dir, [base_port, controller_base_port, admin_base_port], &set)
         }
