@@ -337,6 +337,14 @@ mod tests {
             ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(DescribeTransactionsRequest::default()),
             ApiKey::ListTransactions => RequestKind::ListTransactions(ListTransactionsRequest::default()),
             ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default()),
+            ApiKey::AlterPartitionReassignments => {
+                RequestKind::AlterPartitionReassignments(AlterPartitionReassignmentsRequest::default())
+            }
+            ApiKey::ListPartitionReassignments => {
+                RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default())
+            }
+            ApiKey::ElectLeaders => RequestKind::ElectLeaders(ElectLeadersRequest::default()),
+            ApiKey::DescribeLogDirs => RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }
