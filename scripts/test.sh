@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-# Pinned so every machine tests the same clients; all three install from wheels.
-PYTHON_PINS=('confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd,crc32c]==3.0.12' 'pytest==9.2.0')
+# Pinned so every machine tests the same clients; all of them install from wheels.
+PYTHON_PINS=('confluent-kafka==2.16.1' 'kafka-python[lz4,snappy,zstd,crc32c]==3.0.12' 'aiokafka==0.13.0' 'pytest==9.2.0')
 
 # --- System packages: kcat (Debian's 1.7.1 on librdkafka 2.0.2, the old client the suite
 # wants) and Python's venv support. apt-get runs only if one of them is missing.
@@ -44,7 +44,7 @@ for pin in sys.argv[1:]:
     name, version = re.fullmatch(r"([\w-]+)(?:\[.*\])?==(.+)", pin).groups()
     if importlib.metadata.version(name) != version:
         sys.exit(1)
-import confluent_kafka, kafka, pytest, lz4, snappy, zstandard, crc32c  # noqa: E401,F401
+import confluent_kafka, kafka, aiokafka, pytest, lz4, snappy, zstandard, crc32c  # noqa: E401,F401
 EOF
 then
   "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "${PYTHON_PINS[@]}"
