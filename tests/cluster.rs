@@ -259,6 +259,30 @@ fn consume_all(cluster: &Cluster, topic: &str, partitions: i32, expected: usize)
     seen
 }
 
+/// Sends Produce v10 for `partition` to `node`, which does not lead it; returns the leader the
+/// NOT_LEADER_OR_FOLLOWER answer names and the endpoints it gives.
+fn misdirected_produce(node: &TestBroker, topic: &str, partition: i32) -> (i32, Vec<(i32, String)>) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+    use kafka_protocol::messages::produce_response::ProduceResponse;
+    use kafka_protocol::messages::{ApiKey, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut builder = sluice_storage::RecordBatchBuilder::new(1_000);
+    builder.push(1_000, None, Some(b"misdirected"), &[]);
+    let records = bytes::Bytes::from(builder.build().unwrap());
+    let data = PartitionProduceData::default().with_index(partition).with_records(Some(records));
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partition_data(vec![data]);
+    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![topic]);
+    let mut stream = std::net::TcpStream::connect(node.bootstrap()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let response: ProduceResponse = common::wire::call(&mut stream, ApiKey::Produce, 10, 1, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!(answer.error_code, 6, "NOT_LEADER_OR_FOLLOWER");
+    let endpoints = response.node_endpoints.iter().map(|e| (e.node_id.0, format!("{}:{}", e.host, e.port))).collect();
+    (answer.current_leader.leader_id.0, endpoints)
+}
+
 #[test]
 fn three_nodes_form_a_cluster_whose_partitions_live_on_different_brokers() {
     let cluster = Cluster::start();
@@ -266,6 +290,12 @@ fn three_nodes_form_a_cluster_whose_partitions_live_on_different_brokers() {
     let leaders = cluster.leaders("spread");
     let distinct: std::collections::BTreeSet<i32> = leaders.iter().copied().collect();
     assert_eq!(distinct.len(), NODES as usize, "six partitions on three brokers, each leading some: {leaders:?}");
+
+    // A produce to a broker that does not lead the partition names the leader (KIP-951).
+    let elsewhere = cluster.nodes.keys().copied().find(|id| *id != leaders[0]).unwrap();
+    let (leader_id, endpoints) = misdirected_produce(&cluster.nodes[&elsewhere], "spread", 0);
+    assert_eq!(leader_id, leaders[0]);
+    assert_eq!(endpoints, vec![(leaders[0], cluster.nodes[&leaders[0]].bootstrap())]);
 
     let acknowledged = produce(&cluster, "spread", 6, 0, 600);
     assert_eq!(acknowledged.len(), 600);
@@ -857,4 +887,55 @@ fn partitions_move_between_brokers_while_a_producer_keeps_going_and_a_broker_is_
     let acked = producer.finish();
     cluster.nodes.remove(&victim);
     check_acknowledged(&cluster, "moving", PARTITIONS, &acked);
+}
+
+#[test]
+fn a_rolling_restart_under_load_keeps_every_partition_led_and_loses_nothing() {
+    let mut cluster = Cluster::start_with(&["default.replication.factor=3", "min.insync.replicas=2"]);
+    const PARTITIONS: i32 = 3;
+    create_replicated_topic(&cluster, "rolling", PARTITIONS, 3);
+    let producer = AckedProducer::start(&cluster, "rolling", PARTITIONS);
+    for partition in 0..PARTITIONS {
+        producer.next_ack(0, partition, Duration::from_secs(60));
+    }
+    // Watches Metadata throughout: a partition without a leader is what a client would see
+    // as unavailable.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let offline = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (stop, offline) = (stop.clone(), offline.clone());
+        let admin: AdminClient<DefaultClientContext> = cluster.client().create().expect("admin client");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(metadata) = admin.inner().fetch_metadata(Some("rolling"), Duration::from_secs(2)) {
+                    for topic in metadata.topics() {
+                        for p in topic.partitions().iter().filter(|p| p.leader() < 0) {
+                            offline.lock().unwrap().push(format!("rolling-{} at {:?}", p.id(), Instant::now()));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    for id in 1..=NODES {
+        leader_with_full_isr(&cluster, "rolling", 0);
+        // SIGTERM: the node first asks the controller to move its leaderships away.
+        cluster.nodes.get_mut(&id).unwrap().restart();
+        cluster.wait_for_brokers(NODES as usize);
+    }
+    leader_with_full_isr(&cluster, "rolling", 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().expect("the watcher");
+    let acked = producer.finish();
+    let mut gaps: Vec<Duration> = acked.windows(2).map(|w| w[1].3.saturating_duration_since(w[0].3)).collect();
+    gaps.sort();
+    eprintln!(
+        "rolling restart of {NODES} nodes: {} acknowledged, longest gap between acknowledgements {:?}",
+        acked.len(),
+        gaps.last()
+    );
+    let offline = offline.lock().unwrap().clone();
+    assert!(offline.is_empty(), "partitions without a leader during the rolling restart: {offline:?}");
+    check_acknowledged(&cluster, "rolling", PARTITIONS, &acked);
 }

@@ -86,7 +86,7 @@ macro_rules! api {
 /// protocol crate decodes (Kafka 4.0 dropped the same ones, KIP-896).
 pub const APIS: &[ApiSpec] = &[
     api!(Produce, 3, 11, ProduceRequest, |call, req| {
-        match api::produce::handle(call.broker, &call.header, req).await {
+        match api::produce::handle(call.broker, &call.conn.listener, &call.header, req).await {
             api::produce::ProduceReply::Respond(response) => call.reply(&response),
             api::produce::ProduceReply::NoResponse => Outcome::NoResponse,
             api::produce::ProduceReply::Close(reason) => Outcome::Close(reason),

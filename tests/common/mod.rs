@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod proxy;
 pub mod records;
 pub mod transactions;
+pub mod wire;
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -229,14 +230,18 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
     }
 }
 
+/// Lines shown before a panic the tail does not reach.
+const PANIC_CONTEXT_LINES: usize = 60;
+
 fn print_log_tail(path: &Path) {
     let Ok(file) = File::open(path) else { return };
     let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
     let skipped = lines.len().saturating_sub(LOG_TAIL_LINES);
     // A panic inside the broker is the first thing to see, however long ago it was.
-    for (at, line) in lines[..skipped].iter().enumerate().filter(|(_, l)| l.contains("panicked at")) {
-        eprintln!("---- broker log line {at}: {line}");
-        lines[at + 1..skipped].iter().take(5).for_each(|l| eprintln!("{l}"));
+    for (at, _) in lines[..skipped].iter().enumerate().filter(|(_, l)| l.contains("panicked at")) {
+        let from = at.saturating_sub(PANIC_CONTEXT_LINES);
+        eprintln!("---- broker log lines {from} to {}, around a panic ----", at + 5);
+        lines[from..(at + 6).min(skipped)].iter().for_each(|l| eprintln!("{l}"));
     }
     eprintln!("---- broker log ({}, last {} of {} lines) ----", path.display(), lines.len() - skipped, lines.len());
     for line in &lines[skipped..] {

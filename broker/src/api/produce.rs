@@ -9,9 +9,10 @@ use std::time::Duration;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, ProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::RequestHeader;
+use kafka_protocol::messages::{BrokerId, RequestHeader};
 use sluice_storage::format;
 
 use super::str_bytes;
@@ -118,13 +119,48 @@ pub enum ProduceReply {
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>),
 }
 
-pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: ProduceRequest) -> ProduceReply {
+/// KIP-951: where a partition this broker does not lead is led now, for the client to go
+/// there without asking for metadata first. None when unknown, or when this broker's view is
+/// stale (cut off from the quorum).
+pub(crate) fn new_leader(broker: &Broker, topic: &str, index: i32) -> Option<(i32, i32)> {
+    if broker.cut_off_from_quorum() {
+        return None;
+    }
+    let metadata = broker.metadata();
+    let assignment = metadata.topic(topic)?.assignment(index)?;
+    let elsewhere = assignment.leader != broker.config.node_id && metadata.is_live(assignment.leader);
+    elsewhere.then_some((assignment.leader, assignment.leader_epoch))
+}
+
+/// The endpoints (on the client's listener) of the brokers named in new-leader hints.
+fn hinted_endpoints(broker: &Broker, listener: &str, hinted: &[i32]) -> Vec<NodeEndpoint> {
+    let metadata = broker.metadata();
+    broker
+        .live_brokers(&metadata, listener)
+        .into_iter()
+        .filter(|(id, _)| hinted.contains(id))
+        .map(|(id, endpoint)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(endpoint.host))
+                .with_port(i32::from(endpoint.port))
+        })
+        .collect()
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    listener: &str,
+    _header: &RequestHeader,
+    request: ProduceRequest,
+) -> ProduceReply {
     let acks = request.acks;
     let transactional_id = request.transactional_id.as_ref().map(|id| id.0.as_str());
     let now_ms = broker.clock.now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pending = Vec::new();
     let mut replicated = Vec::new();
+    let mut hinted = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
@@ -145,7 +181,18 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
                 )
             } else {
                 match super::leader_partition(broker, &name, index, -1) {
-                    Err(code) => partition_error(index, code, None),
+                    Err(code) => {
+                        let mut response = partition_error(index, code, None);
+                        if code == ResponseError::NotLeaderOrFollower {
+                            if let Some((leader, epoch)) = new_leader(broker, &name, index) {
+                                response.current_leader = LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(leader))
+                                    .with_leader_epoch(epoch);
+                                hinted.push(leader);
+                            }
+                        }
+                        response
+                    }
                     Ok(partition)
                         if acks == -1 && (partition.isr_len() as i32) < partition.log.min_insync_replicas() =>
                     {
@@ -189,6 +236,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
             TopicProduceResponse::default().with_name(super::topic_name(&name)).with_partition_responses(partitions),
         );
     }
+    let node_endpoints = hinted_endpoints(broker, listener, &hinted);
     let refused = responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0);
     let replication_timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(pending)));
@@ -199,12 +247,14 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
     }
     let Some(durability) = durability else {
         if replicated.is_empty() {
-            return ProduceReply::Respond(ProduceResponse::default().with_responses(responses));
+            return ProduceReply::Respond(
+                ProduceResponse::default().with_responses(responses).with_node_endpoints(node_endpoints),
+            );
         }
         let broker = broker.clone();
         return ProduceReply::Later(Box::pin(async move {
             wait_replicated(&broker, &mut responses, replicated, replication_timeout).await;
-            ProduceResponse::default().with_responses(responses)
+            ProduceResponse::default().with_responses(responses).with_node_endpoints(node_endpoints)
         }));
     };
     let failures = match durability.await {
@@ -226,7 +276,7 @@ pub async fn handle(broker: &Arc<Broker>, _header: &RequestHeader, request: Prod
         }
     }
     wait_replicated(broker, &mut responses, replicated, replication_timeout).await;
-    ProduceReply::Respond(ProduceResponse::default().with_responses(responses))
+    ProduceReply::Respond(ProduceResponse::default().with_responses(responses).with_node_endpoints(node_endpoints))
 }
 
 /// acks=all: waits until every in-sync replica has each append (the high watermark passes
