@@ -99,14 +99,17 @@ impl Server {
             tokio::spawn(crate::replica_fetcher::run(broker.clone(), stop.clone())),
             tokio::spawn(isr_changes(broker.clone(), stop.clone())),
         ];
+        if let Some(listener) = controller_listener {
+            let quorum = broker.controller.quorum().clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { quorum.serve(listener, stop).await }));
+        }
+        // Clients are served once this broker's metadata has caught up with its registration:
+        // a restarted broker would otherwise answer from the image it had when it stopped.
+        wait_registered(&broker).await;
         for (name, listener, _) in listeners {
             tasks.push(tokio::spawn(network::serve(broker.clone(), listener, name, stop.clone())));
         }
-        if let Some(listener) = controller_listener {
-            let quorum = broker.controller.quorum().clone();
-            tasks.push(tokio::spawn(async move { quorum.serve(listener, stop).await }));
-        }
-        wait_registered(&broker).await;
         tracing::info!(%local_addr, "broker ready");
         Ok(Server { broker, local_addr, shutdown, tasks, fatal })
     }
