@@ -939,3 +939,53 @@ fn a_rolling_restart_under_load_keeps_every_partition_led_and_loses_nothing() {
     assert!(offline.is_empty(), "partitions without a leader during the rolling restart: {offline:?}");
     check_acknowledged(&cluster, "rolling", PARTITIONS, &acked);
 }
+
+#[test]
+fn leaders_go_back_to_preferred_replicas_and_an_unclean_election_happens_only_where_allowed() {
+    let mut cluster = Cluster::start_with(&["leader.imbalance.check.interval.seconds=1"]);
+    create_replicated_topic(&cluster, "balanced", 3, 3);
+    let preferred = cluster.replicas("balanced")[0][0];
+    cluster.nodes.get_mut(&preferred).unwrap().kill9();
+    wait_for("another leader", Duration::from_secs(30), || {
+        let leader = cluster.leaders("balanced")[0];
+        (leader >= 0 && leader != preferred).then_some(())
+    });
+    cluster.nodes.get_mut(&preferred).unwrap().start_again();
+    // Back in the ISR, the preferred replica leads again within a check or two.
+    wait_for("the preferred leader back", Duration::from_secs(60), || {
+        (cluster.leaders("balanced")[0] == preferred).then_some(())
+    });
+
+    // Two replicas; the ISR shrinks to one, which then dies: the other may lead only if the
+    // topic allows an unclean election.
+    for (topic, unclean) in [("strict", "false"), ("loose", "true")] {
+        let admin = cluster.admin();
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(2)).set("unclean.leader.election.enable", unclean);
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+        for result in common::clients::block_on(admin.create_topics([&new], &options)).expect("create topics") {
+            result.expect("the topic is created");
+        }
+        let replicas = wait_for("both replicas in sync", Duration::from_secs(30), || {
+            let (leader, isr) = cluster.partitions(topic).first()?.clone();
+            (leader >= 0 && isr.len() == 2).then(|| cluster.replicas(topic)[0].clone())
+        });
+        let (first, second) = (replicas[0], replicas[1]);
+        cluster.nodes.get_mut(&second).unwrap().kill9();
+        wait_for("an ISR of one", Duration::from_secs(30), || {
+            (cluster.partitions(topic)[0].1 == [first]).then_some(())
+        });
+        cluster.nodes.get_mut(&first).unwrap().kill9();
+        cluster.nodes.get_mut(&second).unwrap().start_again();
+        if unclean == "true" {
+            wait_for("an unclean leader", Duration::from_secs(30), || {
+                (cluster.partitions(topic).first()?.0 == second).then_some(())
+            });
+        } else {
+            // Give the controller a few rounds of its checks: the partition stays without one.
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(cluster.partitions(topic)[0].0, -1, "{topic} got a leader outside its ISR");
+        }
+        cluster.nodes.get_mut(&first).unwrap().start_again();
+        cluster.wait_for_brokers(NODES as usize);
+    }
+}

@@ -116,6 +116,9 @@ pub struct Controller {
     alter_lock: Mutex<()>,
     /// Brokers' heartbeats, as the active controller has seen them.
     liveness: Liveness,
+    /// When this controller last looked for preferred and for unclean elections.
+    last_rebalance: Mutex<std::time::Instant>,
+    last_unclean_check: Mutex<std::time::Instant>,
 }
 
 impl Controller {
@@ -134,6 +137,8 @@ impl Controller {
             producer_ids: Mutex::new((0, 0)),
             alter_lock: Mutex::new(()),
             liveness,
+            last_rebalance: Mutex::new(std::time::Instant::now()),
+            last_unclean_check: Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -483,6 +488,51 @@ impl Controller {
                 tracing::warn!(%message, "fencing a broker failed");
             }
         }
+        self.elect_on_its_own(&image).await;
+    }
+
+    /// Unclean elections (looked for every second) and preferred leaders back (every
+    /// `leader.imbalance.check.interval.seconds`), one proposal per partition so that one
+    /// that no longer fits does not hold back the others.
+    async fn elect_on_its_own(&self, image: &ClusterMetadata) {
+        let now = std::time::Instant::now();
+        let due = |last: &Mutex<std::time::Instant>, every: Duration| {
+            let mut last = last.lock();
+            let due = now.duration_since(*last) >= every;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        let mut records = Vec::new();
+        if due(&self.last_unclean_check, Duration::from_secs(1)) {
+            records.extend(crate::leader_balance::unclean_elections(image, |configs| {
+                self.unclean_allowed(configs, image)
+            }));
+        }
+        let cluster = &self.config.cluster;
+        let every = Duration::from_millis(cluster.leader_imbalance_check_interval_ms);
+        if cluster.auto_leader_rebalance_enable && due(&self.last_rebalance, every) {
+            let elections =
+                crate::leader_balance::preferred_elections(image, cluster.leader_imbalance_per_broker_percentage);
+            if !elections.is_empty() {
+                tracing::info!(partitions = elections.len(), "moving leaders back to their preferred replicas");
+            }
+            records.extend(elections);
+        }
+        for record in records {
+            if let ControllerResponse::Refused(_, message) = self.quorum.propose_as_leader(vec![record]).await {
+                tracing::debug!(%message, "a leader election no longer applies");
+            }
+        }
+    }
+
+    /// `unclean.leader.election.enable` for a topic: its override, else the dynamic broker
+    /// config, else the static one (false by default, as in Kafka).
+    fn unclean_allowed(&self, configs: &BTreeMap<String, String>, image: &ClusterMetadata) -> bool {
+        const KEY: &str = "unclean.leader.election.enable";
+        let value = configs.get(KEY).or(image.broker_configs.get(KEY)).or(self.config.static_settings.get(KEY));
+        value.is_some_and(|v| v.trim() == "true")
     }
 
     /// Stops the metadata quorum (the last step of a clean shutdown).

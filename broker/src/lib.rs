@@ -23,6 +23,7 @@ pub mod in_process;
 mod inter_broker;
 mod internal_topics;
 mod isr;
+mod leader_balance;
 mod liveness;
 mod metadata;
 mod network;

@@ -91,6 +91,12 @@ pub struct ClusterConfig {
     pub broker_heartbeat_interval_ms: u64,
     /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `auto.leader.rebalance.enable`, `leader.imbalance.check.interval.seconds` (in ms here)
+    /// and `leader.imbalance.per.broker.percentage`: preferred leaders back
+    /// ([`crate::leader_balance`]).
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_ms: u64,
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl Default for ClusterConfig {
@@ -107,6 +113,9 @@ impl Default for ClusterConfig {
             broker_session_timeout_ms: 1_500,
             broker_heartbeat_interval_ms: 250,
             replica_lag_time_max_ms: 30_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -172,6 +181,13 @@ impl ClusterConfig {
                 self.broker_session_timeout_ms = setting.int(100, i64::from(i32::MAX))? as u64
             }
             "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = setting.int(100, i64::from(i32::MAX))? as u64,
+            "auto.leader.rebalance.enable" => self.auto_leader_rebalance_enable = setting.boolean()?,
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_imbalance_check_interval_ms = setting.int(1, i64::from(i32::MAX))? as u64 * 1000
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                self.leader_imbalance_per_broker_percentage = setting.int(0, 100)? as u32
+            }
             "broker.heartbeat.interval.ms" => {
                 self.broker_heartbeat_interval_ms = setting.int(10, i64::from(i32::MAX))? as u64
             }
@@ -350,12 +366,15 @@ impl BrokerConfig {
 pub const KEYS: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
+    "auto.leader.rebalance.enable",
     "broker.heartbeat.interval.ms",
     "broker.session.timeout.ms",
     "controller.listener.names",
     "controller.quorum.voters",
     "default.replication.factor",
     "inter.broker.listener.name",
+    "leader.imbalance.check.interval.seconds",
+    "leader.imbalance.per.broker.percentage",
     "process.roles",
     "replica.lag.time.max.ms",
     "group.consumer.heartbeat.interval.ms",
