@@ -381,7 +381,7 @@ fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--set", "node.id=4", "--set", "controller.quorum.voters=1@127.0.0.1:1,2@127.0.0.1:2"],
             "controller.quorum.voters",
@@ -390,10 +390,21 @@ fn a_bad_cluster_config_stops_the_node_with_a_sentence_naming_the_key() {
         (&["--set", "controller.quorum.voters=0@127.0.0.1:1"], "controller listener"),
         (&["--set", "process.roles=controller"], "process.roles"),
         (&["--set", "inter.broker.listener.name=REPLICATION"], "inter.broker.listener.name"),
+        (
+            &[
+                "--listen",
+                "PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:1",
+                "--set",
+                "controller.quorum.voters=0@127.0.0.1:2",
+            ],
+            "controller.quorum.voters gives this node",
+        ),
         (&["--set", "listener.security.protocol.map=PLAINTEXT:SSL"], "listener.security.protocol.map"),
     ];
     for (args, key) in cases {
-        let mut all = vec!["broker", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
+        let listen = if args.contains(&"--listen") { vec![] } else { vec!["--listen", "127.0.0.1:0"] };
+        let mut all = vec!["broker", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
+        all.extend(listen);
         all.extend_from_slice(args);
         let run = common::run_sluice(&all, Duration::from_secs(30));
         assert!(!run.status.success(), "{args:?} started");

@@ -153,6 +153,16 @@ impl ClusterConfig {
                 self.controller_listener_names.join(",")
             )));
         }
+        // The voters dial this node where its own entry says: that must be its controller listener.
+        if let (Some(listener), Some(own)) = (self.controller_listener, self.voters.get(&node_id)) {
+            let port = own.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok());
+            if listener.port() != 0 && port != Some(listener.port()) {
+                return Err(Error::Config(format!(
+                    "controller.quorum.voters gives this node (node.id {node_id}) the address {own}, but its \
+                     controller listener in listeners is {listener}; the two must name the same port"
+                )));
+            }
+        }
         Ok(())
     }
 
