@@ -351,6 +351,11 @@ fn a_killed_broker_is_fenced_and_leads_its_partitions_again_when_back() {
     let status = common::run_sluice(&["cluster", "status", "--bootstrap", &live], Duration::from_secs(30))
         .success("cluster status");
     assert!(status.stdout.contains("(controller)"), "{}", status.stdout);
+    // DescribeQuorum: the two live voters are caught up, the dead one's log end is not.
+    let voters: Vec<&str> = status.stdout.lines().filter(|l| l.trim_start().starts_with("voter ")).collect();
+    assert!(status.stdout.contains("metadata quorum: leader"), "{}", status.stdout);
+    assert_eq!(voters.len(), NODES as usize, "{}", status.stdout);
+    assert!(voters.iter().filter(|l| l.ends_with("lag 0")).count() >= 2, "{}", status.stdout);
     assert!(
         status.stdout.contains("offline fenced-"),
         "the killed broker's partitions show offline: {}",

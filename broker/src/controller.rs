@@ -553,6 +553,10 @@ impl crate::quorum::ControllerService for Controller {
                 }
                 ControllerRequest::Propose(_) => ControllerResponse::NotController,
                 ControllerRequest::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await,
+                ControllerRequest::DescribeQuorum => match self.quorum.describe() {
+                    Some(description) => ControllerResponse::Quorum(description),
+                    None => ControllerResponse::NotController,
+                },
             }
         })
     }

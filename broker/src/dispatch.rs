@@ -138,6 +138,9 @@ pub const APIS: &[ApiSpec] = &[
         }
         call.reply(&api::cluster::describe_cluster(call.broker, &call.conn.listener, &call.header, req))
     }),
+    api!(DescribeQuorum, 0, 2, DescribeQuorumRequest, |call, req| {
+        call.reply(&api::cluster::describe_quorum(call.broker, &call.header, req).await)
+    }),
     api!(DeleteRecords, 0, 2, DeleteRecordsRequest, |call, req| {
         call.reply(&api::records::delete_records(call.broker, &call.header, req).await)
     }),
@@ -345,6 +348,7 @@ mod tests {
             }
             ApiKey::ElectLeaders => RequestKind::ElectLeaders(ElectLeadersRequest::default()),
             ApiKey::DescribeLogDirs => RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default()),
+            ApiKey::DescribeQuorum => RequestKind::DescribeQuorum(DescribeQuorumRequest::default()),
             other => panic!("{other:?} is advertised but this test does not know how to build it"),
         }
     }

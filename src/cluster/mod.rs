@@ -135,12 +135,43 @@ fn status(bootstrap: &str) -> anyhow::Result<()> {
             }
         }
     }
+    print_quorum(&mut client, bootstrap)?;
     println!("partitions: {total}, under-replicated: {}, offline: {}", under.len(), offline.len());
     for line in under {
         println!("  under-replicated {line}");
     }
     for line in offline {
         println!("  offline {line}");
+    }
+    Ok(())
+}
+
+/// The metadata quorum's leader, epoch, high watermark and each voter's lag (DescribeQuorum).
+fn print_quorum(client: &mut crate::client::Client, bootstrap: &str) -> anyhow::Result<()> {
+    use kafka_protocol::messages::describe_quorum_request::{DescribeQuorumRequest, PartitionData, TopicData};
+    let topic = TopicData::default()
+        .with_topic_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_static_str(
+            "__cluster_metadata",
+        )))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)]);
+    let response = client.call(bootstrap, 2, &DescribeQuorumRequest::default().with_topics(vec![topic]))?;
+    let Some(partition) = response.topics.first().and_then(|t| t.partitions.first()) else {
+        println!("metadata quorum: {}", crate::client::error_name(response.error_code));
+        return Ok(());
+    };
+    if partition.error_code != 0 {
+        println!("metadata quorum: {}", crate::client::error_name(partition.error_code));
+        return Ok(());
+    }
+    let hw = partition.high_watermark;
+    println!(
+        "metadata quorum: leader {}, epoch {}, high watermark {hw}",
+        partition.leader_id.0, partition.leader_epoch
+    );
+    for voter in &partition.current_voters {
+        let end = voter.log_end_offset;
+        let lag = if end < 0 { "unknown".to_string() } else { (hw - end).max(0).to_string() };
+        println!("  voter {}: log end {end}, lag {lag}", voter.replica_id.0);
     }
     Ok(())
 }

@@ -70,6 +70,19 @@ pub struct BrokerHeartbeat {
 pub enum ControllerRequest {
     Propose(Vec<MetadataRecord>),
     Heartbeat(BrokerHeartbeat),
+    /// The quorum as the active controller sees it (DescribeQuorum).
+    DescribeQuorum,
+}
+
+/// The metadata quorum as its leader sees it, in KIP-595's terms: the leader and its epoch
+/// (the Raft term), the high watermark of the metadata log (the first offset not known to be
+/// committed) and each voter's log end offset as the leader last heard (-1: not yet).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuorumDescription {
+    pub leader: i32,
+    pub term: u64,
+    pub high_watermark: i64,
+    pub voters: Vec<(i32, i64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,6 +97,7 @@ pub enum ControllerResponse {
     NotReady,
     /// The heartbeat counted: the broker is registered and (unless shutting down) unfenced.
     Alive,
+    Quorum(QuorumDescription),
 }
 
 /// Why a proposal did not land.
@@ -255,6 +269,33 @@ impl MetadataQuorum {
 
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.node_id as i32)
+    }
+
+    /// The quorum as this node sees it, if it is the leader.
+    pub fn describe(&self) -> Option<QuorumDescription> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.node_id) {
+            return None;
+        }
+        let end_of = |matched: Option<&openraft::LogId<u64>>| matched.map_or(-1, |id| id.index as i64 + 1);
+        let voters = self
+            .voters
+            .keys()
+            .map(|&id| {
+                let end = if id == self.node_id {
+                    metrics.last_log_index.map_or(0, |index| index as i64 + 1)
+                } else {
+                    metrics.replication.as_ref().and_then(|r| r.get(&id)).map_or(-1, |m| end_of(m.as_ref()))
+                };
+                (id as i32, end)
+            })
+            .collect();
+        Some(QuorumDescription {
+            leader: self.node_id as i32,
+            term: metrics.current_term,
+            high_watermark: end_of(metrics.last_applied.as_ref()).max(0),
+            voters,
+        })
     }
 
     /// Whether this node leads and a quorum of voters acknowledged it within `within`: a
