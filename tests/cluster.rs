@@ -283,6 +283,34 @@ fn misdirected_produce(node: &TestBroker, topic: &str, partition: i32) -> (i32, 
     (answer.current_leader.leader_id.0, endpoints)
 }
 
+/// Sends Fetch v12 for `partition` to `node`, which does not lead it; returns the leader the
+/// NOT_LEADER_OR_FOLLOWER answer names.
+fn misdirected_fetch(node: &TestBroker, topic: &str, partition: i32) -> i32 {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::fetch_response::FetchResponse;
+    use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let wanted = FetchPartition::default()
+        .with_partition(partition)
+        .with_fetch_offset(0)
+        .with_current_leader_epoch(-1)
+        .with_partition_max_bytes(1 << 20);
+    let topic = FetchTopic::default()
+        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partitions(vec![wanted]);
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![topic]);
+    let mut stream = std::net::TcpStream::connect(node.bootstrap()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let response: FetchResponse = common::wire::call(&mut stream, ApiKey::Fetch, 12, 1, &request);
+    let answer = &response.responses[0].partitions[0];
+    assert_eq!(answer.error_code, 6, "NOT_LEADER_OR_FOLLOWER");
+    answer.current_leader.leader_id.0
+}
+
 #[test]
 fn three_nodes_form_a_cluster_whose_partitions_live_on_different_brokers() {
     let cluster = Cluster::start();
@@ -296,6 +324,7 @@ fn three_nodes_form_a_cluster_whose_partitions_live_on_different_brokers() {
     let (leader_id, endpoints) = misdirected_produce(&cluster.nodes[&elsewhere], "spread", 0);
     assert_eq!(leader_id, leaders[0]);
     assert_eq!(endpoints, vec![(leaders[0], cluster.nodes[&leaders[0]].bootstrap())]);
+    assert_eq!(misdirected_fetch(&cluster.nodes[&elsewhere], "spread", 0), leaders[0]);
 
     let acknowledged = produce(&cluster, "spread", 6, 0, 600);
     assert_eq!(acknowledged.len(), 600);

@@ -98,7 +98,7 @@ pub const APIS: &[ApiSpec] = &[
         }
     }),
     api!(Fetch, 4, 16, FetchRequest, |call, req| {
-        let (response, records) = api::fetch::handle(call.broker, &call.header, req).await;
+        let (response, records) = api::fetch::handle(call.broker, &call.conn.listener, &call.header, req).await;
         call.reply_spliced(&response, &records)
     }),
     api!(ListOffsets, 1, 8, ListOffsetsRequest, |call, req| call.reply(&api::list_offsets::handle(

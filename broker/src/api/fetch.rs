@@ -13,9 +13,9 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{ProducerId, RequestHeader};
+use kafka_protocol::messages::{BrokerId, ProducerId, RequestHeader};
 use sluice_storage::Offset;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ const MAX_WAIT_MS: i32 = 300_000;
 
 pub async fn handle(
     broker: &Arc<Broker>,
+    listener: &str,
     header: &RequestHeader,
     request: FetchRequest,
 ) -> (FetchResponse, Vec<Bytes>) {
@@ -52,7 +53,7 @@ pub async fn handle(
         // The client answers these with a full fetch that opens a new session.
         Err(code) => return (FetchResponse::default().with_error_code(code.code()), Vec::new()),
     };
-    let (read, response, records) = poll(broker, version, &request, &context).await;
+    let (read, response, records) = poll(broker, listener, version, &request, &context).await;
     let read = read.as_ref().unwrap_or(&request);
     (context.finish(&broker.fetch_sessions, read, response, version, &resolve), records)
 }
@@ -62,6 +63,7 @@ pub async fn handle(
 /// the request as it is), and the response.
 async fn poll(
     broker: &Arc<Broker>,
+    listener: &str,
     version: i16,
     request: &FetchRequest,
     context: &FetchContext,
@@ -74,13 +76,14 @@ async fn poll(
     loop {
         let wake = (min_bytes > 0).then_some(&committed);
         let read = context.effective_request(request, wake);
-        let (response, records, bytes, errors) = read_once(broker, version, read.as_ref().unwrap_or(request), wake);
+        let (response, records, bytes, errors) =
+            read_once(broker, listener, version, read.as_ref().unwrap_or(request), wake);
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
             return (read, response, records);
         }
         if tokio::time::timeout_at(deadline, committed.notified()).await.is_err() {
             let read = context.effective_request(request, None);
-            let (response, records, ..) = read_once(broker, version, read.as_ref().unwrap_or(request), None);
+            let (response, records, ..) = read_once(broker, listener, version, read.as_ref().unwrap_or(request), None);
             return (read, response, records);
         }
     }
@@ -90,6 +93,7 @@ async fn poll(
 /// size, and whether any partition reported an error (which ends a long poll at once).
 fn read_once(
     broker: &Broker,
+    listener: &str,
     version: i16,
     request: &FetchRequest,
     wake: Option<&Arc<Notify>>,
@@ -104,6 +108,7 @@ fn read_once(
         records: Vec::new(),
         total: 0,
         any_error: false,
+        hinted: Vec::new(),
     };
     let topics = request
         .topics
@@ -123,7 +128,12 @@ fn read_once(
                 .with_partitions(partitions)
         })
         .collect();
-    (FetchResponse::default().with_responses(topics), pass.records, pass.total, pass.any_error)
+    let node_endpoints = super::produce::hinted_endpoints(broker, listener, &pass.hinted)
+        .into_iter()
+        .map(|e| NodeEndpoint::default().with_node_id(e.node_id).with_host(e.host).with_port(e.port))
+        .collect();
+    let response = FetchResponse::default().with_responses(topics).with_node_endpoints(node_endpoints);
+    (response, pass.records, pass.total, pass.any_error)
 }
 
 /// What one pass over the partitions has gathered so far.
@@ -137,6 +147,8 @@ struct Pass<'a> {
     records: Vec<Bytes>,
     total: usize,
     any_error: bool,
+    /// Brokers named as new leaders in this response (KIP-951).
+    hinted: Vec<i32>,
 }
 
 impl Pass<'_> {
@@ -159,7 +171,7 @@ impl Pass<'_> {
         let partition = self.broker.replicas.partition(name, wanted.partition);
         let partition = match partition {
             Some(p) if self.version >= 13 && p.topic_id != topic.topic_id => return Err(ResponseError::UnknownTopicId),
-            Some(p) if p.is_leader() => p,
+            Some(p) if p.is_leader() && !self.broker.cut_off_from_quorum() => p,
             _ => return Err(super::not_led_here(self.broker, name, wanted.partition)),
         };
         check_leader_epoch(partition.leader_epoch(), wanted.current_leader_epoch)?;
@@ -178,7 +190,17 @@ impl Pass<'_> {
             Ok(partition) => partition,
             Err(code) => {
                 self.any_error = true;
-                return data.with_error_code(code.code());
+                let mut data = data.with_error_code(code.code());
+                // KIP-951: where the partition is led now.
+                let moved = name.filter(|_| code == ResponseError::NotLeaderOrFollower);
+                if let Some((leader, epoch)) =
+                    moved.and_then(|n| super::produce::new_leader(self.broker, n, wanted.partition))
+                {
+                    data.current_leader =
+                        LeaderIdAndEpoch::default().with_leader_id(BrokerId(leader)).with_leader_epoch(epoch);
+                    self.hinted.push(leader);
+                }
+                return data;
             }
         };
         if let Some(wake) = self.wake {

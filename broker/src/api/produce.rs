@@ -133,7 +133,7 @@ pub(crate) fn new_leader(broker: &Broker, topic: &str, index: i32) -> Option<(i3
 }
 
 /// The endpoints (on the client's listener) of the brokers named in new-leader hints.
-fn hinted_endpoints(broker: &Broker, listener: &str, hinted: &[i32]) -> Vec<NodeEndpoint> {
+pub(crate) fn hinted_endpoints(broker: &Broker, listener: &str, hinted: &[i32]) -> Vec<NodeEndpoint> {
     let metadata = broker.metadata();
     broker
         .live_brokers(&metadata, listener)
