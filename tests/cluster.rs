@@ -820,6 +820,14 @@ fn sluice(args: &[&str]) -> String {
     common::run_sluice(args, Duration::from_secs(120)).success(&args.join(" ")).stdout
 }
 
+/// `sluice cluster reassign` of one partition to `replicas`, waiting for the move.
+fn reassign(bootstrap: &str, topic: &str, partition: i32, replicas: &[i32]) -> String {
+    let list = replicas.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let partition = partition.to_string();
+    let args = ["cluster", "reassign", "--bootstrap", bootstrap, "--topic", topic, "--partition", &partition];
+    sluice(&[&args[..], &["--replicas", &list, "--wait", "60"]].concat())
+}
+
 #[test]
 fn partitions_move_between_brokers_while_a_producer_keeps_going_and_a_broker_is_decommissioned() {
     let mut cluster = Cluster::start();
@@ -837,21 +845,7 @@ fn partitions_move_between_brokers_while_a_producer_keeps_going_and_a_broker_is_
     let newcomer = (1..=NODES).find(|id| !before.contains(id)).unwrap();
     let leaving = cluster.leaders("moving")[0];
     let target: Vec<i32> = before.iter().map(|r| if *r == leaving { newcomer } else { *r }).collect();
-    let list = target.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    let out = sluice(&[
-        "cluster",
-        "reassign",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "moving",
-        "--partition",
-        "0",
-        "--replicas",
-        &list,
-        "--wait",
-        "60",
-    ]);
+    let out = reassign(&bootstrap, "moving", 0, &target);
     assert!(out.contains("is on"), "{out}");
     assert_eq!(cluster.replicas("moving")[0], target);
     wait_for("the old copy deleted", Duration::from_secs(30), || {
@@ -866,21 +860,7 @@ fn partitions_move_between_brokers_while_a_producer_keeps_going_and_a_broker_is_
 
     // Reordering the replicas moves no data; an election then gives the preferred one the lead.
     let reordered: Vec<i32> = target.iter().rev().copied().collect();
-    let list = reordered.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    sluice(&[
-        "cluster",
-        "reassign",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "moving",
-        "--partition",
-        "0",
-        "--replicas",
-        &list,
-        "--wait",
-        "60",
-    ]);
+    reassign(&bootstrap, "moving", 0, &reordered);
     if cluster.leaders("moving")[0] != reordered[0] {
         let out = sluice(&["cluster", "elect-leaders", "--bootstrap", &bootstrap, "--topic", "moving"]);
         assert!(out.contains("moving-0: elected"), "{out}");

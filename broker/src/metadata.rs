@@ -243,6 +243,24 @@ impl ClusterMetadata {
         Ok(Arc::make_mut(topic))
     }
 
+    /// A partition's assignment to change, with its topic's name for messages.
+    fn assignment_mut(
+        &mut self,
+        topic_id: &Uuid,
+        partition: i32,
+    ) -> Result<(String, &mut PartitionAssignment), RecordRejected> {
+        let topic = self.topic_mut(topic_id)?;
+        let name = topic.name.clone();
+        let missing = || {
+            RecordRejected::new(ResponseError::UnknownTopicOrPartition, format!("{name} has no partition {partition}"))
+        };
+        let assignment = usize::try_from(partition).ok().and_then(|i| topic.assignments.get_mut(i));
+        match assignment {
+            Some(assignment) => Ok((name, assignment)),
+            None => Err(missing()),
+        }
+    }
+
     fn apply(&mut self, record: MetadataRecord) -> Result<(), RecordRejected> {
         match record {
             MetadataRecord::Cluster { cluster_id } => {
@@ -324,15 +342,7 @@ impl ClusterMetadata {
             }
             MetadataRecord::PartitionChange { topic_id, partition, leader, leader_epoch, isr } => {
                 let live: Vec<i32> = isr.iter().copied().filter(|id| self.is_live(*id)).collect();
-                let topic = self.topic_mut(&topic_id)?;
-                let name = topic.name.clone();
-                let assignment =
-                    usize::try_from(partition).ok().and_then(|i| topic.assignments.get_mut(i)).ok_or_else(|| {
-                        RecordRejected::new(
-                            ResponseError::UnknownTopicOrPartition,
-                            format!("{name} has no partition {partition}"),
-                        )
-                    })?;
+                let (name, assignment) = self.assignment_mut(&topic_id, partition)?;
                 if leader_epoch < assignment.leader_epoch
                     || (leader_epoch == assignment.leader_epoch && leader != assignment.leader)
                 {
@@ -364,15 +374,7 @@ impl ClusterMetadata {
             }
             MetadataRecord::ReassignPartition { topic_id, partition, target } => {
                 let registered: Vec<i32> = self.brokers.keys().copied().collect();
-                let topic = self.topic_mut(&topic_id)?;
-                let name = topic.name.clone();
-                let assignment =
-                    usize::try_from(partition).ok().and_then(|i| topic.assignments.get_mut(i)).ok_or_else(|| {
-                        RecordRejected::new(
-                            ResponseError::UnknownTopicOrPartition,
-                            format!("{name} has no partition {partition}"),
-                        )
-                    })?;
+                let (_, assignment) = self.assignment_mut(&topic_id, partition)?;
                 // Checked on a copy, so that a refused move leaves the image as it was.
                 let mut moved = assignment.clone();
                 match target {
