@@ -30,7 +30,6 @@ mod network;
 mod partition;
 mod publisher;
 mod quorum;
-mod reassignment;
 mod replica_fetcher;
 mod replica_manager;
 mod response;

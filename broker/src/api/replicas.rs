@@ -1,5 +1,5 @@
 //! Moving replicas and leaders, and what each broker holds: AlterPartitionReassignments and
-//! ListPartitionReassignments (KIP-455; the metadata side is [`crate::reassignment`]),
+//! ListPartitionReassignments (KIP-455; the metadata side is [`crate::metadata::reassignment`]),
 //! ElectLeaders (KIP-460: preferred and unclean) and DescribeLogDirs. Changes go to the
 //! metadata log through the controller; errors are per partition, as the protocol carries them.
 

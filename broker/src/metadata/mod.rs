@@ -14,6 +14,8 @@ use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub(crate) mod reassignment;
+
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
 
 /// A partition without a leader (every replica that could lead is fenced).
@@ -27,7 +29,7 @@ pub struct PartitionAssignment {
     pub leader: i32,
     pub leader_epoch: i32,
     pub isr: Vec<i32>,
-    /// A reassignment in progress ([`crate::reassignment`]): the replicas being added (they
+    /// A reassignment in progress ([`reassignment`]): the replicas being added (they
     /// fetch, and must join the ISR) and those removed once they have; `replicas` holds both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adding_replicas: Vec<i32>,
@@ -370,7 +372,7 @@ impl ClusterMetadata {
                 assignment.leader = leader;
                 assignment.leader_epoch = leader_epoch;
                 assignment.isr = isr;
-                crate::reassignment::finish_if_done(assignment);
+                reassignment::finish_if_done(assignment);
             }
             MetadataRecord::ReassignPartition { topic_id, partition, target } => {
                 let registered: Vec<i32> = self.brokers.keys().copied().collect();
@@ -378,8 +380,8 @@ impl ClusterMetadata {
                 // Checked on a copy, so that a refused move leaves the image as it was.
                 let mut moved = assignment.clone();
                 match target {
-                    Some(target) => crate::reassignment::start(&mut moved, target, |r| registered.contains(&r))?,
-                    None => crate::reassignment::cancel(&mut moved)?,
+                    Some(target) => reassignment::start(&mut moved, target, |r| registered.contains(&r))?,
+                    None => reassignment::cancel(&mut moved)?,
                 }
                 *assignment = moved;
             }

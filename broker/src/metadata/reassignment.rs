@@ -10,7 +10,7 @@
 
 use kafka_protocol::error::ResponseError;
 
-use crate::metadata::{PartitionAssignment, RecordRejected, NO_LEADER};
+use super::{PartitionAssignment, RecordRejected, NO_LEADER};
 
 impl PartitionAssignment {
     /// Whether a reassignment is in progress.
