@@ -969,6 +969,7 @@ fn a_rolling_restart_under_load_keeps_every_partition_led_and_loses_nothing() {
 fn leaders_go_back_to_preferred_replicas_and_an_unclean_election_happens_only_where_allowed() {
     let mut cluster = Cluster::start_with(&["leader.imbalance.check.interval.seconds=1"]);
     create_replicated_topic(&cluster, "balanced", 3, 3);
+    leader_with_full_isr(&cluster, "balanced", 0);
     let preferred = cluster.replicas("balanced")[0][0];
     cluster.nodes.get_mut(&preferred).unwrap().kill9();
     wait_for("another leader", Duration::from_secs(30), || {
@@ -1001,14 +1002,18 @@ fn leaders_go_back_to_preferred_replicas_and_an_unclean_election_happens_only_wh
         });
         cluster.nodes.get_mut(&first).unwrap().kill9();
         cluster.nodes.get_mut(&second).unwrap().start_again();
+        // The dead one fenced (it may have been the controller: an election first).
+        cluster.wait_for_brokers(NODES as usize - 1);
         if unclean == "true" {
             wait_for("an unclean leader", Duration::from_secs(30), || {
                 (cluster.partitions(topic).first()?.0 == second).then_some(())
             });
         } else {
-            // Give the controller a few rounds of its checks: the partition stays without one.
-            std::thread::sleep(Duration::from_secs(3));
-            assert_eq!(cluster.partitions(topic)[0].0, -1, "{topic} got a leader outside its ISR");
+            // Over a few rounds of the controller's checks (one a second) it stays without one.
+            for _ in 0..6 {
+                std::thread::sleep(Duration::from_millis(500));
+                assert_eq!(cluster.partitions(topic)[0].0, -1, "{topic} got a leader outside its ISR");
+            }
         }
         cluster.nodes.get_mut(&first).unwrap().start_again();
         cluster.wait_for_brokers(NODES as usize);

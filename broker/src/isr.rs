@@ -27,15 +27,23 @@ impl Partition {
             replication.node_id = node_id;
             replication.replicas = assignment.replicas.clone();
             replication.isr = assignment.isr.clone();
-            if is_leader && new_leadership {
-                // A new leadership starts knowing nothing of the followers: each gets a full
-                // lag window to fetch before it counts as out of sync.
-                replication.followers = assignment
-                    .replicas
-                    .iter()
-                    .filter(|&&r| r != node_id)
-                    .map(|&r| (r, Follower { log_end_offset: -1, last_caught_up_ms: now_ms }))
-                    .collect();
+            if is_leader {
+                // A new leadership starts knowing nothing of the followers, and a replica new
+                // to this leader (a partition just created here, a reassignment adding one) is
+                // unknown too: each gets a full lag window to fetch before it counts as out of
+                // sync. (A partition opens as its own leader at epoch 0, so "new leadership"
+                // alone missed the followers of a partition created led by this broker, and the
+                // ISR shrank to the leader right after every topic creation.)
+                if new_leadership {
+                    replication.followers.clear();
+                }
+                for &replica in assignment.replicas.iter().filter(|&&r| r != node_id) {
+                    replication
+                        .followers
+                        .entry(replica)
+                        .or_insert(Follower { log_end_offset: -1, last_caught_up_ms: now_ms });
+                }
+                replication.followers.retain(|replica, _| assignment.replicas.contains(replica));
             }
         }
         self.set_leadership(is_leader, assignment.leader_epoch);
@@ -197,6 +205,15 @@ mod tests {
     fn isr_of(partition: &Partition, isr: Vec<i32>) {
         let assignment = PartitionAssignment { isr, ..PartitionAssignment::new(vec![1, 2, 3]) };
         partition.apply_assignment(1, &assignment, 0);
+    }
+
+    #[test]
+    fn a_new_partition_gives_its_followers_a_lag_window_before_the_isr_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = leader(dir.path());
+        assert_eq!(partition.wanted_isr_change(50, 100, |_| true), None, "followers that have not fetched yet");
+        let change = partition.wanted_isr_change(150, 100, |_| true).expect("a shrink once the window is over");
+        assert_eq!(change.isr, vec![1]);
     }
 
     #[test]
