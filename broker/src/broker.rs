@@ -43,8 +43,10 @@ pub struct Broker {
     pub(crate) incarnation: Uuid,
     /// The incarnation of the process before this one on the same data directory.
     replaces: Option<Uuid>,
-    /// When the active controller last answered this broker's heartbeat.
-    heard_from_controller: parking_lot::Mutex<std::time::Instant>,
+    /// When the active controller last answered this broker's heartbeat, in ms since
+    /// `opened`: read on every produce and fetch, so an atomic rather than a lock.
+    heard_from_controller_ms: std::sync::atomic::AtomicU64,
+    opened: std::time::Instant,
     /// A runtime of the broker's own, for a broker opened outside one (tools and tests); the
     /// server's runtime otherwise.
     _runtime: Option<tokio::runtime::Runtime>,
@@ -178,7 +180,8 @@ impl Broker {
             publisher,
             incarnation,
             replaces,
-            heard_from_controller: parking_lot::Mutex::new(std::time::Instant::now()),
+            heard_from_controller_ms: std::sync::atomic::AtomicU64::new(0),
+            opened: std::time::Instant::now(),
             _runtime: own_runtime,
         }))
     }
@@ -190,7 +193,8 @@ impl Broker {
 
     /// Records that the active controller answered a heartbeat.
     pub(crate) fn heard_from_controller(&self) {
-        *self.heard_from_controller.lock() = std::time::Instant::now();
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        self.heard_from_controller_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this broker is cut off from the controller quorum: no heartbeat answered for
@@ -204,8 +208,9 @@ impl Broker {
         if self.config.cluster.voters.len() <= 1 {
             return false;
         }
-        let session = std::time::Duration::from_millis(self.config.cluster.broker_session_timeout_ms);
-        self.heard_from_controller.lock().elapsed() > session * 2
+        let heard_ms = self.heard_from_controller_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let silent_ms = (self.opened.elapsed().as_millis() as u64).saturating_sub(heard_ms);
+        silent_ms > self.config.cluster.broker_session_timeout_ms * 2
     }
 
     /// The live brokers and their endpoints on `listener` (the one a client connected on, as

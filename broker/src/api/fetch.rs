@@ -128,9 +128,14 @@ fn read_once(
                 .with_partitions(partitions)
         })
         .collect();
-    let node_endpoints = super::produce::hinted_endpoints(broker, listener, &pass.hinted)
+    let node_endpoints = super::hinted_endpoints(broker, listener, &pass.hinted)
         .into_iter()
-        .map(|e| NodeEndpoint::default().with_node_id(e.node_id).with_host(e.host).with_port(e.port))
+        .map(|(id, e)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(super::str_bytes(e.host))
+                .with_port(i32::from(e.port))
+        })
         .collect();
     let response = FetchResponse::default().with_responses(topics).with_node_endpoints(node_endpoints);
     (response, pass.records, pass.total, pass.any_error)
@@ -193,9 +198,7 @@ impl Pass<'_> {
                 let mut data = data.with_error_code(code.code());
                 // KIP-951: where the partition is led now.
                 let moved = name.filter(|_| code == ResponseError::NotLeaderOrFollower);
-                if let Some((leader, epoch)) =
-                    moved.and_then(|n| super::produce::new_leader(self.broker, n, wanted.partition))
-                {
+                if let Some((leader, epoch)) = moved.and_then(|n| super::new_leader(self.broker, n, wanted.partition)) {
                     data.current_leader =
                         LeaderIdAndEpoch::default().with_leader_id(BrokerId(leader)).with_leader_epoch(epoch);
                     self.hinted.push(leader);

@@ -66,6 +66,33 @@ pub(crate) fn leader_partition(
     }
 }
 
+/// KIP-951: where a partition this broker does not lead is led now (leader, epoch), for the
+/// client to go there without asking for metadata first. None when unknown, or when this
+/// broker's view is stale (cut off from the quorum).
+pub(crate) fn new_leader(broker: &crate::broker::Broker, topic: &str, index: i32) -> Option<(i32, i32)> {
+    if broker.cut_off_from_quorum() {
+        return None;
+    }
+    let metadata = broker.metadata();
+    let assignment = metadata.topic(topic)?.assignment(index)?;
+    let elsewhere = assignment.leader != broker.config.node_id && metadata.is_live(assignment.leader);
+    elsewhere.then_some((assignment.leader, assignment.leader_epoch))
+}
+
+/// The endpoints, on the client's listener, of the brokers a response names as new leaders;
+/// nothing is looked up when it names none (the common case of every produce and fetch).
+pub(crate) fn hinted_endpoints(
+    broker: &crate::broker::Broker,
+    listener: &str,
+    hinted: &[i32],
+) -> Vec<(i32, crate::metadata::Endpoint)> {
+    if hinted.is_empty() {
+        return Vec::new();
+    }
+    let metadata = broker.metadata();
+    broker.live_brokers(&metadata, listener).into_iter().filter(|(id, _)| hinted.contains(id)).collect()
+}
+
 /// The error for a partition this broker does not lead: NOT_LEADER_OR_FOLLOWER if it exists
 /// (the client looks up the leader and retries there), UNKNOWN_TOPIC_OR_PARTITION if not.
 pub(crate) fn not_led_here(

@@ -119,35 +119,6 @@ pub enum ProduceReply {
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = ProduceResponse> + Send>>),
 }
 
-/// KIP-951: where a partition this broker does not lead is led now, for the client to go
-/// there without asking for metadata first. None when unknown, or when this broker's view is
-/// stale (cut off from the quorum).
-pub(crate) fn new_leader(broker: &Broker, topic: &str, index: i32) -> Option<(i32, i32)> {
-    if broker.cut_off_from_quorum() {
-        return None;
-    }
-    let metadata = broker.metadata();
-    let assignment = metadata.topic(topic)?.assignment(index)?;
-    let elsewhere = assignment.leader != broker.config.node_id && metadata.is_live(assignment.leader);
-    elsewhere.then_some((assignment.leader, assignment.leader_epoch))
-}
-
-/// The endpoints (on the client's listener) of the brokers named in new-leader hints.
-pub(crate) fn hinted_endpoints(broker: &Broker, listener: &str, hinted: &[i32]) -> Vec<NodeEndpoint> {
-    let metadata = broker.metadata();
-    broker
-        .live_brokers(&metadata, listener)
-        .into_iter()
-        .filter(|(id, _)| hinted.contains(id))
-        .map(|(id, endpoint)| {
-            NodeEndpoint::default()
-                .with_node_id(BrokerId(id))
-                .with_host(str_bytes(endpoint.host))
-                .with_port(i32::from(endpoint.port))
-        })
-        .collect()
-}
-
 pub async fn handle(
     broker: &Arc<Broker>,
     listener: &str,
@@ -184,7 +155,7 @@ pub async fn handle(
                     Err(code) => {
                         let mut response = partition_error(index, code, None);
                         if code == ResponseError::NotLeaderOrFollower {
-                            if let Some((leader, epoch)) = new_leader(broker, &name, index) {
+                            if let Some((leader, epoch)) = super::new_leader(broker, &name, index) {
                                 response.current_leader = LeaderIdAndEpoch::default()
                                     .with_leader_id(BrokerId(leader))
                                     .with_leader_epoch(epoch);
@@ -236,7 +207,12 @@ pub async fn handle(
             TopicProduceResponse::default().with_name(super::topic_name(&name)).with_partition_responses(partitions),
         );
     }
-    let node_endpoints = hinted_endpoints(broker, listener, &hinted);
+    let node_endpoints: Vec<NodeEndpoint> = super::hinted_endpoints(broker, listener, &hinted)
+        .into_iter()
+        .map(|(id, e)| {
+            NodeEndpoint::default().with_node_id(BrokerId(id)).with_host(str_bytes(e.host)).with_port(i32::from(e.port))
+        })
+        .collect();
     let refused = responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0);
     let replication_timeout = Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     let durability = (!pending.is_empty()).then(|| tokio::spawn(wait_durable(pending)));

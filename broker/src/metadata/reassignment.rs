@@ -40,7 +40,9 @@ pub(crate) fn start(
     if target.is_empty() {
         return Err(invalid("the target replica set is empty".into()));
     }
-    if let Some(twice) = target.iter().find(|r| target.iter().filter(|x| x == r).count() > 1) {
+    // The target comes from a client: checked in one pass, however long it is.
+    let mut seen = std::collections::HashSet::with_capacity(target.len());
+    if let Some(twice) = target.iter().find(|r| !seen.insert(**r)) {
         return Err(invalid(format!("the target replica set names broker {twice} twice")));
     }
     if let Some(unknown) = target.iter().find(|r| !registered(**r)) {
